@@ -1,0 +1,44 @@
+"""``cronqueue check``: validate the configuration, the database and the directories, and run
+nothing. Exit 0 when every check passes, 1 otherwise (a bad config already exits 2)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from .config import Config
+from .db import make_engine
+from .errors import CronqueueError
+from .repository import Repository
+
+
+def run_checks(cfg: Config, out: Callable[[str], None] = print) -> int:
+    failures = 0
+
+    def report(ok: bool, what: str, detail: str) -> None:
+        nonlocal failures
+        failures += not ok
+        out(f"{'ok  ' if ok else 'FAIL'} {what:<9} {detail}")
+
+    report(True, "config", str(cfg.source) if cfg.source else "no config file; defaults")
+    try:
+        engine = make_engine(cfg.db_url)
+        try:
+            repo = Repository(engine)
+            has = repo.has_schema()
+            version = ".".join(map(str, engine.dialect.server_version_info or ()))
+            report(has, "database", f"{cfg.safe_db_url} ({engine.dialect.name} {version}); " +
+                   ("schema present" if has else "no queue table: run `cronqueue init-db`"))
+        finally:
+            engine.dispose()
+    except (CronqueueError, Exception) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        report(False, "database", f"{cfg.safe_db_url}: {first}")
+    task_dir = cfg.task_dir
+    report(task_dir.is_dir(), "task_dir", f"{task_dir}" + ("" if task_dir.is_dir()
+                                                            else " does not exist"))
+    log_dir = cfg.log_dir
+    parent = log_dir if log_dir.exists() else log_dir.parent
+    writable = os.access(parent, os.W_OK)
+    report(writable, "log_dir", f"{log_dir}" + ("" if writable else " is not writable"))
+    return 1 if failures else 0

@@ -1,0 +1,82 @@
+"""Claiming: hand each due pending row to exactly one process, in one short transaction.
+
+Two strategies, chosen by what the server can do (see README, "The claim"):
+
+* ``FOR UPDATE SKIP LOCKED`` (MySQL >= 8.0.1, MariaDB >= 10.6): the SELECT locks the rows it
+  returns and skips rows another claimer holds, so concurrent shards never wait on each other.
+* Guarded update (SQLite, older servers): read candidates, then
+  ``UPDATE ... SET status=running, claim_token=T WHERE id IN (...) AND status=pending`` and read
+  back the rows carrying ``T``. The status guard makes the UPDATE the arbiter: a row that
+  another process claimed first no longer matches. On SQLite the transaction starts with
+  ``BEGIN IMMEDIATE``, so claimers are serialized by the write lock.
+
+Either way the claim commits before any script starts: no transaction stays open while a task
+runs. Each claimed row carries the owner (host, pid, pid start time), the claim token and a
+lease; completion updates are fenced by the token.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, Engine
+
+from . import queries
+from .db import supports_skip_locked, transaction
+from .model import Status, Task
+from .proc import Owner
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    token: str
+    tasks: list[Task]
+
+
+class Claimer:
+    def __init__(self, engine: Engine, owner: Owner, *, shard: int, total: int,
+                 queues: Sequence[str] | None, lease: timedelta) -> None:
+        if total < 1 or not 0 <= shard < total:
+            raise ValueError(f"shard must be in 0..{total - 1}, got {shard}")
+        self.engine = engine
+        self.owner = owner
+        self.shard = shard
+        self.total = total
+        # None = every queue. Several queues are read one by one (each walks its index in
+        # order) and merged, instead of an IN list that would force a filesort.
+        self.queues: list[str | None] = list(dict.fromkeys(queues)) if queues else [None]
+        self.lease = lease
+        self.skip_locked = supports_skip_locked(engine)
+
+    def claim(self, limit: int, now: datetime) -> Claim:
+        token = secrets.token_hex(16)
+        tasks = transaction(self.engine, lambda conn: self._claim(conn, token, limit, now))
+        return Claim(token, tasks)
+
+    def _claim(self, conn: Connection, token: str, limit: int, now: datetime) -> list[Task]:
+        candidates: list[Task] = []
+        for queue in self.queues:
+            stmt = queries.claim_candidates(shard=self.shard, total=self.total, queue=queue,
+                                            now=now, limit=limit, skip_locked=self.skip_locked)
+            candidates.extend(Task.from_row(r) for r in conn.execute(stmt).mappings())
+        if not candidates:
+            return []
+        candidates.sort(key=lambda t: (-t.priority, t.id))
+        chosen = candidates[:limit]
+        lease_until = now + self.lease
+        update = queries.claim_rows([t.id for t in chosen], token=token, host=self.owner.host,
+                                    pid=self.owner.pid, pid_start=self.owner.pid_start,
+                                    lease_until=lease_until)
+        won = conn.execute(update).rowcount
+        if self.skip_locked and won == len(chosen):
+            # We hold row locks on every candidate: all of them are ours, as read.
+            return [replace(t, status=Status.RUNNING, claim_token=token,
+                            worker_host=self.owner.host, worker_pid=self.owner.pid,
+                            worker_pid_start=self.owner.pid_start, lease_until=lease_until,
+                            started_at=None) for t in chosen]
+        if won == 0:
+            return []
+        return [Task.from_row(r) for r in conn.execute(queries.select_claimed(token)).mappings()]

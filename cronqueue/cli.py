@@ -1,0 +1,381 @@
+"""The ``cronqueue`` command. Exit codes: 0 ok, 1 a task or command failed, 2 bad usage/config.
+
+Every flag can also be set by the ``CRONQUEUE_*`` environment variable shown in ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from .config import Config, load_config
+from .errors import ConfigError, CronqueueError, InvalidTask, TaskNotFound
+from .model import Status, Task
+
+log = logging.getLogger("cronqueue.cli")
+
+
+# -- argument helpers -------------------------------------------------------------------------
+
+def _env(parser: argparse._ActionsContainer, *flags: str, env: str, help: str,
+         **kw: Any) -> None:
+    """A flag whose default comes from ``env``; the variable is shown in --help."""
+    default = os.environ.get(env)
+    if default is not None and kw.get("action") == "append":
+        default = [v for v in default.split(",") if v]  # type: ignore[assignment]
+    parser.add_argument(*flags, default=default if default is not None else kw.pop("default",
+                                                                                      None),
+                        help=f"{help} [env: {env}]", **kw)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("common options")
+    _env(g, "--db", env="CRONQUEUE_DB_URL", metavar="URL",
+         help="database URL (default: config file, else sqlite:///cronqueue.db)")
+    _env(g, "--config", env="CRONQUEUE_CONFIG", metavar="FILE",
+         help="TOML config file (default: ./cronqueue.toml if present)")
+    _env(g, "--task-dir", env="CRONQUEUE_TASK_DIR", metavar="DIR",
+         help="directory task scripts are resolved in (default: tasks)")
+    _env(g, "--log-dir", env="CRONQUEUE_LOG_DIR", metavar="DIR",
+         help="directory for task output logs (default: logs)")
+    _env(g, "--log-level", env="CRONQUEUE_LOG_LEVEL", metavar="LEVEL",
+         choices=["debug", "info", "warning", "error"], help="logging level")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+_AGE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
+_AGE_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_age(text: str) -> timedelta:
+    """``90``, ``90s``, ``15m``, ``12h``, ``7d``, ``2w``."""
+    match = _AGE_RE.fullmatch(text.strip().lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"bad age {text!r} (examples: 3600, 15m, 12h, 7d)")
+    return timedelta(seconds=float(match.group(1)) * _AGE_UNITS[match.group(2)])
+
+
+def _seconds(text: str) -> float:
+    return parse_age(text).total_seconds()
+
+
+def parse_time(text: str) -> datetime:
+    """ISO-8601; without an offset it is taken as UTC."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"bad time {text!r} (ISO-8601, e.g. 2026-11-23T15:00:00+01:00)") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cronqueue",
+        description="A cron-driven, database-backed batch queue.",
+        epilog="Exit codes: 0 ok, 1 a task or command failed, 2 bad usage or config.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def cmd(name: str, help: str, func: Callable[[argparse.Namespace, Config], int]
+            ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        _common(p)
+        return p
+
+    p = cmd("init-db", "create the tables and indexes if absent (idempotent)", cmd_init_db)
+    p.add_argument("--print-ddl", action="store_true",
+                   help="print the DDL instead of running it (see sql/)")
+    p.add_argument("--dialect", choices=["sqlite", "mysql"],
+                   help="with --print-ddl: which dialect (default: the database's)")
+
+    p = cmd("add", "enqueue a task; prints its id", cmd_add)
+    p.add_argument("taskscript", help="script path relative to task_dir")
+    p.add_argument("param", nargs="?", default="null", help="param as JSON text (default null)")
+    _env(p, "--priority", env="CRONQUEUE_PRIORITY", type=_int, default=0,
+         help="higher runs sooner (default 0)")
+    _env(p, "--queue", env="CRONQUEUE_QUEUE", default="default", help="queue name")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--delay", type=_seconds, help="run after this long (30, 5m, 2h)")
+    when.add_argument("--at", type=parse_time, help="run at this ISO time (UTC if no offset)")
+    p.add_argument("--max-attempts", type=_positive_int, help="default: worker.max_attempts")
+    p.add_argument("--timeout", type=_positive_int, help="seconds; default: worker.timeout")
+    p.add_argument("--unique-key", help="while a task with this key is active, return its id")
+
+    p = cmd("status", "show one task", cmd_status)
+    p.add_argument("id", type=_positive_int)
+    p.add_argument("--wait", action="store_true",
+                   help="wait until it is finished; exit 0 if done, 1 otherwise")
+    p.add_argument("--timeout", type=_seconds, help="with --wait: give up after this long")
+    p.add_argument("--json", action="store_true")
+
+    p = cmd("list", "list tasks, newest first", cmd_list)
+    p.add_argument("--status", type=_status, help="pending, done, running, failed, cancelled")
+    p.add_argument("--queue")
+    p.add_argument("--limit", type=_positive_int, default=50)
+    p.add_argument("--json", action="store_true")
+
+    p = cmd("stats", "counts by status and queue, due backlog", cmd_stats)
+    p.add_argument("--json", action="store_true")
+
+    p = cmd("retry", "run a failed or cancelled task again", cmd_retry)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", type=_positive_int, nargs="?")
+    which.add_argument("--failed", action="store_true", help="every failed task")
+
+    p = cmd("cancel", "cancel a pending task", cmd_cancel)
+    p.add_argument("id", type=_positive_int)
+
+    p = cmd("purge", "delete finished tasks older than an age", cmd_purge)
+    p.add_argument("--older-than", type=parse_age, required=True, metavar="AGE",
+                   help="e.g. 7d, 12h, 3600")
+
+    p = cmd("work", "run one do_queue shard: claim and run tasks with id %% TOTAL == SHARD",
+            cmd_work)
+    _env(p, "--total", env="CRONQUEUE_TOTAL", type=_positive_int, default=1,
+         help="number of shards N (default 1)")
+    _env(p, "--shard", env="CRONQUEUE_SHARD", type=_int, default=0,
+         help="this shard's index i, 0 <= i < N (default 0)")
+    _env(p, "--queue", env="CRONQUEUE_QUEUES", action="append", dest="queues",
+         help="only this queue (repeatable; env: comma-separated; default: all)")
+    _env(p, "--batch", env="CRONQUEUE_BATCH", type=_positive_int,
+         help="rows per claim (default: worker.batch)")
+    _env(p, "--max-seconds", env="CRONQUEUE_MAX_SECONDS", type=_seconds,
+         help="keep polling for this long (default: drain what is due and exit)")
+
+    p = cmd("check", "validate the configuration, the database and task_dir; run nothing",
+            cmd_check)
+
+    p = cmd("demo", "the quickstart: a SQLite queue, example tasks, two shards", cmd_demo)
+    p.add_argument("--dir", help="where to create the demo (default: a new temporary dir)")
+    p.add_argument("--tasks", type=_positive_int, default=30, help="messages to send (30)")
+    return parser
+
+
+def _status(text: str) -> Status:
+    try:
+        return Status.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"cronqueue {__version__}"
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+def _queue(cfg: Config) -> Any:
+    from .queue import Queue
+
+    return Queue(config=cfg)
+
+
+def cmd_init_db(args: argparse.Namespace, cfg: Config) -> int:
+    if args.print_ddl:
+        from sqlalchemy.engine import make_url
+
+        from .schema import render_ddl
+
+        dialect = args.dialect or make_url(cfg.db_url).get_backend_name()
+        print(render_ddl("mysql" if dialect == "mariadb" else dialect), end="")
+        return 0
+    _queue(cfg).init_db()
+    print(f"initialized {cfg.safe_db_url}")
+    return 0
+
+
+def cmd_add(args: argparse.Namespace, cfg: Config) -> int:
+    try:
+        param = json.loads(args.param)
+    except ValueError as exc:
+        raise InvalidTask(f"PARAM_JSON is not valid JSON: {exc}") from None
+    task_id = _queue(cfg).add(args.taskscript, param, priority=args.priority, queue=args.queue,
+                              delay=args.delay, run_at=args.at, max_attempts=args.max_attempts,
+                              timeout=args.timeout, unique_key=args.unique_key)
+    print(task_id)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
+    q = _queue(cfg)
+    task = q.wait(args.id, timeout=args.timeout) if args.wait else q.get(args.id)
+    if task is None:
+        raise TaskNotFound(f"no task with id {args.id}")
+    if args.json:
+        print(json.dumps(task.as_dict(), indent=2))
+    else:
+        print(format_task(task))
+    if args.wait:
+        return 0 if task.status is Status.DONE else 1
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, cfg: Config) -> int:
+    tasks = _queue(cfg).list(status=args.status, queue=args.queue, limit=args.limit)
+    if args.json:
+        print(json.dumps([t.as_dict() for t in tasks], indent=2))
+        return 0
+    print(format_table(tasks))
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace, cfg: Config) -> int:
+    stats = _queue(cfg).stats()
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    names = [s.name.lower() for s in Status]
+    print(f"{'queue':<20}" + "".join(f"{n:>10}" for n in names))
+    for queue, counts in sorted(stats["queues"].items()):
+        print(f"{queue:<20}" + "".join(f"{counts[n]:>10}" for n in names))
+    print(f"{'(all)':<20}" + "".join(f"{stats[n]:>10}" for n in names))
+    print(f"due now: {stats['due']}, oldest due waiting {stats['oldest_due_seconds']:.1f}s")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace, cfg: Config) -> int:
+    q = _queue(cfg)
+    if args.failed:
+        print(f"retrying {q.retry_failed()} failed task(s)")
+    else:
+        q.retry(args.id)
+        print(f"task {args.id} is pending again")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace, cfg: Config) -> int:
+    _queue(cfg).cancel(args.id)
+    print(f"task {args.id} cancelled")
+    return 0
+
+
+def cmd_purge(args: argparse.Namespace, cfg: Config) -> int:
+    print(f"purged {_queue(cfg).purge(args.older_than)} finished task(s)")
+    return 0
+
+
+def cmd_work(args: argparse.Namespace, cfg: Config) -> int:
+    from .worker import Shard
+
+    if not 0 <= args.shard < args.total:
+        raise ConfigError(f"--shard must be in 0..{args.total - 1} for --total {args.total}, "
+                          f"got {args.shard}")
+    for name in args.queues or []:
+        from .spec import check_queue
+
+        check_queue(name)
+    Shard(cfg, total=args.total, shard=args.shard, queues=args.queues, batch=args.batch,
+          max_seconds=args.max_seconds).run()
+    return 0
+
+
+def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
+    from .checks import run_checks
+
+    return run_checks(cfg)
+
+
+def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.dir, messages=args.tasks)
+
+
+# -- output -----------------------------------------------------------------------------------
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def format_task(task: Task) -> str:
+    lines = [
+        f"task {task.id}: {task.status.name.lower()}",
+        f"  script    {task.taskscript}  (queue {task.queue}, priority {task.priority})",
+        f"  param     {task.param if len(task.param) < 200 else task.param[:197] + '...'}",
+        f"  attempts  {task.attempts}/{task.max_attempts or 'default'}"
+        f"  timeout {task.timeout or 'default'}",
+        f"  created   {_when(task.ctime)}   run at {_when(task.run_at)}",
+        f"  started   {_when(task.started_at)}   finished {_when(task.finished_at)}",
+    ]
+    if task.worker_host:
+        lines.append(f"  worker    {task.worker_host}:{task.worker_pid}")
+    if task.exit_code is not None:
+        lines.append(f"  exit code {task.exit_code}")
+    if task.error:
+        lines.append(f"  error     {task.error}")
+    if task.output:
+        lines.append("  output (tail):")
+        lines.extend("    " + line for line in task.output.rstrip("\n").splitlines()[-20:])
+    return "\n".join(lines)
+
+
+def format_table(tasks: Sequence[Task]) -> str:
+    rows = [("ID", "STATUS", "QUEUE", "PRIO", "TRIES", "SCRIPT", "RUN AT", "EXIT", "ERROR")]
+    for t in tasks:
+        rows.append((str(t.id), t.status.name.lower(), t.queue, str(t.priority),
+                     str(t.attempts), t.taskscript, _when(t.run_at),
+                     "" if t.exit_code is None else str(t.exit_code),
+                     (t.error or "")[:50]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)
+
+
+# -- entry point ------------------------------------------------------------------------------
+
+def setup_logging(level: str | None, default: int) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()) if level else default,
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    chatty = args.command in ("work", "demo")
+    setup_logging(args.log_level, logging.INFO if chatty else logging.WARNING)
+    try:
+        cfg = load_config(args.config, db_url=args.db, task_dir=args.task_dir,
+                          log_dir=args.log_dir)
+        return int(args.func(args, cfg))
+    except (ConfigError, InvalidTask) as exc:
+        print(f"cronqueue: error: {exc}", file=sys.stderr)
+        return 2
+    except CronqueueError as exc:
+        print(f"cronqueue: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

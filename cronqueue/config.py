@@ -1,0 +1,251 @@
+"""The configuration: one object with defaults and ``validate()``, loaded from TOML.
+
+Precedence for every setting: command-line flag > ``CRONQUEUE_*`` environment > config file >
+default. Unknown keys and bad values are ``ConfigError``s naming the key (and the entry).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+
+from .db import normalize_url, redact
+from .errors import ConfigError, InvalidTask
+from .runner import DEFAULT_INTERPRETERS
+from .spec import build_spec, check_queue
+
+DEFAULT_DB_URL = "sqlite:///cronqueue.db"
+DEFAULT_CONFIG_NAME = "cronqueue.toml"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Defaults for tasks and shards; ``[worker]`` in the file."""
+
+    timeout: int = 600  # seconds a task may run (per task: add(timeout=...))
+    max_attempts: int = 3  # per task: add(max_attempts=...)
+    batch: int = 100  # rows one claim takes
+    backoff: float = 10.0  # first retry delay, seconds; doubles per attempt, +0-25 % jitter
+    backoff_max: float = 3600.0
+    poll_interval: float = 1.0  # with --max-seconds: how often an idle shard looks again
+    lease: int = 300  # seconds a claim is held before another host may presume it lost
+    kill_grace: float = 5.0  # TERM → KILL delay when a task is timed out or stopped hard
+    output_tail: int = 4096  # bytes of output kept on the row
+    max_log_bytes: int = 64 * 1024 * 1024  # bytes of one task's output kept in the day log
+
+    def validate(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"worker.{f.name}: expected a number, got {value!r}")
+            if value <= 0:
+                raise ConfigError(f"worker.{f.name}: must be > 0, got {value!r}")
+            if f.type == "int" and not isinstance(value, int):
+                raise ConfigError(f"worker.{f.name}: expected an integer, got {value!r}")
+        if self.backoff_max < self.backoff:
+            raise ConfigError("worker.backoff_max: must be >= worker.backoff")
+
+
+@dataclass(frozen=True)
+class DoQueue:
+    total: int
+    queues: tuple[str, ...] = ()
+    max_seconds: float | None = None
+    batch: int | None = None
+
+
+@dataclass(frozen=True)
+class AddAction:
+    taskscript: str
+    param: Any = None
+    priority: int = 0
+    queue: str = "default"
+    max_attempts: int | None = None
+    timeout: int | None = None
+
+
+@dataclass(frozen=True)
+class MissionEntry:
+    name: str
+    cron: str
+    do_queue: DoQueue | None = None
+    add: AddAction | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    db_url: str = DEFAULT_DB_URL
+    task_dir: Path = Path("tasks")
+    log_dir: Path = Path("logs")
+    timezone: str = "UTC"
+    interpreters: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: {k: tuple(v) for k, v in DEFAULT_INTERPRETERS.items()})
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    missions: tuple[MissionEntry, ...] = ()
+    source: Path | None = None  # the file it came from, if any
+
+    def validate(self) -> Config:
+        normalize_url(self.db_url)
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"timezone: unknown time zone {self.timezone!r}") from None
+        for ext, argv in self.interpreters.items():
+            if not ext.startswith(".") or not argv or not all(isinstance(a, str) for a in argv):
+                raise ConfigError(f"interpreters.{ext}: expected '.ext' = [\"program\", ...]")
+        self.worker.validate()
+        names: set[str] = set()
+        for entry in self.missions:
+            if entry.name in names:
+                raise ConfigError(f"mission {entry.name!r}: duplicate name")
+            names.add(entry.name)
+        return self
+
+    @property
+    def safe_db_url(self) -> str:
+        return redact(self.db_url)
+
+
+def find_config_file(explicit: str | os.PathLike[str] | None) -> Path | None:
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} not found")
+        return path.resolve()
+    env = os.environ.get("CRONQUEUE_CONFIG")
+    if env:
+        return find_config_file(env)
+    local = Path(DEFAULT_CONFIG_NAME)
+    return local.resolve() if local.is_file() else None
+
+
+def load_config(config_file: str | os.PathLike[str] | None = None, *, db_url: str | None = None,
+                **overrides: Any) -> Config:
+    """Build the configuration: flags (``db_url``, ``overrides``) > env > file > defaults.
+
+    ``overrides`` are top-level keys (``task_dir``, ``log_dir``, ``timezone``) or worker keys
+    (``timeout``, ``max_attempts``, ``batch``, ...). ``None`` values are ignored.
+    """
+    path = find_config_file(config_file)
+    data: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {str(path)!r}: cannot read: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {str(path)!r}: invalid TOML: {exc}") from None
+        base = path.parent
+    cfg = _from_mapping(data, base, source=path)
+    env = {
+        "db_url": os.environ.get("CRONQUEUE_DB_URL"),
+        "task_dir": os.environ.get("CRONQUEUE_TASK_DIR"),
+        "log_dir": os.environ.get("CRONQUEUE_LOG_DIR"),
+    }
+    top: dict[str, Any] = {k: v for k, v in env.items() if v}
+    worker: dict[str, Any] = {}
+    worker_names = {f.name for f in fields(WorkerConfig)}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key in ("task_dir", "log_dir", "timezone"):
+            top[key] = value
+        elif key in worker_names:
+            worker[key] = value
+        else:
+            raise ConfigError(f"unknown option {key!r}")
+    if db_url:
+        top["db_url"] = db_url
+    for key in ("task_dir", "log_dir"):
+        if key in top:
+            top[key] = (Path.cwd() / Path(top[key])).resolve()
+    cfg = replace(cfg, **top, worker=replace(cfg.worker, **worker))
+    return cfg.validate()
+
+
+_TOP_KEYS = {"db_url", "task_dir", "log_dir", "timezone", "interpreters", "worker", "mission"}
+
+
+def _from_mapping(data: Mapping[str, Any], base: Path, source: Path | None) -> Config:
+    unknown = sorted(set(data) - _TOP_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r} in config")
+    kw: dict[str, Any] = {"source": source}
+    for key in ("db_url", "timezone"):
+        if key in data:
+            kw[key] = _typed(key, data[key], str)
+    for key in ("task_dir", "log_dir"):
+        kw[key] = (base / _typed(key, data.get(key, key.split("_")[0] + "s"), str)).resolve()
+    if "interpreters" in data:
+        table = _typed("interpreters", data["interpreters"], dict)
+        interps = dict(Config().interpreters)
+        for ext, argv in table.items():
+            if isinstance(argv, str):
+                argv = [argv]
+            interps[ext] = tuple(_typed(f"interpreters.{ext}", argv, list))
+        kw["interpreters"] = interps
+    if "worker" in data:
+        kw["worker"] = _section(WorkerConfig, "worker", _typed("worker", data["worker"], dict))
+    if "mission" in data:
+        entries = _typed("mission", data["mission"], list)
+        kw["missions"] = tuple(_mission(i, e) for i, e in enumerate(entries))
+    return Config(**kw)
+
+
+def _typed(key: str, value: Any, kind: type) -> Any:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def _section(cls: type, name: str, table: Mapping[str, Any]) -> Any:
+    known = {f.name for f in fields(cls)}
+    for key in table:
+        if key not in known:
+            raise ConfigError(f"unknown key {name}.{key!r}")
+    return cls(**table)
+
+
+def _mission(index: int, raw: Any) -> MissionEntry:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"mission #{index + 1}: expected a table")
+    name = raw.get("name")
+    label = f"mission {name!r}" if isinstance(name, str) and name else f"mission #{index + 1}"
+    unknown = sorted(set(raw) - {"name", "cron", "do_queue", "add"})
+    if unknown:
+        raise ConfigError(f"{label}: unknown key {unknown[0]!r}")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{label}: 'name' is required")
+    cron = raw.get("cron")
+    if not isinstance(cron, str) or not croniter.is_valid(cron):
+        raise ConfigError(f"{label}: invalid cron expression {cron!r}")
+    actions = [k for k in ("do_queue", "add") if k in raw]
+    if len(actions) != 1:
+        raise ConfigError(f"{label}: needs exactly one action, 'do_queue' or 'add'")
+    try:
+        if "do_queue" in raw:
+            dq = _section(DoQueue, f"{label}.do_queue", _typed(f"{label}.do_queue",
+                                                               raw["do_queue"], dict))
+            if isinstance(dq.total, bool) or not isinstance(dq.total, int) or dq.total < 1:
+                raise ConfigError(f"{label}.do_queue.total: must be an integer >= 1")
+            for q in dq.queues:
+                check_queue(q)
+            return MissionEntry(name, cron, do_queue=replace(dq, queues=tuple(dq.queues)))
+        add = _section(AddAction, f"{label}.add", _typed(f"{label}.add", raw["add"], dict))
+        from datetime import UTC, datetime
+
+        build_spec(add.taskscript, add.param, priority=add.priority, queue=add.queue,
+                   max_attempts=add.max_attempts, timeout=add.timeout, now=datetime.now(UTC))
+        return MissionEntry(name, cron, add=add)
+    except InvalidTask as exc:
+        raise ConfigError(f"{label}: {exc}") from None
+    except TypeError as exc:
+        raise ConfigError(f"{label}: {exc}") from None

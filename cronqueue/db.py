@@ -1,0 +1,144 @@
+"""Engines and transactions: dialect set-up, transient-error retries, URL redaction.
+
+Build an engine inside the process that uses it (never share one across ``fork``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+
+from .errors import ConfigError, DatabaseError
+
+log = logging.getLogger("cronqueue.db")
+T = TypeVar("T")
+
+# MySQL/MariaDB: 1213 deadlock, 1205 lock wait timeout. Retried, never surfaced as failures.
+_MYSQL_RETRY_CODES = frozenset({1213, 1205})
+SUPPORTED = ("sqlite", "mysql", "mariadb")
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced by ``***`` (safe for logs and errors)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable database URL>"
+
+
+def normalize_url(url: str) -> str:
+    """``mysql://`` and ``mariadb://`` mean PyMySQL (the driver we ship with)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"db_url: not a database URL: {redact(url)!r}") from None
+    if parsed.drivername in ("mysql", "mariadb"):
+        parsed = parsed.set(drivername=parsed.drivername + "+pymysql")
+    if parsed.get_backend_name() not in SUPPORTED:
+        raise ConfigError(
+            f"db_url: unsupported database {parsed.get_backend_name()!r} "
+            f"(use sqlite:///FILE or mysql+pymysql://user:pw@host/db)"
+        )
+    return parsed.render_as_string(hide_password=False)
+
+
+def make_engine(url: str) -> Engine:
+    url = normalize_url(url)
+    backend = make_url(url).get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(url)
+    return create_engine(
+        url,
+        # A shard holds one connection for minutes; a restarted server or an idle timeout
+        # must not turn into a failed task: ping on checkout, recycle well under wait_timeout.
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        isolation_level="READ COMMITTED",
+        connect_args={"charset": "utf8mb4", "connect_timeout": 10},
+    )
+
+
+def _sqlite_engine(url: str) -> Engine:
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control from pysqlite so we can issue BEGIN IMMEDIATE ourselves.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Writers take the write lock up front: a deferred transaction that upgrades
+        # later fails with SQLITE_BUSY under load instead of waiting.
+        readonly = conn.get_execution_options().get("cq_readonly", False)
+        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Deadlocks, lock-wait timeouts and a busy SQLite file: safe to retry the transaction."""
+    if not isinstance(exc, OperationalError):
+        return False
+    orig = exc.orig
+    code = orig.args[0] if orig is not None and orig.args else None
+    if isinstance(code, int) and code in _MYSQL_RETRY_CODES:
+        return True
+    text = str(orig).lower()
+    return "database is locked" in text or "database is busy" in text
+
+
+def transaction(engine: Engine, work: Callable[[Connection], T], *, readonly: bool = False,
+                attempts: int = 10) -> T:
+    """Run ``work`` in one transaction, retrying the whole of it on a transient error."""
+    for attempt in range(1, attempts + 1):
+        try:
+            conn_ctx = engine.connect()
+            with conn_ctx as conn:
+                if readonly:
+                    conn = conn.execution_options(cq_readonly=True)
+                with conn.begin():
+                    return work(conn)
+        except DBAPIError as exc:
+            if attempt < attempts and is_transient(exc):
+                pause = min(1.0, 0.005 * 2**attempt) * (0.5 + random.random())
+                log.info("transient database error (%s); retry %d in %.3fs",
+                         _short(exc), attempt, pause)
+                time.sleep(pause)
+                continue
+            raise DatabaseError(f"database error on {redact(str(engine.url))}: "
+                                f"{_short(exc)}") from exc
+    raise AssertionError("unreachable")
+
+
+def _short(exc: DBAPIError) -> str:
+    orig = exc.orig
+    return f"{type(orig).__name__}: {orig}" if orig is not None else str(exc).splitlines()[0]
+
+
+def supports_skip_locked(engine: Engine) -> bool:
+    """``FOR UPDATE SKIP LOCKED``: MySQL >= 8.0.1, MariaDB >= 10.6. Never on SQLite."""
+    dialect = engine.dialect
+    if dialect.name not in ("mysql", "mariadb"):
+        return False
+    version = dialect.server_version_info
+    if version is None:
+        with engine.connect():
+            version = dialect.server_version_info
+    if version is None:
+        return False
+    if getattr(dialect, "is_mariadb", False):
+        return tuple(version[:2]) >= (10, 6)
+    return tuple(version[:3]) >= (8, 0, 1)

@@ -1,0 +1,123 @@
+"""``cronqueue demo``: the quickstart on SQLite, offline, in seconds.
+
+Creates a directory with a config, an example task dir and a SQLite database, enqueues a few
+dozen messages with mixed priorities (some fail and are retried, one fails for good), runs two
+real ``cronqueue work`` shard processes until nothing is due, and prints a summary.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .config import load_config
+from .model import Status, Task
+from .queue import Queue
+
+SHARDS = 2
+_CONFIG = """\
+# cronqueue demo configuration (see README for every key)
+db_url   = "sqlite:///{db}"
+task_dir = "tasks"
+log_dir  = "logs"
+
+[worker]
+max_attempts = 3
+backoff = 0.5        # first retry after ~0.5 s (production default: 10 s), doubling
+backoff_max = 2
+timeout = 30
+"""
+
+
+def examples_dir() -> Path:
+    """The example task scripts: packaged in the wheel, or ``tasks/`` of a source checkout."""
+    packaged = Path(str(importlib.resources.files("cronqueue"))) / "examples"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "tasks"
+
+
+def run_demo(directory: str | None = None, *, messages: int = 30, seed: int = 7) -> int:
+    base = Path(directory or tempfile.mkdtemp(prefix="cronqueue-demo-")).resolve()
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "tasks").mkdir(exist_ok=True)
+    for script in ("send_msg.py", "flaky.sh"):
+        shutil.copyfile(examples_dir() / script, base / "tasks" / script)
+    db = base / "demo.db"
+    config_file = base / "cronqueue.toml"
+    config_file.write_text(_CONFIG.format(db=db))
+    print(f"cronqueue demo in {base}")
+    print(f"  config {config_file}\n  tasks  {base / 'tasks'}\n  db     {db}\n")
+
+    q = Queue(config=load_config(config_file))
+    q.init_db()
+    rng = random.Random(seed)
+    specs: list[dict[str, object]] = []
+    for n in range(messages):
+        receivers = rng.sample(range(100, 999), rng.randint(1, 4))
+        specs.append({"taskscript": "send_msg.py", "priority": rng.choice([-1, 0, 0, 0, 5, 10]),
+                      "param": {"sender": rng.randint(1, 99), "receivers": receivers,
+                                "content": f"Hello #{n + 1}"}})
+    specs += [{"taskscript": "flaky.sh", "param": {"job": "sync", "n": n}} for n in (1, 2)]
+    specs.append({"taskscript": "send_msg.py", "max_attempts": 2, "priority": 1,
+                  "param": {"sender": 1, "receivers": [-7], "content": "to nobody"}})
+    specs.append({"taskscript": "send_msg.py", "delay": 1.5,
+                  "param": {"sender": 1, "receivers": [42], "content": "sent 1.5 s later"}})
+    ids = q.add_many(specs)
+    print(f"enqueued {len(ids)} tasks (ids {ids[0]}..{ids[-1]}): {messages} messages with "
+          "priorities -1..10, 2 flaky (fail once), 1 doomed, 1 delayed\n")
+
+    started = time.monotonic()
+    log_file = base / "logs" / "shards.log"
+    log_file.parent.mkdir(exist_ok=True)
+    rounds = 0
+    while time.monotonic() - started < 60:
+        rounds += 1
+        with open(log_file, "a") as log:
+            procs = [subprocess.Popen(
+                [sys.executable, "-m", "cronqueue", "work", "--config", str(config_file),
+                 "--total", str(SHARDS), "--shard", str(i)],
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL) for i in range(SHARDS)]
+            codes = [p.wait() for p in procs]
+        stats = q.stats()
+        print(f"round {rounds}: {SHARDS} shards exited {codes}; done {stats['done']}, "
+              f"failed {stats['failed']}, pending {stats['pending']}")
+        if stats["pending"] == 0 and stats["running"] == 0:
+            break
+        time.sleep(0.5)
+    elapsed = time.monotonic() - started
+
+    tasks = sorted((t for t in q.list(limit=len(ids)) if t.id in set(ids)),
+                   key=lambda t: (t.started_at is None, t.started_at, t.id))
+    print("\nper task, in the order they (last) started; each shard (id % 2) takes the highest "
+          "priority first, then the oldest:")
+    print(_table(tasks))
+    stats = q.stats()
+    print(f"\n{stats['done']} done, {stats['failed']} failed, {stats['pending']} pending, "
+          f"{stats['running']} running — {len(ids)} tasks, {SHARDS} shards, {rounds} rounds, "
+          f"{elapsed:.1f}s")
+    print(f"output of every run: {base / 'logs'}/*.log; shard logs: {log_file}")
+    print(f"try: cronqueue --help   |   cronqueue list --config {config_file}")
+    q.close()
+    expected_failed = 1
+    ok = stats["done"] == len(ids) - expected_failed and stats["failed"] == expected_failed
+    return 0 if ok else 1
+
+
+def _table(tasks: list[Task]) -> str:
+    rows = [("ID", "SHARD", "PRIO", "SCRIPT", "STATUS", "TRIES", "LAST OUTPUT")]
+    for t in tasks:
+        last = (t.output or "").strip().splitlines()[-1:] or [""]
+        rows.append((str(t.id), str(t.id % SHARDS), str(t.priority), t.taskscript,
+                      t.status.name.lower(),
+                     str(t.attempts), last[0][:60]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)
+
+
+__all__ = ["Status", "run_demo"]

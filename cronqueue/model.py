@@ -1,0 +1,86 @@
+"""The task model: a frozen dataclass read from a ``queue`` row, and the stable status codes."""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+
+
+class Status(enum.IntEnum):
+    """Stored status codes. Stable: never renumber (other languages read them)."""
+
+    PENDING = 0
+    DONE = 1
+    RUNNING = 2
+    FAILED = 3
+    CANCELLED = 4
+
+    @classmethod
+    def parse(cls, text: str) -> Status:
+        """Accept a name (``failed``) or a code (``3``)."""
+        if text.strip().lstrip("-").isdigit():
+            return cls(int(text))
+        try:
+            return cls[text.strip().upper()]
+        except KeyError:
+            names = ", ".join(s.name.lower() for s in cls)
+            raise ValueError(f"unknown status {text!r} (one of {names})") from None
+
+    @property
+    def finished(self) -> bool:
+        return self in (Status.DONE, Status.FAILED, Status.CANCELLED)
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One row of the ``queue`` table. Attribute names are the column names."""
+
+    id: int
+    queue: str
+    taskscript: str
+    param: str
+    status: Status
+    priority: int
+    ctime: datetime
+    run_at: datetime
+    attempts: int
+    max_attempts: int | None
+    timeout: int | None
+    unique_key: str | None
+    active_key: str | None
+    worker_host: str | None
+    worker_pid: int | None
+    worker_pid_start: int | None
+    claim_token: str | None
+    lease_until: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    exit_code: int | None
+    error: str | None
+    output: str | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> Task:
+        values = {f.name: row[f.name] for f in fields(cls)}
+        values["status"] = Status(values["status"])
+        return cls(**values)
+
+    @property
+    def args(self) -> Any:
+        """The decoded param (raises ``ValueError`` for a hand-inserted row with bad JSON)."""
+        return json.loads(self.param)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, datetime):
+                value = value.isoformat()
+            elif isinstance(value, Status):
+                value = value.name.lower()
+            out[f.name] = value
+        return out

@@ -1,0 +1,171 @@
+"""Every statement cronqueue runs, in one place. The repository and the claim execute them.
+
+All values are bound parameters; nothing here formats user input into SQL text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Delete, Executable, Select, Update, delete, func, select, update
+from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.sql.dml import Insert
+
+from .model import Status
+from .schema import queue_table as q
+
+FINISHED = (int(Status.DONE), int(Status.FAILED), int(Status.CANCELLED))
+
+
+# -- enqueue ----------------------------------------------------------------------------------
+
+def insert_task() -> Insert:
+    return q.insert()
+
+
+def insert_unique(dialect: str) -> Any:
+    """Insert unless a pending/running task holds the same ``active_key`` (its unique index).
+
+    MySQL: ``ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)`` makes ``lastrowid`` the
+    existing row's id. SQLite: ``ON CONFLICT (active_key) DO NOTHING``; rowcount 0 means a
+    duplicate, whose id ``select_active`` then reads inside the same (write-locked) transaction.
+    """
+    if dialect == "sqlite":
+        return sqlite.insert(q).on_conflict_do_nothing(index_elements=[q.c.active_key])
+    stmt = mysql.insert(q)
+    return stmt.on_duplicate_key_update(id=func.last_insert_id(q.c.id))
+
+
+def select_active(key: str) -> Executable:
+    return select(q.c.id).where(q.c.active_key == key)
+
+
+# -- read -------------------------------------------------------------------------------------
+
+def select_task(task_id: int) -> Select[Any]:
+    return select(q).where(q.c.id == task_id)
+
+
+def select_tasks(*, status: Status | None, queue: str | None, limit: int,
+                 newest_first: bool = True) -> Select[Any]:
+    stmt = select(q)
+    if status is not None:
+        stmt = stmt.where(q.c.status == int(status))
+    if queue is not None:
+        stmt = stmt.where(q.c.queue == queue)
+    order = q.c.id.desc() if newest_first else q.c.id
+    return stmt.order_by(order).limit(limit)
+
+
+def count_by_queue_status() -> Select[Any]:
+    return select(q.c.queue, q.c.status, func.count()).group_by(q.c.queue, q.c.status)
+
+
+def pending_summary(now: datetime) -> Executable:
+    """Due pending count and the oldest due run_at (how far behind the shards are)."""
+    return select(func.count(), func.min(q.c.run_at)).where(
+        q.c.status == int(Status.PENDING), q.c.run_at <= now
+    )
+
+
+# -- claim ------------------------------------------------------------------------------------
+
+def claim_candidates(*, shard: int, total: int, queue: str | None, now: datetime, limit: int,
+                     skip_locked: bool) -> Select[Any]:
+    """THE claim query: due pending rows of this shard, highest priority first, then oldest.
+
+    Served by ``ix_queue_claim (status, queue, priority DESC, id)`` for one queue and by
+    ``ix_queue_claim_any (status, priority DESC, id)`` across queues: the index is read in
+    order, ``run_at`` and ``id % total`` filter as it goes, LIMIT stops it early.
+    """
+    stmt = select(q).where(q.c.status == int(Status.PENDING))
+    if queue is not None:
+        stmt = stmt.where(q.c.queue == queue)
+    stmt = stmt.where(q.c.run_at <= now)
+    if total > 1:
+        stmt = stmt.where(q.c.id % total == shard)
+    stmt = stmt.order_by(q.c.priority.desc(), q.c.id).limit(limit)
+    if skip_locked:
+        stmt = stmt.with_for_update(skip_locked=True)
+    return stmt
+
+
+def claim_rows(ids: Sequence[int], *, token: str, host: str, pid: int, pid_start: int | None,
+               lease_until: datetime) -> Update:
+    """Guarded: only rows still pending change, so two claimers can never both win a row."""
+    return (
+        update(q)
+        .where(q.c.id.in_(ids), q.c.status == int(Status.PENDING))
+        .values(status=int(Status.RUNNING), claim_token=token, worker_host=host, worker_pid=pid,
+                worker_pid_start=pid_start, lease_until=lease_until, started_at=None)
+    )
+
+
+def select_claimed(token: str) -> Select[Any]:
+    return (select(q).where(q.c.claim_token == token, q.c.status == int(Status.RUNNING))
+            .order_by(q.c.priority.desc(), q.c.id))
+
+
+def mark_started(task_id: int, token: str, *, now: datetime, lease_until: datetime) -> Update:
+    return (
+        update(q)
+        .where(q.c.id == task_id, q.c.claim_token == token, q.c.status == int(Status.RUNNING))
+        .values(attempts=q.c.attempts + 1, started_at=now, lease_until=lease_until)
+    )
+
+
+def finish(task_id: int, token: str, values: dict[str, Any]) -> Update:
+    """Record an outcome; fenced by the claim token so a process that lost its claim changes
+    nothing (rowcount 0)."""
+    return (
+        update(q)
+        .where(q.c.id == task_id, q.c.claim_token == token, q.c.status == int(Status.RUNNING))
+        .values(**values)
+    )
+
+
+def release_unstarted(token: str) -> Update:
+    """Claimed but never started: straight back to pending, no attempt counted."""
+    return (
+        update(q)
+        .where(q.c.claim_token == token, q.c.status == int(Status.RUNNING),
+               q.c.started_at.is_(None))
+        .values(status=int(Status.PENDING), claim_token=None, lease_until=None)
+    )
+
+
+# -- operator actions -------------------------------------------------------------------------
+
+def cancel(task_id: int, now: datetime) -> Update:
+    return (
+        update(q)
+        .where(q.c.id == task_id, q.c.status == int(Status.PENDING))
+        .values(status=int(Status.CANCELLED), active_key=None, finished_at=now)
+    )
+
+
+def retry(task_ids: Sequence[int], now: datetime) -> Update:
+    """Failed or cancelled → pending now, with a fresh set of attempts."""
+    return (
+        update(q)
+        .where(q.c.id.in_(task_ids),
+               q.c.status.in_([int(Status.FAILED), int(Status.CANCELLED)]))
+        .values(status=int(Status.PENDING), run_at=now, attempts=0, active_key=q.c.unique_key,
+                claim_token=None, lease_until=None, finished_at=None)
+    )
+
+
+def failed_ids(after_id: int, limit: int) -> Select[Any]:
+    return (select(q.c.id).where(q.c.status == int(Status.FAILED), q.c.id > after_id)
+            .order_by(q.c.id).limit(limit))
+
+
+def purgeable_ids(before: datetime, limit: int) -> Select[Any]:
+    return (select(q.c.id).where(q.c.status.in_(FINISHED), q.c.finished_at < before)
+            .limit(limit))
+
+
+def delete_ids(ids: Sequence[int]) -> Delete:
+    return delete(q).where(q.c.id.in_(ids), q.c.status.in_(FINISHED))

@@ -1,0 +1,164 @@
+"""``Queue``: the API an application uses to enqueue and inspect tasks."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.orm import Session
+
+from .config import Config, load_config
+from .db import make_engine
+from .errors import InvalidTask
+from .model import Status, Task
+from .repository import Repository
+from .spec import build_spec, spec_from_item
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Queue:
+    """A handle on one cronqueue database.
+
+    ``url`` (else ``CRONQUEUE_DB_URL``, else the config file, else ``sqlite:///cronqueue.db``).
+    ``options``: ``config_file`` and any config key (``task_dir``, ``log_dir``, ``timeout``,
+    ``max_attempts``, ...), or ``config=`` a ready :class:`Config`.
+    The engine is created on first use, in the process that uses it.
+    """
+
+    def __init__(self, url: str | None = None, *, config: Config | None = None,
+                 config_file: str | None = None, clock: Callable[[], datetime] = _utcnow,
+                 **options: Any) -> None:
+        if config is None:
+            config = load_config(config_file, db_url=url, **options)
+        elif url is not None:
+            config = replace(config, db_url=url).validate()
+        self.config = config
+        self.clock = clock
+        self._engine: Engine | None = None
+        self._repo: Repository | None = None
+        self._pid = 0
+
+    @property
+    def url(self) -> str:
+        """The database URL with its password hidden."""
+        return self.config.safe_db_url
+
+    @property
+    def repo(self) -> Repository:
+        if self._repo is None or self._pid != os.getpid():
+            # A fork must not reuse the parent's connections: start a fresh engine.
+            if self._engine is not None and self._pid != os.getpid():
+                self._engine.dispose(close=False)
+            self._engine = make_engine(self.config.db_url)
+            self._repo = Repository(self._engine)
+            self._pid = os.getpid()
+        return self._repo
+
+    @property
+    def engine(self) -> Engine:
+        return self.repo.engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+        self._engine = self._repo = None
+
+    def __enter__(self) -> Queue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def init_db(self) -> None:
+        """Create the tables and indexes if absent (idempotent)."""
+        self.repo.init_db()
+
+    # -- enqueue ------------------------------------------------------------------------------
+
+    def add(self, taskscript: str, param: Any = None, *, priority: int = 0,
+            queue: str = "default", run_at: datetime | None = None,
+            delay: float | timedelta | None = None, max_attempts: int | None = None,
+            timeout: int | None = None, unique_key: str | None = None,
+            connection: Connection | Session | None = None) -> int:
+        """Enqueue one task and return its id. Raises ``InvalidTask`` (nothing inserted) on bad
+        input. ``max_attempts``/``timeout`` left as None follow the worker's configuration.
+        With ``unique_key``, while a task with that key is pending or running its id is
+        returned instead. With ``connection``, the row is written in the caller's transaction.
+        """
+        now = self.clock()
+        spec = build_spec(taskscript, param, priority=priority, queue=queue, run_at=run_at,
+                          delay=delay, max_attempts=max_attempts, timeout=timeout,
+                          unique_key=unique_key, now=now)
+        return self.repo.insert([spec], now, connection)[0]
+
+    def add_many(self, specs: Iterable[Any], *,
+                 connection: Connection | Session | None = None) -> list[int]:
+        """Enqueue many tasks in one transaction (batched round trips); ids in input order.
+        Each item is a mapping of ``add()`` arguments or a ``(taskscript, param)`` tuple. All
+        items are validated first: one bad item raises ``InvalidTask`` and nothing is inserted.
+        """
+        now = self.clock()
+        built = [spec_from_item(item, now, i) for i, item in enumerate(specs)]
+        if not built:
+            return []
+        return self.repo.insert(built, now, connection)
+
+    # -- inspect and control ------------------------------------------------------------------
+
+    def get(self, task_id: int) -> Task | None:
+        return self.repo.get(_task_id(task_id))
+
+    def list(self, *, status: Status | None = None, queue: str | None = None,
+             limit: int = 50) -> list[Task]:
+        return self.repo.list(status=status, queue=queue, limit=limit)
+
+    def cancel(self, task_id: int) -> None:
+        """Cancel a pending task. Raises ``TaskNotFound`` or ``InvalidTransition``."""
+        self.repo.cancel(_task_id(task_id), self.clock())
+
+    def retry(self, task_id: int) -> None:
+        """Run a failed or cancelled task again, with fresh attempts."""
+        self.repo.retry(_task_id(task_id), self.clock())
+
+    def retry_failed(self) -> int:
+        """Retry every failed task; returns how many."""
+        return self.repo.retry_failed(self.clock())
+
+    def stats(self) -> dict[str, Any]:
+        """Counts by status (overall and per queue), due backlog and its oldest age."""
+        return self.repo.stats(self.clock())
+
+    def purge(self, older_than: timedelta | float) -> int:
+        """Delete done, failed and cancelled tasks finished more than ``older_than`` ago
+        (seconds or a timedelta). Returns the number deleted."""
+        if isinstance(older_than, int | float) and not isinstance(older_than, bool):
+            older_than = timedelta(seconds=older_than)
+        if not isinstance(older_than, timedelta) or older_than < timedelta(0):
+            raise InvalidTask(f"older_than must be a non-negative timedelta, got {older_than!r}")
+        return self.repo.purge(self.clock() - older_than)
+
+    def wait(self, task_id: int, timeout: float | None = None,
+             interval: float = 0.2) -> Task | None:
+        """Poll until the task is finished (done, failed, cancelled) or ``timeout`` passes."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            task = self.get(task_id)
+            if task is None or task.status.finished:
+                return task
+            if end is not None and time.monotonic() >= end:
+                return task
+            time.sleep(interval)
+
+
+def _task_id(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidTask(f"task id must be a positive integer, got {value!r}")
+    return value

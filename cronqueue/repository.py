@@ -1,0 +1,222 @@
+"""The one place that talks to the database: every read and write of the ``queue`` table."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, CursorResult, Engine, inspect
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from . import queries
+from .db import transaction
+from .errors import InvalidTransition, TaskNotFound
+from .model import Status, Task
+from .schema import metadata, queue_table
+from .spec import TaskSpec
+
+log = logging.getLogger("cronqueue.repository")
+_CHUNK = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """An outcome to record for a task this process claimed (fenced by ``token``)."""
+
+    task_id: int
+    token: str
+    values: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    task_id: int
+    token: str
+    now: datetime
+    lease_until: datetime
+
+
+def _inserted_id(result: CursorResult[Any]) -> int:
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+class Repository:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    # -- schema -------------------------------------------------------------------------------
+
+    def init_db(self) -> None:
+        transaction(self.engine, lambda conn: metadata.create_all(conn, checkfirst=True))
+
+    def has_schema(self) -> bool:
+        with self.engine.connect() as conn:
+            return inspect(conn).has_table("queue")
+
+    # -- enqueue ------------------------------------------------------------------------------
+
+    def insert(self, specs: Sequence[TaskSpec], now: datetime,
+               connection: Connection | Session | None = None) -> list[int]:
+        """Insert all specs in one transaction (the caller's, if given); ids in input order."""
+        if connection is None:
+            return transaction(self.engine, lambda conn: self._insert(conn, specs, now))
+        conn = connection.connection() if isinstance(connection, Session) else connection
+        return self._insert(conn, specs, now)
+
+    def _insert(self, conn: Connection, specs: Sequence[TaskSpec], now: datetime) -> list[int]:
+        ids: list[int | None] = [None] * len(specs)
+        plain = [i for i, s in enumerate(specs) if s.unique_key is None]
+        for i, spec in enumerate(specs):
+            if spec.unique_key is not None:
+                ids[i] = self._insert_unique(conn, spec, now)
+        dialect = conn.dialect
+        bulk = getattr(dialect, "insert_executemany_returning_sort_by_parameter_order", False)
+        for start in range(0, len(plain), _CHUNK):
+            chunk = plain[start:start + _CHUNK]
+            rows = [specs[i].row(now) for i in chunk]
+            if bulk and len(rows) > 1:
+                stmt = queries.insert_task().returning(
+                    queue_table.c.id, sort_by_parameter_order=True)
+                new_ids = [r[0] for r in conn.execute(stmt, rows)]
+            else:
+                new_ids = [_inserted_id(conn.execute(queries.insert_task(), row))
+                           for row in rows]
+            for i, new_id in zip(chunk, new_ids, strict=True):
+                ids[i] = int(new_id)
+        return [int(i) for i in ids if i is not None]
+
+    def _insert_unique(self, conn: Connection, spec: TaskSpec, now: datetime) -> int:
+        assert spec.unique_key is not None
+        result = conn.execute(queries.insert_unique(conn.dialect.name), spec.row(now))
+        if conn.dialect.name != "sqlite":
+            return int(result.lastrowid)
+        if result.rowcount == 1:
+            return int(result.lastrowid)
+        existing = conn.execute(queries.select_active(spec.unique_key)).scalar_one()
+        return int(existing)
+
+    # -- read ---------------------------------------------------------------------------------
+
+    def get(self, task_id: int) -> Task | None:
+        def work(conn: Connection) -> Task | None:
+            row = conn.execute(queries.select_task(task_id)).mappings().first()
+            return Task.from_row(row) if row is not None else None
+
+        return transaction(self.engine, work, readonly=True)
+
+    def list(self, *, status: Status | None = None, queue: str | None = None,
+             limit: int = 50) -> list[Task]:
+        stmt = queries.select_tasks(status=status, queue=queue, limit=limit)
+        return transaction(
+            self.engine,
+            lambda conn: [Task.from_row(r) for r in conn.execute(stmt).mappings()],
+            readonly=True,
+        )
+
+    def stats(self, now: datetime) -> dict[str, Any]:
+        def work(conn: Connection) -> dict[str, Any]:
+            totals = {s.name.lower(): 0 for s in Status}
+            per_queue: dict[str, dict[str, int]] = {}
+            for queue, status, count in conn.execute(queries.count_by_queue_status()):
+                name = Status(status).name.lower()
+                totals[name] += count
+                per_queue.setdefault(queue, {s.name.lower(): 0 for s in Status})[name] = count
+            due, oldest = conn.execute(queries.pending_summary(now)).one()
+            lag = (now - oldest).total_seconds() if oldest is not None else 0.0
+            return {"total": sum(totals.values()), **totals, "due": int(due),
+                    "oldest_due_seconds": round(max(lag, 0.0), 3), "queues": per_queue}
+
+        return transaction(self.engine, work, readonly=True)
+
+    # -- worker side --------------------------------------------------------------------------
+
+    def record(self, finish: Finish | None = None, start: Start | None = None) -> tuple[bool, bool]:
+        """Write one outcome and/or mark the next task started, in one transaction (one commit
+        per task). Returns whether each write found its row still claimed by us."""
+
+        def work(conn: Connection) -> tuple[bool, bool]:
+            finished = started = False
+            if finish is not None:
+                res = conn.execute(queries.finish(finish.task_id, finish.token, finish.values))
+                finished = res.rowcount == 1
+            if start is not None:
+                res = conn.execute(queries.mark_started(start.task_id, start.token,
+                                                        now=start.now,
+                                                        lease_until=start.lease_until))
+                started = res.rowcount == 1
+            return finished, started
+
+        return transaction(self.engine, work)
+
+    def release_unstarted(self, token: str) -> int:
+        return transaction(
+            self.engine, lambda conn: conn.execute(queries.release_unstarted(token)).rowcount)
+
+    # -- operator actions ---------------------------------------------------------------------
+
+    def cancel(self, task_id: int, now: datetime) -> None:
+        def work(conn: Connection) -> None:
+            if conn.execute(queries.cancel(task_id, now)).rowcount == 1:
+                return
+            row = conn.execute(queries.select_task(task_id)).mappings().first()
+            if row is None:
+                raise TaskNotFound(f"no task with id {task_id}")
+            status = Status(row["status"]).name.lower()
+            raise InvalidTransition(f"task {task_id} is {status}; only pending tasks can be "
+                                    "cancelled")
+
+        transaction(self.engine, work)
+
+    def retry(self, task_id: int, now: datetime) -> None:
+        def work(conn: Connection) -> None:
+            row = conn.execute(queries.select_task(task_id)).mappings().first()
+            if row is None:
+                raise TaskNotFound(f"no task with id {task_id}")
+            if row["status"] not in (Status.FAILED, Status.CANCELLED):
+                status = Status(row["status"]).name.lower()
+                raise InvalidTransition(
+                    f"task {task_id} is {status}; only failed or cancelled tasks can be retried")
+            if not self._retry_one(conn, task_id, now):
+                raise InvalidTransition(f"task {task_id}: another pending or running task holds "
+                                        f"unique_key {row['unique_key']!r}")
+
+        transaction(self.engine, work)
+
+    def retry_failed(self, now: datetime) -> int:
+        def work(conn: Connection) -> int:
+            count, after = 0, 0
+            while ids := list(conn.execute(queries.failed_ids(after, _CHUNK)).scalars()):
+                after = ids[-1]
+                count += sum(self._retry_one(conn, i, now) for i in ids)
+            return count
+
+        return transaction(self.engine, work)
+
+    @staticmethod
+    def _retry_one(conn: Connection, task_id: int, now: datetime) -> bool:
+        try:
+            return bool(conn.execute(queries.retry([task_id], now)).rowcount == 1)
+        except IntegrityError:
+            log.warning("task=%d retry refused: its unique_key is held by an active task",
+                        task_id)
+            return False
+
+    def purge(self, before: datetime) -> int:
+        """Delete finished tasks whose finished_at is older than ``before``, in chunks."""
+        total = 0
+        while True:
+            def work(conn: Connection) -> int:
+                ids = list(conn.execute(queries.purgeable_ids(before, _CHUNK)).scalars())
+                return conn.execute(queries.delete_ids(ids)).rowcount if ids else 0
+
+            deleted = transaction(self.engine, work)
+            total += deleted
+            if deleted < _CHUNK:
+                return total

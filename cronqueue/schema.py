@@ -1,0 +1,162 @@
+"""The ``queue`` table, defined once. ``sql/*.sql`` render it (a test keeps them equal).
+
+Every column except ``taskscript`` and ``param`` has a database-side default, so a plain
+``INSERT INTO queue (taskscript, param) VALUES (...)`` from any language is a valid pending task.
+Times are UTC. On SQLite they are ISO-8601 text (``YYYY-MM-DD HH:MM:SS.ffffff``), which sorts
+correctly as text; on MySQL/MariaDB ``DATETIME(6)``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.schema import CreateIndex, CreateTable
+from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.types import DateTime, TypeDecorator, TypeEngine, UserDefinedType
+
+
+class _SqliteDatetimeText(UserDefinedType[str]):
+    """Declared as DATETIME (readable DDL), stored as ISO text; parsing is done by UTCDateTime."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "DATETIME"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes in Python, naive UTC in the database."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(_SqliteDatetimeText())
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime())
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given where a UTC time is required")
+        naive = value.astimezone(UTC).replace(tzinfo=None)
+        if dialect.name == "sqlite":
+            return naive.isoformat(sep=" ", timespec="microseconds")
+        return naive
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        parsed: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+class UtcNow(FunctionElement[datetime]):
+    """The database's current UTC time, as a column default (rendered per dialect)."""
+
+    type = UTCDateTime()
+    inherit_cache = True
+
+
+@compiles(UtcNow, "sqlite")
+def _utcnow_sqlite(element: UtcNow, compiler: Any, **kw: Any) -> str:
+    return "(strftime('%Y-%m-%d %H:%M:%f', 'now'))"
+
+
+@compiles(UtcNow, "mysql")
+@compiles(UtcNow, "mariadb")
+def _utcnow_mysql(element: UtcNow, compiler: Any, **kw: Any) -> str:
+    return "(UTC_TIMESTAMP(6))"
+
+
+metadata = MetaData()
+
+queue_table = Table(
+    "queue",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("queue", String(64), nullable=False, server_default="default"),
+    Column("taskscript", String(255), nullable=False),
+    Column("param", Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb"), nullable=False),
+    Column("status", SmallInteger, nullable=False, server_default=text("0")),
+    Column("priority", Integer, nullable=False, server_default=text("0")),
+    Column("ctime", UTCDateTime, nullable=False, server_default=UtcNow()),
+    Column("run_at", UTCDateTime, nullable=False, server_default=UtcNow()),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    # NULL = use the worker's configured default (so hand-inserted rows follow the config).
+    Column("max_attempts", Integer, nullable=True),
+    Column("timeout", Integer, nullable=True),
+    Column("unique_key", String(191), nullable=True),
+    # = unique_key while the task is pending or running, NULL otherwise (unique index below).
+    Column("active_key", String(191), nullable=True),
+    Column("worker_host", String(255), nullable=True),
+    Column("worker_pid", Integer, nullable=True),
+    Column("worker_pid_start", BigInteger, nullable=True),
+    Column("claim_token", String(32), nullable=True),
+    Column("lease_until", UTCDateTime, nullable=True),
+    Column("started_at", UTCDateTime, nullable=True),
+    Column("finished_at", UTCDateTime, nullable=True),
+    Column("exit_code", Integer, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("output", Text, nullable=True),
+    sqlite_autoincrement=True,
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
+)
+
+# The claim query (claim.py) walks one of these two in order: per queue, or across all queues.
+Index(
+    "ix_queue_claim",
+    queue_table.c.status,
+    queue_table.c.queue,
+    queue_table.c.priority.desc(),
+    queue_table.c.id,
+)
+Index("ix_queue_claim_any", queue_table.c.status, queue_table.c.priority.desc(), queue_table.c.id)
+Index("ux_queue_active_key", queue_table.c.active_key, unique=True)
+Index("ix_queue_finished", queue_table.c.finished_at)
+
+def dialect_for(name: str) -> Dialect:
+    if name == "sqlite":
+        return sqlite.dialect()
+    if name in ("mysql", "mariadb"):
+        return mysql.dialect()
+    raise ValueError(f"unsupported dialect {name!r} (sqlite or mysql)")
+
+
+def render_ddl(dialect_name: str) -> str:
+    """The DDL ``init-db`` runs for a dialect, as the text kept in ``sql/<dialect>.sql``."""
+    dialect = dialect_for(dialect_name)
+    parts = [str(CreateTable(t, if_not_exists=True).compile(dialect=dialect)).strip()
+             for t in metadata.sorted_tables]
+    for t in metadata.sorted_tables:
+        for ix in sorted(t.indexes, key=lambda i: str(i.name)):
+            # MySQL 8 has no CREATE INDEX IF NOT EXISTS: that file is for an empty database.
+            create = CreateIndex(ix, if_not_exists=dialect.name == "sqlite")
+            parts.append(str(create.compile(dialect=dialect)).strip())
+    header = (
+        f"-- cronqueue schema for {dialect_name}; generated by `cronqueue init-db --print-ddl "
+        f"--dialect {dialect_name}`.\n-- Keep in sync: tests/unit/test_schema.py compares them.\n"
+    )
+    return header + "".join(f"\n{p};\n" for p in parts)

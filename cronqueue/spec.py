@@ -1,0 +1,194 @@
+"""What may be enqueued: validation of ``add()`` input, before anything touches the database."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from .errors import InvalidTask
+
+# Linux caps one argv string at MAX_ARG_STRLEN = 32 pages = 131072 bytes, including its NUL.
+MAX_PARAM_BYTES = 131072 - 1
+MAX_TASKSCRIPT_LEN = 255
+MAX_UNIQUE_KEY_LEN = 191
+
+# Each path segment: starts with a letter, digit or underscore (so no "-opt", no ".." and no
+# hidden files), then letters, digits, "._+-". No shell metacharacters, no spaces, no NUL.
+_SEGMENT = r"[A-Za-z0-9_][A-Za-z0-9._+-]*"
+TASKSCRIPT_RE = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})*")
+QUEUE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+
+
+def check_taskscript(taskscript: object) -> str:
+    """Lexical check of a task script path, relative to task_dir. Raises ``InvalidTask``."""
+    if not isinstance(taskscript, str):
+        raise InvalidTask(f"taskscript must be a string, got {type(taskscript).__name__}")
+    if not taskscript:
+        raise InvalidTask("taskscript is empty")
+    if len(taskscript) > MAX_TASKSCRIPT_LEN:
+        raise InvalidTask(f"taskscript longer than {MAX_TASKSCRIPT_LEN} characters")
+    if taskscript.startswith("/"):
+        raise InvalidTask(f"taskscript {taskscript!r} is absolute; give a path inside task_dir")
+    if ".." in taskscript.split("/"):
+        raise InvalidTask(f"taskscript {taskscript!r} climbs out of task_dir with '..'")
+    if not TASKSCRIPT_RE.fullmatch(taskscript):
+        raise InvalidTask(
+            f"taskscript {taskscript!r} is not a plain relative path "
+            "(segments of letters, digits and ._+- not starting with '.', '-' or '+')"
+        )
+    return taskscript
+
+
+def check_queue(queue: object) -> str:
+    if not isinstance(queue, str) or not QUEUE_RE.fullmatch(queue):
+        raise InvalidTask(
+            f"queue name {queue!r} is malformed (1-64 of letters, digits and _.:-, "
+            "starting with a letter or digit)"
+        )
+    return queue
+
+
+def serialize_param(param: Any) -> str:
+    """JSON text as stored and passed in argv[1]. Raises ``InvalidTask`` if it cannot be."""
+    try:
+        text = json.dumps(param, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidTask(f"param is not JSON-serializable: {exc}") from None
+    check_param_text(text)
+    return text
+
+
+def check_param_text(text: str) -> None:
+    """A stored param must fit in one argv string and hold no NUL byte."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_PARAM_BYTES:
+        raise InvalidTask(
+            f"param is {size} bytes serialized; argv holds at most {MAX_PARAM_BYTES} "
+            "(store large data elsewhere and pass a reference)"
+        )
+    if "\x00" in text:
+        raise InvalidTask("param contains a NUL byte, which argv cannot carry")
+
+
+def _int_field(name: str, value: object, *, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidTask(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise InvalidTask(f"{name} must be >= {minimum}, got {value}")
+    if not -(2**31) <= value < 2**31:
+        raise InvalidTask(f"{name} is out of range: {value}")
+    return value
+
+
+def resolve_run_at(run_at: object, delay: object, now: datetime) -> datetime:
+    if run_at is not None and delay is not None:
+        raise InvalidTask("give run_at or delay, not both")
+    if run_at is not None:
+        if not isinstance(run_at, datetime):
+            raise InvalidTask(f"run_at must be a timezone-aware datetime, got {run_at!r}")
+        if run_at.tzinfo is None or run_at.utcoffset() is None:
+            raise InvalidTask(f"run_at {run_at.isoformat()} is naive; give it a timezone")
+        return run_at.astimezone(UTC)
+    if delay is not None:
+        if isinstance(delay, timedelta):
+            seconds = delay.total_seconds()
+        elif isinstance(delay, int | float) and not isinstance(delay, bool):
+            seconds = float(delay)
+        else:
+            raise InvalidTask(f"delay must be seconds or a timedelta, got {delay!r}")
+        if not math.isfinite(seconds) or seconds < 0:
+            raise InvalidTask(f"delay must be a finite number of seconds >= 0, got {delay!r}")
+        return now + timedelta(seconds=seconds)
+    return now
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """A validated task, ready to insert."""
+
+    taskscript: str
+    param: str
+    priority: int
+    queue: str
+    run_at: datetime
+    max_attempts: int | None
+    timeout: int | None
+    unique_key: str | None
+
+    def row(self, now: datetime) -> dict[str, Any]:
+        return {
+            "taskscript": self.taskscript,
+            "param": self.param,
+            "priority": self.priority,
+            "queue": self.queue,
+            "ctime": now,
+            "run_at": self.run_at,
+            "max_attempts": self.max_attempts,
+            "timeout": self.timeout,
+            "unique_key": self.unique_key,
+            "active_key": self.unique_key,
+        }
+
+
+def build_spec(
+    taskscript: object,
+    param: Any = None,
+    *,
+    priority: object = 0,
+    queue: object = "default",
+    run_at: object = None,
+    delay: object = None,
+    max_attempts: object = None,
+    timeout: object = None,
+    unique_key: object = None,
+    now: datetime,
+) -> TaskSpec:
+    """Validate everything ``add()`` takes; the error names the first culprit."""
+    if unique_key is not None:
+        if not isinstance(unique_key, str) or not unique_key:
+            raise InvalidTask(f"unique_key must be a non-empty string, got {unique_key!r}")
+        if len(unique_key) > MAX_UNIQUE_KEY_LEN:
+            raise InvalidTask(f"unique_key longer than {MAX_UNIQUE_KEY_LEN} characters")
+    return TaskSpec(
+        taskscript=check_taskscript(taskscript),
+        param=serialize_param(param),
+        priority=_int_field("priority", priority),
+        queue=check_queue(queue),
+        run_at=resolve_run_at(run_at, delay, now),
+        max_attempts=None if max_attempts is None
+        else _int_field("max_attempts", max_attempts, minimum=1),
+        timeout=None if timeout is None else _int_field("timeout", timeout, minimum=1),
+        unique_key=unique_key,
+    )
+
+
+_SPEC_KEYS = frozenset(
+    {"taskscript", "param", "priority", "queue", "run_at", "delay", "max_attempts", "timeout",
+     "unique_key"}
+)
+
+
+def spec_from_item(item: object, now: datetime, index: int) -> TaskSpec:
+    """One element of ``add_many()``: a TaskSpec, a mapping of add() arguments, or a tuple."""
+    try:
+        if isinstance(item, TaskSpec):
+            return item
+        if isinstance(item, Mapping):
+            unknown = set(item) - _SPEC_KEYS
+            if unknown:
+                raise InvalidTask(f"unknown key(s) {sorted(unknown)}")
+            if "taskscript" not in item:
+                raise InvalidTask("missing 'taskscript'")
+            fields = dict(item)
+            return build_spec(fields.pop("taskscript"), fields.pop("param", None),
+                              now=now, **fields)
+        if isinstance(item, tuple | list) and 1 <= len(item) <= 2:
+            return build_spec(*item, now=now)
+        raise InvalidTask(f"expected a mapping or (taskscript, param), got {type(item).__name__}")
+    except InvalidTask as exc:
+        raise InvalidTask(f"add_many item {index}: {exc}") from None

@@ -1,0 +1,107 @@
+"""The command line as an operator meets it: real processes, both backends, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from sqlalchemy import text
+
+from cronqueue import Queue, Status
+from tests.conftest import run_cli, write_script
+
+
+def test_add_work_status_round_trip(db_url: str, task_dir: Path, log_dir: Path) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, db_url=db_url, task_dir=task_dir, log_dir=log_dir)
+
+    write_script(task_dir, "echo.py",
+                 "import sys\nfrom cronqueue.task import args\nprint('got', args()['x'])\n")
+    write_script(task_dir, "fail.sh", "echo boom >&2\nexit 4\n")
+    assert cli("init-db").returncode == 0
+    assert cli("init-db").returncode == 0  # idempotent
+
+    added = cli("add", "echo.py", '{"x": "héllo"}', "--priority", "3")
+    assert added.returncode == 0, added.stderr
+    ok_id = int(added.stdout)
+    bad_id = int(cli("add", "fail.sh", "[]", "--max-attempts", "1").stdout)
+
+    work = cli("work", "--total", "1", "--shard", "0")
+    assert work.returncode == 0, work.stderr
+    assert f"task={ok_id} shard=0/1 outcome=done" in work.stderr
+    assert f"task={bad_id} shard=0/1 outcome=failed" in work.stderr
+
+    status = cli("status", str(ok_id), "--wait", "--json")
+    assert status.returncode == 0
+    info = json.loads(status.stdout)
+    assert info["status"] == "done" and "got héllo" in info["output"]
+    failed = cli("status", str(bad_id), "--wait")
+    assert failed.returncode == 1
+    assert "ProcessExitError: exit status 4" in failed.stdout and "boom" in failed.stdout
+
+    listed = json.loads(cli("list", "--status", "failed", "--json").stdout)
+    assert [t["id"] for t in listed] == [bad_id]
+    stats = json.loads(cli("stats", "--json").stdout)
+    assert stats["done"] == 1 and stats["failed"] == 1
+    assert cli("retry", str(bad_id)).returncode == 0
+    assert cli("cancel", str(bad_id)).returncode == 0
+    assert cli("cancel", str(bad_id)).returncode == 1  # not pending any more: command failed
+    assert cli("status", "999999").returncode == 1
+    assert cli("purge", "--older-than", "0").returncode == 0
+    assert cli("stats", "--json").returncode == 0
+    assert json.loads(cli("stats", "--json").stdout)["total"] == 0
+
+
+def test_bad_usage_exits_2_with_one_line(db_url: str, task_dir: Path, log_dir: Path) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, db_url=db_url, task_dir=task_dir, log_dir=log_dir)
+
+    assert cli("init-db").returncode == 0
+    for args, culprit in [
+        (("add", "/bin/sh"), "absolute"),
+        (("add", "../../bin/sh"), ".."),
+        (("add", "x.sh", "{not json"), "PARAM_JSON"),
+        (("add", "x.sh", "1", "--queue", "bad queue"), "queue name"),
+        (("work", "--total", "2", "--shard", "2"), "--shard"),
+    ]:
+        res = cli(*args)
+        assert res.returncode == 2, (args, res.stderr)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and culprit in lines[0], (args, res.stderr)
+    assert Queue(db_url).stats()["total"] == 0  # nothing half-written
+
+
+def test_password_never_printed(tmp_path: Path, task_dir: Path, log_dir: Path) -> None:
+    url = "mysql+pymysql://cq:s3cr3t-pw@127.0.0.1:1/nodb"  # nothing listens on port 1
+    res = run_cli("stats", db_url=url, task_dir=task_dir, log_dir=log_dir)
+    assert res.returncode == 1
+    assert "s3cr3t-pw" not in res.stdout + res.stderr
+    assert "***" in res.stderr
+
+
+def test_hand_inserted_row_runs(queue: Queue, db_url: str, task_dir: Path,
+                                log_dir: Path) -> None:
+    """What a PHP or Node application does: plain SQL with only taskscript and param."""
+    write_script(task_dir, "php_style.sh", 'echo "from sql: $1"\n')
+    with queue.engine.begin() as conn:
+        conn.execute(text("INSERT INTO queue (taskscript, param) VALUES (:t, :p)"),
+                     {"t": "php_style.sh", "p": '{"uid": 7}'})
+    task_id = queue.list()[0].id
+    res = run_cli("work", db_url=db_url, task_dir=task_dir, log_dir=log_dir)
+    assert res.returncode == 0, res.stderr
+    task = queue.get(task_id)
+    assert task is not None and task.status is Status.DONE
+    assert task.output == 'from sql: {"uid": 7}\n'
+
+
+def test_demo_runs_offline(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRONQUEUE_")}
+    res = subprocess.run([sys.executable, "-m", "cronqueue", "demo", "--dir",
+                          str(tmp_path / "demo")], capture_output=True, text=True, timeout=120,
+                         env=env, cwd=tmp_path, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "33 done, 1 failed, 0 pending, 0 running" in res.stdout
+    assert (tmp_path / "demo" / "demo.db").exists()

@@ -1,0 +1,106 @@
+"""Shared fixtures: every integration/acceptance test runs on SQLite and on MariaDB, each on a
+fresh database of its own.
+
+MariaDB: ``CRONQUEUE_TEST_MYSQL_URL`` (default ``mysql+pymysql://root:@127.0.0.1:3306/test``) is
+an account that may CREATE/DROP DATABASE; each test gets ``cq_t_<random>``. If the server does
+not answer, those tests FAIL (never skip). ``CRONQUEUE_TEST_BACKENDS=sqlite`` narrows the run
+explicitly, for a laptop without MariaDB.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from cronqueue import Queue
+
+MYSQL_ADMIN_URL = os.environ.get("CRONQUEUE_TEST_MYSQL_URL",
+                                 "mysql+pymysql://root:@127.0.0.1:3306/test")
+BACKENDS = [b for b in os.environ.get("CRONQUEUE_TEST_BACKENDS", "sqlite,mariadb").split(",")
+            if b]
+
+
+def _mariadb_database() -> Iterator[str]:
+    admin = create_engine(MYSQL_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = "cq_t_" + secrets.token_hex(6)
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE {name} CHARACTER SET utf8mb4"))
+    except Exception as exc:
+        admin.dispose()
+        pytest.fail(f"MariaDB at {make_url(MYSQL_ADMIN_URL)!s} is unreachable: {exc}",
+                    pytrace=False)
+    try:
+        yield make_url(MYSQL_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+        admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def db_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    """A URL of a fresh, empty database on the backend under test."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'queue.db'}"
+    else:
+        yield from _mariadb_database()
+
+
+@pytest.fixture
+def task_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "tasks"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def log_dir(tmp_path: Path) -> Path:
+    return tmp_path / "logs"
+
+
+@pytest.fixture
+def queue(db_url: str, task_dir: Path, log_dir: Path) -> Iterator[Queue]:
+    """A Queue on a fresh database with its tables created."""
+    q = Queue(db_url, task_dir=str(task_dir), log_dir=str(log_dir))
+    q.init_db()
+    yield q
+    q.close()
+
+
+def write_script(task_dir: Path, name: str, body: str, mode: int = 0o644) -> Path:
+    """Write a task script (``mode`` 0o755 makes it run directly, via its shebang)."""
+    path = task_dir / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(body)
+    path.chmod(mode)
+    return path
+
+
+def cronqueue_cmd(*args: str) -> list[str]:
+    """argv that runs the installed ``cronqueue`` CLI with this interpreter."""
+    return [sys.executable, "-m", "cronqueue", *args]
+
+
+def run_cli(*args: str, db_url: str, task_dir: Path, log_dir: Path, timeout: float = 120,
+            env: dict[str, str] | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("CRONQUEUE_CONFIG", None)
+    return subprocess.run(
+        cronqueue_cmd(*args, "--db", db_url, "--task-dir", str(task_dir), "--log-dir",
+                      str(log_dir)),
+        capture_output=True, text=True, timeout=timeout, env=full_env, check=False, **kw)
