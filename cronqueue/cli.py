@@ -24,14 +24,27 @@ log = logging.getLogger("cronqueue.cli")
 
 # -- argument helpers -------------------------------------------------------------------------
 
+class _EnvAppend(argparse.Action):
+    """Repeatable flag; its first use on the command line replaces the env default list."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        current = getattr(namespace, self.dest, None)
+        items = [] if current is None or current is self.default else list(current)
+        items.append(values)
+        setattr(namespace, self.dest, items)
+
+
 def _env(parser: argparse._ActionsContainer, *flags: str, env: str, help: str,
          **kw: Any) -> None:
     """A flag whose default comes from ``env``; the variable is shown in --help."""
-    default = os.environ.get(env)
-    if default is not None and kw.get("action") == "append":
-        default = [v for v in default.split(",") if v]  # type: ignore[assignment]
-    parser.add_argument(*flags, default=default if default is not None else kw.pop("default",
-                                                                                      None),
+    fallback = kw.pop("default", None)
+    default: Any = os.environ.get(env)
+    if kw.get("action") == "append":
+        kw["action"] = _EnvAppend
+        if default is not None:
+            default = [v for v in default.split(",") if v]
+    parser.add_argument(*flags, default=default if default is not None else fallback,
                         help=f"{help} [env: {env}]", **kw)
 
 
@@ -102,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def cmd(name: str, help: str, func: Callable[[argparse.Namespace, Config], int]
             ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
+        p = sub.add_parser(name, help=help, description=help.replace("%%", "%"))
         p.set_defaults(func=func)
         _common(p)
         return p
@@ -116,9 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd("add", "enqueue a task; prints its id", cmd_add)
     p.add_argument("taskscript", help="script path relative to task_dir")
     p.add_argument("param", nargs="?", default="null", help="param as JSON text (default null)")
-    _env(p, "--priority", env="CRONQUEUE_PRIORITY", type=_int, default=0,
+    _env(p, "--priority", env="CRONQUEUE_ADD_PRIORITY", type=_int, default=0,
          help="higher runs sooner (default 0)")
-    _env(p, "--queue", env="CRONQUEUE_QUEUE", default="default", help="queue name")
+    _env(p, "--queue", env="CRONQUEUE_ADD_QUEUE", default="default", help="queue name")
     when = p.add_mutually_exclusive_group()
     when.add_argument("--delay", type=_seconds, help="run after this long (30, 5m, 2h)")
     when.add_argument("--at", type=parse_time, help="run at this ISO time (UTC if no offset)")
@@ -350,6 +363,9 @@ def format_table(tasks: Sequence[Task]) -> str:
 
 # -- entry point ------------------------------------------------------------------------------
 
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
 def setup_logging(level: str | None, default: int) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper()) if level else default,
@@ -361,6 +377,9 @@ def setup_logging(level: str | None, default: int) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.log_level is not None and args.log_level.lower() not in _LOG_LEVELS:
+        parser.error(f"--log-level/CRONQUEUE_LOG_LEVEL: invalid choice {args.log_level!r} "
+                     f"(choose from {', '.join(_LOG_LEVELS)})")
     chatty = args.command in ("work", "demo")
     setup_logging(args.log_level, logging.INFO if chatty else logging.WARNING)
     try:

@@ -10,6 +10,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -182,8 +183,8 @@ def _from_mapping(data: Mapping[str, Any], base: Path, source: Path | None) -> C
     for key in ("db_url", "timezone"):
         if key in data:
             kw[key] = _typed(key, data[key], str)
-    for key in ("task_dir", "log_dir"):
-        kw[key] = (base / _typed(key, data.get(key, key.split("_")[0] + "s"), str)).resolve()
+    for key, default in (("task_dir", "tasks"), ("log_dir", "logs")):
+        kw[key] = (base / _typed(key, data.get(key, default), str)).resolve()
     if "interpreters" in data:
         table = _typed("interpreters", data["interpreters"], dict)
         interps = dict(Config().interpreters)
@@ -236,12 +237,22 @@ def _mission(index: int, raw: Any) -> MissionEntry:
                                                                raw["do_queue"], dict))
             if isinstance(dq.total, bool) or not isinstance(dq.total, int) or dq.total < 1:
                 raise ConfigError(f"{label}.do_queue.total: must be an integer >= 1")
+            if not isinstance(dq.queues, list | tuple):
+                raise ConfigError(f"{label}.do_queue.queues: expected a list of queue names, "
+                                  f"got {dq.queues!r}")
             for q in dq.queues:
                 check_queue(q)
+            ms = dq.max_seconds
+            if ms is not None and (isinstance(ms, bool) or not isinstance(ms, int | float)
+                                   or not ms > 0):
+                raise ConfigError(f"{label}.do_queue.max_seconds: must be a number > 0, "
+                                  f"got {ms!r}")
+            if dq.batch is not None and (isinstance(dq.batch, bool)
+                                         or not isinstance(dq.batch, int) or dq.batch < 1):
+                raise ConfigError(f"{label}.do_queue.batch: must be an integer >= 1, "
+                                  f"got {dq.batch!r}")
             return MissionEntry(name, cron, do_queue=replace(dq, queues=tuple(dq.queues)))
         add = _section(AddAction, f"{label}.add", _typed(f"{label}.add", raw["add"], dict))
-        from datetime import UTC, datetime
-
         build_spec(add.taskscript, add.param, priority=add.priority, queue=add.queue,
                    max_attempts=add.max_attempts, timeout=add.timeout, now=datetime.now(UTC))
         return MissionEntry(name, cron, add=add)

@@ -29,7 +29,7 @@ def redact(url: str) -> str:
     """The URL with its password replaced by ``***`` (safe for logs and errors)."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return "<unparseable database URL>"
 
 
@@ -37,7 +37,7 @@ def normalize_url(url: str) -> str:
     """``mysql://`` and ``mariadb://`` mean PyMySQL (the driver we ship with)."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         raise ConfigError(f"db_url: not a database URL: {redact(url)!r}") from None
     if parsed.drivername in ("mysql", "mariadb"):
         parsed = parsed.set(drivername=parsed.drivername + "+pymysql")

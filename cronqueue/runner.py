@@ -143,7 +143,7 @@ class Runner:
         env = dict(self._base_env)
         env.update(CRONQUEUE_TASK_ID=str(task.id), CRONQUEUE_ATTEMPT=str(attempt),
                    CRONQUEUE_QUEUE=task.queue)
-        with tempfile.TemporaryFile(dir=self._ensure_log_dir()) as out:
+        with self._output_file() as out:
             try:
                 proc = self._spawn([*argv, task.param], env, out)
             except OSError as exc:
@@ -223,9 +223,15 @@ class Runner:
 
     # -- output -------------------------------------------------------------------------------
 
-    def _ensure_log_dir(self) -> Path:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        return self.log_dir
+    def _output_file(self) -> IO[bytes]:
+        """An unnamed temporary file for the output, in log_dir if it is usable."""
+        try:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            return tempfile.TemporaryFile(dir=self.log_dir)
+        except OSError as exc:
+            log.warning("log_dir %s is unusable (%s): output kept only in the row",
+                        self.log_dir, exc)
+            return tempfile.TemporaryFile()
 
     def _tail(self, out: IO[bytes]) -> str:
         size = out.seek(0, os.SEEK_END)

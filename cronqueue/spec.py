@@ -65,7 +65,10 @@ def serialize_param(param: Any) -> str:
 
 def check_param_text(text: str) -> None:
     """A stored param must fit in one argv string and hold no NUL byte."""
-    size = len(text.encode("utf-8", "surrogatepass"))
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidTask("param holds a lone surrogate, which is not valid UTF-8") from None
     if size > MAX_PARAM_BYTES:
         raise InvalidTask(
             f"param is {size} bytes serialized; argv holds at most {MAX_PARAM_BYTES} "
@@ -103,7 +106,10 @@ def resolve_run_at(run_at: object, delay: object, now: datetime) -> datetime:
             raise InvalidTask(f"delay must be seconds or a timedelta, got {delay!r}")
         if not math.isfinite(seconds) or seconds < 0:
             raise InvalidTask(f"delay must be a finite number of seconds >= 0, got {delay!r}")
-        return now + timedelta(seconds=seconds)
+        try:
+            return now + timedelta(seconds=seconds)
+        except OverflowError:
+            raise InvalidTask(f"delay {delay!r} is too large") from None
     return now
 
 
@@ -181,7 +187,7 @@ def spec_from_item(item: object, now: datetime, index: int) -> TaskSpec:
         if isinstance(item, Mapping):
             unknown = set(item) - _SPEC_KEYS
             if unknown:
-                raise InvalidTask(f"unknown key(s) {sorted(unknown)}")
+                raise InvalidTask(f"unknown key(s) {sorted(unknown, key=repr)}")
             if "taskscript" not in item:
                 raise InvalidTask("missing 'taskscript'")
             fields = dict(item)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from cronqueue import InvalidTask, InvalidTransition, Queue, Status, TaskNotFound
@@ -158,6 +158,11 @@ BAD_INPUTS: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
     ("run_at as string", ("job.sh",), {"run_at": "2031-01-01T00:00:00+00:00"}),
     ("run_at and delay", ("job.sh",), {"run_at": T0, "delay": 5}),
     ("negative delay", ("job.sh",), {"delay": -1}),
+    ("infinite delay", ("job.sh",), {"delay": float("inf")}),
+    ("delay beyond the calendar", ("job.sh",), {"delay": 1e12}),
+    ("delay beyond timedelta", ("job.sh",), {"delay": 1e20}),
+    ("timedelta.max delay", ("job.sh",), {"delay": timedelta.max}),
+    ("delay as string", ("job.sh",), {"delay": "5"}),
     ("priority as string", ("job.sh",), {"priority": "5"}),
     ("priority as bool", ("job.sh",), {"priority": True}),
     ("max_attempts zero", ("job.sh",), {"max_attempts": 0}),
@@ -526,6 +531,24 @@ def test_retry_failed_counts(db_url: str, task_dir: Path, log_dir: Path, queue: 
     assert queue.get(done).status is Status.DONE  # type: ignore[union-attr]
     assert queue.get(cancelled).status is Status.CANCELLED  # type: ignore[union-attr]
     assert queue.retry_failed() == 0
+
+
+def test_retry_failed_and_purge_beyond_one_chunk(cq: Queue, clock: Clock) -> None:
+    ids = cq.add_many([("job.sh", i) for i in range(2500)])
+    keep = cq.add("job.sh", "pending")
+    with cq.engine.begin() as conn:
+        conn.execute(update(queue_table).where(queue_table.c.id.in_(ids))
+                     .values(status=int(Status.FAILED), finished_at=clock.now, active_key=None))
+    assert cq.stats()["failed"] == 2500
+    assert cq.retry_failed() == 2500
+    assert cq.stats()["pending"] == 2501
+    with cq.engine.begin() as conn:
+        conn.execute(update(queue_table).where(queue_table.c.id.in_(ids))
+                     .values(status=int(Status.CANCELLED), finished_at=clock.now))
+    clock.advance(60)
+    assert cq.purge(older_than=30) == 2500
+    assert count_rows(cq) == 1
+    assert cq.get(keep) is not None
 
 
 # -- stats / purge --------------------------------------------------------------------------

@@ -186,14 +186,14 @@ def test_explicit_file_wins_over_cronqueue_config_env(tmp_path: Path,
 
 
 def test_explicit_missing_file_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="nope.toml"):
+    with pytest.raises(ConfigError, match=r"nope\.toml"):
         load_config(tmp_path / "nope.toml")
 
 
 def test_cronqueue_config_env_missing_file_is_a_config_error(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CRONQUEUE_CONFIG", "/nonexistent/cq.toml")
-    with pytest.raises(ConfigError, match="/nonexistent/cq.toml"):
+    with pytest.raises(ConfigError, match=r"/nonexistent/cq\.toml"):
         load_config()
 
 
@@ -399,7 +399,7 @@ def test_unsupported_db_scheme_from_env(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
     path = write(tmp_path / "broken.toml", "db_url = \n[worker\n")
-    with pytest.raises(ConfigError, match="broken.toml") as info:
+    with pytest.raises(ConfigError, match=r"broken\.toml") as info:
         load_config(path)
     assert "TOML" in str(info.value)
 
@@ -407,7 +407,7 @@ def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
 def test_non_utf8_file_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "latin1.toml"
     path.write_bytes(b'db_url = "sqlite:///\xe9.db"\n')
-    with pytest.raises(ConfigError, match="latin1.toml"):
+    with pytest.raises(ConfigError, match=r"latin1\.toml"):
         load_config(path)
 
 
@@ -432,13 +432,10 @@ def test_safe_db_url_hides_the_password(tmp_path: Path) -> None:
     ],
 )
 def test_password_never_in_config_errors(tmp_path: Path, url: str) -> None:
-    for attempt in ("file", "arg"):
-        with pytest.raises(ConfigError) as info:
-            if attempt == "file":
-                load_body(tmp_path, f'db_url = "{url}"\n')
-            else:
-                load_config(db_url=url)
-        assert "s3cr3tpw" not in str(info.value)
+    assert "s3cr3tpw" not in config_error(tmp_path, f'db_url = "{url}"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(db_url=url)
+    assert "s3cr3tpw" not in str(info.value)
 
 
 def test_redact_of_unparseable_url_hides_everything() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -65,13 +67,13 @@ def test_ddl_has_the_claim_and_dedupe_indexes(dialect: str) -> None:
 
 def test_plain_insert_of_taskscript_and_param_is_a_pending_task(tmp_path: Path) -> None:
     """Run the rendered SQLite DDL, then insert the way a PHP application would."""
-    engine = create_engine(f"sqlite:///{tmp_path / 'q.db'}")
+    db = tmp_path / "q.db"
+    with contextlib.closing(sqlite3.connect(db)) as raw:
+        raw.executescript(render_ddl("sqlite"))
+        raw.execute("INSERT INTO queue (taskscript, param) VALUES ('job.php', '[1]')")
+        raw.commit()
+    engine = create_engine(f"sqlite:///{db}")
     try:
-        with engine.begin() as conn:
-            raw = conn.connection.driver_connection
-            assert raw is not None
-            raw.executescript(render_ddl("sqlite"))
-            conn.execute(text("INSERT INTO queue (taskscript, param) VALUES ('job.php', '[1]')"))
         with engine.connect() as conn:
             row = conn.execute(queue_table.select()).mappings().one()
     finally:

@@ -62,7 +62,8 @@ def _string_param_of_size(nbytes: int, char: str = "a") -> str:
     return char * (body // width)
 
 
-@pytest.mark.parametrize("char", ["a", "é", "€", "😀"], ids=["1-byte", "2-byte", "3-byte", "4-byte"])
+@pytest.mark.parametrize("char", ["a", "é", "€", "😀"],
+                         ids=["1-byte", "2-byte", "3-byte", "4-byte"])
 def test_param_exactly_at_the_argv_limit_is_accepted(char: str) -> None:
     # Pick a size at or just under the limit that the char width divides (plus two quotes).
     width = len(char.encode("utf-8"))
@@ -230,7 +231,7 @@ def test_good_queue_name_is_accepted(queue: str) -> None:
 
 
 def test_naive_run_at_is_refused() -> None:
-    with pytest.raises(InvalidTask, match="run_at .* naive"):
+    with pytest.raises(InvalidTask, match=r"run_at .* naive"):
         spec(run_at=datetime(2026, 11, 23, 12, 0))
 
 

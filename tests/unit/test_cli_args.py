@@ -1,0 +1,316 @@
+"""The command line: argument helpers, the parser, env defaults and exit codes of ``main``."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from cronqueue.cli import build_parser, main, parse_age, parse_time
+from cronqueue.schema import render_ddl
+
+WORK_ENV = {
+    "--db": "CRONQUEUE_DB_URL",
+    "--config": "CRONQUEUE_CONFIG",
+    "--task-dir": "CRONQUEUE_TASK_DIR",
+    "--log-dir": "CRONQUEUE_LOG_DIR",
+    "--log-level": "CRONQUEUE_LOG_LEVEL",
+    "--total": "CRONQUEUE_TOTAL",
+    "--shard": "CRONQUEUE_SHARD",
+    "--queue": "CRONQUEUE_QUEUES",
+    "--batch": "CRONQUEUE_BATCH",
+    "--max-seconds": "CRONQUEUE_MAX_SECONDS",
+}
+ALL_ENV = (*WORK_ENV.values(), "CRONQUEUE_ADD_PRIORITY", "CRONQUEUE_ADD_QUEUE", "CRONQUEUE_QUEUE")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No CRONQUEUE_* from the caller; cwd in tmp_path so the default SQLite file lands there."""
+    for var in ALL_ENV:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "100")
+    return tmp_path
+
+
+def run(argv: list[str]) -> int:
+    """``main`` exit code, whether it returns or argparse exits."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
+# -- parse_age / parse_time ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90", 90),
+        ("90s", 90),
+        ("15m", 900),
+        ("12h", 43_200),
+        ("7d", 604_800),
+        ("2w", 1_209_600),
+        ("1.5h", 5_400),
+        (" 3H ", 10_800),
+        ("0", 0),
+    ],
+)
+def test_parse_age(text: str, seconds: float) -> None:
+    assert parse_age(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("text", ["", "abc", "-5", "5x", "m", "5 minutes", "1d2h", "1e3"])
+def test_parse_age_rejects_bad_input(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="bad age"):
+        parse_age(text)
+
+
+def test_parse_time_naive_is_utc() -> None:
+    value = parse_time("2026-11-23T15:00:00")
+    assert value == datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
+    assert value.utcoffset() == timedelta(0)
+
+
+def test_parse_time_keeps_offset() -> None:
+    value = parse_time("2026-11-23T15:00:00+01:00")
+    assert value.utcoffset() == timedelta(hours=1)
+    assert value == datetime(2026, 11, 23, 14, 0, tzinfo=UTC)
+    assert value.tzinfo == timezone(timedelta(hours=1))
+
+
+@pytest.mark.parametrize("text", ["tomorrow", "2026-13-01T00:00:00", "", "15:00 next day"])
+def test_parse_time_rejects_bad_input(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="bad time"):
+        parse_time(text)
+
+
+# -- the parser ---------------------------------------------------------------------------------
+
+
+def test_work_flags() -> None:
+    args = build_parser().parse_args(
+        ["work", "--total", "4", "--shard", "1", "--queue", "a", "--queue", "b",
+         "--batch", "10", "--max-seconds", "55"])
+    assert args.command == "work"
+    assert args.total == 4
+    assert args.shard == 1
+    assert args.queues == ["a", "b"]
+    assert args.batch == 10
+    assert args.max_seconds == 55.0
+
+
+def test_work_defaults_without_env() -> None:
+    args = build_parser().parse_args(["work"])
+    assert (args.total, args.shard, args.queues, args.batch, args.max_seconds) == (
+        1, 0, None, None, None)
+
+
+def test_work_max_seconds_accepts_an_age() -> None:
+    assert build_parser().parse_args(["work", "--max-seconds", "2m"]).max_seconds == 120.0
+
+
+def test_work_env_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRONQUEUE_TOTAL", "4")
+    monkeypatch.setenv("CRONQUEUE_SHARD", "3")
+    monkeypatch.setenv("CRONQUEUE_QUEUES", "a,b")
+    monkeypatch.setenv("CRONQUEUE_BATCH", "10")
+    monkeypatch.setenv("CRONQUEUE_MAX_SECONDS", "55")
+    monkeypatch.setenv("CRONQUEUE_DB_URL", "sqlite:///env.db")
+    monkeypatch.setenv("CRONQUEUE_TASK_DIR", "/srv/tasks")
+    args = build_parser().parse_args(["work"])
+    assert args.total == 4
+    assert args.shard == 3
+    assert args.queues == ["a", "b"]
+    assert args.batch == 10
+    assert args.max_seconds == 55.0
+    assert args.db == "sqlite:///env.db"
+    assert args.task_dir == "/srv/tasks"
+
+
+@pytest.mark.parametrize(("var", "value"), [("CRONQUEUE_QUEUE", "emails"),
+                                            ("CRONQUEUE_ADD_QUEUE", "emails"),
+                                            ("CRONQUEUE_ADD_PRIORITY", "5"),
+                                            ("CRONQUEUE_TOTAL", "2"),
+                                            ("CRONQUEUE_SHARD", "1")])
+def test_parser_builds_with_env_defaults_set(monkeypatch: pytest.MonkeyPatch, var: str,
+                                             value: str) -> None:
+    # The runner sets CRONQUEUE_QUEUE for every task script: a task script calling the CLI
+    # must not crash while the parser is being built.
+    monkeypatch.setenv(var, value)
+    parser = build_parser()
+    assert parser.parse_args(["stats"]).command == "stats"
+
+
+def test_add_env_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRONQUEUE_ADD_PRIORITY", "7")
+    monkeypatch.setenv("CRONQUEUE_ADD_QUEUE", "emails")
+    args = build_parser().parse_args(["add", "x.py"])
+    assert (args.priority, args.queue) == (7, "emails")
+
+
+def test_task_env_does_not_leak_into_add(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A task script runs with CRONQUEUE_QUEUE set to its own queue; `cronqueue add` from inside
+    # it must still default to the 'default' queue.
+    monkeypatch.setenv("CRONQUEUE_QUEUE", "emails")
+    assert build_parser().parse_args(["add", "x.py"]).queue == "default"
+    assert build_parser().parse_args(["add", "x.py", "--priority", "1"]).priority == 1
+
+
+def test_work_flags_win_over_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRONQUEUE_TOTAL", "4")
+    monkeypatch.setenv("CRONQUEUE_BATCH", "10")
+    monkeypatch.setenv("CRONQUEUE_DB_URL", "sqlite:///env.db")
+    args = build_parser().parse_args(["work", "--total", "8", "--batch", "3",
+                                      "--db", "sqlite:///flag.db"])
+    assert (args.total, args.batch, args.db) == (8, 3, "sqlite:///flag.db")
+
+
+def test_work_queue_flag_replaces_env_queues(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Flag > environment: --queue c must mean only c, not the env list plus c.
+    monkeypatch.setenv("CRONQUEUE_QUEUES", "a,b")
+    args = build_parser().parse_args(["work", "--queue", "c"])
+    assert args.queues == ["c"]
+
+
+def test_work_bad_env_value_is_a_usage_error(monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("CRONQUEUE_TOTAL", "many")
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["work"])
+    assert info.value.code == 2
+    assert "many" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["work", "--total", "0"], ["work", "--total", "x"],
+                                  ["work", "--batch", "-1"], ["work", "--max-seconds", "soon"]])
+def test_work_bad_flag_values_exit_2(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(argv)
+    assert info.value.code == 2
+
+
+def test_work_help_mentions_every_env_variable(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["work", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for flag, var in WORK_ENV.items():
+        assert flag in out
+        assert var in out, f"work --help does not mention {var} for {flag}"
+
+
+def test_work_help_description_has_no_doubled_percent(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["work", "--help"])
+    out = capsys.readouterr().out
+    assert "%%" not in out
+    assert "id % TOTAL == SHARD" in out
+
+
+def test_add_flags() -> None:
+    args = build_parser().parse_args(
+        ["add", "job.py", '{"a":1}', "--priority", "-5", "--queue", "q", "--delay", "5m"])
+    assert (args.taskscript, args.param, args.priority, args.queue) == (
+        "job.py", '{"a":1}', -5, "q")
+    assert args.delay == 300.0
+    assert args.at is None
+
+
+def test_add_delay_and_at_are_exclusive() -> None:
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["add", "x.py", "--delay", "5", "--at", "2026-01-01T00:00"])
+    assert info.value.code == 2
+
+
+def test_list_status_accepts_name_and_code() -> None:
+    parser = build_parser()
+    assert int(parser.parse_args(["list", "--status", "failed"]).status) == 3
+    assert int(parser.parse_args(["list", "--status", "0"]).status) == 0
+    with pytest.raises(SystemExit):
+        parser.parse_args(["list", "--status", "junk"])
+
+
+# -- main: exit codes ---------------------------------------------------------------------------
+
+
+def test_add_outside_task_dir_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["add", "../x.sh"]) == 2
+    captured = capsys.readouterr()
+    err_lines = captured.err.strip().splitlines()
+    assert len(err_lines) == 1, captured.err
+    assert "../x.sh" in err_lines[0]
+    assert "Traceback" not in captured.err
+    assert captured.out == ""
+
+
+def test_add_bad_param_json_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["add", "x.py", "{bad"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "JSON" in err[0]
+
+
+def test_work_shard_out_of_range_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["work", "--total", "2", "--shard", "5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "--shard" in err[0]
+
+
+def test_work_negative_shard_exits_2() -> None:
+    assert main(["work", "--total", "2", "--shard", "-1"]) == 2
+
+
+def test_work_bad_queue_name_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["work", "--queue", "bad name"]) == 2
+    assert "bad name" in capsys.readouterr().err
+
+
+def test_bad_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "cq.toml").write_text("nonsense_key = 1\n")
+    assert main(["stats", "--config", str(tmp_path / "cq.toml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "nonsense_key" in err[0]
+
+
+def test_bad_log_level_env_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An env default bypasses argparse's choices; it must still be exit 2, not a traceback.
+    monkeypatch.setenv("CRONQUEUE_LOG_LEVEL", "verbose")
+    assert run(["init-db", "--print-ddl", "--dialect", "sqlite"]) == 2
+
+
+def test_status_of_unknown_id_on_fresh_db_exits_1(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["init-db"]) == 0
+    assert (tmp_path / "cronqueue.db").exists()
+    capsys.readouterr()
+    assert main(["status", "999"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "999" in err[0]
+
+
+def test_add_then_status_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["init-db"]) == 0
+    capsys.readouterr()
+    assert main(["add", "job.py", '{"a":"é"}', "--priority", "3"]) == 0
+    task_id = int(capsys.readouterr().out.strip())
+    assert task_id >= 1
+    assert main(["status", str(task_id)]) == 0
+    out = capsys.readouterr().out
+    assert f"task {task_id}: pending" in out
+    assert "job.py" in out
+
+
+def test_print_ddl_is_the_schema_rendering(capsys: pytest.CaptureFixture[str]) -> None:
+    for dialect in ("sqlite", "mysql"):
+        assert main(["init-db", "--print-ddl", "--dialect", dialect]) == 0
+        assert capsys.readouterr().out == render_ddl(dialect)
