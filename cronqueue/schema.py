@@ -70,6 +70,27 @@ class UTCDateTime(TypeDecorator[datetime]):
         return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
+class ExactKey(TypeDecorator[str]):
+    """A key compared byte for byte. MySQL/MariaDB ``utf8mb4_bin`` is a PAD SPACE collation
+    (``'k' = 'k '``), so there the column is VARBINARY: no padding, no case folding."""
+
+    impl = String(191)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.VARBINARY(764))  # 191 chars x 4 bytes
+        return dialect.type_descriptor(String(191))
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> Any:
+        if value is not None and dialect.name in ("mysql", "mariadb"):
+            return value.encode("utf-8")
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
+        return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
 class UtcNow(FunctionElement[datetime]):
     """The database's current UTC time, as a column default (rendered per dialect)."""
 
@@ -108,7 +129,7 @@ queue_table = Table(
     Column("timeout", Integer, nullable=True),
     Column("unique_key", String(191), nullable=True),
     # = unique_key while the task is pending or running, NULL otherwise (unique index below).
-    Column("active_key", String(191), nullable=True),
+    Column("active_key", ExactKey(), nullable=True),
     Column("worker_host", String(255), nullable=True),
     Column("worker_pid", Integer, nullable=True),
     Column("worker_pid_start", BigInteger, nullable=True),

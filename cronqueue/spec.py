@@ -96,7 +96,10 @@ def resolve_run_at(run_at: object, delay: object, now: datetime) -> datetime:
             raise InvalidTask(f"run_at must be a timezone-aware datetime, got {run_at!r}")
         if run_at.tzinfo is None or run_at.utcoffset() is None:
             raise InvalidTask(f"run_at {run_at.isoformat()} is naive; give it a timezone")
-        return run_at.astimezone(UTC)
+        try:
+            return run_at.astimezone(UTC)
+        except OverflowError:
+            raise InvalidTask(f"run_at {run_at!r} is out of range") from None
     if delay is not None:
         if isinstance(delay, timedelta):
             seconds = delay.total_seconds()

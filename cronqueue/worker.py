@@ -223,7 +223,7 @@ class Shard:
             delay = min(cfg.backoff_max, cfg.backoff * 2 ** (attempt - 1))
             delay *= 1 + random.random() / 4
             values.update(status=int(Status.PENDING), run_at=now + timedelta(seconds=delay),
-                          claim_token=None, finished_at=now)
+                          claim_token=None)
             return "retried", values
         values.update(status=int(Status.FAILED), finished_at=now, active_key=None)
         return "failed", values

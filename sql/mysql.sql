@@ -14,7 +14,7 @@ CREATE TABLE IF NOT EXISTS queue (
 	max_attempts INTEGER, 
 	timeout INTEGER, 
 	unique_key VARCHAR(191), 
-	active_key VARCHAR(191), 
+	active_key VARBINARY(764), 
 	worker_host VARCHAR(255), 
 	worker_pid INTEGER, 
 	worker_pid_start BIGINT, 
