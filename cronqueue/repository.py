@@ -77,14 +77,16 @@ class Repository:
             if spec.unique_key is not None:
                 ids[i] = self._insert_unique(conn, spec, now)
         dialect = conn.dialect
-        bulk = getattr(dialect, "insert_executemany_returning_sort_by_parameter_order", False)
+        bulk = getattr(dialect, "insert_executemany_returning", False)
         for start in range(0, len(plain), _CHUNK):
             chunk = plain[start:start + _CHUNK]
             rows = [specs[i].row(now) for i in chunk]
             if bulk and len(rows) > 1:
-                stmt = queries.insert_task().returning(
-                    queue_table.c.id, sort_by_parameter_order=True)
-                new_ids = [r[0] for r in conn.execute(stmt, rows)]
+                # Rows of a multi-row INSERT get increasing ids in VALUES order, and later
+                # statements of this connection larger ones: sorted ids are in input order.
+                # (sort_by_parameter_order would fall back to one statement per row here.)
+                stmt = queries.insert_task().returning(queue_table.c.id)
+                new_ids = sorted(r[0] for r in conn.execute(stmt, rows))
             else:
                 new_ids = [_inserted_id(conn.execute(queries.insert_task(), row))
                            for row in rows]
