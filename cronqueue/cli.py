@@ -9,13 +9,14 @@ import argparse
 import json
 import logging
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from .config import Config, load_config
+from .config import parse_age as config_parse_age
 from .errors import ConfigError, CronqueueError, InvalidTask, TaskNotFound
 from .model import Status, Task
 
@@ -79,16 +80,12 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
-_AGE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
-_AGE_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
 def parse_age(text: str) -> timedelta:
     """``90``, ``90s``, ``15m``, ``12h``, ``7d``, ``2w``."""
-    match = _AGE_RE.fullmatch(text.strip().lower())
-    if not match:
-        raise argparse.ArgumentTypeError(f"bad age {text!r} (examples: 3600, 15m, 12h, 7d)")
-    return timedelta(seconds=float(match.group(1)) * _AGE_UNITS[match.group(2)])
+    try:
+        return config_parse_age(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _seconds(text: str) -> float:
@@ -179,6 +176,29 @@ def build_parser() -> argparse.ArgumentParser:
          help="rows per claim (default: worker.batch)")
     _env(p, "--max-seconds", env="CRONQUEUE_MAX_SECONDS", type=_seconds,
          help="keep polling for this long (default: drain what is due and exit)")
+    _env(p, "--entry", env="CRONQUEUE_ENTRY", type=_entry_name,
+         help="the mission entry this shard belongs to: at most one process per (entry, "
+              "shard) runs at a time on all hosts; others exit at once")
+
+    p = cmd("mission", "cron_mission: run the schedule entries due this minute, then return "
+            "(the one crontab line)", cmd_mission)
+    _env(p, "--now", env="CRONQUEUE_NOW", type=parse_time,
+         help="act as if it were this time (ISO-8601; for tests and catch-up drills)")
+
+    p = cmd("schedule", "the mission entries: cron, description, next runs, last run",
+            cmd_schedule)
+    p.add_argument("--json", action="store_true")
+
+    p = cmd("workers", "running shards on every host; `workers stop` asks them to stop",
+            cmd_workers)
+    p.add_argument("action", nargs="?", choices=["list", "stop"], default="list")
+    p.add_argument("ids", nargs="*", type=_positive_int, help="with stop: worker ids")
+    p.add_argument("--entry", help="with stop: the shards of this mission entry")
+    p.add_argument("--shard", type=_int, help="with stop --entry: only this shard index")
+    p.add_argument("--all", action="store_true", help="with stop: every running shard")
+    p.add_argument("--json", action="store_true")
+
+    p = cmd("crontab", "print the crontab line to install for this installation", cmd_crontab)
 
     p = cmd("check", "validate the configuration, the database and task_dir; run nothing",
             cmd_check)
@@ -187,6 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", help="where to create the demo (default: a new temporary dir)")
     p.add_argument("--tasks", type=_positive_int, default=30, help="messages to send (30)")
     return parser
+
+
+def _entry_name(text: str) -> str:
+    from .config import MISSION_NAME_RE
+
+    if not MISSION_NAME_RE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"bad entry name {text!r}")
+    return text
 
 
 def _status(text: str) -> Status:
@@ -305,7 +333,86 @@ def cmd_work(args: argparse.Namespace, cfg: Config) -> int:
 
         check_queue(name)
     Shard(cfg, total=args.total, shard=args.shard, queues=args.queues, batch=args.batch,
-          max_seconds=args.max_seconds).run()
+          max_seconds=args.max_seconds, entry=args.entry).run()
+    return 0
+
+
+def cmd_mission(args: argparse.Namespace, cfg: Config) -> int:
+    from .mission import Mission
+
+    if not cfg.missions:
+        log.warning("no [[mission]] entries in %s: nothing to do",
+                    cfg.source or "the configuration (no config file)")
+    Mission(cfg).tick(args.now)
+    return 0
+
+
+def cmd_schedule(args: argparse.Namespace, cfg: Config) -> int:
+    entries = _queue(cfg).schedule()
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return 0
+    if not entries:
+        print(f"no [[mission]] entries ({cfg.source or 'no config file'})")
+    for e in entries:
+        print(f"{e['name']}  [{e['cron']}]  {e['description']} ({e['timezone']})")
+        print(f"  action  {e['action']}")
+        print(f"  next    {', '.join(_short(t) for t in e['next'])}")
+        if e["last_scheduled"]:
+            task = f" (task {e['last_task']})" if e["last_task"] else ""
+            print(f"  last    {_short(e['last_scheduled'])} on {e['last_host']}: "
+                  f"{e['last_outcome']}{task}")
+        else:
+            print("  last    never")
+    return 0
+
+
+def _short(iso: str) -> str:
+    return iso.replace("T", " ")[:16] + iso[-6:]
+
+
+def cmd_workers(args: argparse.Namespace, cfg: Config) -> int:
+    q = _queue(cfg)
+    if args.action == "stop":
+        if not (args.ids or args.entry or args.all):
+            raise ConfigError("workers stop: give worker ids, --entry NAME or --all")
+        asked = q.stop_workers(args.ids or None, entry=args.entry, shard=args.shard)
+        for w in asked:
+            print(f"asked worker {w.id} ({w.host}:{w.pid}, {w.entry or '-'} shard "
+                  f"{w.shard}/{w.total}) to stop")
+        if not asked:
+            print("no running worker matched")
+            return 1
+        return 0
+    workers = q.workers()
+    if args.json:
+        print(json.dumps([w.as_dict() for w in workers], indent=2))
+        return 0
+    rows = [("ID", "HOST", "PID", "ENTRY", "SHARD", "QUEUES", "STARTED", "TASK", "DONE",
+             "HEARTBEAT", "STATE")]
+    for w in workers:
+        state = ("stopping" if w.stop_requested else "running") if w.alive else "gone"
+        rows.append((str(w.id), w.host, str(w.pid), w.entry or "-", f"{w.shard}/{w.total}",
+                     w.queues or "*", _when(w.started_at), str(w.current_task or "-"),
+                     str(w.tasks_done), _when(w.heartbeat_at), state))
+    print(_columns(rows) if workers else "no shard is running")
+    return 0
+
+
+def cmd_crontab(args: argparse.Namespace, cfg: Config) -> int:
+    import shlex
+
+    exe = Path(sys.executable).parent / "cronqueue"
+    command = shlex.quote(str(exe)) if exe.exists() else \
+        f"{shlex.quote(sys.executable)} -m cronqueue"
+    where = cfg.source.parent if cfg.source else Path.cwd()
+    config = f" --config {shlex.quote(str(cfg.source))}" if cfg.source else ""
+    log_file = shlex.quote(str(cfg.log_dir / "mission.log"))
+    if cfg.source is None:
+        print("# no config file found: the mission will run with the defaults of "
+              f"{where} (write cronqueue.toml first, see README)")
+    print(f"* * * * * cd {shlex.quote(str(where))} && {command} mission{config} "
+          f">> {log_file} 2>&1")
     return 0
 
 
@@ -356,6 +463,10 @@ def format_table(tasks: Sequence[Task]) -> str:
                      str(t.attempts), t.taskscript, _when(t.run_at),
                      "" if t.exit_code is None else str(t.exit_code),
                      (t.error or "")[:50]))
+    return _columns(rows)
+
+
+def _columns(rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                      for r in rows)
@@ -380,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.log_level is not None and args.log_level.lower() not in _LOG_LEVELS:
         parser.error(f"--log-level/CRONQUEUE_LOG_LEVEL: invalid choice {args.log_level!r} "
                      f"(choose from {', '.join(_LOG_LEVELS)})")
-    chatty = args.command in ("work", "demo")
+    chatty = args.command in ("work", "demo", "mission")
     setup_logging(args.log_level, logging.INFO if chatty else logging.WARNING)
     try:
         cfg = load_config(args.config, db_url=args.db, task_dir=args.task_dir,

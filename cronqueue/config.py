@@ -7,10 +7,12 @@ default. Unknown keys and bad values are ``ConfigError``s naming the key (and th
 from __future__ import annotations
 
 import os
+import random
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -24,6 +26,22 @@ from .spec import build_spec, check_queue
 
 DEFAULT_DB_URL = "sqlite:///cronqueue.db"
 DEFAULT_CONFIG_NAME = "cronqueue.toml"
+MISSION_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+CATCH_UP_POLICIES = ("latest", "skip")
+
+_AGE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
+_AGE_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_age(text: str | int | float) -> timedelta:
+    """``90``, ``90s``, ``15m``, ``12h``, ``7d``, ``2w`` (a number alone is seconds).
+    Raises ``ValueError`` with a readable reason."""
+    if isinstance(text, int | float) and not isinstance(text, bool) and text >= 0:
+        return timedelta(seconds=text)
+    match = _AGE_RE.fullmatch(text.strip().lower()) if isinstance(text, str) else None
+    if not match:
+        raise ValueError(f"bad age {text!r} (examples: 3600, 15m, 12h, 7d)")
+    return timedelta(seconds=float(match.group(1)) * _AGE_UNITS[match.group(2)])
 
 
 @dataclass(frozen=True)
@@ -38,8 +56,15 @@ class WorkerConfig:
     poll_interval: float = 1.0  # with --max-seconds: how often an idle shard looks again
     lease: int = 300  # seconds a claim is held before another host may presume it lost
     kill_grace: float = 5.0  # TERM → KILL delay when a task is timed out or stopped hard
+    heartbeat: float = 5.0  # seconds between a shard's heartbeats (workers table)
     output_tail: int = 4096  # bytes of output kept on the row
     max_log_bytes: int = 64 * 1024 * 1024  # bytes of one task's output kept in the day log
+
+    def backoff_delay(self, attempt: int) -> float:
+        """Seconds before retry number ``attempt``: doubling from ``backoff``, capped, with
+        0-25 % jitter so that a burst of failures does not come back all at once."""
+        delay = min(self.backoff_max, self.backoff * 2 ** max(attempt - 1, 0))
+        return float(delay * (1 + random.random() / 4))
 
     def validate(self) -> None:
         for f in fields(self):
@@ -78,6 +103,21 @@ class MissionEntry:
     cron: str
     do_queue: DoQueue | None = None
     add: AddAction | None = None
+    # When ticks were missed (machine down, cron stopped): "latest" runs once for the most
+    # recent missed time if it is at most catch_up_window old; "skip" never catches up.
+    catch_up: str = "latest"
+    catch_up_window: float = 3600.0
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long finished tasks (and mission run records) are kept; None = forever.
+    The mission purges by these at every tick; ``[retention]`` in the file."""
+
+    done: float | None = 7 * 86400
+    failed: float | None = 30 * 86400
+    cancelled: float | None = 7 * 86400
+    runs: float | None = 7 * 86400
 
 
 @dataclass(frozen=True)
@@ -89,6 +129,7 @@ class Config:
     interpreters: Mapping[str, tuple[str, ...]] = field(
         default_factory=lambda: {k: tuple(v) for k, v in DEFAULT_INTERPRETERS.items()})
     worker: WorkerConfig = field(default_factory=WorkerConfig)
+    retention: Retention = field(default_factory=Retention)
     missions: tuple[MissionEntry, ...] = ()
     source: Path | None = None  # the file it came from, if any
 
@@ -172,7 +213,8 @@ def load_config(config_file: str | os.PathLike[str] | None = None, *, db_url: st
     return cfg.validate()
 
 
-_TOP_KEYS = {"db_url", "task_dir", "log_dir", "timezone", "interpreters", "worker", "mission"}
+_TOP_KEYS = {"db_url", "task_dir", "log_dir", "timezone", "interpreters", "worker", "retention",
+             "mission"}
 
 
 def _from_mapping(data: Mapping[str, Any], base: Path, source: Path | None) -> Config:
@@ -195,6 +237,8 @@ def _from_mapping(data: Mapping[str, Any], base: Path, source: Path | None) -> C
         kw["interpreters"] = interps
     if "worker" in data:
         kw["worker"] = _section(WorkerConfig, "worker", _typed("worker", data["worker"], dict))
+    if "retention" in data:
+        kw["retention"] = _retention(_typed("retention", data["retention"], dict))
     if "mission" in data:
         entries = _typed("mission", data["mission"], list)
         kw["missions"] = tuple(_mission(i, e) for i, e in enumerate(entries))
@@ -215,16 +259,45 @@ def _section(cls: type, name: str, table: Mapping[str, Any]) -> Any:
     return cls(**table)
 
 
+def _retention(table: Mapping[str, Any]) -> Retention:
+    known = {f.name for f in fields(Retention)}
+    values: dict[str, float | None] = {}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"unknown key retention.{key!r}")
+        if value == "never":
+            values[key] = None
+            continue
+        try:
+            values[key] = parse_age(value).total_seconds()
+        except ValueError as exc:
+            raise ConfigError(f"retention.{key}: {exc}, or \"never\"") from None
+    return Retention(**values)
+
+
 def _mission(index: int, raw: Any) -> MissionEntry:
     if not isinstance(raw, dict):
         raise ConfigError(f"mission #{index + 1}: expected a table")
     name = raw.get("name")
     label = f"mission {name!r}" if isinstance(name, str) and name else f"mission #{index + 1}"
-    unknown = sorted(set(raw) - {"name", "cron", "do_queue", "add"})
+    unknown = sorted(set(raw) - {"name", "cron", "do_queue", "add", "catch_up",
+                                 "catch_up_window"})
     if unknown:
         raise ConfigError(f"{label}: unknown key {unknown[0]!r}")
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{label}: 'name' is required")
+    if not MISSION_NAME_RE.fullmatch(name):
+        raise ConfigError(f"{label}: name must be 1-64 of letters, digits and _.- "
+                          "(it names lock files and log lines)")
+    catch_up = raw.get("catch_up", "latest")
+    if catch_up not in CATCH_UP_POLICIES:
+        raise ConfigError(f"{label}.catch_up: must be one of {', '.join(CATCH_UP_POLICIES)}, "
+                          f"got {catch_up!r}")
+    try:
+        window = parse_age(raw.get("catch_up_window", 3600)).total_seconds()
+    except ValueError as exc:
+        raise ConfigError(f"{label}.catch_up_window: {exc}") from None
+    policy = {"catch_up": catch_up, "catch_up_window": window}
     cron = raw.get("cron")
     if not isinstance(cron, str) or not croniter.is_valid(cron):
         raise ConfigError(f"{label}: invalid cron expression {cron!r}")
@@ -251,11 +324,12 @@ def _mission(index: int, raw: Any) -> MissionEntry:
                                          or not isinstance(dq.batch, int) or dq.batch < 1):
                 raise ConfigError(f"{label}.do_queue.batch: must be an integer >= 1, "
                                   f"got {dq.batch!r}")
-            return MissionEntry(name, cron, do_queue=replace(dq, queues=tuple(dq.queues)))
+            return MissionEntry(name, cron, do_queue=replace(dq, queues=tuple(dq.queues)),
+                                **policy)
         add = _section(AddAction, f"{label}.add", _typed(f"{label}.add", raw["add"], dict))
         build_spec(add.taskscript, add.param, priority=add.priority, queue=add.queue,
                    max_attempts=add.max_attempts, timeout=add.timeout, now=datetime.now(UTC))
-        return MissionEntry(name, cron, add=add)
+        return MissionEntry(name, cron, add=add, **policy)
     except InvalidTask as exc:
         raise ConfigError(f"{label}: {exc}") from None
     except TypeError as exc:

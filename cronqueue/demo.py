@@ -1,22 +1,26 @@
 """``cronqueue demo``: the quickstart on SQLite, offline, in seconds.
 
-Creates a directory with a config, an example task dir and a SQLite database, enqueues a few
-dozen messages with mixed priorities (some fail and are retried, one fails for good), runs two
-real ``cronqueue work`` shard processes until nothing is due, and prints a summary.
+Creates a directory with a config (two mission entries), an example task dir and a SQLite
+database, enqueues a few dozen messages with mixed priorities (some fail and are retried, one
+fails for good), then drives the mission one simulated minute at a time: each tick starts two
+real ``cronqueue work`` shard processes and, every other minute, enqueues a recurring task.
+Prints a summary when nothing is left to do.
 """
 
 from __future__ import annotations
 
 import importlib.resources
+import logging
 import random
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from .config import load_config
+from .mission import Launcher, Mission, detached_launcher
 from .model import Status, Task
 from .queue import Queue
 
@@ -32,6 +36,17 @@ max_attempts = 3
 backoff = 0.5        # first retry after ~0.5 s (production default: 10 s), doubling
 backoff_max = 2
 timeout = 30
+
+[[mission]]          # every minute: drain the queue with 2 shards
+name = "drain"
+cron = "* * * * *"
+do_queue = {{ total = 2 }}
+
+[[mission]]          # every 2 minutes: a recurring digest message
+name = "digest"
+cron = "*/2 * * * *"
+add = {{ taskscript = "send_msg.py", priority = 8, param = {{ sender = 1, receivers = [500], \
+content = "your digest" }} }}
 """
 
 
@@ -71,41 +86,56 @@ def run_demo(directory: str | None = None, *, messages: int = 30, seed: int = 7)
     print(f"enqueued {len(ids)} tasks (ids {ids[0]}..{ids[-1]}): {messages} messages with "
           "priorities -1..10, 2 flaky (fail once), 1 doomed, 1 delayed\n")
 
+    cfg = load_config(config_file)
+    logging.getLogger("cronqueue.mission").setLevel(logging.WARNING)  # the demo narrates
+    children: list[subprocess.Popen[bytes]] = []
+    mission = Mission(cfg, launcher=_keep(children, detached_launcher(cfg.log_dir)))
     started = time.monotonic()
-    log_file = base / "logs" / "shards.log"
-    log_file.parent.mkdir(exist_ok=True)
+    tick = datetime.now(UTC).replace(second=0, microsecond=0)
+    tick -= timedelta(minutes=tick.minute % 2)  # start on an even minute: the digest fires
     rounds = 0
+    print("driving `cronqueue mission --now T` one simulated minute at a time:")
     while time.monotonic() - started < 60:
         rounds += 1
-        with open(log_file, "a") as log:
-            procs = [subprocess.Popen(
-                [sys.executable, "-m", "cronqueue", "work", "--config", str(config_file),
-                 "--total", str(SHARDS), "--shard", str(i)],
-                stdout=log, stderr=log, stdin=subprocess.DEVNULL) for i in range(SHARDS)]
-            codes = [p.wait() for p in procs]
+        report = mission.tick(tick)
+        for child in children:
+            child.wait()
+        children.clear()
         stats = q.stats()
-        print(f"round {rounds}: {SHARDS} shards exited {codes}; done {stats['done']}, "
+        did = [f"started shards {','.join(str(s) for _e, s in report.launched)}"]
+        did += [f"added {name} task {task}" for name, task in report.added.items()]
+        print(f"  tick {tick:%H:%M}Z: {'; '.join(did)} -> done {stats['done']}, "
               f"failed {stats['failed']}, pending {stats['pending']}")
         if stats["pending"] == 0 and stats["running"] == 0:
             break
-        time.sleep(0.5)
+        tick += timedelta(minutes=1)
+        time.sleep(0.5)  # real time for the retries' backoff to pass
     elapsed = time.monotonic() - started
 
-    tasks = sorted((t for t in q.list(limit=len(ids)) if t.id in set(ids)),
+    tasks = sorted(q.list(limit=1000),
                    key=lambda t: (t.started_at is None, t.started_at, t.id))
     print("\nper task, in the order they (last) started; each shard (id % 2) takes the highest "
           "priority first, then the oldest:")
     print(_table(tasks))
     stats = q.stats()
     print(f"\n{stats['done']} done, {stats['failed']} failed, {stats['pending']} pending, "
-          f"{stats['running']} running — {len(ids)} tasks, {SHARDS} shards, {rounds} rounds, "
-          f"{elapsed:.1f}s")
-    print(f"output of every run: {base / 'logs'}/*.log; shard logs: {log_file}")
+          f"{stats['running']} running — {stats['total']} tasks, {SHARDS} shards, "
+          f"{rounds} mission ticks, {elapsed:.1f}s")
+    print(f"output of every run: {base / 'logs'}/*.log; shard logs: {base / 'logs'}/shards.log")
     print(f"try: cronqueue --help   |   cronqueue list --config {config_file}")
     q.close()
     expected_failed = 1
-    ok = stats["done"] == len(ids) - expected_failed and stats["failed"] == expected_failed
+    ok = stats["done"] == stats["total"] - expected_failed and stats["failed"] == expected_failed
     return 0 if ok else 1
+
+
+def _keep(children: list[subprocess.Popen[bytes]], launch: Launcher) -> Launcher:
+    """Launch as the mission does, but remember the shards so the demo can wait for them."""
+
+    def launcher(argv: list[str], env: dict[str, str], cwd: Path) -> None:
+        children.append(launch(argv, env, cwd))
+
+    return launcher
 
 
 def _table(tasks: list[Task]) -> str:

@@ -75,12 +75,44 @@ class Task:
         return json.loads(self.param)
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, datetime):
-                value = value.isoformat()
-            elif isinstance(value, Status):
-                value = value.name.lower()
-            out[f.name] = value
-        return out
+        return _as_dict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Worker:
+    """A running (or vanished) shard: one row of ``cronqueue_workers``."""
+
+    id: int
+    host: str
+    pid: int
+    pid_start: int | None
+    entry: str | None
+    shard: int
+    total: int
+    queues: str
+    started_at: datetime
+    heartbeat_at: datetime
+    current_task: int | None
+    tasks_done: int
+    stop_requested: int
+    alive: bool = True  # judged by the reader: pid check on its host, heartbeat age elsewhere
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any], alive: bool = True) -> Worker:
+        values = {f.name: row[f.name] for f in fields(cls) if f.name != "alive"}
+        return cls(**values, alive=alive)
+
+    def as_dict(self) -> dict[str, Any]:
+        return _as_dict(self)
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, datetime):
+            value = value.isoformat()
+        elif isinstance(value, Status):
+            value = value.name.lower()
+        out[f.name] = value
+    return out

@@ -15,6 +15,8 @@ from sqlalchemy.sql.dml import Insert
 
 from .model import Status
 from .schema import queue_table as q
+from .schema import runs_table as r
+from .schema import workers_table as w
 
 FINISHED = (int(Status.DONE), int(Status.FAILED), int(Status.CANCELLED))
 
@@ -169,3 +171,71 @@ def purgeable_ids(before: datetime, limit: int) -> Select[Any]:
 
 def delete_ids(ids: Sequence[int]) -> Delete:
     return delete(q).where(q.c.id.in_(ids), q.c.status.in_(FINISHED))
+
+
+def purgeable_ids_in(statuses: Sequence[int], before: datetime, limit: int) -> Select[Any]:
+    return (select(q.c.id).where(q.c.status.in_(statuses), q.c.finished_at < before)
+            .limit(limit))
+
+
+def select_running() -> Select[Any]:
+    """Every claimed row, for the rescue of tasks whose shard died."""
+    return select(q).where(q.c.status == int(Status.RUNNING))
+
+
+# -- mission runs -----------------------------------------------------------------------------
+
+def last_scheduled(entry: str) -> Executable:
+    return select(func.max(r.c.scheduled_at)).where(r.c.entry == entry)
+
+
+def insert_run() -> Insert:
+    """Fails with a unique violation if (entry, scheduled_at) already fired: the arbiter."""
+    return r.insert()
+
+
+def update_run(run_id: int, **values: Any) -> Update:
+    return update(r).where(r.c.id == run_id).values(**values)
+
+
+def latest_runs() -> Select[Any]:
+    newest = (select(r.c.entry, func.max(r.c.scheduled_at).label("at"))
+              .group_by(r.c.entry).subquery())
+    return select(r).join(newest, (r.c.entry == newest.c.entry)
+                          & (r.c.scheduled_at == newest.c.at))
+
+
+def old_run_ids(before: datetime, limit: int) -> Select[Any]:
+    return select(r.c.id).where(r.c.scheduled_at < before).limit(limit)
+
+
+def delete_runs(ids: Sequence[int]) -> Delete:
+    return delete(r).where(r.c.id.in_(ids))
+
+
+# -- worker registry --------------------------------------------------------------------------
+
+def insert_worker() -> Insert:
+    return w.insert()
+
+
+def heartbeat(worker_id: int, now: datetime, current_task: int | None,
+              tasks_done: int) -> Update:
+    return (update(w).where(w.c.id == worker_id)
+            .values(heartbeat_at=now, current_task=current_task, tasks_done=tasks_done))
+
+
+def stop_requested(worker_id: int) -> Executable:
+    return select(w.c.stop_requested).where(w.c.id == worker_id)
+
+
+def delete_workers(ids: Sequence[int]) -> Delete:
+    return delete(w).where(w.c.id.in_(ids))
+
+
+def select_workers() -> Select[Any]:
+    return select(w).order_by(w.c.entry, w.c.shard, w.c.id)
+
+
+def request_stop(ids: Sequence[int]) -> Update:
+    return update(w).where(w.c.id.in_(ids)).values(stop_requested=1)

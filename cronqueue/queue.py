@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -15,8 +17,10 @@ from sqlalchemy.orm import Session
 from .config import Config, load_config
 from .db import make_engine
 from .errors import InvalidTask
-from .model import Status, Task
+from .model import Status, Task, Worker
+from .proc import Owner, pid_alive
 from .repository import Repository
+from .rescue import owner_gone
 from .spec import build_spec, spec_from_item
 
 
@@ -111,6 +115,44 @@ class Queue:
             return []
         return self.repo.insert(built, now, connection)
 
+    # -- shards and the schedule (what a web application can show and control) ---------------
+
+    def workers(self) -> list[Worker]:
+        """Registered shards on every host, each judged alive (pid check on this host,
+        heartbeat age elsewhere) or not."""
+        me = Owner.me()
+        now = self.clock()
+        lease = timedelta(seconds=self.config.worker.lease)
+        return [Worker.from_row(row, alive=not owner_gone(
+                    row["host"], row["pid"], row["pid_start"], row["heartbeat_at"] + lease,
+                    me=me, now=now))
+                for row in self.repo.worker_rows()]
+
+    def stop_workers(self, ids: Iterable[int] | None = None, *, entry: str | None = None,
+                     shard: int | None = None) -> list[Worker]:
+        """Ask shards to stop gracefully (finish the current task, release the rest): by id,
+        or by mission entry (and shard index), or all when nothing is given. Works across
+        hosts through the database (seen within ``worker.heartbeat`` seconds); a shard on
+        this host also gets SIGTERM at once. Returns the shards asked."""
+        wanted = set(ids) if ids is not None else None
+        chosen = [w for w in self.workers() if w.alive
+                  and (wanted is None or w.id in wanted)
+                  and (entry is None or w.entry == entry)
+                  and (shard is None or w.shard == shard)]
+        self.repo.request_stop([w.id for w in chosen])
+        me = Owner.me()
+        for w in chosen:
+            if w.host == me.host and pid_alive(w.pid, w.pid_start):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(w.pid, signal.SIGTERM)
+        return chosen
+
+    def schedule(self, now: datetime | None = None) -> list[dict[str, Any]]:
+        """The mission entries of the configuration: next runs, last run and outcome."""
+        from .mission import overview
+
+        return overview(self.config, self.repo, now or self.clock())
+
     # -- inspect and control ------------------------------------------------------------------
 
     def get(self, task_id: int) -> Task | None:
@@ -118,7 +160,7 @@ class Queue:
 
     def list(self, *, status: Status | None = None, queue: str | None = None,
              limit: int = 50) -> list[Task]:
-        return self.repo.list(status=status, queue=queue, limit=limit)
+        return self.repo.list_tasks(status=status, queue=queue, limit=limit)
 
     def cancel(self, task_id: int) -> None:
         """Cancel a pending task. Raises ``TaskNotFound`` or ``InvalidTransition``."""

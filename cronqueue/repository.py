@@ -113,7 +113,7 @@ class Repository:
 
         return transaction(self.engine, work, readonly=True)
 
-    def list(self, *, status: Status | None = None, queue: str | None = None,
+    def list_tasks(self, *, status: Status | None = None, queue: str | None = None,
              limit: int = 50) -> list[Task]:
         stmt = queries.select_tasks(status=status, queue=queue, limit=limit)
         return transaction(
@@ -210,15 +210,122 @@ class Repository:
                         task_id)
             return False
 
-    def purge(self, before: datetime) -> int:
-        """Delete finished tasks whose finished_at is older than ``before``, in chunks."""
-        total = 0
-        while True:
+    def purge(self, before: datetime, statuses: Sequence[int] = queries.FINISHED,
+              max_chunks: int | None = None) -> int:
+        """Delete finished tasks whose finished_at is older than ``before``, in chunks of
+        1,000 rows (each its own short transaction); at most ``max_chunks`` if given."""
+        total, chunks = 0, 0
+        while max_chunks is None or chunks < max_chunks:
             def work(conn: Connection) -> int:
-                ids = list(conn.execute(queries.purgeable_ids(before, _CHUNK)).scalars())
+                stmt = queries.purgeable_ids_in(statuses, before, _CHUNK)
+                ids = list(conn.execute(stmt).scalars())
                 return conn.execute(queries.delete_ids(ids)).rowcount if ids else 0
 
             deleted = transaction(self.engine, work)
             total += deleted
+            chunks += 1
             if deleted < _CHUNK:
-                return total
+                break
+        return total
+
+    # -- rescue -------------------------------------------------------------------------------
+
+    def running(self) -> list[Task]:
+        return transaction(
+            self.engine,
+            lambda conn: [Task.from_row(r) for r in
+                          conn.execute(queries.select_running()).mappings()],
+            readonly=True)
+
+    def settle(self, task: Task, values: dict[str, Any]) -> bool:
+        """Write an outcome for a task claimed by someone else (the rescue), fenced by the
+        claim token it was seen with: a shard that finishes meanwhile wins."""
+        assert task.claim_token is not None
+        return self.record(Finish(task.id, task.claim_token, values))[0]
+
+    # -- mission runs -------------------------------------------------------------------------
+
+    def last_scheduled(self, entry: str) -> datetime | None:
+        return transaction(self.engine,
+                           lambda conn: conn.execute(queries.last_scheduled(entry)).scalar(),
+                           readonly=True)
+
+    def record_run(self, entry: str, scheduled_at: datetime, *, host: str, pid: int,
+                   outcome: str, spec: TaskSpec | None = None,
+                   now: datetime | None = None) -> tuple[int, int | None] | None:
+        """Claim (entry, scheduled_at) for this mission. None if another mission already did.
+        With ``spec``, the recurring task is inserted in the same transaction: once or never.
+        Returns (run id, task id)."""
+
+        def work(conn: Connection) -> tuple[int, int | None] | None:
+            try:
+                res = conn.execute(queries.insert_run(), {
+                    "entry": entry, "scheduled_at": scheduled_at, "host": host, "pid": pid,
+                    "outcome": outcome, "fired_at": now or scheduled_at})
+            except IntegrityError:
+                return None
+            run_id = _inserted_id(res)
+            task_id = None
+            if spec is not None:
+                task_id = self._insert(conn, [spec], now or scheduled_at)[0]
+                conn.execute(queries.update_run(run_id, task_id=task_id))
+            return run_id, task_id
+
+        return transaction(self.engine, work)
+
+    def set_run_outcome(self, run_id: int, outcome: str) -> None:
+        transaction(self.engine,
+                    lambda conn: conn.execute(queries.update_run(run_id, outcome=outcome[:1000])))
+
+    def latest_runs(self) -> dict[str, dict[str, Any]]:
+        return transaction(
+            self.engine,
+            lambda conn: {r["entry"]: dict(r) for r in
+                          conn.execute(queries.latest_runs()).mappings()},
+            readonly=True)
+
+    def purge_runs(self, before: datetime, max_chunks: int = 5) -> int:
+        total = 0
+        for _ in range(max_chunks):
+            def work(conn: Connection) -> int:
+                ids = list(conn.execute(queries.old_run_ids(before, _CHUNK)).scalars())
+                return conn.execute(queries.delete_runs(ids)).rowcount if ids else 0
+
+            deleted = transaction(self.engine, work)
+            total += deleted
+            if deleted < _CHUNK:
+                break
+        return total
+
+    # -- worker registry ----------------------------------------------------------------------
+
+    def register_worker(self, **values: Any) -> int:
+        return transaction(
+            self.engine,
+            lambda conn: _inserted_id(conn.execute(queries.insert_worker(), values)))
+
+    def heartbeat(self, worker_id: int, now: datetime, current_task: int | None,
+                  tasks_done: int) -> bool:
+        """Record that the shard lives; returns whether it has been asked to stop."""
+
+        def work(conn: Connection) -> bool:
+            conn.execute(queries.heartbeat(worker_id, now, current_task, tasks_done))
+            return bool(conn.execute(queries.stop_requested(worker_id)).scalar())
+
+        return transaction(self.engine, work)
+
+    def forget_workers(self, ids: Sequence[int]) -> None:
+        if ids:
+            transaction(self.engine, lambda conn: conn.execute(queries.delete_workers(ids)))
+
+    def worker_rows(self) -> list[dict[str, Any]]:
+        return transaction(
+            self.engine,
+            lambda conn: [dict(r) for r in conn.execute(queries.select_workers()).mappings()],
+            readonly=True)
+
+    def request_stop(self, ids: Sequence[int]) -> int:
+        if not ids:
+            return 0
+        return transaction(self.engine,
+                           lambda conn: conn.execute(queries.request_stop(ids)).rowcount)

@@ -158,6 +158,54 @@ Index("ix_queue_claim_any", queue_table.c.status, queue_table.c.priority.desc(),
 Index("ux_queue_active_key", queue_table.c.active_key, unique=True)
 Index("ix_queue_finished", queue_table.c.finished_at)
 
+# One row per (mission entry, scheduled time) that fired: the unique key is what makes a
+# recurring task or a shard launch happen once per scheduled time, whatever the number of
+# missions running (on one host or several). The newest row per entry is its "last run".
+runs_table = Table(
+    "cronqueue_runs",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("entry", String(128), nullable=False),
+    Column("scheduled_at", UTCDateTime, nullable=False),
+    Column("fired_at", UTCDateTime, nullable=False, server_default=UtcNow()),
+    Column("host", String(255), nullable=False, server_default=""),
+    Column("pid", Integer, nullable=True),
+    Column("outcome", String(1000), nullable=False, server_default=""),
+    Column("task_id", BigInteger, nullable=True),
+    sqlite_autoincrement=True,
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
+)
+Index("ux_runs_entry_time", runs_table.c.entry, runs_table.c.scheduled_at, unique=True)
+
+# The shards alive now (or that died without deregistering): what `cronqueue workers` shows,
+# and how a web application or an operator on another host asks a shard to stop.
+workers_table = Table(
+    "cronqueue_workers",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("pid_start", BigInteger, nullable=True),
+    Column("entry", String(128), nullable=True),
+    Column("shard", Integer, nullable=False),
+    Column("total", Integer, nullable=False),
+    Column("queues", String(1000), nullable=False, server_default=""),
+    Column("started_at", UTCDateTime, nullable=False, server_default=UtcNow()),
+    Column("heartbeat_at", UTCDateTime, nullable=False, server_default=UtcNow()),
+    Column("current_task", BigInteger, nullable=True),
+    Column("tasks_done", Integer, nullable=False, server_default=text("0")),
+    Column("stop_requested", SmallInteger, nullable=False, server_default=text("0")),
+    sqlite_autoincrement=True,
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
+)
+Index("ix_workers_host_pid", workers_table.c.host, workers_table.c.pid)
+
 def dialect_for(name: str) -> Dialect:
     if name == "sqlite":
         return sqlite.dialect()

