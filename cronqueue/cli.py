@@ -407,6 +407,8 @@ def cmd_crontab(args: argparse.Namespace, cfg: Config) -> int:
         f"{shlex.quote(sys.executable)} -m cronqueue"
     where = cfg.source.parent if cfg.source else Path.cwd()
     config = f" --config {shlex.quote(str(cfg.source))}" if cfg.source else ""
+    # The shell opens the log before cronqueue runs: the directory must exist already.
+    cfg.log_dir.mkdir(parents=True, exist_ok=True)
     log_file = shlex.quote(str(cfg.log_dir / "mission.log"))
     if cfg.source is None:
         print("# no config file found: the mission will run with the defaults of "

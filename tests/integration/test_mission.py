@@ -1,0 +1,559 @@
+"""cron_mission in process: which entries fire when, once per scheduled time, on both backends.
+
+The launcher is a fake that records (argv, env, cwd): no shard process is started here.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from croniter import croniter
+from sqlalchemy import text
+
+from cronqueue import Queue, Status
+from cronqueue.config import Config, load_config
+from cronqueue.db import make_engine
+from cronqueue.guard import ShardGuard
+from cronqueue.mission import Mission, TickReport
+from cronqueue.repository import Repository
+from tests.conftest import write_script
+
+DAY = datetime(2031, 5, 6, tzinfo=UTC)
+
+
+def at(hour: int, minute: int, second: int = 0, day: datetime = DAY) -> datetime:
+    return day + timedelta(hours=hour, minutes=minute, seconds=second)
+
+
+class FakeLauncher:
+    """Records every launch; thread-safe."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], dict[str, str], Path]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, argv: list[str], env: dict[str, str], cwd: Path) -> None:
+        with self._lock:
+            self.calls.append((list(argv), dict(env), cwd))
+
+
+def work_options(argv: list[str]) -> dict[str, list[str]]:
+    """The `cronqueue work` options of a launched argv, flag -> values."""
+    assert argv[:4] == [sys.executable, "-m", "cronqueue", "work"], argv
+    rest = argv[4:]
+    assert len(rest) % 2 == 0, argv
+    out: dict[str, list[str]] = {}
+    for flag, value in zip(rest[::2], rest[1::2], strict=True):
+        assert flag.startswith("--"), argv
+        out.setdefault(flag, []).append(value)
+    return out
+
+
+def cron_times(expr: str, start: datetime, end: datetime) -> list[datetime]:
+    """Scheduled times in [start, end) by croniter (UTC)."""
+    it = croniter(expr, start - timedelta(microseconds=1))
+    out = []
+    while (t := it.get_next(datetime)) < end:
+        out.append(t.astimezone(UTC))
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("CRONQUEUE_DB_URL", "CRONQUEUE_TASK_DIR", "CRONQUEUE_LOG_DIR",
+                 "CRONQUEUE_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, db_url: str, task_dir: Path,
+                log_dir: Path) -> Iterator[Any]:
+    """Write cronqueue.toml (db_url/task_dir/log_dir from the fixtures + ``body``), load it
+    and create the tables."""
+    queues: list[Queue] = []
+
+    def make(body: str, timezone: str = "UTC") -> Config:
+        path = tmp_path / "cronqueue.toml"
+        path.write_text(f"db_url = {json.dumps(db_url)}\n"
+                        f"task_dir = {json.dumps(str(task_dir))}\n"
+                        f"log_dir = {json.dumps(str(log_dir))}\n"
+                        f"timezone = {json.dumps(timezone)}\n" + body)
+        cfg = load_config(path)
+        q = Queue(config=cfg)
+        q.init_db()
+        queues.append(q)
+        return cfg
+
+    yield make
+    for q in queues:
+        q.close()
+
+
+def count_tasks(q: Queue) -> int:
+    with q.engine.connect() as conn:
+        return int(conn.execute(text("SELECT COUNT(*) FROM queue")).scalar_one())
+
+
+def runs(q: Queue, entry: str | None = None) -> list[dict[str, Any]]:
+    sql = "SELECT * FROM cronqueue_runs"
+    params: dict[str, Any] = {}
+    if entry is not None:
+        sql += " WHERE entry = :e"
+        params["e"] = entry
+    with q.engine.connect() as conn:
+        return [dict(r) for r in conn.execute(text(sql + " ORDER BY id"), params).mappings()]
+
+
+DAY_CONFIG = """
+[[mission]]
+name = "a"
+cron = "*/7 * * * *"
+do_queue = { total = 3, queues = ["q1"], max_seconds = 55, batch = 10 }
+
+[[mission]]
+name = "b"
+cron = "0 3 * * *"
+add = { taskscript = "send.sh", param = { kind = "nightly", n = [1, 2] }, priority = 5 }
+
+[[mission]]
+name = "c"
+cron = "15 */4 * * *"
+add = { taskscript = "report.py", param = "every-4h", queue = "reports" }
+"""
+
+
+# -- a simulated day ----------------------------------------------------------------------------
+
+
+def test_simulated_day(make_config: Any, db_url: str, task_dir: Path, tmp_path: Path) -> None:
+    write_script(task_dir, "send.sh", "exit 0\n")
+    write_script(task_dir, "report.py", "pass\n")
+    cfg = make_config(DAY_CONFIG)
+    q = Queue(config=cfg)
+    end = DAY + timedelta(days=1)
+    expected = {"a": cron_times("*/7 * * * *", DAY, end),
+                "b": cron_times("0 3 * * *", DAY, end),
+                "c": cron_times("15 */4 * * *", DAY, end)}
+    assert (len(expected["a"]), len(expected["b"]), len(expected["c"])) == (216, 1, 6)
+
+    launcher = FakeLauncher()
+    mission = Mission(cfg, launcher=launcher)
+    fired: dict[str, list[datetime]] = {"a": [], "b": [], "c": []}
+    added: dict[str, list[int]] = {"b": [], "c": []}
+    launches_at: dict[datetime, list[list[str]]] = {}
+    for minute in range(24 * 60):
+        # A cron tick starts a little after the minute; vary where in the minute it lands.
+        now = DAY + timedelta(minutes=minute, seconds=minute % 50, microseconds=1234)
+        before = len(launcher.calls)
+        report = mission.tick(now)
+        assert report.missed == {} and report.lost_race == [], (now, report)
+        assert report.already_running == []
+        for name, scheduled in report.fired.items():
+            assert scheduled == now.replace(second=0, microsecond=0)
+            fired[name].append(scheduled)
+        for name, task_id in report.added.items():
+            added[name].append(task_id)
+        new = [argv for argv, _, _ in launcher.calls[before:]]
+        if new:
+            launches_at[now.replace(second=0, microsecond=0)] = new
+        assert sorted(report.launched) == sorted(
+            ("a", int(work_options(argv)["--shard"][0])) for argv in new)
+
+    assert fired == expected
+    assert sorted(launches_at) == expected["a"]
+    for when, argvs in launches_at.items():
+        assert len(argvs) == 3, when
+        shards = []
+        for argv in argvs:
+            opts = work_options(argv)
+            shards.append(int(opts.pop("--shard")[0]))
+            opts.pop("--config", None)
+            assert opts == {"--total": ["3"], "--entry": ["a"], "--queue": ["q1"],
+                            "--max-seconds": ["55"], "--batch": ["10"]}, argv
+        assert sorted(shards) == [0, 1, 2]
+
+    # The database URL travels in the environment only (argv is public in `ps`).
+    for argv, env, cwd in launcher.calls:
+        joined = " ".join(argv)
+        assert db_url not in joined
+        assert "mysql" not in joined and "sqlite" not in joined and "queue.db" not in joined
+        assert not any(arg.startswith("cq_t_") or "@" in arg for arg in argv)
+        assert env["CRONQUEUE_DB_URL"] == db_url
+        assert Path(env["CRONQUEUE_TASK_DIR"]) == cfg.task_dir
+        assert Path(env["CRONQUEUE_LOG_DIR"]) == cfg.log_dir
+        assert Path(cwd) == tmp_path
+
+    # The recurring tasks: one per scheduled time, with the configured values.
+    assert len(added["b"]) == 1 and len(added["c"]) == 6
+    assert count_tasks(q) == 7
+    nightly = q.get(added["b"][0])
+    assert nightly is not None
+    assert (nightly.taskscript, nightly.priority, nightly.queue, nightly.status) == (
+        "send.sh", 5, "default", Status.PENDING)
+    assert json.loads(nightly.param) == {"kind": "nightly", "n": [1, 2]}
+    for task_id in added["c"]:
+        task = q.get(task_id)
+        assert task is not None
+        assert (task.taskscript, task.priority, task.queue) == ("report.py", 0, "reports")
+        assert json.loads(task.param) == "every-4h"
+
+    # One runs row per fire.
+    with q.engine.connect() as conn:
+        counts = dict(conn.execute(text(
+            "SELECT entry, COUNT(*) FROM cronqueue_runs GROUP BY entry")).all())
+        distinct = conn.execute(text(
+            "SELECT COUNT(DISTINCT entry, scheduled_at) FROM cronqueue_runs")
+            if q.engine.dialect.name != "sqlite" else text(
+            "SELECT COUNT(*) FROM (SELECT DISTINCT entry, scheduled_at FROM cronqueue_runs)")
+        ).scalar_one()
+    assert counts == {"a": 216, "b": 1, "c": 6}
+    assert distinct == 223
+    for entry in ("b", "c"):
+        rows = runs(q, entry)
+        assert [r["outcome"] for r in rows] == ["added"] * len(rows)
+        assert sorted(r["task_id"] for r in rows) == sorted(added[entry])
+    assert {r["outcome"] for r in runs(q, "a")} == {"started shards 0,1,2"}
+
+    latest = Repository(q.engine).latest_runs()
+    assert set(latest) == {"a", "b", "c"}
+    assert latest["a"]["scheduled_at"] == expected["a"][-1] == at(23, 56)
+    assert latest["a"]["outcome"] == "started shards 0,1,2"
+    assert latest["a"]["task_id"] is None
+    assert latest["b"]["scheduled_at"] == at(3, 0)
+    assert (latest["b"]["outcome"], latest["b"]["task_id"]) == ("added", added["b"][0])
+    assert latest["c"]["scheduled_at"] == at(20, 15)
+    assert latest["c"]["task_id"] == added["c"][-1]
+    q.close()
+
+
+# -- once per scheduled time ------------------------------------------------------------------
+
+
+ONCE_CONFIG = """
+[[mission]]
+name = "drain"
+cron = "* * * * *"
+do_queue = { total = 3 }
+
+[[mission]]
+name = "nightly"
+cron = "0 10 * * *"
+add = { taskscript = "send.sh", param = 7, priority = 2 }
+"""
+
+
+def test_same_minute_twice_and_on_another_host(make_config: Any, task_dir: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    write_script(task_dir, "send.sh", "exit 0\n")
+    cfg = make_config(ONCE_CONFIG)
+    q = Queue(config=cfg)
+    launcher = FakeLauncher()
+    mission = Mission(cfg, launcher=launcher)
+
+    first = mission.tick(at(10, 0, 2))
+    assert set(first.fired) == {"drain", "nightly"}
+    assert sorted(first.launched) == [("drain", 0), ("drain", 1), ("drain", 2)]
+    assert len(launcher.calls) == 3
+    assert count_tasks(q) == 1
+
+    # cron ran the mission twice this minute: nothing is due any more.
+    again = mission.tick(at(10, 0, 41))
+    assert again.fired == {} and again.launched == [] and again.added == {}
+    assert again.lost_race == []
+
+    # Another host's mission, later in the same minute: sees the runs table, not due.
+    other_launcher = FakeLauncher()
+    other = Mission(cfg, launcher=other_launcher)
+    report = other.tick(at(10, 0, 59))
+    assert report.fired == {} and report.added == {} and report.lost_race == []
+    assert other_launcher.calls == []
+
+    # A mission that read the runs table before the first one wrote (the race): the
+    # unique (entry, scheduled_at) key makes it lose, acting on nothing.
+    monkeypatch.setattr(Repository, "last_scheduled", lambda self, entry: None)
+    raced = other.tick(at(10, 0, 30))
+    assert sorted(raced.lost_race) == ["drain", "nightly"]
+    assert raced.fired == {} and raced.added == {} and raced.launched == []
+    assert other_launcher.calls == []
+    monkeypatch.undo()
+
+    assert count_tasks(q) == 1
+    assert len(launcher.calls) == 3
+    assert Counter(r["entry"] for r in runs(q)) == {"drain": 1, "nightly": 1}
+
+    # The next minute fires again (the do_queue entry only).
+    nxt = mission.tick(at(10, 1, 0))
+    assert set(nxt.fired) == {"drain"} and len(launcher.calls) == 6
+    assert count_tasks(q) == 1
+    q.close()
+
+
+def test_ten_missions_in_threads_fire_once(make_config: Any, task_dir: Path) -> None:
+    write_script(task_dir, "send.sh", "exit 0\n")
+    cfg = make_config(ONCE_CONFIG)
+    q = Queue(config=cfg)
+    launcher = FakeLauncher()
+    n = 10
+    barrier = threading.Barrier(n)
+    reports: list[TickReport] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def run(i: int) -> None:
+        try:
+            mission = Mission(cfg, launcher=launcher)  # its own engine, made in tick()
+            barrier.wait(timeout=30)
+            report = mission.tick(at(10, 0, i))
+            with lock:
+                reports.append(report)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            with lock:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    assert len(reports) == n
+
+    for entry in ("drain", "nightly"):
+        winners = [r for r in reports if entry in r.fired]
+        assert len(winners) == 1, entry
+        for r in reports:
+            if r is not winners[0]:
+                assert entry not in r.fired and entry not in r.added
+    assert sorted(int(work_options(argv)["--shard"][0]) for argv, _, _ in launcher.calls) == [
+        0, 1, 2]
+    assert sum(len(r.launched) for r in reports) == 3
+    assert count_tasks(q) == 1
+    [task] = q.list()
+    assert (task.taskscript, task.param, task.priority) == ("send.sh", "7", 2)
+    assert Counter(r["entry"] for r in runs(q)) == {"drain": 1, "nightly": 1}
+    q.close()
+
+
+# -- catch-up after missed ticks -----------------------------------------------------------
+
+
+def test_catch_up_latest_runs_the_most_recent_missed_time_once(make_config: Any,
+                                                               task_dir: Path) -> None:
+    write_script(task_dir, "send.sh", "exit 0\n")
+    cfg = make_config('[[mission]]\nname = "e"\ncron = "*/5 * * * *"\n'
+                      'add = { taskscript = "send.sh" }\n')
+    q = Queue(config=cfg)
+    mission = Mission(cfg, launcher=FakeLauncher())
+
+    first = mission.tick(at(10, 0, 3))
+    assert first.fired == {"e": at(10, 0)} and first.missed == {}
+    # The machine was down from 10:01 to 10:22.
+    late = mission.tick(at(10, 23, 1))
+    assert late.fired == {"e": at(10, 20)}
+    assert late.missed == {"e": 3}  # 10:05, 10:10, 10:15 are not replayed
+    assert set(late.added) == {"e"}
+    assert count_tasks(q) == 2
+    for minute in (24, 24):
+        report = mission.tick(at(10, minute, 30))
+        assert report.fired == {} and report.missed == {} and report.added == {}
+    on_time = mission.tick(at(10, 25, 0))
+    assert on_time.fired == {"e": at(10, 25)} and on_time.missed == {}
+    assert count_tasks(q) == 3
+    assert [(r["scheduled_at"], r["outcome"]) for r in runs(q, "e")] == [
+        (at(10, 0), "added"), (at(10, 20), "added"), (at(10, 25), "added")]
+    q.close()
+
+
+@pytest.mark.parametrize("policy", ["catch_up = \"skip\"", "catch_up_window = 60"])
+def test_catch_up_skip_records_the_skipped_time(make_config: Any, task_dir: Path,
+                                                policy: str) -> None:
+    write_script(task_dir, "send.sh", "exit 0\n")
+    cfg = make_config('[[mission]]\nname = "e"\ncron = "*/5 * * * *"\n'
+                      f'add = {{ taskscript = "send.sh" }}\n{policy}\n')
+    q = Queue(config=cfg)
+    mission = Mission(cfg, launcher=FakeLauncher())
+
+    assert mission.tick(at(10, 0, 3)).fired == {"e": at(10, 0)}
+    late = mission.tick(at(10, 23, 1))
+    assert late.fired == {} and late.added == {}
+    assert late.missed == {"e": 4}  # 10:05 .. 10:20, none of them run
+    assert count_tasks(q) == 1
+    rows = runs(q, "e")
+    assert [r["scheduled_at"] for r in rows] == [at(10, 0), at(10, 20)]
+    assert rows[1]["outcome"].startswith("skipped")
+    assert rows[1]["task_id"] is None
+
+    # Logged once: the next tick does not count it again.
+    again = mission.tick(at(10, 24, 0))
+    assert again.fired == {} and again.missed == {} and again.added == {}
+    assert len(runs(q, "e")) == 2
+    on_time = mission.tick(at(10, 25, 0))
+    assert on_time.fired == {"e": at(10, 25)} and on_time.missed == {}
+    assert set(on_time.added) == {"e"}
+    assert count_tasks(q) == 2
+    assert Repository(q.engine).latest_runs()["e"]["outcome"] == "added"
+    q.close()
+
+
+def test_catch_up_window_boundary(make_config: Any, task_dir: Path) -> None:
+    write_script(task_dir, "send.sh", "exit 0\n")
+    cfg = make_config('[[mission]]\nname = "e"\ncron = "*/5 * * * *"\n'
+                      'add = { taskscript = "send.sh" }\ncatch_up_window = "1m"\n')
+    mission = Mission(cfg, launcher=FakeLauncher())
+    assert mission.tick(at(10, 0)).fired == {"e": at(10, 0)}
+    # 10:05 missed by exactly the window (60 s): still caught up.
+    within = mission.tick(at(10, 6, 0))
+    assert within.fired == {"e": at(10, 5)} and within.missed == {}
+    # 10:10 missed by 3 minutes: skipped.
+    beyond = mission.tick(at(10, 13, 0))
+    assert beyond.fired == {} and beyond.missed == {"e": 1}
+
+
+# -- shards still running ---------------------------------------------------------------------
+
+
+def test_shard_still_running_is_not_launched_again(make_config: Any, log_dir: Path) -> None:
+    cfg = make_config('[[mission]]\nname = "a"\ncron = "* * * * *"\n'
+                      'do_queue = { total = 3, max_seconds = 55 }\n')
+    q = Queue(config=cfg)
+    launcher = FakeLauncher()
+    mission = Mission(cfg, launcher=launcher)
+    engine = make_engine(cfg.db_url)
+    guard = ShardGuard(engine, log_dir, "a", 1)
+    try:
+        assert guard.acquire()
+        report = mission.tick(at(10, 0, 1))
+        assert report.fired == {"a": at(10, 0)}
+        assert report.launched == [("a", 0), ("a", 2)]
+        assert report.already_running == [("a", 1)]
+        assert sorted(work_options(argv)["--shard"][0] for argv, _, _ in launcher.calls) == [
+            "0", "2"]
+        outcome = Repository(q.engine).latest_runs()["a"]["outcome"]
+        assert "still running 1" in outcome
+        assert outcome.startswith("started shards 0,2")
+    finally:
+        guard.release()
+        engine.dispose()
+    # Released (the shard exited): the next minute starts all three.
+    report = mission.tick(at(10, 1, 1))
+    assert report.launched == [("a", 0), ("a", 1), ("a", 2)]
+    assert report.already_running == []
+    assert Repository(q.engine).latest_runs()["a"]["outcome"] == "started shards 0,1,2"
+    q.close()
+
+
+# -- retention --------------------------------------------------------------------------------
+
+
+def _finished(q: Queue, status: Status, when: datetime) -> int:
+    task_id = q.add("send.sh")
+    with q.engine.begin() as conn:
+        conn.execute(text("UPDATE queue SET status = :s, finished_at = :f, active_key = NULL "
+                          "WHERE id = :i"),
+                     {"s": int(status), "i": task_id,
+                      "f": when.replace(tzinfo=None).isoformat(sep=" ")})
+    task = q.get(task_id)
+    assert task is not None and task.finished_at == when and task.status is status
+    return task_id
+
+
+@pytest.mark.parametrize("retention", ["", '[retention]\ndone = "never"\n'])
+def test_retention_purge_at_tick(make_config: Any, task_dir: Path, retention: str) -> None:
+    write_script(task_dir, "send.sh", "exit 0\n")
+    cfg = make_config(retention)
+    q = Queue(config=cfg)
+    now = at(12, 0, 0)
+    ids = {
+        "done8": _finished(q, Status.DONE, now - timedelta(days=8)),
+        "done6": _finished(q, Status.DONE, now - timedelta(days=6)),
+        "failed8": _finished(q, Status.FAILED, now - timedelta(days=8)),
+        "failed29": _finished(q, Status.FAILED, now - timedelta(days=29)),
+        "failed31": _finished(q, Status.FAILED, now - timedelta(days=31)),
+        "cancelled8": _finished(q, Status.CANCELLED, now - timedelta(days=8)),
+        "cancelled6": _finished(q, Status.CANCELLED, now - timedelta(days=6)),
+    }
+    pending = q.add("send.sh")
+    report = Mission(cfg, launcher=FakeLauncher()).tick(now)
+    gone = {"failed31", "cancelled8"} | ({"done8"} if not retention else set())
+    assert report.purged == len(gone)
+    for name, task_id in ids.items():
+        assert (q.get(task_id) is None) == (name in gone), name
+    assert q.get(pending) is not None
+    # A second tick has nothing left to purge.
+    assert Mission(cfg, launcher=FakeLauncher()).tick(now + timedelta(minutes=1)).purged == 0
+    q.close()
+
+
+# -- Queue.schedule() ---------------------------------------------------------------------------
+
+
+def test_schedule_overview(make_config: Any, task_dir: Path) -> None:
+    write_script(task_dir, "send.sh", "exit 0\n")
+    cfg = make_config("""
+[[mission]]
+name = "a"
+cron = "*/7 * * * *"
+do_queue = { total = 3, queues = ["q1"] }
+
+[[mission]]
+name = "b"
+cron = "0 10 * * *"
+add = { taskscript = "send.sh", priority = 5 }
+""")
+    q = Queue(config=cfg)
+    now = at(9, 58, 30)
+
+    def next_three(expr: str, start: datetime) -> list[datetime]:
+        it = croniter(expr, start)
+        return [it.get_next(datetime) for _ in range(3)]
+
+    before = {e["name"]: e for e in q.schedule(now)}
+    assert list(before) == ["a", "b"]
+    for name, expr in (("a", "*/7 * * * *"), ("b", "0 10 * * *")):
+        entry = before[name]
+        assert entry["cron"] == expr and entry["timezone"] == "UTC"
+        assert [datetime.fromisoformat(t) for t in entry["next"]] == next_three(expr, now)
+        assert entry["last_outcome"] is None and entry["last_task"] is None
+        assert entry["last_scheduled"] is None
+    assert [datetime.fromisoformat(t) for t in before["a"]["next"]] == [
+        at(10, 3), at(10, 10), at(10, 17)]
+
+    report = Mission(cfg, launcher=FakeLauncher()).tick(at(10, 0, 4))
+    assert set(report.fired) == {"a", "b"}  # minute 0 matches */7 too
+    later = at(10, 0, 30)
+    after = {e["name"]: e for e in q.schedule(later)}
+    assert after["a"]["last_outcome"] == "started shards 0,1,2"
+    assert after["a"]["last_task"] is None
+    assert after["b"]["last_outcome"] == "added"
+    assert after["b"]["last_task"] == report.added["b"]
+    for name in ("a", "b"):
+        assert datetime.fromisoformat(after[name]["last_scheduled"]) == at(10, 0)
+    assert [datetime.fromisoformat(t) for t in after["a"]["next"]] == [
+        at(10, 7), at(10, 14), at(10, 21)]
+    assert [datetime.fromisoformat(t) for t in after["b"]["next"]] == [
+        at(10, 0, day=DAY + timedelta(days=d)) for d in (1, 2, 3)]
+    q.close()
+
+
+def test_schedule_in_a_time_zone(make_config: Any, task_dir: Path) -> None:
+    write_script(task_dir, "send.sh", "exit 0\n")
+    cfg = make_config('[[mission]]\nname = "morning"\ncron = "30 9 * * *"\n'
+                      'add = { taskscript = "send.sh" }\n', timezone="America/New_York")
+    q = Queue(config=cfg)
+    # 2031-05-06 is in EDT (UTC-4): 09:30 local is 13:30 UTC.
+    [entry] = q.schedule(at(12, 0))
+    first = datetime.fromisoformat(entry["next"][0])
+    assert first == at(13, 30) and first.utcoffset() == timedelta(hours=-4)
+    mission = Mission(cfg, launcher=FakeLauncher())
+    assert mission.tick(at(9, 30)).fired == {}
+    assert mission.tick(at(13, 30, 5)).fired == {"morning": at(13, 30)}
+    q.close()
