@@ -395,7 +395,7 @@ def cmd_workers(args: argparse.Namespace, cfg: Config) -> int:
         rows.append((str(w.id), w.host, str(w.pid), w.entry or "-", f"{w.shard}/{w.total}",
                      w.queues or "*", _when(w.started_at), str(w.current_task or "-"),
                      str(w.tasks_done), _when(w.heartbeat_at), state))
-    print(_columns(rows) if workers else "no shard is running")
+    print(format_columns(rows) if workers else "no shard is running")
     return 0
 
 
@@ -465,10 +465,10 @@ def format_table(tasks: Sequence[Task]) -> str:
                      str(t.attempts), t.taskscript, _when(t.run_at),
                      "" if t.exit_code is None else str(t.exit_code),
                      (t.error or "")[:50]))
-    return _columns(rows)
+    return format_columns(rows)
 
 
-def _columns(rows: Sequence[Sequence[str]]) -> str:
+def format_columns(rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                      for r in rows)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .config import load_config
 from .mission import Launcher, Mission, detached_launcher
-from .model import Status, Task
+from .model import Task
 from .queue import Queue
 
 SHARDS = 2
@@ -139,15 +139,12 @@ def _keep(children: list[subprocess.Popen[bytes]], launch: Launcher) -> Launcher
 
 
 def _table(tasks: list[Task]) -> str:
+    from .cli import format_columns
+
     rows = [("ID", "SHARD", "PRIO", "SCRIPT", "STATUS", "TRIES", "LAST OUTPUT")]
     for t in tasks:
         last = (t.output or "").strip().splitlines()[-1:] or [""]
         rows.append((str(t.id), str(t.id % SHARDS), str(t.priority), t.taskscript,
-                      t.status.name.lower(),
-                     str(t.attempts), last[0][:60]))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in rows)
+                     t.status.name.lower(), str(t.attempts), last[0][:60]))
+    return "\n".join("  " + line for line in format_columns(rows).splitlines())
 
-
-__all__ = ["Status", "run_demo"]

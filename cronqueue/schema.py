@@ -110,12 +110,23 @@ def _utcnow_mysql(element: UtcNow, compiler: Any, **kw: Any) -> str:
 
 
 metadata = MetaData()
+# SQLite AUTOINCREMENT: ids are never reused after a purge. MySQL: InnoDB, exact (binary) text.
+_TABLE_OPTIONS: dict[str, Any] = {
+    "sqlite_autoincrement": True,
+    "mysql_engine": "InnoDB",
+    "mysql_charset": "utf8mb4",
+    "mysql_collate": "utf8mb4_bin",
+}
+
+
+def _id_column() -> Column[int]:
+    return Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                  autoincrement=True)
 
 queue_table = Table(
     "queue",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-           autoincrement=True),
+    _id_column(),
     Column("queue", String(64), nullable=False, server_default="default"),
     Column("taskscript", String(255), nullable=False),
     Column("param", Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb"), nullable=False),
@@ -140,10 +151,7 @@ queue_table = Table(
     Column("exit_code", Integer, nullable=True),
     Column("error", Text, nullable=True),
     Column("output", Text, nullable=True),
-    sqlite_autoincrement=True,
-    mysql_engine="InnoDB",
-    mysql_charset="utf8mb4",
-    mysql_collate="utf8mb4_bin",
+    **_TABLE_OPTIONS,
 )
 
 # The claim query (claim.py) walks one of these two in order: per queue, or across all queues.
@@ -164,8 +172,7 @@ Index("ix_queue_finished", queue_table.c.finished_at)
 runs_table = Table(
     "cronqueue_runs",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-           autoincrement=True),
+    _id_column(),
     Column("entry", String(128), nullable=False),
     Column("scheduled_at", UTCDateTime, nullable=False),
     Column("fired_at", UTCDateTime, nullable=False, server_default=UtcNow()),
@@ -173,10 +180,7 @@ runs_table = Table(
     Column("pid", Integer, nullable=True),
     Column("outcome", String(1000), nullable=False, server_default=""),
     Column("task_id", BigInteger, nullable=True),
-    sqlite_autoincrement=True,
-    mysql_engine="InnoDB",
-    mysql_charset="utf8mb4",
-    mysql_collate="utf8mb4_bin",
+    **_TABLE_OPTIONS,
 )
 Index("ux_runs_entry_time", runs_table.c.entry, runs_table.c.scheduled_at, unique=True)
 
@@ -185,8 +189,7 @@ Index("ux_runs_entry_time", runs_table.c.entry, runs_table.c.scheduled_at, uniqu
 workers_table = Table(
     "cronqueue_workers",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-           autoincrement=True),
+    _id_column(),
     Column("host", String(255), nullable=False),
     Column("pid", Integer, nullable=False),
     Column("pid_start", BigInteger, nullable=True),
@@ -199,10 +202,7 @@ workers_table = Table(
     Column("current_task", BigInteger, nullable=True),
     Column("tasks_done", Integer, nullable=False, server_default=text("0")),
     Column("stop_requested", SmallInteger, nullable=False, server_default=text("0")),
-    sqlite_autoincrement=True,
-    mysql_engine="InnoDB",
-    mysql_charset="utf8mb4",
-    mysql_collate="utf8mb4_bin",
+    **_TABLE_OPTIONS,
 )
 Index("ix_workers_host_pid", workers_table.c.host, workers_table.c.pid)
 

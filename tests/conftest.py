@@ -13,7 +13,8 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,17 @@ def write_script(task_dir: Path, name: str, body: str, mode: int = 0o644) -> Pat
     path.write_text(body)
     path.chmod(mode)
     return path
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0,
+             interval: float = 0.05) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds pass."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
 
 
 def cronqueue_cmd(*args: str) -> list[str]:

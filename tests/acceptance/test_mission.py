@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 
 from cronqueue import Queue, Status
 from cronqueue.config import load_config
-from tests.conftest import write_script
+from tests.conftest import wait_for, write_script
 
 TOTAL = 3
 
@@ -55,15 +54,6 @@ def _mission(config: Path, now: datetime) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def _wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def _starts(log_dir: Path) -> Counter[str]:
     log = log_dir / "shards.log"
     text = log.read_text() if log.exists() else ""
@@ -89,7 +79,7 @@ def test_ten_concurrent_missions_start_each_shard_once(db_url: str, task_dir: Pa
     for m in missions:
         _out, err = m.communicate(timeout=60)
         assert m.returncode == 0, err
-    assert _wait_for(lambda: q.stats()["pending"] == 0 and not _alive_workers(q), 60)
+    assert wait_for(lambda: q.stats()["pending"] == 0 and not _alive_workers(q), 60)
 
     starts = _starts(log_dir)
     assert starts == {f"drain:{i}": 1 for i in range(TOTAL)}, starts
@@ -113,7 +103,7 @@ def test_running_shard_is_not_started_again_and_kill_9_frees_it(
 
     first = _mission(config, tick)
     assert first.wait(timeout=60) == 0
-    assert _wait_for(lambda: _alive_workers(q) == list(range(TOTAL)))
+    assert wait_for(lambda: _alive_workers(q) == list(range(TOTAL)))
 
     second = _mission(config, tick + timedelta(minutes=1))
     _out, err = second.communicate(timeout=60)
@@ -124,17 +114,17 @@ def test_running_shard_is_not_started_again_and_kill_9_frees_it(
 
     victim = next(w for w in q.workers() if w.shard == 1)
     os.kill(victim.pid, signal.SIGKILL)
-    assert _wait_for(lambda: not Path(f"/proc/{victim.pid}").exists()
+    assert wait_for(lambda: not Path(f"/proc/{victim.pid}").exists()
                      or "Z" in Path(f"/proc/{victim.pid}/stat").read_text().split(")")[-1][:3])
 
     third = _mission(config, tick + timedelta(minutes=2))
     _out, err = third.communicate(timeout=60)
     assert third.returncode == 0
     assert "started shards 1; still running 0,2" in err, err
-    assert _wait_for(lambda: _starts(log_dir)["drain:1"] == 2)
+    assert wait_for(lambda: _starts(log_dir)["drain:1"] == 2)
     assert {w.shard for w in q.workers() if w.alive} == {0, 1, 2}
     q.stop_workers()
-    assert _wait_for(lambda: not _alive_workers(q), 30)
+    assert wait_for(lambda: not _alive_workers(q), 30)
 
 
 @pytest.mark.slow
@@ -160,7 +150,7 @@ def test_real_cron_daemon_drains_tasks(db_url: str, task_dir: Path, log_dir: Pat
     saved = subprocess.run(["crontab", "-l"], capture_output=True, text=True, check=False)
     try:
         subprocess.run(["crontab", "-"], input=line + "\n", text=True, check=True)
-        assert _wait_for(lambda: ledger.exists() and set(map(int, ledger.read_text().split()))
+        assert wait_for(lambda: ledger.exists() and set(map(int, ledger.read_text().split()))
                          >= set(ids), timeout=150), (log_dir / "mission.log").read_text()
     finally:
         if saved.returncode == 0:
@@ -168,5 +158,5 @@ def test_real_cron_daemon_drains_tasks(db_url: str, task_dir: Path, log_dir: Pat
         else:
             subprocess.run(["crontab", "-r"], check=False)
     q.stop_workers()
-    assert _wait_for(lambda: not _alive_workers(q), 30)
+    assert wait_for(lambda: not _alive_workers(q), 30)
     assert "mission=drain" in (log_dir / "mission.log").read_text()

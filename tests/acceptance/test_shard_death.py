@@ -5,22 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from cronqueue import Queue, Status
-from tests.conftest import cronqueue_cmd, write_script
-
-
-def _wait_for(predicate, timeout: float = 15.0) -> bool:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
+from tests.conftest import cronqueue_cmd, wait_for, write_script
 
 
 def _alive(pid: int) -> bool:
@@ -42,7 +32,7 @@ def test_script_dies_with_its_shard(queue: Queue, db_url: str, task_dir: Path, l
                       str(log_dir)),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        assert _wait_for(lambda: pidfile.exists() and pidfile.read_text().strip() != "")
+        assert wait_for(lambda: pidfile.exists() and pidfile.read_text().strip() != "")
         script_pid = int(pidfile.read_text())
         assert _alive(script_pid)
         task = queue.get(task_id)
@@ -50,7 +40,7 @@ def test_script_dies_with_its_shard(queue: Queue, db_url: str, task_dir: Path, l
         assert task.worker_pid == shard.pid and task.started_at is not None
         os.kill(shard.pid, signal.SIGKILL)
         shard.wait(timeout=10)
-        assert _wait_for(lambda: not _alive(script_pid), timeout=10), "orphaned script lives"
+        assert wait_for(lambda: not _alive(script_pid), timeout=10), "orphaned script lives"
     finally:
         if shard.poll() is None:
             shard.kill()

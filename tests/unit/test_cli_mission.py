@@ -192,6 +192,7 @@ def test_crontab_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["crontab", "--config", str(cfg)]) == 0
     out = capsys.readouterr().out
     comments, lines = crontab_lines(out)
+    assert comments == []  # a config file was found: nothing to warn about
     assert len(lines) == 1
     line = lines[0]
     assert line.startswith("* * * * * cd ")
@@ -226,7 +227,7 @@ def test_crontab_without_a_config_file_warns_first(tmp_path: Path,
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.strip()]
     assert lines[0].startswith("#")
-    comments, commands = crontab_lines(out)
+    _, commands = crontab_lines(out)
     assert len(commands) == 1
     assert commands[0].startswith(f"* * * * * cd {tmp_path.resolve()} ")
     assert " mission" in commands[0]

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
+import random
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-import cronqueue.config as config_module
 from cronqueue.config import (
     Config,
     MissionEntry,
@@ -249,11 +249,11 @@ def test_parse_age_error_is_readable() -> None:
 def test_backoff_delay_doubles_with_jitter_and_is_capped(monkeypatch: pytest.MonkeyPatch,
                                                          attempt: int, base: float) -> None:
     cfg = WorkerConfig(backoff=10, backoff_max=100)
-    monkeypatch.setattr(config_module.random, "random", lambda: 0.0)
+    monkeypatch.setattr(random, "random", lambda: 0.0)
     assert cfg.backoff_delay(attempt) == pytest.approx(base)
-    monkeypatch.setattr(config_module.random, "random", lambda: 0.999_999_9)
+    monkeypatch.setattr(random, "random", lambda: 0.999_999_9)
     assert cfg.backoff_delay(attempt) == pytest.approx(base * 1.25)
-    monkeypatch.setattr(config_module.random, "random", lambda: 0.5)
+    monkeypatch.setattr(random, "random", lambda: 0.5)
     assert cfg.backoff_delay(attempt) == pytest.approx(base * 1.125)
 
 

@@ -1,0 +1,395 @@
+"""The rescue: tasks of dead shards come back (pending or failed), fenced by the claim token;
+the workers registry forgets dead shards."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cronqueue import Queue, Status, Task
+from cronqueue.claim import Claimer
+from cronqueue.config import Config
+from cronqueue.proc import Owner
+from cronqueue.repository import Finish, Repository, Start
+from cronqueue.rescue import rescue
+from tests.conftest import cronqueue_cmd, write_script
+
+DEAD = Owner("thishost", 999999, 1)  # the shard that "died"
+ME = Owner("thishost", 4242, 77)  # the mission that rescues (same host)
+OTHER = Owner("otherhost", 999999, 1)
+
+
+class Alive:
+    """A fake pid check: records its calls; ``live`` pids are alive."""
+
+    def __init__(self, *live: int) -> None:
+        self.live = set(live)
+        self.calls: list[tuple[int, int | None]] = []
+
+    def __call__(self, pid: int, start: int | None) -> bool:
+        self.calls.append((pid, start))
+        return pid in self.live
+
+
+@pytest.fixture
+def cfg(queue: Queue) -> Config:
+    return queue.config
+
+
+@pytest.fixture
+def repo(queue: Queue) -> Repository:
+    return queue.repo
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def claim(queue: Queue, owner: Owner, *, limit: int = 10,
+          now: datetime | None = None) -> tuple[str, list[Task]]:
+    claimer = Claimer(queue.engine, owner, shard=0, total=1, queues=None,
+                      lease=timedelta(seconds=queue.config.worker.lease))
+    c = claimer.claim(limit, now or now_utc() + timedelta(seconds=1))
+    return c.token, c.tasks
+
+
+def start(repo: Repository, task_id: int, token: str, now: datetime,
+          lease: float = 900) -> None:
+    assert repo.record(start=Start(task_id, token, now, now + timedelta(seconds=lease))) == (
+        False, True)
+
+
+def get(queue: Queue, task_id: int) -> Task:
+    task = queue.get(task_id)
+    assert task is not None
+    return task
+
+
+def done_values(now: datetime) -> dict[str, Any]:
+    return {"status": int(Status.DONE), "finished_at": now, "exit_code": 0, "error": None,
+            "lease_until": None, "active_key": None, "output": "ok\n"}
+
+
+# -- this host: the pid tells ----------------------------------------------------------------
+
+
+def test_dead_owner_started_task_is_retried_after_backoff(queue: Queue, repo: Repository,
+                                                          cfg: Config) -> None:
+    task_id = queue.add("t.sh", {"x": 1}, max_attempts=3, unique_key="job-1")
+    now = now_utc()
+    token, [task] = claim(queue, DEAD)
+    assert task.id == task_id
+    start(repo, task_id, token, now)
+
+    alive = Alive()
+    report = rescue(repo, cfg.worker, now + timedelta(seconds=2), me=ME, alive=alive)
+    assert report.retried == [task_id]
+    assert report.failed == [] and report.released == []
+    assert (DEAD.pid, DEAD.pid_start) in alive.calls
+
+    task = get(queue, task_id)
+    assert task.status is Status.PENDING
+    assert task.attempts == 1  # the lost run counts as an attempt
+    assert (task.error or "").startswith("ProcessMissingError")
+    assert task.claim_token is None and task.lease_until is None
+    assert task.finished_at is None and task.exit_code is None
+    backoff = (task.run_at - (now + timedelta(seconds=2))).total_seconds()
+    base = cfg.worker.backoff
+    assert base <= backoff <= base * 1.25 + 0.001
+    # Still active for its unique key: adding it again returns the same task.
+    assert queue.add("t.sh", {"x": 1}, unique_key="job-1") == task_id
+
+    # Not claimable before the backoff ends; claimable after, and runs as attempt 2.
+    assert claim(queue, ME, now=task.run_at - timedelta(seconds=1))[1] == []
+    token2, [again] = claim(queue, ME, now=task.run_at)
+    assert again.id == task_id and again.attempts == 1
+    start(repo, task_id, token2, task.run_at)
+    assert get(queue, task_id).attempts == 2
+
+
+def test_dead_owner_last_attempt_fails_and_frees_the_key(queue: Queue, repo: Repository,
+                                                         cfg: Config) -> None:
+    task_id = queue.add("t.sh", max_attempts=1, unique_key="only-once")
+    now = now_utc()
+    token, _ = claim(queue, DEAD)
+    start(repo, task_id, token, now)
+    when = now + timedelta(seconds=3)
+    report = rescue(repo, cfg.worker, when, me=ME, alive=Alive())
+    assert report.failed == [task_id] and report.retried == []
+    task = get(queue, task_id)
+    assert task.status is Status.FAILED
+    assert task.attempts == 1
+    assert task.active_key is None
+    assert task.finished_at == when
+    assert (task.error or "").startswith("ProcessMissingError")
+    assert task.claim_token is None
+    # The key is free: a new task with it is inserted.
+    assert queue.add("t.sh", unique_key="only-once") != task_id
+
+
+def test_default_max_attempts_from_worker_config(queue: Queue, repo: Repository,
+                                                 cfg: Config) -> None:
+    task_id = queue.add("t.sh")  # max_attempts NULL: the worker's (3)
+    assert cfg.worker.max_attempts == 3
+    when = now_utc()
+    for attempt in (1, 2, 3):
+        token, [task] = claim(queue, DEAD, now=when)
+        assert task.attempts == attempt - 1
+        start(repo, task_id, token, when)
+        report = rescue(repo, cfg.worker, when, me=ME, alive=Alive())
+        task = get(queue, task_id)
+        if attempt < 3:
+            assert report.retried == [task_id] and task.status is Status.PENDING
+            when = task.run_at
+        else:
+            assert report.failed == [task_id] and task.status is Status.FAILED
+    assert get(queue, task_id).attempts == 3
+
+
+def test_claimed_but_unstarted_goes_straight_back(queue: Queue, repo: Repository,
+                                                  cfg: Config) -> None:
+    started_id = queue.add("t.sh")
+    waiting_id = queue.add("t.sh", max_attempts=1)
+    now = now_utc()
+    token, tasks = claim(queue, DEAD)
+    assert [t.id for t in tasks] == [started_id, waiting_id]
+    start(repo, started_id, token, now)
+    before = get(queue, waiting_id)
+
+    report = rescue(repo, cfg.worker, now, me=ME, alive=Alive())
+    assert report.released == [waiting_id]
+    assert report.retried == [started_id]
+    task = get(queue, waiting_id)
+    assert task.status is Status.PENDING
+    assert task.attempts == 0  # never started: no attempt spent (even with max_attempts 1)
+    assert task.error is None
+    assert task.claim_token is None and task.lease_until is None
+    assert task.run_at == before.run_at  # due again at once
+
+    # The dead owner's token no longer starts it (it was released).
+    assert repo.record(start=Start(waiting_id, token, now, now + timedelta(hours=1))) == (
+        False, False)
+
+
+def test_live_owner_is_left_alone(queue: Queue, repo: Repository, cfg: Config) -> None:
+    a = queue.add("t.sh")
+    b = queue.add("t.sh")
+    now = now_utc()
+    token, _ = claim(queue, DEAD)
+    start(repo, a, token, now)
+    before = {i: get(queue, i) for i in (a, b)}
+    alive = Alive(DEAD.pid)
+    report = rescue(repo, cfg.worker, now + timedelta(days=1), me=ME, alive=alive)
+    # Same host: the pid decides, even long past the lease.
+    assert report.retried == report.failed == report.released == []
+    assert alive.calls
+    for i in (a, b):
+        assert get(queue, i) == before[i]
+        assert get(queue, i).status is Status.RUNNING
+
+
+def test_other_host_waits_for_the_lease(queue: Queue, repo: Repository, cfg: Config) -> None:
+    a = queue.add("t.sh")
+    b = queue.add("t.sh")
+    now = now_utc()
+    token, _ = claim(queue, OTHER, now=now)  # claim lease: now + worker.lease for b
+    start(repo, a, token, now, lease=600)
+    lease_a = get(queue, a).lease_until
+    lease_b = get(queue, b).lease_until
+    assert lease_a is not None and lease_b is not None and lease_b < lease_a
+
+    alive = Alive()  # "everything is dead" - but another host's pid means nothing here
+    assert rescue(repo, cfg.worker, now, me=ME, alive=alive).released == []
+    assert alive.calls == []
+    assert get(queue, a).status is Status.RUNNING and get(queue, b).status is Status.RUNNING
+
+    # At the lease's end exactly: not yet.
+    report = rescue(repo, cfg.worker, lease_b, me=ME, alive=alive)
+    assert report.released == [] and report.retried == []
+
+    report = rescue(repo, cfg.worker, lease_b + timedelta(seconds=1), me=ME, alive=alive)
+    assert report.released == [b] and report.retried == []
+    assert get(queue, b).status is Status.PENDING
+    assert get(queue, a).status is Status.RUNNING
+
+    report = rescue(repo, cfg.worker, lease_a + timedelta(seconds=1), me=ME, alive=alive)
+    assert report.retried == [a]
+    task = get(queue, a)
+    assert task.status is Status.PENDING and task.attempts == 1
+    assert (task.error or "").startswith("ProcessMissingError")
+    assert "otherhost" in (task.error or "")
+    assert alive.calls == []
+
+
+# -- fencing ------------------------------------------------------------------------------------
+
+
+def test_owner_that_comes_back_after_the_rescue_is_fenced_out(queue: Queue, repo: Repository,
+                                                              cfg: Config) -> None:
+    a = queue.add("t.sh")
+    b = queue.add("t.sh")
+    now = now_utc()
+    token, _ = claim(queue, DEAD)
+    start(repo, a, token, now)
+    assert rescue(repo, cfg.worker, now, me=ME, alive=Alive()).retried == [a]
+    rescued = {i: get(queue, i) for i in (a, b)}
+
+    # The "dead" shard was only stalled: it records its result and starts the next task.
+    later = now + timedelta(seconds=5)
+    assert repo.record(Finish(a, token, done_values(later)),
+                       Start(b, token, later, later + timedelta(hours=1))) == (False, False)
+    for i in (a, b):
+        assert get(queue, i) == rescued[i]
+    assert get(queue, a).status is Status.PENDING
+    assert (get(queue, a).error or "").startswith("ProcessMissingError")
+
+
+def test_rescue_after_the_owner_finished_changes_nothing(queue: Queue, repo: Repository,
+                                                         cfg: Config) -> None:
+    a = queue.add("t.sh")
+    now = now_utc()
+    token, _ = claim(queue, DEAD)
+    start(repo, a, token, now)
+    seen = repo.running()  # a rescuer reads the running rows ...
+    assert [t.id for t in seen] == [a]
+    # ... and the owner finishes before the rescuer writes.
+    assert repo.record(Finish(a, token, done_values(now))) == (True, False)
+    finished = get(queue, a)
+    assert finished.status is Status.DONE
+
+    class SeenBefore(Repository):
+        def running(self) -> list[Task]:
+            return seen
+
+    report = rescue(SeenBefore(queue.engine), cfg.worker, now, me=ME, alive=Alive())
+    assert report.retried == report.failed == report.released == []
+    assert get(queue, a) == finished
+
+    # And a rescue that starts afterwards has nothing to look at.
+    assert rescue(repo, cfg.worker, now, me=ME, alive=Alive()).retried == []
+    assert get(queue, a) == finished
+
+
+def test_two_rescuers_settle_once(queue: Queue, repo: Repository, cfg: Config) -> None:
+    a = queue.add("t.sh")
+    now = now_utc()
+    token, _ = claim(queue, DEAD)
+    start(repo, a, token, now)
+    seen = repo.running()
+
+    class SeenBefore(Repository):
+        def running(self) -> list[Task]:
+            return seen
+
+    first = rescue(SeenBefore(queue.engine), cfg.worker, now, me=ME, alive=Alive())
+    second = rescue(SeenBefore(queue.engine), cfg.worker, now, me=ME, alive=Alive())
+    assert first.retried == [a] and second.retried == []
+    assert get(queue, a).attempts == 1
+
+
+# -- the workers registry -------------------------------------------------------------------
+
+
+def _register(repo: Repository, host: str, pid: int, heartbeat: datetime, **kw: Any) -> int:
+    values = {"host": host, "pid": pid, "pid_start": 5, "entry": "e", "shard": 0, "total": 1,
+              "queues": "", "started_at": heartbeat, "heartbeat_at": heartbeat}
+    return repo.register_worker(**(values | kw))
+
+
+def test_rescue_forgets_dead_workers(queue: Queue, repo: Repository, cfg: Config) -> None:
+    now = now_utc()
+    stale = now - timedelta(seconds=cfg.worker.lease + 1)
+    dead_here = _register(repo, "thishost", 999999, now)
+    live_here = _register(repo, "thishost", 4242, stale, shard=1)  # pid decides here
+    fresh_there = _register(repo, "otherhost", 999999, now, shard=2)
+    stale_there = _register(repo, "otherhost", 999998, stale, shard=3)
+    report = rescue(repo, cfg.worker, now, me=ME, alive=Alive(4242))
+    assert report.forgotten_workers == 2
+    assert sorted(w["id"] for w in repo.worker_rows()) == sorted([live_here, fresh_there])
+    assert dead_here not in {w["id"] for w in repo.worker_rows()}
+    assert stale_there not in {w["id"] for w in repo.worker_rows()}
+    # Nothing more to forget.
+    assert rescue(repo, cfg.worker, now, me=ME, alive=Alive(4242)).forgotten_workers == 0
+
+
+# -- end to end: kill -9 of a real shard ------------------------------------------------------
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            stat = fh.read()
+    except FileNotFoundError:
+        return True
+    return stat[stat.rfind(")") + 2:].split()[0] in ("Z", "X")
+
+
+@pytest.fixture
+def shard_proc() -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=10)
+
+
+def test_killed_shard_task_is_rescued_at_once(queue: Queue, repo: Repository, cfg: Config,
+                                              db_url: str, task_dir: Path, log_dir: Path,
+                                              tmp_path: Path,
+                                              shard_proc: list[subprocess.Popen[bytes]]
+                                              ) -> None:
+    pidfile = tmp_path / "script.pid"
+    write_script(task_dir, "long.sh", f'echo $$ > "{pidfile}"\nexec sleep 30\n')
+    task_id = queue.add("long.sh", max_attempts=3)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRONQUEUE_")}
+    with open(tmp_path / "shard.log", "wb") as out:
+        shard = subprocess.Popen(
+            cronqueue_cmd("work", "--db", db_url, "--task-dir", str(task_dir), "--log-dir",
+                          str(log_dir)),
+            env=env, stdout=out, stderr=subprocess.STDOUT)
+    shard_proc.append(shard)
+
+    def started() -> bool:
+        task = queue.get(task_id)
+        return (task is not None and task.started_at is not None and pidfile.exists()
+                and pidfile.read_text().strip() != "")
+
+    assert _wait_for(started), (tmp_path / "shard.log").read_text()
+    script_pid = int(pidfile.read_text())
+    task = get(queue, task_id)
+    assert task.status is Status.RUNNING and task.worker_pid == shard.pid
+
+    os.kill(shard.pid, signal.SIGKILL)
+    assert shard.wait(timeout=10) == -signal.SIGKILL
+    assert _wait_for(lambda: _process_gone(script_pid), timeout=10), "the script outlived it"
+
+    [row] = repo.worker_rows()  # it could not deregister
+    assert row["pid"] == shard.pid
+    now = now_utc()
+    report = rescue(repo, cfg.worker, now, me=Owner.me())
+    assert report.retried == [task_id]
+    assert report.forgotten_workers == 1 and repo.worker_rows() == []
+    task = get(queue, task_id)
+    assert task.status is Status.PENDING
+    assert task.attempts == 1
+    assert (task.error or "").startswith("ProcessMissingError")
+    assert task.claim_token is None
+    assert task.run_at > now
