@@ -31,17 +31,22 @@ CATCH_UP_POLICIES = ("latest", "skip")
 
 _AGE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
 _AGE_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_AGE = 100 * 365 * 86400  # seconds; beyond it ``now - age`` leaves the datetime range
 
 
 def parse_age(text: str | int | float) -> timedelta:
     """``90``, ``90s``, ``15m``, ``12h``, ``7d``, ``2w`` (a number alone is seconds).
     Raises ``ValueError`` with a readable reason."""
     if isinstance(text, int | float) and not isinstance(text, bool) and text >= 0:
-        return timedelta(seconds=text)
-    match = _AGE_RE.fullmatch(text.strip().lower()) if isinstance(text, str) else None
-    if not match:
-        raise ValueError(f"bad age {text!r} (examples: 3600, 15m, 12h, 7d)")
-    return timedelta(seconds=float(match.group(1)) * _AGE_UNITS[match.group(2)])
+        seconds = float(text)
+    else:
+        match = _AGE_RE.fullmatch(text.strip().lower()) if isinstance(text, str) else None
+        if not match:
+            raise ValueError(f"bad age {text!r} (examples: 3600, 15m, 12h, 7d)")
+        seconds = float(match.group(1)) * _AGE_UNITS[match.group(2)]
+    if not seconds <= MAX_AGE:  # also inf
+        raise ValueError(f"age {text!r} is too large (at most 100 years)")
+    return timedelta(seconds=seconds)
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,8 @@ class WorkerConfig:
     def backoff_delay(self, attempt: int) -> float:
         """Seconds before retry number ``attempt``: doubling from ``backoff``, capped, with
         0-25 % jitter so that a burst of failures does not come back all at once."""
-        delay = min(self.backoff_max, self.backoff * 2 ** max(attempt - 1, 0))
+        exponent = min(max(attempt - 1, 0), 64)  # 10.0 * 2 ** 1100 overflows a float
+        delay = min(self.backoff_max, self.backoff * 2 ** exponent)
         return float(delay * (1 + random.random() / 4))
 
     def validate(self) -> None:

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
-MAX_SCAN = 100_000  # bound on iterations when counting missed times
+MAX_SCAN = 10_000  # bound on iterations when counting missed times (a week of minutes)
 
 
 def minute_floor(moment: datetime) -> datetime:
@@ -52,7 +52,9 @@ class Schedule:
 
     def latest(self, at: datetime) -> datetime | None:
         """The most recent scheduled time <= ``at`` (UTC), or None within a year."""
-        it = croniter(self.expr, at.astimezone(self.tz) + timedelta(microseconds=1))
+        # Add in UTC, then convert: arithmetic on an aware local datetime drops ``fold``, which
+        # would move an instant of the repeated (fall-back) hour one hour back.
+        it = croniter(self.expr, (at + timedelta(microseconds=1)).astimezone(self.tz))
         for _ in range(MAX_SCAN):
             moment = it.get_prev(datetime)
             if moment.astimezone(UTC) < at - timedelta(days=366):

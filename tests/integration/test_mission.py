@@ -6,6 +6,7 @@ The launcher is a fake that records (argv, env, cwd): no shard process is starte
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 from collections import Counter
@@ -490,14 +491,15 @@ def test_retention_purge_at_tick(make_config: Any, task_dir: Path, retention: st
         "cancelled6": _finished(q, Status.CANCELLED, now - timedelta(days=6)),
     }
     pending = q.add("send.sh")
-    report = Mission(cfg, launcher=FakeLauncher()).tick(now)
+    report = Mission(cfg, launcher=FakeLauncher(), clock=lambda: now).tick(now)
     gone = {"failed31", "cancelled8"} | ({"done8"} if not retention else set())
     assert report.purged == len(gone)
     for name, task_id in ids.items():
         assert (q.get(task_id) is None) == (name in gone), name
     assert q.get(pending) is not None
     # A second tick has nothing left to purge.
-    assert Mission(cfg, launcher=FakeLauncher()).tick(now + timedelta(minutes=1)).purged == 0
+    later = now + timedelta(minutes=1)
+    assert Mission(cfg, launcher=FakeLauncher(), clock=lambda: later).tick(later).purged == 0
     q.close()
 
 
@@ -565,3 +567,106 @@ def test_schedule_in_a_time_zone(make_config: Any, task_dir: Path) -> None:
     assert mission.tick(at(9, 30)).fired == {}
     assert mission.tick(at(13, 30, 5)).fired == {"morning": at(13, 30)}
     q.close()
+
+
+# -- what a tick must not do ----------------------------------------------------------------
+
+
+def test_run_retention_keeps_the_last_run_of_each_entry(make_config: Any,
+                                                         task_dir: Path) -> None:
+    """An entry that fires less often than runs are kept (monthly vs 7 days) must still know
+    its last run: for `schedule` and for catching up a missed time."""
+    write_script(task_dir, "send.sh", "exit 0\n")
+    cfg = make_config('[[mission]]\nname = "monthly"\ncron = "0 3 1 * *"\n'
+                      'add = { taskscript = "send.sh" }\n')
+    q = Queue(config=cfg)
+    clock = {"now": datetime(2031, 5, 1, 3, 0, 2, tzinfo=UTC)}
+    mission = Mission(cfg, launcher=FakeLauncher(), clock=lambda: clock["now"])
+
+    def tick(when: datetime) -> TickReport:
+        clock["now"] = when
+        return mission.tick(when)
+
+    may = datetime(2031, 5, 1, 3, 0, tzinfo=UTC)
+    assert tick(may + timedelta(seconds=2)).fired == {"monthly": may}
+    for day in range(2, 31):  # the mission keeps ticking (and purging) all month
+        tick(datetime(2031, 5, day, 12, 0, tzinfo=UTC))
+    [entry] = q.schedule(datetime(2031, 5, 31, 12, 0, tzinfo=UTC))
+    assert entry["last_scheduled"] is not None, "the last run was purged: shown as never"
+    assert datetime.fromisoformat(entry["last_scheduled"]) == may
+    assert entry["last_outcome"] == "added"
+
+    # The host was down at 03:00 on June 1st and back at 03:10: catch_up "latest" runs it.
+    june = datetime(2031, 6, 1, 3, 0, tzinfo=UTC)
+    report = tick(june + timedelta(minutes=10))
+    assert report.fired == {"monthly": june}
+    assert count_tasks(q) == 2
+    q.close()
+
+
+def test_simulated_now_does_not_expire_leases(make_config: Any) -> None:
+    """`cronqueue mission --now LATER` (a catch-up drill) must not take running tasks away from
+    live shards on other hosts: their leases are real time."""
+    from cronqueue.claim import Claimer
+    from cronqueue.proc import Owner
+    from cronqueue.repository import Start
+
+    cfg = make_config("")
+    q = Queue(config=cfg)
+    task_id = q.add("send.sh")
+    real = datetime.now(UTC)
+    claimer = Claimer(q.engine, Owner("otherhost", 4242, 1), shard=0, total=1, queues=None,
+                      lease=timedelta(seconds=300))
+    claim = claimer.claim(10, real + timedelta(seconds=1))
+    assert [t.id for t in claim.tasks] == [task_id]
+    lease_until = real + timedelta(seconds=900)
+    assert Repository(q.engine).record(
+        start=Start(task_id, claim.token, real, lease_until)) == (False, True)
+
+    drill = real + timedelta(days=1)
+    report = Mission(cfg, launcher=FakeLauncher(), clock=lambda: real).tick(drill)
+    assert report.rescue.retried == [] and report.rescue.released == []
+    task = q.get(task_id)
+    assert task is not None and task.status is Status.RUNNING
+    assert task.claim_token == claim.token
+    q.close()
+
+
+def test_simulated_now_does_not_purge_by_fake_time(make_config: Any, task_dir: Path) -> None:
+    """Retention counts real time: a drill with --now a month ahead deletes nothing young."""
+    write_script(task_dir, "send.sh", "exit 0\n")
+    cfg = make_config("")
+    q = Queue(config=cfg)
+    real = datetime.now(UTC).replace(microsecond=0)
+    task_id = _finished(q, Status.DONE, real - timedelta(days=1))
+    drill = real + timedelta(days=30)
+    report = Mission(cfg, launcher=FakeLauncher(), clock=lambda: real).tick(drill)
+    assert report.purged == 0
+    assert q.get(task_id) is not None
+    q.close()
+
+
+def test_shard_does_exactly_what_the_entry_says(make_config: Any,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shard settings in the mission's own environment (CRONQUEUE_QUEUES, ...) must not leak
+    into the shards it launches: an entry without queues drains every queue, without
+    max_seconds it is a burst shard."""
+    from cronqueue.cli import build_parser
+
+    cfg = make_config('[[mission]]\nname = "all"\ncron = "* * * * *"\n'
+                      'do_queue = { total = 2 }\n')
+    for name, value in (("CRONQUEUE_QUEUES", "elsewhere"), ("CRONQUEUE_MAX_SECONDS", "9"),
+                        ("CRONQUEUE_BATCH", "2"), ("CRONQUEUE_ENTRY", "other")):
+        monkeypatch.setenv(name, value)
+    launcher = FakeLauncher()
+    Mission(cfg, launcher=launcher).tick(at(10, 0, 1))
+    assert len(launcher.calls) == 2
+    for argv, env, _cwd in launcher.calls:
+        # Parse the argv as the shard will, in the environment it gets.
+        monkeypatch.setattr(os, "environ", dict(env))
+        args = build_parser().parse_args(argv[3:])
+        monkeypatch.undo()
+        assert (args.total, args.entry) == (2, "all")
+        assert args.queues in (None, [])
+        assert args.max_seconds is None
+        assert args.batch is None
