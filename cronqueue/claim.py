@@ -56,6 +56,18 @@ class Claimer:
         tasks = transaction(self.engine, lambda conn: self._claim(conn, token, limit, now))
         return Claim(token, tasks)
 
+    def any_due(self, now: datetime) -> bool:
+        """After an empty claim: was it really empty? ``SKIP LOCKED`` also skips rows that a
+        claimer of *another* shard has locked for an instant while scanning the shared index,
+        so an empty claim does not prove that nothing of ours is due."""
+
+        def work(conn: Connection) -> bool:
+            return any(conn.execute(queries.any_due(shard=self.shard, total=self.total,
+                                                    queue=queue, now=now)).first()
+                       for queue in self.queues)
+
+        return transaction(self.engine, work, readonly=True)
+
     def _claim(self, conn: Connection, token: str, limit: int, now: datetime) -> list[Task]:
         candidates: list[Task] = []
         for queue in self.queues:

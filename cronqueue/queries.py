@@ -94,6 +94,17 @@ def claim_candidates(*, shard: int, total: int, queue: str | None, now: datetime
     return stmt
 
 
+def any_due(*, shard: int, total: int, queue: str | None, now: datetime) -> Executable:
+    """Is anything of this shard due? A plain consistent read: no locks taken, none skipped."""
+    stmt = select(q.c.id).where(q.c.status == int(Status.PENDING))
+    if queue is not None:
+        stmt = stmt.where(q.c.queue == queue)
+    stmt = stmt.where(q.c.run_at <= now)
+    if total > 1:
+        stmt = stmt.where(q.c.id % total == shard)
+    return stmt.limit(1)
+
+
 def claim_rows(ids: Sequence[int], *, token: str, host: str, pid: int, pid_start: int | None,
                lease_until: datetime) -> Update:
     """Guarded: only rows still pending change, so two claimers can never both win a row."""

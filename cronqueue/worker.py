@@ -32,6 +32,9 @@ from .repository import Finish, Repository, Start
 from .runner import Runner, RunResult
 
 log = logging.getLogger("cronqueue.worker")
+# Empty claims in a row, while rows of ours are due but locked by others, before we give up
+# for this round (a duplicate of this shard may be holding them; they are not lost).
+_MAX_CONTENDED = 50
 
 
 def utcnow() -> datetime:
@@ -143,13 +146,21 @@ class Shard:
             log.info("shard=%s start queues=%s batch=%d budget=%s db=%s", self.label,
                      ",".join(self.queues) or "*", self.batch,
                      "burst" if deadline is None else f"{self.max_seconds:g}s", cfg.safe_db_url)
+            contended = 0
             while not self._stop and not _past(deadline):
-                claim = claimer.claim(self.batch, self.clock())
+                now = self.clock()
+                claim = claimer.claim(self.batch, now)
                 if not claim.tasks:
+                    if contended < _MAX_CONTENDED and claimer.any_due(now):
+                        contended += 1  # rows of ours were locked for an instant: again
+                        self._sleep(0.005 * contended)
+                        continue
                     if deadline is None:
                         break
+                    contended = 0
                     self._sleep(min(cfg.worker.poll_interval, deadline - time.monotonic()))
                     continue
+                contended = 0
                 self._run_claim(claim.token, claim.tasks, deadline)
             r = self.report
             log.info("shard=%s exit ran=%d done=%d retried=%d failed=%d returned=%d "
