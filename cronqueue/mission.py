@@ -30,11 +30,14 @@ from .model import Status
 from .proc import Owner
 from .repository import Repository
 from .rescue import RescueReport, rescue
-from .schedule import Schedule, decide
+from .schedule import MAX_SCAN, Schedule, decide
 from .spec import build_spec
 
 log = logging.getLogger("cronqueue.mission")
 Launcher = Callable[[list[str], dict[str, str], Path], Any]
+_SHARD_ENV = frozenset({"CRONQUEUE_TOTAL", "CRONQUEUE_SHARD", "CRONQUEUE_QUEUES",
+                        "CRONQUEUE_BATCH", "CRONQUEUE_MAX_SECONDS", "CRONQUEUE_ENTRY",
+                        "CRONQUEUE_NOW"})
 PURGE_CHUNKS_PER_TICK = 5  # bounded work per tick; a large backlog drains over a few minutes
 
 
@@ -82,8 +85,10 @@ class Mission:
             report = TickReport()
             for entry in self.config.missions:
                 self._entry(entry, repo, engine, me, now, report)
-            report.rescue = rescue(repo, self.config.worker, now, me=me)
-            report.purged = self._purge(repo, now)
+            # Leases and retention are real time, even when ``now`` is simulated (--now).
+            real = self.clock()
+            report.rescue = rescue(repo, self.config.worker, real, me=me)
+            report.purged = self._purge(repo, real)
             return report
         finally:
             if self._engine is None:
@@ -96,8 +101,9 @@ class Mission:
                           window=entry.catch_up_window)
         if decision.missed:
             report.missed[entry.name] = decision.missed
-            log.warning("mission=%s missed %d scheduled run(s) since %s; catch_up=%s: %s",
-                        entry.name, decision.missed, last.isoformat() if last else "-",
+            log.warning("mission=%s missed %s scheduled run(s) since %s; catch_up=%s: %s",
+                        entry.name, f"{decision.missed}" if decision.missed < MAX_SCAN
+                        else f"at least {MAX_SCAN}", last.isoformat() if last else "-",
                         entry.catch_up, f"running the one of {decision.fire:%Y-%m-%d %H:%M}Z"
                         if decision.fire else "not replayed")
         if decision.skipped is not None:
@@ -127,22 +133,27 @@ class Mission:
             log.info("mission=%s scheduled=%s outcome=added task=%d", entry.name,
                      f"{scheduled:%Y-%m-%dT%H:%M}Z", task_id)
             return
-        started, running = self._launch(entry, engine)
+        started, running, failed = self._launch(entry, engine)
         report.launched += [(entry.name, i) for i in started]
         report.already_running += [(entry.name, i) for i in running]
         outcome = (f"started shards {_ids(started)}" if started else "started no shard") + (
-            f"; still running {_ids(running)}" if running else "")
+            f"; still running {_ids(running)}" if running else "") + (
+            f"; could not start {_ids(failed)}" if failed else "")
         repo.set_run_outcome(run_id, outcome)
         log.info("mission=%s scheduled=%s outcome=%s", entry.name,
                  f"{scheduled:%Y-%m-%dT%H:%M}Z", outcome)
 
-    def _launch(self, entry: MissionEntry, engine: Engine) -> tuple[list[int], list[int]]:
+    def _launch(self, entry: MissionEntry,
+                engine: Engine) -> tuple[list[int], list[int], list[int]]:
         dq = entry.do_queue
         assert dq is not None
         cfg = self.config
         started: list[int] = []
         running: list[int] = []
-        env = dict(os.environ)
+        failed: list[int] = []
+        # The entry alone decides what the shard does: drop shard settings that the
+        # mission's own environment may carry (they would become the shard's defaults).
+        env = {k: v for k, v in os.environ.items() if k not in _SHARD_ENV}
         # The shard sees the mission's effective settings; the URL travels in the
         # environment, never in argv (argv is public in `ps`).
         env.update(CRONQUEUE_DB_URL=cfg.db_url, CRONQUEUE_TASK_DIR=str(cfg.task_dir),
@@ -162,9 +173,15 @@ class Mission:
                 argv += ["--max-seconds", str(dq.max_seconds)]
             if dq.batch is not None:
                 argv += ["--batch", str(dq.batch)]
-            self.launcher(argv, env, cfg.source.parent if cfg.source else Path.cwd())
+            try:
+                self.launcher(argv, env, cfg.source.parent if cfg.source else Path.cwd())
+            except OSError as exc:  # one shard that cannot start must not stop the tick
+                log.error("mission=%s shard=%d could not be started: %s", entry.name, shard,
+                          exc)
+                failed.append(shard)
+                continue
             started.append(shard)
-        return started, running
+        return started, running, failed
 
     def _purge(self, repo: Repository, now: datetime) -> int:
         keep = self.config.retention

@@ -217,7 +217,11 @@ def latest_runs() -> Select[Any]:
 
 
 def old_run_ids(before: datetime, limit: int) -> Select[Any]:
-    return select(r.c.id).where(r.c.scheduled_at < before).limit(limit)
+    """Runs older than ``before`` except each entry's newest: an entry that fires less often
+    than runs are kept must still know its last run (for catch-up and `schedule`)."""
+    newest = select(func.max(r.c.id)).group_by(r.c.entry)
+    return (select(r.c.id).where(r.c.scheduled_at < before, r.c.id.not_in(newest))
+            .limit(limit))
 
 
 def delete_runs(ids: Sequence[int]) -> Delete:
