@@ -3,6 +3,7 @@ nothing. Exit 0 when every check passes, 1 otherwise (a bad config already exits
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 
@@ -10,6 +11,22 @@ from .config import Config
 from .db import make_engine
 from .errors import CronqueueError
 from .repository import Repository
+
+
+def shard_warnings(cfg: Config, step: int) -> list[str]:
+    """Galera / multi-primary: ids advance by ``auto_increment_increment``. When it shares a
+    factor with a shard total, some shards only ever see ids they can never match (``id % N``
+    never takes their value) and starve."""
+    out = []
+    for entry in cfg.missions:
+        if entry.do_queue is None:
+            continue
+        total = entry.do_queue.total
+        if step > 1 and math.gcd(step, total) > 1:
+            out.append(f"mission {entry.name!r}: auto_increment_increment={step} shares a "
+                       f"factor with total={total}: some shards would never get a task; "
+                       f"choose a total coprime to {step}")
+    return out
 
 
 def run_checks(cfg: Config, out: Callable[[str], None] = print) -> int:
@@ -29,6 +46,8 @@ def run_checks(cfg: Config, out: Callable[[str], None] = print) -> int:
             version = ".".join(map(str, engine.dialect.server_version_info or ()))
             report(has, "database", f"{cfg.safe_db_url} ({engine.dialect.name} {version}); " +
                    ("schema present" if has else "no queue table: run `cronqueue init-db`"))
+            for warning in shard_warnings(cfg, repo.auto_increment_step()):
+                out(f"WARN sharding  {warning}")
         finally:
             engine.dispose()
     except (CronqueueError, Exception) as exc:

@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-attempts", type=_positive_int, help="default: worker.max_attempts")
     p.add_argument("--timeout", type=_positive_int, help="seconds; default: worker.timeout")
     p.add_argument("--unique-key", help="while a task with this key is active, return its id")
+    p.add_argument("--secret-stdin", action="store_true",
+                   help="read a JSON secret from stdin; the script gets it on its stdin, "
+                        "never in argv")
 
     p = cmd("status", "show one task", cmd_status)
     p.add_argument("id", type=_positive_int)
@@ -257,9 +260,15 @@ def cmd_add(args: argparse.Namespace, cfg: Config) -> int:
         param = json.loads(args.param)
     except ValueError as exc:
         raise InvalidTask(f"PARAM_JSON is not valid JSON: {exc}") from None
+    secret = None
+    if args.secret_stdin:
+        try:
+            secret = json.loads(sys.stdin.read())
+        except ValueError as exc:
+            raise InvalidTask(f"--secret-stdin: stdin is not valid JSON: {exc}") from None
     task_id = _queue(cfg).add(args.taskscript, param, priority=args.priority, queue=args.queue,
                               delay=args.delay, run_at=args.at, max_attempts=args.max_attempts,
-                              timeout=args.timeout, unique_key=args.unique_key)
+                              timeout=args.timeout, unique_key=args.unique_key, secret=secret)
     print(task_id)
     return 0
 

@@ -59,7 +59,9 @@ class WorkerConfig:
     backoff: float = 10.0  # first retry delay, seconds; doubles per attempt, +0-25 % jitter
     backoff_max: float = 3600.0
     poll_interval: float = 1.0  # with --max-seconds: how often an idle shard looks again
-    lease: int = 300  # seconds a claim is held before another host may presume it lost
+    lease: int = 60  # seconds a claim lives without heartbeat before another host rescues it
+    outage_wait: float = 300.0  # a burst shard waits this long for an unreachable database
+    stop_grace: float = 600.0  # after a first TERM, the running task may finish within this
     kill_grace: float = 5.0  # TERM → KILL delay when a task is timed out or stopped hard
     heartbeat: float = 5.0  # seconds between a shard's heartbeats (workers table)
     output_tail: int = 4096  # bytes of output kept on the row
@@ -83,6 +85,9 @@ class WorkerConfig:
                 raise ConfigError(f"worker.{f.name}: expected an integer, got {value!r}")
         if self.backoff_max < self.backoff:
             raise ConfigError("worker.backoff_max: must be >= worker.backoff")
+        if self.heartbeat * 3 > self.lease:
+            raise ConfigError("worker.lease: must be at least 3 heartbeats "
+                              f"({3 * self.heartbeat:g}s), got {self.lease}")
 
 
 @dataclass(frozen=True)

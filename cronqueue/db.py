@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 
 from .errors import ConfigError, DatabaseError
 
@@ -22,6 +22,9 @@ T = TypeVar("T")
 
 # MySQL/MariaDB: 1213 deadlock, 1205 lock wait timeout. Retried, never surfaced as failures.
 _MYSQL_RETRY_CODES = frozenset({1213, 1205})
+# Server gone, restarting, unreachable, connection killed, too many connections, read-only.
+_MYSQL_UNAVAILABLE_CODES = frozenset({1040, 1053, 1077, 1290, 1836, 1927, 2002, 2003, 2005,
+                                      2006, 2013, 2026, 2055})
 SUPPORTED = ("sqlite", "mysql", "mariadb")
 
 
@@ -98,6 +101,22 @@ def is_transient(exc: BaseException) -> bool:
         return True
     text = str(orig).lower()
     return "database is locked" in text or "database is busy" in text
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """The database could not be reached or dropped the connection (restart, network):
+    worth waiting for. Not: constraint violations, SQL errors, a missing table."""
+    cause = exc.__cause__ if isinstance(exc, DatabaseError) else exc
+    if isinstance(cause, InterfaceError):
+        return True
+    if not isinstance(cause, OperationalError):
+        return False
+    orig = cause.orig
+    code = orig.args[0] if orig is not None and orig.args else None
+    if isinstance(code, int):
+        return code in _MYSQL_UNAVAILABLE_CODES or code in _MYSQL_RETRY_CODES
+    text = str(orig).lower()
+    return "locked" in text or "unable to open" in text or "disk i/o" in text
 
 
 def transaction(engine: Engine, work: Callable[[Connection], T], *, readonly: bool = False,

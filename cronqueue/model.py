@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -62,10 +62,13 @@ class Task:
     exit_code: int | None
     error: str | None
     output: str | None
+    secret: str | None = field(default=None, repr=False)  # never shown: see as_dict()
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> Task:
-        values = {f.name: row[f.name] for f in fields(cls)}
+        # Every column is required, except the optional ones added later (``secret``).
+        values = {f.name: row[f.name] if f.name in row or f.default is MISSING else f.default
+                  for f in fields(cls)}
         values["status"] = Status(values["status"])
         return cls(**values)
 
@@ -75,7 +78,9 @@ class Task:
         return json.loads(self.param)
 
     def as_dict(self) -> dict[str, Any]:
-        return _as_dict(self)
+        out = _as_dict(self)
+        out["secret"] = None if self.secret is None else "***"
+        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Delete, Executable, Select, Update, delete, func, select, update
+from sqlalchemy import Delete, Executable, Select, Update, delete, func, select, text, update
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.sql.dml import Insert
 
@@ -238,6 +238,19 @@ def heartbeat(worker_id: int, now: datetime, current_task: int | None,
               tasks_done: int) -> Update:
     return (update(w).where(w.c.id == worker_id)
             .values(heartbeat_at=now, current_task=current_task, tasks_done=tasks_done))
+
+
+def extend_lease(token: str, lease_until: datetime) -> Update:
+    return (update(q).where(q.c.claim_token == token, q.c.status == int(Status.RUNNING))
+            .values(lease_until=lease_until))
+
+
+def auto_increment_step() -> Executable:
+    return text("SELECT @@auto_increment_increment")
+
+
+def server_uptime() -> Executable:
+    return text("SHOW GLOBAL STATUS LIKE 'Uptime'")
 
 
 def stop_requested(worker_id: int) -> Executable:

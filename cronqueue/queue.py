@@ -91,16 +91,18 @@ class Queue:
             queue: str = "default", run_at: datetime | None = None,
             delay: float | timedelta | None = None, max_attempts: int | None = None,
             timeout: int | None = None, unique_key: str | None = None,
-            connection: Connection | Session | None = None) -> int:
+            secret: Any = None, connection: Connection | Session | None = None) -> int:
         """Enqueue one task and return its id. Raises ``InvalidTask`` (nothing inserted) on bad
         input. ``max_attempts``/``timeout`` left as None follow the worker's configuration.
         With ``unique_key``, while a task with that key is pending or running its id is
         returned instead. With ``connection``, the row is written in the caller's transaction.
+        ``secret`` (any JSON value, up to 8 MiB) reaches the script on stdin instead of argv:
+        for credentials, which argv would show in ``ps``, and for data too large for argv.
         """
         now = self.clock()
         spec = build_spec(taskscript, param, priority=priority, queue=queue, run_at=run_at,
                           delay=delay, max_attempts=max_attempts, timeout=timeout,
-                          unique_key=unique_key, now=now)
+                          unique_key=unique_key, secret=secret, now=now)
         return self.repo.insert([spec], now, connection)[0]
 
     def add_many(self, specs: Iterable[Any], *,

@@ -305,14 +305,35 @@ class Repository:
             lambda conn: _inserted_id(conn.execute(queries.insert_worker(), values)))
 
     def heartbeat(self, worker_id: int, now: datetime, current_task: int | None,
-                  tasks_done: int) -> bool:
-        """Record that the shard lives; returns whether it has been asked to stop."""
+                  tasks_done: int, *, token: str | None = None,
+                  lease_until: datetime | None = None) -> bool:
+        """Record that the shard lives and extend the lease of the rows it holds (``token``);
+        returns whether it has been asked to stop."""
 
         def work(conn: Connection) -> bool:
             conn.execute(queries.heartbeat(worker_id, now, current_task, tasks_done))
+            if token is not None and lease_until is not None:
+                conn.execute(queries.extend_lease(token, lease_until))
             return bool(conn.execute(queries.stop_requested(worker_id)).scalar())
 
         return transaction(self.engine, work)
+
+    def auto_increment_step(self) -> int:
+        """``auto_increment_increment`` (Galera and multi-primary set it > 1); 1 on SQLite."""
+        if self.dialect == "sqlite":
+            return 1
+        return transaction(
+            self.engine,
+            lambda conn: int(conn.execute(queries.auto_increment_step()).scalar_one()),
+            readonly=True)
+
+    def server_uptime(self) -> float | None:
+        """Seconds since the database server started (MySQL/MariaDB); None for SQLite."""
+        if self.dialect == "sqlite":
+            return None
+        return transaction(self.engine,
+                           lambda conn: float(conn.execute(queries.server_uptime()).one()[1]),
+                           readonly=True)
 
     def forget_workers(self, ids: Sequence[int]) -> None:
         if ids:

@@ -3,7 +3,8 @@
 A running row names its owner (host, pid, pid start time) and a lease. The owner is gone when
 - it ran on this host and its pid is dead or now belongs to another process (start time
   differs) — noticed at once, at the next mission tick;
-- it ran on another host and its lease has expired.
+- it ran on another host and its lease has expired (leases are extended by the shard's
+  heartbeat; expiry is trusted once the database server has been up for a lease + 30 s).
 A task that had started counts the attempt: pending again (after the usual backoff) while
 attempts remain, else failed, with ``ProcessMissingError`` recorded. A task that was claimed
 but never started goes straight back to pending. Each write is fenced by the claim token the
@@ -26,6 +27,7 @@ from .proc import Owner, pid_alive
 from .repository import Repository
 
 log = logging.getLogger("cronqueue.rescue")
+RESTART_GRACE = 30.0  # seconds after lease expiry a shard gets to reconnect and write
 
 
 @dataclass
@@ -45,12 +47,19 @@ def owner_gone(host: str | None, pid: int | None, pid_start: int | None,
 
 
 def rescue(repo: Repository, cfg: WorkerConfig, now: datetime, *, me: Owner | None = None,
-           alive: Callable[[int, int | None], bool] = pid_alive) -> RescueReport:
+           alive: Callable[[int, int | None], bool] = pid_alive,
+           server_uptime: Callable[[], float | None] | None = None) -> RescueReport:
     me = me or Owner.me()
     report = RescueReport()
+    # A lease can only be renewed while the server is up: right after a database restart
+    # every lease looks expired, though the shards are alive and about to write. Trust lease
+    # expiry only once the server has been up for a lease plus a grace period.
+    uptime = (server_uptime or repo.server_uptime)()
+    trust_leases = uptime is None or uptime >= cfg.lease + RESTART_GRACE
     for task in repo.running():
-        if not owner_gone(task.worker_host, task.worker_pid, task.worker_pid_start,
-                          task.lease_until, me=me, now=now, alive=alive):
+        lease = task.lease_until if trust_leases else None
+        if not owner_gone(task.worker_host, task.worker_pid, task.worker_pid_start, lease,
+                          me=me, now=now, alive=alive):
             continue
         outcome, values = _outcome(task, cfg, now)
         if not repo.settle(task, values):
@@ -60,8 +69,8 @@ def rescue(repo: Repository, cfg: WorkerConfig, now: datetime, *, me: Owner | No
                     task.id, task.worker_host, task.worker_pid, outcome, task.attempts)
     dead = [w["id"] for w in repo.worker_rows()
             if owner_gone(w["host"], w["pid"], w["pid_start"],
-                          w["heartbeat_at"] + timedelta(seconds=cfg.lease), me=me, now=now,
-                          alive=alive)]
+                          w["heartbeat_at"] + timedelta(seconds=cfg.lease)
+                          if trust_leases else None, me=me, now=now, alive=alive)]
     repo.forget_workers(dead)
     report.forgotten_workers = len(dead)
     return report

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -143,9 +143,9 @@ class Runner:
         env = dict(self._base_env)
         env.update(CRONQUEUE_TASK_ID=str(task.id), CRONQUEUE_ATTEMPT=str(attempt),
                    CRONQUEUE_QUEUE=task.queue)
-        with self._output_file() as out:
+        with self._output_file() as out, _stdin_for(task.secret) as stdin:
             try:
-                proc = self._spawn([*argv, task.param], env, out)
+                proc = self._spawn([*argv, task.param], env, out, stdin)
             except OSError as exc:
                 msg = f"cannot start {argv[0]}: {exc.strerror or exc}"
                 return RunResult(None, time.monotonic() - started, msg, ScriptNotRunnable(msg))
@@ -172,13 +172,13 @@ class Runner:
             failure = ProcessExitError(f"exit status {returncode}")
         return RunResult(returncode, duration, tail, failure, interrupted=outcome == "abort")
 
-    def _spawn(self, argv: list[str], env: dict[str, str],
-               out: IO[bytes]) -> subprocess.Popen[bytes]:
+    def _spawn(self, argv: list[str], env: dict[str, str], out: IO[bytes],
+               stdin: IO[bytes] | int) -> subprocess.Popen[bytes]:
         kwargs: dict[str, Any] = {}
         if not self._deathsig_prefix and sys.platform.startswith("linux"):
             kwargs["preexec_fn"] = _set_pdeathsig
         return subprocess.Popen(
-            [*self._deathsig_prefix, *argv], stdin=subprocess.DEVNULL, stdout=out,
+            [*self._deathsig_prefix, *argv], stdin=stdin, stdout=out,
             stderr=subprocess.STDOUT, cwd=self.task_dir, env=env, start_new_session=True,
             close_fds=True, **kwargs)
 
@@ -260,6 +260,19 @@ class Runner:
                     log_file.write(b"\n")
         except OSError as exc:
             log.warning("task=%d could not write output to %s: %s", task.id, path, exc)
+
+
+@contextlib.contextmanager
+def _stdin_for(secret: str | None) -> Iterator[IO[bytes] | int]:
+    """The task's stdin: its secret in an unnamed file (no pipe to block on, nothing on
+    disk by name), or /dev/null."""
+    if secret is None:
+        yield subprocess.DEVNULL
+        return
+    with tempfile.TemporaryFile() as handle:
+        handle.write(secret.encode("utf-8"))
+        handle.seek(0)
+        yield handle
 
 
 def _check_param(param: str) -> None:

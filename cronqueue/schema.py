@@ -151,6 +151,9 @@ queue_table = Table(
     Column("exit_code", Integer, nullable=True),
     Column("error", Text, nullable=True),
     Column("output", Text, nullable=True),
+    # JSON handed to the script on stdin, never in argv (argv is public in `ps`).
+    Column("secret", Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb"),
+           nullable=True),
     **_TABLE_OPTIONS,
 )
 

@@ -6,7 +6,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,6 +14,7 @@ from .errors import InvalidTask
 
 # Linux caps one argv string at MAX_ARG_STRLEN = 32 pages = 131072 bytes, including its NUL.
 MAX_PARAM_BYTES = 131072 - 1
+MAX_SECRET_BYTES = 8 * 1024 * 1024  # on stdin, stored in MEDIUMTEXT (16 MiB) on MySQL
 MAX_TASKSCRIPT_LEN = 255
 MAX_UNIQUE_KEY_LEN = 191
 
@@ -78,6 +79,18 @@ def check_param_text(text: str) -> None:
         raise InvalidTask("param contains a NUL byte, which argv cannot carry")
 
 
+def serialize_secret(secret: Any) -> str:
+    """JSON text handed to the script on stdin: no argv limit, but a sane cap."""
+    try:
+        text = json.dumps(secret, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        size = len(text.encode("utf-8"))
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
+        raise InvalidTask(f"secret is not JSON-serializable: {exc}") from None
+    if size > MAX_SECRET_BYTES:
+        raise InvalidTask(f"secret is {size} bytes serialized; at most {MAX_SECRET_BYTES}")
+    return text
+
+
 def _int_field(name: str, value: object, *, minimum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidTask(f"{name} must be an integer, got {value!r}")
@@ -128,6 +141,7 @@ class TaskSpec:
     max_attempts: int | None
     timeout: int | None
     unique_key: str | None
+    secret: str | None = field(default=None, repr=False)
 
     def row(self, now: datetime) -> dict[str, Any]:
         return {
@@ -141,6 +155,7 @@ class TaskSpec:
             "timeout": self.timeout,
             "unique_key": self.unique_key,
             "active_key": self.unique_key,
+            "secret": self.secret,
         }
 
 
@@ -155,6 +170,7 @@ def build_spec(
     max_attempts: object = None,
     timeout: object = None,
     unique_key: object = None,
+    secret: Any = None,
     now: datetime,
 ) -> TaskSpec:
     """Validate everything ``add()`` takes; the error names the first culprit."""
@@ -173,12 +189,13 @@ def build_spec(
         else _int_field("max_attempts", max_attempts, minimum=1),
         timeout=None if timeout is None else _int_field("timeout", timeout, minimum=1),
         unique_key=unique_key,
+        secret=None if secret is None else serialize_secret(secret),
     )
 
 
 _SPEC_KEYS = frozenset(
     {"taskscript", "param", "priority", "queue", "run_at", "delay", "max_attempts", "timeout",
-     "unique_key"}
+     "unique_key", "secret"}
 )
 
 

@@ -23,6 +23,20 @@ def args(argv: list[str] | None = None) -> Any:
     return json.loads(argv[1])
 
 
+_NO_SECRET = object()
+_secret: Any = _NO_SECRET
+
+
+def secret() -> Any:
+    """The task's secret (``Queue.add(..., secret=...)``), read once from stdin; None if the
+    task has none."""
+    global _secret
+    if _secret is _NO_SECRET:
+        data = sys.stdin.read() if sys.stdin is not None and not sys.stdin.isatty() else ""
+        _secret = json.loads(data) if data else None
+    return _secret
+
+
 def task_id() -> int | None:
     value = os.environ.get("CRONQUEUE_TASK_ID")
     return int(value) if value else None

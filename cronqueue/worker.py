@@ -20,12 +20,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import FrameType
+from typing import TypeVar
 
 from .claim import Claimer
 from .config import Config
-from .db import make_engine
+from .db import is_unavailable, make_engine
 from .errors import DatabaseError
 from .guard import ShardGuard
+from .heartbeat import Heartbeat
 from .model import Status, Task
 from .proc import Owner
 from .repository import Finish, Repository, Start
@@ -35,6 +37,8 @@ log = logging.getLogger("cronqueue.worker")
 # Empty claims in a row, while rows of ours are due but locked by others, before we give up
 # for this round (a duplicate of this shard may be holding them; they are not lost).
 _MAX_CONTENDED = 50
+_MAX_OUTAGE_PAUSE = 5.0  # seconds between retries while the database is unreachable
+T = TypeVar("T")
 
 
 def utcnow() -> datetime:
@@ -78,15 +82,22 @@ class Shard:
         self._stop = False
         self._force = False
         self._wake_r: int | None = None
-        self._current: int | None = None
-        self._worker_id: int | None = None
+        self._stop_at = 0.0
 
     # -- signals (handlers only set flags) ----------------------------------------------------
 
     def request_stop(self, force: bool = False) -> None:
         if self._stop or force:
             self._force = True
+        if not self._stop:
+            self._stop_at = time.monotonic()
         self._stop = True
+
+    def _abort_task(self) -> bool:
+        """Kill the running task? After a second stop, or when the first stop's
+        ``worker.stop_grace`` has run out."""
+        return self._force or (self._stop and time.monotonic() - self._stop_at
+                               > self.config.worker.stop_grace)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.request_stop()
@@ -126,106 +137,112 @@ class Shard:
         cfg = self.config
         engine = make_engine(cfg.db_url)  # built here, in the process that uses it
         guard = ShardGuard(engine, cfg.log_dir, self.entry, self.shard) if self.entry else None
-        heartbeat = threading.Event()
+        self.repo = Repository(engine)
+        self.heartbeat = Heartbeat(self.repo, cfg.worker, label=self.label, clock=self.clock,
+                                   on_stop_requested=self._stop_requested_remotely,
+                                   on_lease_at_risk=lambda: self.request_stop(force=True))
+        started = time.monotonic()
+        deadline = None if self.max_seconds is None else started + self.max_seconds
+        # How long a burst shard waits for an unreachable database before giving up.
+        patience = deadline if deadline is not None else started + cfg.worker.outage_wait
         try:
-            self.repo = Repository(engine)
-            if guard is not None and not guard.acquire():
+            if guard is not None and not self._db("lock", guard.acquire, until=patience):
                 self.report.already_running = guard.holder
                 log.info("shard=%s already running on %s; not starting", self.label,
                          guard.holder)
                 return self.report
-            self._register(heartbeat)
+            self._db("register", lambda: self.heartbeat.start(
+                entry=self.entry, shard=self.shard, total=self.total,
+                queues=",".join(self.queues)), until=patience)
             self.runner = Runner(cfg.task_dir, cfg.log_dir, cfg.interpreters,
                                  tail_bytes=cfg.worker.output_tail,
                                  kill_grace=cfg.worker.kill_grace,
                                  max_log_bytes=cfg.worker.max_log_bytes)
             claimer = Claimer(engine, Owner.me(), shard=self.shard, total=self.total,
                               queues=self.queues, lease=timedelta(seconds=cfg.worker.lease))
-            started = time.monotonic()
-            deadline = None if self.max_seconds is None else started + self.max_seconds
             log.info("shard=%s start queues=%s batch=%d budget=%s db=%s", self.label,
                      ",".join(self.queues) or "*", self.batch,
                      "burst" if deadline is None else f"{self.max_seconds:g}s", cfg.safe_db_url)
-            contended = 0
-            while not self._stop and not _past(deadline):
-                now = self.clock()
-                claim = claimer.claim(self.batch, now)
-                if not claim.tasks:
-                    if contended < _MAX_CONTENDED and claimer.any_due(now):
-                        contended += 1  # rows of ours were locked for an instant: again
-                        self._sleep(0.005 * contended)
-                        continue
-                    if deadline is None:
-                        break
-                    contended = 0
-                    self._sleep(min(cfg.worker.poll_interval, deadline - time.monotonic()))
-                    continue
-                contended = 0
-                self._run_claim(claim.token, claim.tasks, deadline)
+            self._loop(claimer, deadline)
             r = self.report
             log.info("shard=%s exit ran=%d done=%d retried=%d failed=%d returned=%d "
                      "released=%d lost=%d duration=%.3fs", self.label, r.ran, r.done, r.retried,
                      r.failed, r.returned, r.released, r.lost, time.monotonic() - started)
             return self.report
         finally:
-            heartbeat.set()
-            self._deregister()
+            self.heartbeat.stop()
             if guard is not None:
                 guard.release()
             engine.dispose()
             restore()
 
-    # -- registry and heartbeat ---------------------------------------------------------------
-
-    def _register(self, stopped: threading.Event) -> None:
-        me = Owner.me()
-        self._worker_id = self.repo.register_worker(
-            host=me.host, pid=me.pid, pid_start=me.pid_start, entry=self.entry,
-            shard=self.shard, total=self.total, queues=",".join(self.queues),
-            started_at=self.clock(), heartbeat_at=self.clock())
-        thread = threading.Thread(target=self._heartbeat_loop, args=(stopped,),
-                                  name="cronqueue-heartbeat", daemon=True)
-        thread.start()
-
-    def _heartbeat_loop(self, stopped: threading.Event) -> None:
-        assert self._worker_id is not None
-        while not stopped.wait(self.config.worker.heartbeat):
-            try:
-                asked = self.repo.heartbeat(self._worker_id, self.clock(), self._current,
-                                            self.report.ran)
-            except Exception as exc:  # the loop must survive any database trouble
-                log.warning("shard=%s heartbeat failed: %s", self.label, exc)
+    def _loop(self, claimer: Claimer, deadline: float | None) -> None:
+        cfg = self.config.worker
+        contended = 0
+        while not self._stop and not _past(deadline):
+            patience = deadline if deadline is not None else time.monotonic() + cfg.outage_wait
+            claim = self._db("claim", lambda: claimer.claim(self.batch, self.clock()),
+                             until=patience)
+            if not claim.tasks:
+                if contended < _MAX_CONTENDED and self._db(
+                        "claim", lambda: claimer.any_due(self.clock()), until=patience):
+                    contended += 1  # rows of ours were locked for an instant: again
+                    self._sleep(0.005 * contended)
+                    continue
+                if deadline is None:
+                    break
+                contended = 0
+                self._sleep(min(cfg.poll_interval, deadline - time.monotonic()))
                 continue
-            if asked and not self._stop:
-                log.info("shard=%s stop requested through the database; finishing the "
-                         "current task", self.label)
-                self.request_stop()
+            contended = 0
+            self._run_claim(claim.token, claim.tasks, deadline)
 
-    def _deregister(self) -> None:
-        if self._worker_id is None:
-            return
-        try:
-            self.repo.forget_workers([self._worker_id])
-        except DatabaseError as exc:  # the rescue forgets it later
-            log.warning("shard=%s could not deregister: %s", self.label, exc)
-        self._worker_id = None
+    def _stop_requested_remotely(self) -> None:
+        if not self._stop:
+            log.info("shard=%s stop requested through the database; finishing the current "
+                     "task", self.label)
+            self.request_stop()
+
+    def _db(self, what: str, call: Callable[[], T], *, until: float | None = None) -> T:
+        """Run a database call, riding out an outage: while the database is unreachable, log
+        once, retry with bounded backoff, log when it is back. Gives up (re-raises) after
+        ``until`` (monotonic) or on a hard stop; ``until=None`` waits as long as it takes —
+        for outcomes that must not be lost."""
+        down_since: float | None = None
+        pause = 0.2
+        while True:
+            try:
+                result = call()
+            except DatabaseError as exc:
+                if not is_unavailable(exc) or self._force or (
+                        until is not None and time.monotonic() >= until):
+                    raise
+                if down_since is None:
+                    down_since = time.monotonic()
+                    log.error("shard=%s database unavailable during %s: %s; retrying",
+                              self.label, what, str(exc).splitlines()[0])
+                self._sleep(pause)
+                pause = min(pause * 2, _MAX_OUTAGE_PAUSE)
+                continue
+            if down_since is not None:
+                log.warning("shard=%s database back after %.1fs; %s done", self.label,
+                            time.monotonic() - down_since, what)
+            return result
 
     def _run_claim(self, token: str, tasks: list[Task], deadline: float | None) -> None:
         pending: Finish | None = None
+        self.heartbeat.token = token
         try:
             for task in tasks:
                 if self._stop or _past(deadline):
                     break
                 pending = self._run_one(task, token, pending)
         finally:
-            try:
-                if pending is not None:
-                    self._record(pending, None)
-                released = self.repo.release_unstarted(token)
-            except DatabaseError as exc:
-                log.error("shard=%s could not record/release claim %s: %s", self.label, token,
-                          exc)
-                raise
+            if pending is not None:
+                self._record(pending, None)
+            released = self._db("release", lambda: self.repo.release_unstarted(token),
+                                until=time.monotonic() + self.config.worker.outage_wait)
+            self.heartbeat.token = None
             if released:
                 self.report.released += released
                 log.info("shard=%s released=%d unstarted tasks", self.label, released)
@@ -236,20 +253,19 @@ class Shard:
         cfg = self.config.worker
         now = self.clock()
         timeout = task.timeout or cfg.timeout
-        # Without heartbeats the lease must outlast the longest legitimate run.
-        lease_until = now + timedelta(seconds=timeout + cfg.kill_grace + cfg.lease)
-        started = self._record(pending, Start(task.id, token, now, lease_until))
+        started = self._record(pending, Start(task.id, token, now,
+                                              self.heartbeat.lease_until(now)))
         if not started:
             self.report.lost += 1
             log.warning("task=%d shard=%s outcome=lost-claim (no longer ours; not run)",
                         task.id, self.label)
             return None
         attempt = task.attempts + 1
-        self._current = task.id
+        self.heartbeat.current_task = task.id
         result = self.runner.run(task, attempt=attempt, timeout=timeout,
-                                 abort=lambda: self._force, wake_fd=self._wake_r,
+                                 abort=self._abort_task, wake_fd=self._wake_r,
                                  label=self.label)
-        self._current = None
+        self.heartbeat.current_task = None
         outcome, values = self._decide(task, attempt, result)
         max_attempts = task.max_attempts or cfg.max_attempts
         log_fn = log.info if outcome == "done" else log.warning
@@ -258,11 +274,14 @@ class Shard:
                result.returncode, task.taskscript,
                f" error={values['error']!r}" if values.get("error") else "")
         setattr(self.report, outcome, getattr(self.report, outcome) + 1)
+        self.heartbeat.tasks_done = self.report.ran
         self.report.outcomes[task.id] = outcome
         return Finish(task.id, token, values)
 
     def _record(self, finish: Finish | None, start: Start | None) -> bool:
-        finished, started = self.repo.record(finish, start)
+        # An outcome is kept until the database takes it: the task is not run again just
+        # because the write failed.
+        finished, started = self._db("record", lambda: self.repo.record(finish, start))
         if finish is not None and not finished:
             self.report.lost += 1
             log.warning("task=%d shard=%s result not recorded: claim %s was taken over",

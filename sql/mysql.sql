@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS queue (
 	exit_code INTEGER, 
 	error TEXT, 
 	output TEXT, 
+	secret MEDIUMTEXT, 
 	PRIMARY KEY (id)
 )ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
 

@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS queue (
 	finished_at DATETIME, 
 	exit_code INTEGER, 
 	error TEXT, 
-	output TEXT
+	output TEXT, 
+	secret TEXT
 );
 
 CREATE UNIQUE INDEX IF NOT EXISTS ux_runs_entry_time ON cronqueue_runs (entry, scheduled_at);

@@ -24,6 +24,11 @@ from tests.conftest import cronqueue_cmd, write_script
 
 DEAD = Owner("thishost", 999999, 1)  # the shard that "died"
 ME = Owner("thishost", 4242, 77)  # the mission that rescues (same host)
+
+
+def long_up() -> float:
+    """A database server that has been up for ages: lease expiry is trusted."""
+    return 10.0**9
 OTHER = Owner("otherhost", 999999, 1)
 
 
@@ -207,20 +212,24 @@ def test_other_host_waits_for_the_lease(queue: Queue, repo: Repository, cfg: Con
     assert lease_a is not None and lease_b is not None and lease_b < lease_a
 
     alive = Alive()  # "everything is dead" - but another host's pid means nothing here
-    assert rescue(repo, cfg.worker, now, me=ME, alive=alive).released == []
+    assert rescue(repo, cfg.worker, now, me=ME, alive=alive,
+                    server_uptime=long_up).released == []
     assert alive.calls == []
     assert get(queue, a).status is Status.RUNNING and get(queue, b).status is Status.RUNNING
 
     # At the lease's end exactly: not yet.
-    report = rescue(repo, cfg.worker, lease_b, me=ME, alive=alive)
+    report = rescue(repo, cfg.worker, lease_b, me=ME, alive=alive,
+                    server_uptime=long_up)
     assert report.released == [] and report.retried == []
 
-    report = rescue(repo, cfg.worker, lease_b + timedelta(seconds=1), me=ME, alive=alive)
+    report = rescue(repo, cfg.worker, lease_b + timedelta(seconds=1), me=ME, alive=alive,
+                    server_uptime=long_up)
     assert report.released == [b] and report.retried == []
     assert get(queue, b).status is Status.PENDING
     assert get(queue, a).status is Status.RUNNING
 
-    report = rescue(repo, cfg.worker, lease_a + timedelta(seconds=1), me=ME, alive=alive)
+    report = rescue(repo, cfg.worker, lease_a + timedelta(seconds=1), me=ME, alive=alive,
+                    server_uptime=long_up)
     assert report.retried == [a]
     task = get(queue, a)
     assert task.status is Status.PENDING and task.attempts == 1
@@ -231,6 +240,23 @@ def test_other_host_waits_for_the_lease(queue: Queue, repo: Repository, cfg: Con
 
 # -- fencing ------------------------------------------------------------------------------------
 
+
+
+def test_expired_leases_are_not_trusted_right_after_a_server_restart(
+        queue: Queue, repo: Repository, cfg: Config) -> None:
+    """While the database was down no lease could be renewed: after a restart the live shards
+    get a lease + 30 s to reconnect before other hosts may take their tasks."""
+    a = queue.add("t.sh")
+    now = now_utc()
+    token, _ = claim(queue, OTHER, now=now)
+    start(repo, a, token, now)
+    late = now + timedelta(hours=1)
+    just_restarted = rescue(repo, cfg.worker, late, me=ME, alive=Alive(),
+                            server_uptime=lambda: 5.0)
+    assert just_restarted.retried == [] and get(queue, a).status is Status.RUNNING
+    settled = rescue(repo, cfg.worker, late, me=ME, alive=Alive(),
+                     server_uptime=lambda: cfg.worker.lease + 31.0)
+    assert settled.retried == [a]
 
 def test_owner_that_comes_back_after_the_rescue_is_fenced_out(queue: Queue, repo: Repository,
                                                               cfg: Config) -> None:

@@ -373,7 +373,21 @@ def test_row_holds_every_validated_field() -> None:
         "timeout": 30,
         "unique_key": None,
         "active_key": None,
+        "secret": None,
     }
+
+
+def test_secret_is_serialized_and_never_repr() -> None:
+    s = spec(secret={"token": "s3cr3t"})
+    assert s.row(NOW)["secret"] == '{"token":"s3cr3t"}'
+    assert "s3cr3t" not in repr(s)
+
+
+def test_unserializable_or_huge_secret_is_refused() -> None:
+    with pytest.raises(InvalidTask, match="secret"):
+        spec(secret={1, 2})
+    with pytest.raises(InvalidTask, match="secret"):
+        spec(secret="x" * (8 * 1024 * 1024 + 1))
 
 
 # -- add_many items -------------------------------------------------------------------------------

@@ -1,0 +1,99 @@
+"""A shard's heartbeat: a thread that proves the shard alive and keeps its claims leased.
+
+Every ``worker.heartbeat`` seconds it updates the shard's row in ``cronqueue_workers`` (current
+task, tasks done), extends ``lease_until`` of every row the shard holds to now + ``worker.lease``,
+and reads ``stop_requested`` (a stop asked through the database, from any host).
+
+If heartbeats keep failing (database unreachable) for half a lease while a task runs, the shard
+kills its task and stops: past the lease another host may rescue the task, and it must never
+run in two places at once. Its outcome is then written once the database is back (fenced by
+the claim token), or the rescue takes the task over.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from .config import WorkerConfig
+from .proc import Owner
+from .repository import Repository
+
+log = logging.getLogger("cronqueue.heartbeat")
+
+
+class Heartbeat:
+    def __init__(self, repo: Repository, cfg: WorkerConfig, *, label: str,
+                 clock: Callable[[], datetime], on_stop_requested: Callable[[], None],
+                 on_lease_at_risk: Callable[[], None]) -> None:
+        self.repo = repo
+        self.cfg = cfg
+        self.label = label
+        self.clock = clock
+        self.on_stop_requested = on_stop_requested
+        self.on_lease_at_risk = on_lease_at_risk
+        self.worker_id: int | None = None
+        self.current_task: int | None = None
+        self.token: str | None = None  # the claim whose rows we hold
+        self.tasks_done = 0
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_ok = time.monotonic()
+        self._at_risk = False
+
+    def lease_until(self, now: datetime) -> datetime:
+        return now + timedelta(seconds=self.cfg.lease)
+
+    def start(self, *, entry: str | None, shard: int, total: int, queues: str) -> None:
+        me = Owner.me()
+        now = self.clock()
+        self.worker_id = self.repo.register_worker(
+            host=me.host, pid=me.pid, pid_start=me.pid_start, entry=entry, shard=shard,
+            total=total, queues=queues, started_at=now, heartbeat_at=now)
+        self._last_ok = time.monotonic()
+        self._thread = threading.Thread(target=self._loop, name="cronqueue-heartbeat",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.cfg.heartbeat + 10)
+        if self.worker_id is not None:
+            try:
+                self.repo.forget_workers([self.worker_id])
+            except Exception as exc:  # the rescue forgets the row later
+                log.warning("shard=%s could not deregister: %s", self.label, exc)
+            self.worker_id = None
+
+    def beat(self) -> None:
+        """One heartbeat (the thread calls it; tests may too)."""
+        assert self.worker_id is not None
+        now = self.clock()
+        asked = self.repo.heartbeat(self.worker_id, now, self.current_task, self.tasks_done,
+                                    token=self.token, lease_until=self.lease_until(now))
+        self._last_ok = time.monotonic()
+        if self._at_risk:
+            log.warning("shard=%s heartbeat back", self.label)
+            self._at_risk = False
+        if asked:
+            self.on_stop_requested()
+
+    def _loop(self) -> None:
+        while not self._stopped.wait(self.cfg.heartbeat):
+            try:
+                self.beat()
+            except Exception as exc:  # the loop must survive any database trouble
+                silent = time.monotonic() - self._last_ok
+                log.warning("shard=%s heartbeat failed for %.0fs: %s", self.label, silent,
+                            str(exc).splitlines()[0])
+                if silent > self.cfg.lease / 2 and self.current_task is not None \
+                        and not self._at_risk:
+                    self._at_risk = True
+                    log.error("shard=%s task=%d lease at risk after %.0fs without heartbeat: "
+                              "killing the task and stopping", self.label, self.current_task,
+                              silent)
+                    self.on_lease_at_risk()
