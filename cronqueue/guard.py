@@ -88,6 +88,32 @@ class ShardGuard:
             self._conn = conn
         return True
 
+    def verify(self) -> bool:
+        """Do we still hold the database lock? A database restart drops it with the
+        connection: take it again, unless another copy of this shard got it meanwhile."""
+        if self._conn is None:
+            return True
+        try:
+            mine = self._conn.execute(text("SELECT IS_USED_LOCK(:name) = CONNECTION_ID()"),
+                                      {"name": self.name}).scalar()
+            self._conn.commit()
+            if mine == 1:
+                return True
+        except Exception:  # the connection died with the server: reconnect below
+            with contextlib.suppress(Exception):
+                self._conn.invalidate()
+                self._conn.close()
+            self._conn = None
+        conn = self.engine.connect()
+        got = conn.execute(text("SELECT GET_LOCK(:name, 0)"), {"name": self.name}).scalar()
+        conn.commit()
+        if got == 1:
+            self._conn = conn
+            return True
+        conn.close()
+        self.holder = "another host"
+        return False
+
     def release(self) -> None:
         if self._conn is not None:
             with contextlib.suppress(Exception):  # the server drops it with the connection

@@ -28,13 +28,15 @@ log = logging.getLogger("cronqueue.heartbeat")
 class Heartbeat:
     def __init__(self, repo: Repository, cfg: WorkerConfig, *, label: str,
                  clock: Callable[[], datetime], on_stop_requested: Callable[[], None],
-                 on_lease_at_risk: Callable[[], None]) -> None:
+                 on_lease_at_risk: Callable[[], None],
+                 still_ours: Callable[[], bool] = lambda: True) -> None:
         self.repo = repo
         self.cfg = cfg
         self.label = label
         self.clock = clock
         self.on_stop_requested = on_stop_requested
         self.on_lease_at_risk = on_lease_at_risk
+        self.still_ours = still_ours  # the shard guard, re-checked at every beat
         self.worker_id: int | None = None
         self.current_task: int | None = None
         self.token: str | None = None  # the claim whose rows we hold
@@ -79,6 +81,10 @@ class Heartbeat:
         if self._at_risk:
             log.warning("shard=%s heartbeat back", self.label)
             self._at_risk = False
+        if not self.still_ours():
+            log.error("shard=%s lost its shard lock (database restarted and another copy took "
+                      "it): stopping", self.label)
+            asked = True
         if asked:
             self.on_stop_requested()
 

@@ -140,7 +140,8 @@ class Shard:
         self.repo = Repository(engine)
         self.heartbeat = Heartbeat(self.repo, cfg.worker, label=self.label, clock=self.clock,
                                    on_stop_requested=self._stop_requested_remotely,
-                                   on_lease_at_risk=lambda: self.request_stop(force=True))
+                                   on_lease_at_risk=lambda: self.request_stop(force=True),
+                                   still_ours=guard.verify if guard else lambda: True)
         started = time.monotonic()
         deadline = None if self.max_seconds is None else started + self.max_seconds
         # How long a burst shard waits for an unreachable database before giving up.

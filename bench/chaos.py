@@ -1,0 +1,317 @@
+#!/usr/bin/env python3
+"""Chaos run: drain a backlog through overlapping mission ticks while killing shards
+(kill -9), killing task scripts (kill -9) and restarting the database, then account for every
+task in a ledger.
+
+    python bench/chaos.py --db mysql+pymysql://root:@127.0.0.1/cq_chaos --tasks 20000 \
+        --shards 6 --db-restarts 1          # the database is dropped and created afresh
+    python bench/chaos.py --db sqlite:////tmp/chaos.db --tasks 20000 --shards 6
+
+Each task script appends ``start ID ATTEMPT PID SHARD_PID`` and ``end ID PID`` to a ledger
+file. At the end every task must be done, failed or pending (none lost, none left running),
+and every second start of a task must be explained by a kill of its previous run (its script
+or its shard); no two runs of a task may overlap. Prints a JSON report; exits 1 on any
+violation. Only loopback databases; restarts use the local MariaDB service commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from cronqueue import Queue
+from cronqueue.config import load_config
+
+TASK = """#!/bin/sh
+echo "start $CRONQUEUE_TASK_ID $CRONQUEUE_ATTEMPT $$ $PPID" >> "{ledger}"
+sleep 0.0$(( CRONQUEUE_TASK_ID % 4 ))
+echo "end $CRONQUEUE_TASK_ID $$" >> "{ledger}"
+"""
+CONFIG = """
+db_url = "{db}"
+task_dir = "{root}/tasks"
+log_dir = "{root}/logs"
+
+[worker]
+max_attempts = 6       # a task may be killed several times and still finish
+backoff = 0.2
+backoff_max = 1
+heartbeat = 1
+lease = 20             # a database restart of a few seconds does not put leases at risk
+outage_wait = 120
+batch = 20
+
+[[mission]]
+name = "chaos"
+cron = "* * * * *"
+do_queue = {{ total = {shards}, max_seconds = {max_seconds} }}
+"""
+
+
+def fresh_database(url: str) -> None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = Path(parsed.database or "")
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(path) + suffix).unlink(missing_ok=True)
+        return
+    name = parsed.database
+    assert name and name.replace("_", "").isalnum(), "database name: letters, digits, _"
+    admin = create_engine(parsed.set(database="mysql"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+        conn.execute(text(f"CREATE DATABASE {name} CHARACTER SET utf8mb4"))
+    admin.dispose()
+
+
+def restart_mariadb(events: list[dict[str, Any]], t0: float) -> None:
+    """Stop and start the local MariaDB server (loopback only), waiting until it answers."""
+    began = time.monotonic()
+    subprocess.run(["mysqladmin", "--protocol=tcp", "-h127.0.0.1", "-uroot", "shutdown"],
+                   check=False, capture_output=True)
+    while subprocess.run(["mysqladmin", "--protocol=tcp", "-h127.0.0.1", "-uroot", "ping"],
+                         capture_output=True, check=False).returncode == 0:
+        time.sleep(0.2)
+    down = time.monotonic()
+    time.sleep(1.0)
+    subprocess.run(["start-stop-daemon", "--start", "--oknodo", "--background", "--exec",
+                    "/usr/sbin/mariadbd"], check=True)
+    while subprocess.run(["mysqladmin", "--protocol=tcp", "-h127.0.0.1", "-uroot", "ping"],
+                         capture_output=True, check=False).returncode != 0:
+        time.sleep(0.2)
+    events.append({"t": round(began - t0, 2), "kind": "db-restart",
+                   "down_seconds": round(time.monotonic() - down, 2)})
+
+
+def children_running(script: str) -> list[int]:
+    out = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if script.encode() in cmd:
+            out.append(int(proc.name))
+    return out
+
+
+def shard_pids() -> list[int]:
+    out = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z" and b"work" in cmd and b"--entry" in cmd and b"chaos" in cmd:
+            out.append(int(proc.name))
+    return out
+
+
+def kill_exactly(pid: int, marker: bytes) -> bool:
+    """SIGKILL ``pid`` only if it is still the process we chose (its command line holds
+    ``marker``): pids are reused quickly here (pid_max 32768, thousands of short tasks), and a
+    kill that hits a newcomer would be a fault the ledger cannot explain. A pidfd pins the
+    process between the check and the signal."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return False
+    try:
+        if marker not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return False
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def chaos_loop(stop: threading.Event, events: list[dict[str, Any]], t0: float,
+               script: str, shard_every: float, task_every: float, restarts: list[float],
+               is_mysql: bool) -> None:
+    rng = random.Random(1)
+    next_shard = time.monotonic() + shard_every
+    next_task = time.monotonic() + task_every
+    pending_restarts = sorted(restarts)
+    while not stop.wait(0.05):
+        now = time.monotonic()
+        if pending_restarts and is_mysql and now - t0 >= pending_restarts[0]:
+            pending_restarts.pop(0)
+            restart_mariadb(events, t0)
+        if now >= next_shard:
+            next_shard = now + shard_every
+            pids = shard_pids()
+            if pids:
+                pid = rng.choice(pids)
+                if kill_exactly(pid, b"--entry\0chaos"):
+                    events.append({"t": round(now - t0, 2), "kind": "kill-shard", "pid": pid})
+        if now >= next_task:
+            next_task = now + task_every
+            pids = children_running(script)
+            if pids:
+                pid = rng.choice(pids)
+                if kill_exactly(pid, script.encode()):
+                    events.append({"t": round(now - t0, 2), "kind": "kill-task", "pid": pid})
+
+
+def analyse(ledger: Path, q: Queue, ids: list[int],
+            events: list[dict[str, Any]]) -> dict[str, Any]:
+    killed_tasks = {e["pid"] for e in events if e["kind"] == "kill-task"}
+    killed_shards = {e["pid"] for e in events if e["kind"] == "kill-shard"}
+    runs: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    overlaps = []
+    for line in ledger.read_text().splitlines():
+        parts = line.split()
+        if parts[0] == "start" and len(parts) == 5:
+            runs[int(parts[1])].append({"pid": int(parts[3]), "shard": int(parts[4]),
+                                        "ended": False})
+        elif parts[0] == "end" and len(parts) == 3:
+            tid, pid = int(parts[1]), int(parts[2])
+            mine = [i for i, r in enumerate(runs[tid]) if r["pid"] == pid]
+            if mine:
+                runs[tid][mine[-1]]["ended"] = True
+                if mine[-1] < len(runs[tid]) - 1:
+                    overlaps.append(tid)  # a later run started before this one ended
+    stats = q.stats()
+    statuses = {t.id: t.status.name.lower() for t in _all_tasks(q)}
+    reruns = unexplained = 0
+    unexplained_ids = []
+    for tid, rs in runs.items():
+        for prev in rs[:-1]:
+            reruns += 1
+            if prev["pid"] in killed_tasks or prev["shard"] in killed_shards:
+                continue
+            unexplained += 1
+            unexplained_ids.append(tid)
+    missing = [i for i in ids if i not in statuses]
+    done_never_ran = [i for i in ids if statuses.get(i) == "done"
+                      and not any(r["ended"] for r in runs.get(i, []))]
+    return {
+        "enqueued": len(ids), "done": stats["done"], "failed": stats["failed"],
+        "pending": stats["pending"], "running": stats["running"],
+        "accounted": stats["done"] + stats["failed"] + stats["pending"] == len(ids),
+        "lost": len(missing) + len(done_never_ran), "runs": sum(len(r) for r in runs.values()),
+        "reruns": reruns, "unexplained_reruns": unexplained,
+        "unexplained_ids": unexplained_ids[:20], "overlapping_runs": len(overlaps),
+        "kills_shard": len(killed_shards), "kills_task": len(killed_tasks),
+        "db_restarts": sum(1 for e in events if e["kind"] == "db-restart"),
+    }
+
+
+def _all_tasks(q: Queue) -> list[Any]:
+    return q.list(limit=10**7)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--db", required=True, help="database URL (recreated!)")
+    p.add_argument("--tasks", type=int, default=20000)
+    p.add_argument("--shards", type=int, default=6)
+    p.add_argument("--tick", type=float, default=2.0, help="seconds between mission ticks")
+    p.add_argument("--kill-shard-every", type=float, default=3.0)
+    p.add_argument("--kill-task-every", type=float, default=0.7)
+    p.add_argument("--db-restarts", type=int, default=1, help="MariaDB restarts (MySQL only)")
+    p.add_argument("--chaos-seconds", type=float, default=0,
+                   help="how long to inflict chaos (default: until 80%% of tasks are done)")
+    p.add_argument("--max-seconds", type=float, default=1800)
+    p.add_argument("--dir", help="work directory (default: a temporary one)")
+    args = p.parse_args(argv)
+
+    root = Path(args.dir or tempfile.mkdtemp(prefix="cronqueue-chaos-")).resolve()
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "tasks").mkdir(parents=True)
+    ledger = root / "ledger.txt"
+    script = root / "tasks" / "chaos.sh"
+    script.write_text(TASK.format(ledger=ledger))
+    script.chmod(0o755)
+    config = root / "cronqueue.toml"
+    config.write_text(CONFIG.format(db=args.db, root=root, shards=args.shards,
+                                    max_seconds=args.tick * 2.5))
+    fresh_database(args.db)
+    q = Queue(config=load_config(config))
+    q.init_db()
+    ids: list[int] = []
+    for start in range(0, args.tasks, 5000):
+        ids += q.add_many(("chaos.sh", {"n": n})
+                          for n in range(start, min(args.tasks, start + 5000)))
+    is_mysql = make_url(args.db).get_backend_name() != "sqlite"
+
+    events: list[dict[str, Any]] = []
+    stop = threading.Event()
+    t0 = time.monotonic()
+    restarts = [5.0 + i * 12.0 for i in range(args.db_restarts)]
+    chaos = threading.Thread(target=chaos_loop, args=(stop, events, t0, str(script),
+                                                      args.kill_shard_every,
+                                                      args.kill_task_every, restarts,
+                                                      is_mysql), daemon=True)
+    chaos.start()
+    tick = datetime.now(UTC).replace(second=0, microsecond=0)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRONQUEUE_")}
+    missions = 0
+    chaos_over = False
+    while time.monotonic() - t0 < args.max_seconds:
+        # Two missions per tick, racing: overlapping ticks on purpose.
+        procs = [subprocess.Popen([sys.executable, "-m", "cronqueue", "mission", "--config",
+                                   str(config), "--now", tick.isoformat()], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for _ in range(2)]
+        for proc in procs:
+            proc.wait()
+        missions += len(procs)
+        tick += timedelta(minutes=1)
+        time.sleep(args.tick)
+        try:
+            stats = q.stats()
+        except Exception:  # the database may be restarting
+            continue
+        progress = stats["done"] + stats["failed"]
+        if not chaos_over and ((args.chaos_seconds and time.monotonic() - t0
+                                >= args.chaos_seconds and len(events) >= len(restarts))
+                               or (not args.chaos_seconds and progress >= 0.8 * len(ids)
+                                   and (not is_mysql or any(e["kind"] == "db-restart"
+                                                            for e in events)))):
+            stop.set()
+            chaos.join()
+            chaos_over = True
+        if chaos_over and stats["pending"] == 0 and stats["running"] == 0:
+            break
+    stop.set()
+    elapsed = time.monotonic() - t0
+    time.sleep(1)
+    (root / "events.json").write_text(json.dumps(events, indent=1))
+    report = analyse(ledger, q, ids, events)
+    report.update({"backend": make_url(args.db).get_backend_name(), "shards": args.shards,
+                   "missions": missions, "seconds": round(elapsed, 1),
+                   "dir": str(root)})
+    ok = (report["accounted"] and report["lost"] == 0 and report["running"] == 0
+          and report["unexplained_reruns"] == 0 and report["overlapping_runs"] == 0)
+    report["ok"] = ok
+    print(json.dumps(report, indent=2))
+    q.close()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
