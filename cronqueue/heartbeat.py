@@ -45,6 +45,7 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
         self._last_ok = time.monotonic()
         self._at_risk = False
+        self._failing = False
 
     def lease_until(self, now: datetime) -> datetime:
         return now + timedelta(seconds=self.cfg.lease)
@@ -77,10 +78,12 @@ class Heartbeat:
         now = self.clock()
         asked = self.repo.heartbeat(self.worker_id, now, self.current_task, self.tasks_done,
                                     token=self.token, lease_until=self.lease_until(now))
+        if self._failing:
+            log.warning("shard=%s heartbeat back after %.0fs", self.label,
+                        time.monotonic() - self._last_ok)
+            self._failing = False
         self._last_ok = time.monotonic()
-        if self._at_risk:
-            log.warning("shard=%s heartbeat back", self.label)
-            self._at_risk = False
+        self._at_risk = False
         if not self.still_ours():
             log.error("shard=%s lost its shard lock (database restarted and another copy took "
                       "it): stopping", self.label)
@@ -94,8 +97,10 @@ class Heartbeat:
                 self.beat()
             except Exception as exc:  # the loop must survive any database trouble
                 silent = time.monotonic() - self._last_ok
-                log.warning("shard=%s heartbeat failed for %.0fs: %s", self.label, silent,
-                            str(exc).splitlines()[0])
+                if not self._failing:  # one line per outage, not one per beat
+                    self._failing = True
+                    log.warning("shard=%s heartbeat failing: %s", self.label,
+                                str(exc).splitlines()[0])
                 if silent > self.cfg.lease / 2 and self.current_task is not None \
                         and not self._at_risk:
                     self._at_risk = True

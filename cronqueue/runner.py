@@ -245,7 +245,8 @@ class Runner:
         path = self.log_dir / f"{now:%Y-%m-%d}.log"
         size = out.seek(0, os.SEEK_END)
         header = (f"--- {now.isoformat(timespec='milliseconds')} task={task.id} "
-                  f"attempt={attempt} queue={task.queue} script={task.taskscript} "
+                  f"attempt={attempt} queue={printable(task.queue)} "
+                  f"script={printable(task.taskscript)} "
                   f"shard={label} exit={returncode} duration={duration:.3f}s bytes={size}\n")
         try:
             with open(path, "ab") as log_file:
@@ -299,6 +300,12 @@ def _copy(src: IO[bytes], dst: IO[bytes], limit: int) -> None:
 def _ends_with_newline(out: IO[bytes], size: int) -> bool:
     out.seek(size - 1)
     return out.read(1) == b"\n"
+
+
+def printable(text: str) -> str:
+    """``text`` for a log line: as is if printable, else its repr (a hand-inserted row may
+    hold newlines or control characters, which would forge or break log lines)."""
+    return text if text.isprintable() else repr(text)
 
 
 def _signal_group(pgid: int, sig: int) -> None:

@@ -31,7 +31,7 @@ from .heartbeat import Heartbeat
 from .model import Status, Task
 from .proc import Owner
 from .repository import Finish, Repository, Start
-from .runner import Runner, RunResult
+from .runner import Runner, RunResult, printable
 
 log = logging.getLogger("cronqueue.worker")
 # Empty claims in a row, while rows of ours are due but locked by others, before we give up
@@ -83,6 +83,7 @@ class Shard:
         self._force = False
         self._wake_r: int | None = None
         self._stop_at = 0.0
+        self._lease_lost = False  # the heartbeat could not renew our lease: kill the task
 
     # -- signals (handlers only set flags) ----------------------------------------------------
 
@@ -93,11 +94,19 @@ class Shard:
             self._stop_at = time.monotonic()
         self._stop = True
 
+    def _lease_at_risk(self) -> None:
+        """From the heartbeat thread: kill the task before another host may rescue it, and
+        stop; unlike a hard stop, keep waiting for the database to record the outcome."""
+        self._lease_lost = True
+        if not self._stop:
+            self._stop_at = time.monotonic()
+        self._stop = True
+
     def _abort_task(self) -> bool:
-        """Kill the running task? After a second stop, or when the first stop's
-        ``worker.stop_grace`` has run out."""
-        return self._force or (self._stop and time.monotonic() - self._stop_at
-                               > self.config.worker.stop_grace)
+        """Kill the running task? After a second stop, when the lease is at risk, or when the
+        first stop's ``worker.stop_grace`` has run out."""
+        return self._force or self._lease_lost or (
+            self._stop and time.monotonic() - self._stop_at > self.config.worker.stop_grace)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.request_stop()
@@ -140,7 +149,7 @@ class Shard:
         self.repo = Repository(engine)
         self.heartbeat = Heartbeat(self.repo, cfg.worker, label=self.label, clock=self.clock,
                                    on_stop_requested=self._stop_requested_remotely,
-                                   on_lease_at_risk=lambda: self.request_stop(force=True),
+                                   on_lease_at_risk=self._lease_at_risk,
                                    still_ours=guard.verify if guard else lambda: True)
         started = time.monotonic()
         deadline = None if self.max_seconds is None else started + self.max_seconds
@@ -272,7 +281,7 @@ class Shard:
         log_fn = log.info if outcome == "done" else log.warning
         log_fn("task=%d shard=%s outcome=%s attempt=%d/%d duration=%.3fs exit=%s script=%s%s",
                task.id, self.label, outcome, attempt, max_attempts, result.duration,
-               result.returncode, task.taskscript,
+               result.returncode, printable(task.taskscript),
                f" error={values['error']!r}" if values.get("error") else "")
         setattr(self.report, outcome, getattr(self.report, outcome) + 1)
         self.heartbeat.tasks_done = self.report.ran
