@@ -31,7 +31,8 @@ BACKENDS = [b for b in os.environ.get("CRONQUEUE_TEST_BACKENDS", "sqlite,mariadb
 
 
 def _mariadb_database() -> Iterator[str]:
-    admin = create_engine(MYSQL_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    # pool_pre_ping: a test may restart the server (the chaos test); drop the database anyway.
+    admin = create_engine(MYSQL_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     name = "cq_t_" + secrets.token_hex(6)
     try:
         with admin.connect() as conn:
