@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from cronqueue import Queue
+from cronqueue import Queue, Task
 
 MYSQL_ADMIN_URL = os.environ.get("CRONQUEUE_TEST_MYSQL_URL",
                                  "mysql+pymysql://root:@127.0.0.1:3306/test")
@@ -91,6 +92,41 @@ def write_script(task_dir: Path, name: str, body: str, mode: int = 0o644) -> Pat
     path.write_text(body)
     path.chmod(mode)
     return path
+
+
+class Clock:
+    """A settable clock, injected into Queue, Shard and Mission (no patching of time)."""
+
+    def __init__(self, now: datetime | None = None) -> None:
+        self.now = now or datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> datetime:
+        self.now += timedelta(seconds=seconds)
+        return self.now
+
+    def set(self, when: datetime) -> datetime:
+        self.now = when
+        return when
+
+
+def get_task(q: Queue, task_id: int) -> Task:
+    """``q.get()`` of a task that must exist."""
+    task = q.get(task_id)
+    assert task is not None, f"task {task_id} is missing"
+    return task
+
+
+def process_gone(pid: int) -> bool:
+    """Gone, or a zombie waiting for a reaper (PID 1 in this sandbox may not reap)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            stat = fh.read()
+    except FileNotFoundError:
+        return True
+    return stat[stat.rfind(")") + 2:].split()[0] in ("Z", "X")
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 30.0,

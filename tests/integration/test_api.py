@@ -18,23 +18,11 @@ from cronqueue.config import load_config
 from cronqueue.proc import Owner
 from cronqueue.schema import queue_table
 from cronqueue.worker import Shard
-from tests.conftest import write_script
+from tests.conftest import Clock, write_script
 
 T0 = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
 
 
-class Clock:
-    """A settable clock, injected into Queue and Shard."""
-
-    def __init__(self, now: datetime = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> datetime:
-        self.now += timedelta(seconds=seconds)
-        return self.now
 
 
 @pytest.fixture

@@ -23,6 +23,8 @@ from sqlalchemy.engine import make_url
 
 from cronqueue import DatabaseError, Queue, Status, Task
 from tests.conftest import BACKENDS, cronqueue_cmd, wait_for, write_script
+from tests.conftest import get_task as get
+from tests.conftest import process_gone as pid_dead
 
 NEEDS_MARIADB = pytest.mark.skipif("mariadb" not in BACKENDS,
                                    reason="CRONQUEUE_TEST_BACKENDS excludes it")
@@ -135,20 +137,8 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
             proc.wait()
 
 
-def get(q: Queue, task_id: int) -> Task:
-    task = q.get(task_id)
-    assert task is not None
-    return task
 
 
-def pid_dead(pid: int) -> bool:
-    """Gone, or a zombie waiting for a reaper."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            stat = fh.read()
-    except FileNotFoundError:
-        return True
-    return stat[stat.rfind(")") + 2:].split()[0] in ("Z", "X")
 
 
 def write_config(tmp_path: Path, **worker: float) -> Path:

@@ -20,7 +20,7 @@ from cronqueue.config import Config
 from cronqueue.proc import Owner
 from cronqueue.repository import Finish, Repository, Start
 from cronqueue.rescue import rescue
-from tests.conftest import cronqueue_cmd, write_script
+from tests.conftest import cronqueue_cmd, process_gone, write_script
 
 DEAD = Owner("thishost", 999999, 1)  # the shard that "died"
 ME = Owner("thishost", 4242, 77)  # the mission that rescues (same host)
@@ -358,13 +358,6 @@ def _wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
     return False
 
 
-def _process_gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            stat = fh.read()
-    except FileNotFoundError:
-        return True
-    return stat[stat.rfind(")") + 2:].split()[0] in ("Z", "X")
 
 
 @pytest.fixture
@@ -405,7 +398,7 @@ def test_killed_shard_task_is_rescued_at_once(queue: Queue, repo: Repository, cf
 
     os.kill(shard.pid, signal.SIGKILL)
     assert shard.wait(timeout=10) == -signal.SIGKILL
-    assert _wait_for(lambda: _process_gone(script_pid), timeout=10), "the script outlived it"
+    assert _wait_for(lambda: process_gone(script_pid), timeout=10), "the script outlived it"
 
     [row] = repo.worker_rows()  # it could not deregister
     assert row["pid"] == shard.pid

@@ -18,25 +18,13 @@ from sqlalchemy import text
 from cronqueue import Queue, Status, Task
 from cronqueue.config import load_config
 from cronqueue.worker import Shard, ShardReport
-from tests.conftest import cronqueue_cmd, write_script
+from tests.conftest import Clock, cronqueue_cmd, write_script
+from tests.conftest import get_task as get
+from tests.conftest import process_gone as process_dead
 
 T0 = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
 
 
-class Clock:
-    def __init__(self, now: datetime = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> datetime:
-        self.now += timedelta(seconds=seconds)
-        return self.now
-
-    def set(self, when: datetime) -> datetime:
-        self.now = when
-        return when
 
 
 @pytest.fixture
@@ -61,20 +49,8 @@ def make_shard(db_url: str, task_dir: Path, log_dir: Path, clock: Any = None, *,
     return Shard(cfg, total=total, shard=shard, batch=batch, max_seconds=max_seconds, **kwargs)
 
 
-def get(q: Queue, task_id: int) -> Task:
-    task = q.get(task_id)
-    assert task is not None
-    return task
 
 
-def process_dead(pid: int) -> bool:
-    """Gone, or a zombie waiting for a reaper (PID 1 here may not reap)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            stat = fh.read()
-    except FileNotFoundError:
-        return True
-    return stat[stat.rfind(")") + 2:].split()[0] in ("Z", "X")
 
 
 FAIL_SH = ('echo "attempt $CRONQUEUE_ATTEMPT" >> attempts.log\n'
