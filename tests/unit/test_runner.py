@@ -76,18 +76,6 @@ def read_pid(path: Path) -> int:
 
 
 @pytest.fixture
-def task_dir(tmp_path: Path) -> Path:
-    path = tmp_path / "tasks"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def log_dir(tmp_path: Path) -> Path:
-    return tmp_path / "logs"
-
-
-@pytest.fixture
 def runner(task_dir: Path, log_dir: Path) -> Runner:
     return Runner(task_dir, log_dir, kill_grace=GRACE)
 
