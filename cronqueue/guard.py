@@ -18,6 +18,10 @@ from pathlib import Path
 from typing import IO
 
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError
+
+from .db import redact
+from .errors import DatabaseError
 
 
 def lock_path(log_dir: Path, entry: str, shard: int) -> Path:
@@ -49,9 +53,13 @@ def is_locked_here(log_dir: Path, entry: str, shard: int) -> bool:
 def is_locked_in_db(engine: Engine, entry: str, shard: int) -> bool:
     if engine.dialect.name not in ("mysql", "mariadb"):
         return False
-    with engine.connect() as conn:
-        holder = conn.execute(text("SELECT IS_USED_LOCK(:name)"),
-                              {"name": db_lock_name(engine, entry, shard)}).scalar()
+    try:
+        with engine.connect() as conn:
+            holder = conn.execute(text("SELECT IS_USED_LOCK(:name)"),
+                                  {"name": db_lock_name(engine, entry, shard)}).scalar()
+    except DBAPIError as exc:
+        raise DatabaseError(f"shard lock check on {redact(str(engine.url))}: "
+                            f"{type(exc.orig).__name__}: {exc.orig}") from exc
     return holder is not None
 
 
@@ -67,6 +75,14 @@ class ShardGuard:
         self._conn: Connection | None = None
 
     def acquire(self) -> bool:
+        try:
+            return self._acquire()
+        except DBAPIError as exc:  # surfaced like every other database error (URL redacted)
+            self.release()
+            raise DatabaseError(f"shard lock on {redact(str(self.engine.url))}: "
+                                f"{type(exc.orig).__name__}: {exc.orig}") from exc
+
+    def _acquire(self) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.path, "ab")  # noqa: SIM115 - held open for the shard's life
         try:
