@@ -140,6 +140,26 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30.0,
     return bool(predicate())
 
 
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No CRONQUEUE_* from the caller; cwd in tmp_path (the default SQLite file lands there)."""
+    for var in [v for v in os.environ if v.startswith("CRONQUEUE_")]:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "100")
+    return tmp_path
+
+
+def run_main(argv: list[str]) -> int:
+    """``cronqueue.cli.main``'s exit code, whether it returns or argparse exits."""
+    from cronqueue.cli import main
+
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
 def cronqueue_cmd(*args: str) -> list[str]:
     """argv that runs the installed ``cronqueue`` CLI with this interpreter."""
     return [sys.executable, "-m", "cronqueue", *args]

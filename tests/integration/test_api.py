@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -25,18 +24,8 @@ T0 = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
 
 
 
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
-@pytest.fixture
-def cq(db_url: str, task_dir: Path, log_dir: Path, clock: Clock) -> Iterator[Queue]:
-    """A Queue on a fresh database whose clock is ``clock``."""
-    q = Queue(db_url, task_dir=str(task_dir), log_dir=str(log_dir), clock=clock)
-    q.init_db()
-    yield q
-    q.close()
 
 
 def count_rows(q: Queue) -> int:

@@ -27,17 +27,8 @@ T0 = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
 
 
 
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
-@pytest.fixture
-def cq(db_url: str, task_dir: Path, log_dir: Path, clock: Clock) -> Iterator[Queue]:
-    q = Queue(db_url, task_dir=str(task_dir), log_dir=str(log_dir), clock=clock)
-    q.init_db()
-    yield q
-    q.close()
 
 
 def make_shard(db_url: str, task_dir: Path, log_dir: Path, clock: Any = None, *,

@@ -10,6 +10,9 @@ import pytest
 
 from cronqueue.cli import build_parser, main, parse_age, parse_time
 from cronqueue.schema import render_ddl
+from tests.conftest import run_main as run
+
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 WORK_ENV = {
     "--db": "CRONQUEUE_DB_URL",
@@ -26,22 +29,8 @@ WORK_ENV = {
 ALL_ENV = (*WORK_ENV.values(), "CRONQUEUE_ADD_PRIORITY", "CRONQUEUE_ADD_QUEUE", "CRONQUEUE_QUEUE")
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No CRONQUEUE_* from the caller; cwd in tmp_path so the default SQLite file lands there."""
-    for var in ALL_ENV:
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("COLUMNS", "100")
-    return tmp_path
 
 
-def run(argv: list[str]) -> int:
-    """``main`` exit code, whether it returns or argparse exits."""
-    try:
-        return main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
 
 
 # -- parse_age / parse_time ------------------------------------------------------------------
@@ -61,6 +50,7 @@ def run(argv: list[str]) -> int:
         ("0", 0),
     ],
 )
+
 def test_parse_age(text: str, seconds: float) -> None:
     assert parse_age(text) == timedelta(seconds=seconds)
 

@@ -14,6 +14,9 @@ from cronqueue import Queue
 from cronqueue.cli import build_parser, main
 from cronqueue.config import load_config
 from cronqueue.errors import ConfigError
+from tests.conftest import run_main as run
+
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 ENV_VARS = ("CRONQUEUE_DB_URL", "CRONQUEUE_CONFIG", "CRONQUEUE_TASK_DIR", "CRONQUEUE_LOG_DIR",
             "CRONQUEUE_LOG_LEVEL", "CRONQUEUE_TOTAL", "CRONQUEUE_SHARD", "CRONQUEUE_QUEUES",
@@ -22,20 +25,9 @@ ENV_VARS = ("CRONQUEUE_DB_URL", "CRONQUEUE_CONFIG", "CRONQUEUE_TASK_DIR", "CRONQ
 PASSWORD = "s3cr3t-Pa55"
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    for var in ENV_VARS:
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("COLUMNS", "100")
-    return tmp_path
 
 
-def run(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
+
 
 
 def write_config(directory: Path, body: str, *, db: bool = True) -> Path:
