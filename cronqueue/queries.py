@@ -82,12 +82,7 @@ def claim_candidates(*, shard: int, total: int, queue: str | None, now: datetime
     ``ix_queue_claim_any (status, priority DESC, id)`` across queues: the index is read in
     order, ``run_at`` and ``id % total`` filter as it goes, LIMIT stops it early.
     """
-    stmt = select(q).where(q.c.status == int(Status.PENDING))
-    if queue is not None:
-        stmt = stmt.where(q.c.queue == queue)
-    stmt = stmt.where(q.c.run_at <= now)
-    if total > 1:
-        stmt = stmt.where(q.c.id % total == shard)
+    stmt = _due(select(q), shard=shard, total=total, queue=queue, now=now)
     stmt = stmt.order_by(q.c.priority.desc(), q.c.id).limit(limit)
     if skip_locked:
         stmt = stmt.with_for_update(skip_locked=True)
@@ -96,13 +91,19 @@ def claim_candidates(*, shard: int, total: int, queue: str | None, now: datetime
 
 def any_due(*, shard: int, total: int, queue: str | None, now: datetime) -> Executable:
     """Is anything of this shard due? A plain consistent read: no locks taken, none skipped."""
-    stmt = select(q.c.id).where(q.c.status == int(Status.PENDING))
+    return _due(select(q.c.id), shard=shard, total=total, queue=queue, now=now).limit(1)
+
+
+def _due(stmt: Select[Any], *, shard: int, total: int, queue: str | None,
+         now: datetime) -> Select[Any]:
+    """The rows shard ``shard`` of ``total`` may take now: pending, due, its ``id % total``."""
+    stmt = stmt.where(q.c.status == int(Status.PENDING))
     if queue is not None:
         stmt = stmt.where(q.c.queue == queue)
     stmt = stmt.where(q.c.run_at <= now)
     if total > 1:
         stmt = stmt.where(q.c.id % total == shard)
-    return stmt.limit(1)
+    return stmt
 
 
 def claim_rows(ids: Sequence[int], *, token: str, host: str, pid: int, pid_start: int | None,
@@ -175,16 +176,11 @@ def failed_ids(after_id: int, limit: int) -> Select[Any]:
             .order_by(q.c.id).limit(limit))
 
 
-def purgeable_ids(before: datetime, limit: int) -> Select[Any]:
-    return (select(q.c.id).where(q.c.status.in_(FINISHED), q.c.finished_at < before)
-            .limit(limit))
-
-
 def delete_ids(ids: Sequence[int]) -> Delete:
     return delete(q).where(q.c.id.in_(ids), q.c.status.in_(FINISHED))
 
 
-def purgeable_ids_in(statuses: Sequence[int], before: datetime, limit: int) -> Select[Any]:
+def purgeable_ids(statuses: Sequence[int], before: datetime, limit: int) -> Select[Any]:
     return (select(q.c.id).where(q.c.status.in_(statuses), q.c.finished_at < before)
             .limit(limit))
 

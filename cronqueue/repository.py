@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, CursorResult, Engine, inspect
+from sqlalchemy import Connection, CursorResult, Engine, Executable, inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -214,19 +214,8 @@ class Repository:
               max_chunks: int | None = None) -> int:
         """Delete finished tasks whose finished_at is older than ``before``, in chunks of
         1,000 rows (each its own short transaction); at most ``max_chunks`` if given."""
-        total, chunks = 0, 0
-        while max_chunks is None or chunks < max_chunks:
-            def work(conn: Connection) -> int:
-                stmt = queries.purgeable_ids_in(statuses, before, _CHUNK)
-                ids = list(conn.execute(stmt).scalars())
-                return conn.execute(queries.delete_ids(ids)).rowcount if ids else 0
-
-            deleted = transaction(self.engine, work)
-            total += deleted
-            chunks += 1
-            if deleted < _CHUNK:
-                break
-        return total
+        return self._delete_in_chunks(queries.purgeable_ids(statuses, before, _CHUNK),
+                                      queries.delete_ids, max_chunks)
 
     # -- rescue -------------------------------------------------------------------------------
 
@@ -285,14 +274,24 @@ class Repository:
             readonly=True)
 
     def purge_runs(self, before: datetime, max_chunks: int = 5) -> int:
-        total = 0
-        for _ in range(max_chunks):
-            def work(conn: Connection) -> int:
-                ids = list(conn.execute(queries.old_run_ids(before, _CHUNK)).scalars())
-                return conn.execute(queries.delete_runs(ids)).rowcount if ids else 0
+        return self._delete_in_chunks(queries.old_run_ids(before, _CHUNK), queries.delete_runs,
+                                      max_chunks)
 
+    def _delete_in_chunks(self, select_ids: Executable,
+                          delete: Callable[[Sequence[int]], Executable],
+                          max_chunks: int | None) -> int:
+        """Delete what ``select_ids`` finds, one short transaction per chunk of ``_CHUNK``
+        rows, until fewer than a chunk remain (or ``max_chunks`` were done)."""
+
+        def work(conn: Connection) -> int:
+            ids = list(conn.execute(select_ids).scalars())
+            return int(conn.execute(delete(ids)).rowcount) if ids else 0
+
+        total, chunks = 0, 0
+        while max_chunks is None or chunks < max_chunks:
             deleted = transaction(self.engine, work)
             total += deleted
+            chunks += 1
             if deleted < _CHUNK:
                 break
         return total
