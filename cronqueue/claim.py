@@ -50,6 +50,7 @@ class Claimer:
         self.queues: list[str | None] = list(dict.fromkeys(queues)) if queues else [None]
         self.lease = lease
         self.skip_locked = supports_skip_locked(engine)
+        self.serialized = engine.dialect.name == "sqlite"  # BEGIN IMMEDIATE: one writer
 
     def claim(self, limit: int, now: datetime) -> Claim:
         token = secrets.token_hex(16)
@@ -83,8 +84,9 @@ class Claimer:
                                     pid=self.owner.pid, pid_start=self.owner.pid_start,
                                     lease_until=lease_until)
         won = conn.execute(update).rowcount
-        if self.skip_locked and won == len(chosen):
-            # We hold row locks on every candidate: all of them are ours, as read.
+        if (self.skip_locked or self.serialized) and won == len(chosen):
+            # We hold row locks on every candidate (or, on SQLite, the write lock since before
+            # we read them): all of them are ours, as read.
             return [replace(t, status=Status.RUNNING, claim_token=token,
                             worker_host=self.owner.host, worker_pid=self.owner.pid,
                             worker_pid_start=self.owner.pid_start, lease_until=lease_until,

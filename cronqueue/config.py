@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
-
 from .db import normalize_url, redact
 from .errors import ConfigError, InvalidTask
 from .runner import DEFAULT_INTERPRETERS
@@ -65,6 +63,12 @@ class WorkerConfig:
     kill_grace: float = 5.0  # TERM → KILL delay when a task is timed out or stopped hard
     heartbeat: float = 5.0  # seconds between a shard's heartbeats (workers table)
     output_tail: int = 4096  # bytes of output kept on the row
+    # Group commit (see cronqueue/ledger.py): starts and outcomes of up to flush_every tasks
+    # are written in one commit, at the latest flush_interval seconds after the oldest
+    # outcome. After a kill -9 of the shard, at most that much finished work runs again.
+    # flush_every = 1 commits every task on its own.
+    flush_every: int = 50
+    flush_interval: float = 1.0
     max_log_bytes: int = 64 * 1024 * 1024  # bytes of one task's output kept in the day log
 
     def backoff_delay(self, attempt: int) -> float:
@@ -310,6 +314,8 @@ def _mission(index: int, raw: Any) -> MissionEntry:
         raise ConfigError(f"{label}.catch_up_window: {exc}") from None
     policy = {"catch_up": catch_up, "catch_up_window": window}
     cron = raw.get("cron")
+    from croniter import croniter  # only where a schedule is read: shards never need it
+
     if not isinstance(cron, str) or not croniter.is_valid(cron):
         raise ConfigError(f"{label}: invalid cron expression {cron!r}")
     actions = [k for k in ("do_queue", "add") if k in raw]

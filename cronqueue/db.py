@@ -13,7 +13,13 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+)
 
 from .errors import ConfigError, DatabaseError
 
@@ -26,6 +32,7 @@ _MYSQL_RETRY_CODES = frozenset({1213, 1205})
 _MYSQL_UNAVAILABLE_CODES = frozenset({1040, 1053, 1077, 1290, 1836, 1927, 2002, 2003, 2005,
                                       2006, 2013, 2026, 2055})
 SUPPORTED = ("sqlite", "mysql", "mariadb")
+PING_AFTER_IDLE = 1.0  # seconds a pooled MySQL connection may idle before it is pinged
 
 
 def redact(url: str) -> str:
@@ -57,15 +64,33 @@ def make_engine(url: str) -> Engine:
     backend = make_url(url).get_backend_name()
     if backend == "sqlite":
         return _sqlite_engine(url)
-    return create_engine(
+    engine = create_engine(
         url,
-        # A shard holds one connection for minutes; a restarted server or an idle timeout
-        # must not turn into a failed task: ping on checkout, recycle well under wait_timeout.
-        pool_pre_ping=True,
-        pool_recycle=1800,
+        pool_recycle=1800,  # well under the server's wait_timeout
+        # Every use ends its transaction (``transaction()`` commits or rolls back): the
+        # rollback the pool would send on each check-in is a wasted round trip.
+        pool_reset_on_return=None,
         isolation_level="READ COMMITTED",
         connect_args={"charset": "utf8mb4", "connect_timeout": 10},
     )
+
+    # A restarted server or an idle timeout must not turn into a failed call: a connection
+    # that sat idle in the pool is pinged before use (a dead one is replaced). One in constant
+    # use (a shard, a loop of add()) is not: that ping would cost a round trip per call.
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["cq_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("cq_idle_since")
+        if since is not None and time.monotonic() - since > PING_AFTER_IDLE:
+            try:
+                dbapi_conn.ping(reconnect=False)
+            except Exception as exc:
+                raise DisconnectionError(f"stale pooled connection: {exc}") from exc
+
+    return engine
 
 
 def _sqlite_engine(url: str) -> Engine:

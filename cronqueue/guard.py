@@ -57,6 +57,7 @@ def is_locked_in_db(engine: Engine, entry: str, shard: int) -> bool:
         with engine.connect() as conn:
             holder = conn.execute(text("SELECT IS_USED_LOCK(:name)"),
                                   {"name": db_lock_name(engine, entry, shard)}).scalar()
+            conn.commit()
     except DBAPIError as exc:
         raise DatabaseError(f"shard lock check on {redact(str(engine.url))}: "
                             f"{type(exc.orig).__name__}: {exc.orig}") from exc
@@ -134,6 +135,7 @@ class ShardGuard:
         if self._conn is not None:
             with contextlib.suppress(Exception):  # the server drops it with the connection
                 self._conn.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": self.name})
+                self._conn.commit()
             self._conn.close()
             self._conn = None
         if self._file is not None:

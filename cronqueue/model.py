@@ -67,10 +67,11 @@ class Task:
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> Task:
         # Every column is required, except the optional ones added later (``secret``).
-        values = {f.name: row[f.name] if f.name in row or f.default is MISSING else f.default
-                  for f in fields(cls)}
+        values = dict(row)
+        for name, default in _TASK_DEFAULTS.items():
+            values.setdefault(name, default)
         values["status"] = Status(values["status"])
-        return cls(**values)
+        return cls(**{name: values[name] for name in _TASK_FIELDS})
 
     @property
     def args(self) -> Any:
@@ -81,6 +82,10 @@ class Task:
         out = _as_dict(self)
         out["secret"] = None if self.secret is None else "***"
         return out
+
+
+_TASK_FIELDS = tuple(f.name for f in fields(Task))
+_TASK_DEFAULTS = {f.name: f.default for f in fields(Task) if f.default is not MISSING}
 
 
 @dataclass(frozen=True, slots=True)

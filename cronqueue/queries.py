@@ -5,11 +5,24 @@ All values are bound parameters; nothing here formats user input into SQL text.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Delete, Executable, Select, Update, delete, func, select, text, update
+from sqlalchemy import (
+    Delete,
+    Executable,
+    Select,
+    Update,
+    bindparam,
+    case,
+    delete,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.sql.dml import Insert
 
@@ -122,11 +135,72 @@ def select_claimed(token: str) -> Select[Any]:
             .order_by(q.c.priority.desc(), q.c.id))
 
 
-def mark_started(task_id: int, token: str, *, now: datetime, lease_until: datetime) -> Update:
+def mark_window(task_ids: Sequence[int], token: str, *, now: datetime,
+                lease_until: datetime) -> Update:
+    """Count the attempt of every task in a shard's next window before any of them runs: if
+    the shard dies, the rescue charges each one whose outcome was not recorded yet."""
     return (
         update(q)
-        .where(q.c.id == task_id, q.c.claim_token == token, q.c.status == int(Status.RUNNING))
+        .where(q.c.id.in_(task_ids), q.c.claim_token == token,
+               q.c.status == int(Status.RUNNING), q.c.started_at.is_(None))
         .values(attempts=q.c.attempts + 1, started_at=now, lease_until=lease_until)
+    )
+
+
+def unmark_window(task_ids: Sequence[int], token: str) -> Update:
+    """Marked for a window but never run (the shard stopped first): back to pending, the
+    attempt given back."""
+    return (
+        update(q)
+        .where(q.c.id.in_(task_ids), q.c.claim_token == token,
+               q.c.status == int(Status.RUNNING), q.c.started_at.is_not(None))
+        .values(status=int(Status.PENDING), attempts=q.c.attempts - 1, started_at=None,
+                claim_token=None, lease_until=None)
+    )
+
+
+def held(task_ids: Sequence[int], token: str, *, lock: bool) -> Select[Any]:
+    """Which of these rows does claim ``token`` still hold? (Locked until commit on servers
+    with row locks, so that the writes that follow match exactly these rows.)"""
+    stmt = select(q.c.id).where(q.c.id.in_(task_ids), q.c.claim_token == token,
+                                q.c.status == int(Status.RUNNING))
+    return stmt.with_for_update() if lock else stmt
+
+
+def finish_many(rows: Sequence[tuple[int, dict[str, Any]]],
+                token: str) -> tuple[Update, dict[str, Any]]:
+    """Record several outcomes with the same columns in one statement: a column whose value is
+    the same for every row is set plainly, the others by ``CASE id``. Fenced like ``finish``.
+    Returns the statement (built once per shape and reused) and its parameters."""
+    names = tuple(rows[0][1])
+    varying = tuple(n for n in names if any(v[n] != rows[0][1][n] for _, v in rows))
+    params: dict[str, Any] = {"token": token}
+    for i, (task_id, values) in enumerate(rows):
+        params[f"id{i}"] = task_id
+        for name in varying:
+            params[f"{name}{i}"] = values[name]
+    for name in names:
+        if name not in varying:
+            params[name] = rows[0][1][name]
+    return _finish_many(len(rows), names, varying), params
+
+
+@functools.lru_cache(maxsize=128)
+def _finish_many(count: int, names: tuple[str, ...], varying: tuple[str, ...]) -> Update:
+    ids = [bindparam(f"id{i}", type_=q.c.id.type) for i in range(count)]
+    values: dict[str, Any] = {}
+    for name in names:
+        column_type = q.c[name].type
+        if name in varying:
+            values[name] = case(*[(q.c.id == ids[i], bindparam(f"{name}{i}", type_=column_type))
+                                  for i in range(count)])
+        else:
+            values[name] = bindparam(name, type_=column_type)
+    return (
+        update(q)
+        .where(q.c.id.in_(ids), q.c.claim_token == bindparam("token"),
+               q.c.status == int(Status.RUNNING))
+        .values(**values)
     )
 
 

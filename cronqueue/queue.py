@@ -9,10 +9,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:  # sqlalchemy.orm is a heavy import the queue does not need at run time
+    from sqlalchemy.orm import Session
 
 from .config import Config, load_config
 from .db import make_engine

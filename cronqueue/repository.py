@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, CursorResult, Engine, Executable, inspect
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:  # sqlalchemy.orm is a heavy import the queue does not need at run time
+    from sqlalchemy.orm import Session
 
 from . import queries
 from .db import transaction
@@ -21,6 +23,7 @@ from .spec import TaskSpec
 
 log = logging.getLogger("cronqueue.repository")
 _CHUNK = 1000
+_FINISH_CHUNK = 200  # outcomes per UPDATE (each varying column is a CASE over them)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,12 +35,28 @@ class Finish:
     values: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Start:
-    task_id: int
+@dataclass(frozen=True)
+class Flush:
+    """One group commit for claim ``token``."""
+
     token: str
-    now: datetime
-    lease_until: datetime
+    finishes: Sequence[Finish] = ()
+    mark: Sequence[int] = ()  # tasks to mark started (the next window)
+    now: datetime | None = None
+    lease_until: datetime | None = None
+    unmark: Sequence[int] = ()  # marked but never run: back to pending, attempt given back
+    release: bool = False  # also release the claim's never-marked rows
+
+
+@dataclass
+class Flushed:
+    recorded: set[int] = field(default_factory=set)  # finishes the claim still held
+    marked: set[int] = field(default_factory=set)  # window rows the claim still held
+    released: int = 0
+
+
+class _NotHeld(Exception):
+    """A fenced write matched fewer rows than expected: some were taken over."""
 
 
 def _inserted_id(result: CursorResult[Any]) -> int:
@@ -57,8 +76,8 @@ class Repository:
         transaction(self.engine, lambda conn: metadata.create_all(conn, checkfirst=True))
 
     def has_schema(self) -> bool:
-        with self.engine.connect() as conn:
-            return inspect(conn).has_table("queue")
+        return transaction(self.engine, lambda conn: inspect(conn).has_table("queue"),
+                           readonly=True)
 
     # -- enqueue ------------------------------------------------------------------------------
 
@@ -67,7 +86,7 @@ class Repository:
         """Insert all specs in one transaction (the caller's, if given); ids in input order."""
         if connection is None:
             return transaction(self.engine, lambda conn: self._insert(conn, specs, now))
-        conn = connection.connection() if isinstance(connection, Session) else connection
+        conn = connection if isinstance(connection, Connection) else connection.connection()
         return self._insert(conn, specs, now)
 
     def _insert(self, conn: Connection, specs: Sequence[TaskSpec], now: datetime) -> list[int]:
@@ -139,23 +158,66 @@ class Repository:
 
     # -- worker side --------------------------------------------------------------------------
 
-    def record(self, finish: Finish | None = None, start: Start | None = None) -> tuple[bool, bool]:
-        """Write one outcome and/or mark the next task started, in one transaction (one commit
-        per task). Returns whether each write found its row still claimed by us."""
+    def flush(self, flush: Flush) -> Flushed:
+        """A shard's group commit for one claim: buffered outcomes, the next window's start
+        marks, and on the way out the give-back of rows it did not run — one transaction. Every
+        write is fenced by the claim token: rows the claim no longer holds (rescued) are left
+        alone and missing from the result. The common case (the claim holds every row) costs
+        one statement per kind of write; if a row count says otherwise, the transaction is
+        rolled back and redone after reading which rows are still held."""
+        try:
+            return transaction(self.engine, lambda conn: self._flush(conn, flush, None))
+        except _NotHeld:
+            return transaction(self.engine, lambda conn: self._flush(conn, flush,
+                                                                     self._held(conn, flush)))
 
-        def work(conn: Connection) -> tuple[bool, bool]:
-            finished = started = False
-            if finish is not None:
-                res = conn.execute(queries.finish(finish.task_id, finish.token, finish.values))
-                finished = res.rowcount == 1
-            if start is not None:
-                res = conn.execute(queries.mark_started(start.task_id, start.token,
-                                                        now=start.now,
-                                                        lease_until=start.lease_until))
-                started = res.rowcount == 1
-            return finished, started
+    def _held(self, conn: Connection, flush: Flush) -> set[int]:
+        ids = [f.task_id for f in flush.finishes] + [*flush.mark, *flush.unmark]
+        held: set[int] = set()
+        for start in range(0, len(ids), _CHUNK):
+            held.update(conn.execute(queries.held(ids[start:start + _CHUNK], flush.token,
+                                                  lock=self.dialect != "sqlite")).scalars())
+        return held
 
-        return transaction(self.engine, work)
+    @staticmethod
+    def _flush(conn: Connection, flush: Flush, held: set[int] | None) -> Flushed:
+        def ours(task_id: int) -> bool:
+            return held is None or task_id in held
+
+        def write(stmt: Executable, params: dict[str, Any] | None, expected: int) -> int:
+            count = int(conn.execute(stmt, params).rowcount)
+            if held is None and count != expected:
+                raise _NotHeld
+            return count
+
+        done = Flushed()
+        groups: dict[tuple[str, ...], list[tuple[int, dict[str, Any]]]] = {}
+        for f in flush.finishes:
+            if ours(f.task_id):
+                groups.setdefault(tuple(f.values), []).append((f.task_id, f.values))
+        for rows in groups.values():
+            for start in range(0, len(rows), _FINISH_CHUNK):
+                chunk = rows[start:start + _FINISH_CHUNK]
+                write(*queries.finish_many(chunk, flush.token), len(chunk))
+                done.recorded.update(task_id for task_id, _ in chunk)
+        mark = [i for i in flush.mark if ours(i)]
+        if mark:
+            assert flush.now is not None and flush.lease_until is not None
+            write(queries.mark_window(mark, flush.token, now=flush.now,
+                                      lease_until=flush.lease_until), None, len(mark))
+            done.marked.update(mark)
+        unmark = [i for i in flush.unmark if ours(i)]
+        if unmark:
+            done.released += write(queries.unmark_window(unmark, flush.token), None,
+                                   len(unmark))
+        if flush.release:
+            done.released += conn.execute(queries.release_unstarted(flush.token)).rowcount
+        return done
+
+    def record(self, finish: Finish) -> bool:
+        """Write one outcome (the rescue's); whether the claim still held the row."""
+        return transaction(self.engine, lambda conn: conn.execute(
+            queries.finish(finish.task_id, finish.token, finish.values)).rowcount == 1)
 
     def release_unstarted(self, token: str) -> int:
         return transaction(
@@ -230,7 +292,7 @@ class Repository:
         """Write an outcome for a task claimed by someone else (the rescue), fenced by the
         claim token it was seen with: a shard that finishes meanwhile wins."""
         assert task.claim_token is not None
-        return self.record(Finish(task.id, task.claim_token, values))[0]
+        return self.record(Finish(task.id, task.claim_token, values))
 
     # -- mission runs -------------------------------------------------------------------------
 

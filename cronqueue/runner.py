@@ -3,7 +3,8 @@
 ``argv[1]`` is the stored param text. The script runs in its own session and process group;
 on timeout (or a forced stop) the whole group gets TERM, then KILL after a grace period, and
 whatever is left of the group when the script exits is killed too. If the shard dies, the
-kernel kills the script (``setpriv --pdeathsig KILL``, else ``PR_SET_PDEATHSIG``). Output goes
+watchdog kills the group (see watchdog.py; ``PR_SET_PDEATHSIG`` if it cannot run). ``subprocess``
+stays on its fast ``vfork`` path: no ``preexec_fn``, no wrapper ``exec``. Output goes
 to an unnamed temporary file (a daemonized grandchild holding it cannot block us); its tail is
 kept for the row, the whole appended to ``log_dir/YYYY-MM-DD.log``.
 """
@@ -23,11 +24,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from .errors import (
     InvalidTask,
@@ -41,6 +42,7 @@ from .errors import (
 )
 from .model import Task
 from .spec import check_param_text, check_taskscript
+from .watchdog import Watchdog
 
 log = logging.getLogger("cronqueue.runner")
 
@@ -52,6 +54,8 @@ DEFAULT_INTERPRETERS: dict[str, list[str]] = {
 # Never handed to task scripts: the queue's own credentials.
 _HIDDEN_ENV = ("CRONQUEUE_DB_URL",)
 _PR_SET_PDEATHSIG = 1
+_SMALL_OUTPUT = 64 * 1024  # bytes of output appended to the day log in a single write
+_RESOLVE_TTL = 1.0  # seconds a script's resolution (path, checks, interpreter) is reused
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,14 +86,39 @@ class Runner:
         self.kill_grace = kill_grace
         self.max_log_bytes = max_log_bytes
         self._which: dict[str, str | None] = {}
-        self._base_env = {k: v for k, v in os.environ.items() if k not in _HIDDEN_ENV}
-        setpriv = shutil.which("setpriv")
-        self._deathsig_prefix = [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
+        # Encoded once: subprocess would encode every variable again for every task.
+        self._base_env = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()
+                          if k not in _HIDDEN_ENV}
+        self._resolved: dict[str, tuple[float, list[str]]] = {}
+        self._watchdog = Watchdog()
+        self._log_fd: int | None = None  # today's log, kept open (O_APPEND)
+        self._log_day = ""
+        self._log_dir_ok = False
+        self._devnull = -1
+
+    def close(self) -> None:
+        self._watchdog.close()
+        self._close_log()
+        if self._devnull >= 0:
+            os.close(self._devnull)
+            self._devnull = -1
 
     # -- resolution ---------------------------------------------------------------------------
 
     def command(self, taskscript: str) -> list[str]:
-        """argv (without the param) for a task script. Raises ``ScriptError``."""
+        """argv (without the param) for a task script. Raises ``ScriptError``. A resolution
+        is reused for up to a second (a burst of the same script is checked once)."""
+        now = time.monotonic()
+        cached = self._resolved.get(taskscript)
+        if cached is not None and now - cached[0] < _RESOLVE_TTL:
+            return cached[1]
+        argv = self._resolve(taskscript)
+        if len(self._resolved) > 1000:
+            self._resolved.clear()
+        self._resolved[taskscript] = (now, argv)
+        return argv
+
+    def _resolve(self, taskscript: str) -> list[str]:
         try:
             check_taskscript(taskscript)
         except InvalidTask as exc:
@@ -132,7 +161,10 @@ class Runner:
 
     def run(self, task: Task, *, attempt: int, timeout: float | None,
             abort: Callable[[], bool] = lambda: False, wake_fd: int | None = None,
-            label: str = "") -> RunResult:
+            label: str = "", tick: Callable[[], None] | None = None) -> RunResult:
+        """Run ``task`` to its end. ``abort()`` is checked whenever ``wake_fd`` (the shard's
+        signal wake-up fd) is readable and at least every second; ``tick()`` is called about
+        once a second while the script runs."""
         started = time.monotonic()
         try:
             argv = self.command(task.taskscript)
@@ -140,26 +172,38 @@ class Runner:
         except ScriptError as exc:
             return RunResult(None, 0.0, str(exc), ScriptNotRunnable(str(exc)),
                              permanent=exc.permanent)
-        env = dict(self._base_env)
-        env.update(CRONQUEUE_TASK_ID=str(task.id), CRONQUEUE_ATTEMPT=str(attempt),
-                   CRONQUEUE_QUEUE=task.queue)
-        with self._output_file() as out, _stdin_for(task.secret) as stdin:
+        env = self._base_env.copy()
+        env[b"CRONQUEUE_TASK_ID"] = b"%d" % task.id
+        env[b"CRONQUEUE_ATTEMPT"] = b"%d" % attempt
+        env[b"CRONQUEUE_QUEUE"] = os.fsencode(task.queue)
+        out = self._output_fd()
+        try:
+            stdin = self._stdin_fd(task.secret)
             try:
                 proc = self._spawn([*argv, task.param], env, out, stdin)
             except OSError as exc:
                 msg = f"cannot start {argv[0]}: {exc.strerror or exc}"
                 return RunResult(None, time.monotonic() - started, msg, ScriptNotRunnable(msg))
+            finally:
+                if stdin != self._devnull:
+                    os.close(stdin)
+            self._watchdog.watch(proc.pid)
             deadline = None if timeout is None else started + timeout
-            outcome = self._wait(proc, deadline, abort, wake_fd)
+            outcome = self._wait(proc, deadline, abort, wake_fd, tick)
             if outcome != "exited":
                 self._kill_group(proc)
             # The leader is now a zombie (its pid cannot be reused): clear out the rest of its
             # group, then reap it.
             _signal_group(proc.pid, signal.SIGKILL)
+            self._watchdog.watch(0)
             returncode = proc.wait()
             duration = time.monotonic() - started
-            tail = self._tail(out)
-            self._append_log(out, task, attempt, returncode, duration, label)
+            size = os.fstat(out).st_size
+            tail = _decode(os.pread(out, min(size, self.tail_bytes),
+                                    max(0, size - self.tail_bytes)))
+            self._append_log(out, size, task, attempt, returncode, duration, label)
+        finally:
+            os.close(out)
         failure: TaskFailure | None = None
         if outcome == "timeout":
             failure = ProcessTimeoutError(f"ran past its {timeout:g}s timeout; process group "
@@ -172,18 +216,19 @@ class Runner:
             failure = ProcessExitError(f"exit status {returncode}")
         return RunResult(returncode, duration, tail, failure, interrupted=outcome == "abort")
 
-    def _spawn(self, argv: list[str], env: dict[str, str], out: IO[bytes],
-               stdin: IO[bytes] | int) -> subprocess.Popen[bytes]:
+    def _spawn(self, argv: list[str], env: dict[bytes, bytes], out: int,
+               stdin: int) -> subprocess.Popen[bytes]:
         kwargs: dict[str, Any] = {}
-        if not self._deathsig_prefix and sys.platform.startswith("linux"):
-            kwargs["preexec_fn"] = _set_pdeathsig
+        if not self._watchdog.start() and sys.platform.startswith("linux"):
+            kwargs["preexec_fn"] = _set_pdeathsig  # slow (full fork), only without a watchdog
         return subprocess.Popen(
-            [*self._deathsig_prefix, *argv], stdin=stdin, stdout=out,
+            argv, stdin=stdin, stdout=out,
             stderr=subprocess.STDOUT, cwd=self.task_dir, env=env, start_new_session=True,
             close_fds=True, **kwargs)
 
     def _wait(self, proc: subprocess.Popen[bytes], deadline: float | None,
-              abort: Callable[[], bool], wake_fd: int | None) -> str:
+              abort: Callable[[], bool], wake_fd: int | None,
+              tick: Callable[[], None] | None) -> str:
         """Until the script exits ('exited', left unreaped), times out, or abort() is set."""
         # A pidfd becomes readable when the child exits; the signal wake-up fd when the shard
         # gets TERM/INT. Without them (old kernels, library use) we poll briefly instead.
@@ -208,6 +253,8 @@ class Runner:
                     _drain(wake_fd)
                 if pidfd in ready if pidfd is not None else _exited(proc.pid):
                     return "exited"
+                if tick is not None and not ready:
+                    tick()
         finally:
             if pidfd is not None:
                 os.close(pidfd)
@@ -223,57 +270,86 @@ class Runner:
 
     # -- output -------------------------------------------------------------------------------
 
-    def _output_file(self) -> IO[bytes]:
+    def _output_fd(self) -> int:
         """An unnamed temporary file for the output, in log_dir if it is usable."""
         try:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            return tempfile.TemporaryFile(dir=self.log_dir)
+            if not self._log_dir_ok:
+                self.log_dir.mkdir(parents=True, exist_ok=True)
+                self._log_dir_ok = True
+            try:
+                return os.open(self.log_dir, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            except OSError:  # a file system without O_TMPFILE
+                with tempfile.TemporaryFile(dir=self.log_dir) as handle:
+                    return os.dup(handle.fileno())
         except OSError as exc:
+            self._log_dir_ok = False
             log.warning("log_dir %s is unusable (%s): output kept only in the row",
                         self.log_dir, exc)
-            return tempfile.TemporaryFile()
+            with tempfile.TemporaryFile() as handle:
+                return os.dup(handle.fileno())
 
-    def _tail(self, out: IO[bytes]) -> str:
-        size = out.seek(0, os.SEEK_END)
-        out.seek(max(0, size - self.tail_bytes))
-        text = out.read().decode("utf-8", errors="replace")
-        return text.replace("\x00", "\ufffd")
+    def _stdin_fd(self, secret: str | None) -> int:
+        """The task's stdin: its secret in an unnamed file (no pipe to block on, nothing on
+        disk by name), or /dev/null (kept open)."""
+        if secret is None:
+            if self._devnull < 0:
+                self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            return self._devnull
+        with tempfile.TemporaryFile() as handle:
+            handle.write(secret.encode("utf-8"))
+            handle.flush()
+            fd = os.dup(handle.fileno())
+        os.lseek(fd, 0, os.SEEK_SET)
+        return fd
 
-    def _append_log(self, out: IO[bytes], task: Task, attempt: int, returncode: int,
+    def _append_log(self, out: int, size: int, task: Task, attempt: int, returncode: int,
                     duration: float, label: str) -> None:
+        """Append the header and the output to today's log, under an exclusive ``flock``
+        (shards share the file)."""
         now = datetime.now(UTC)
-        path = self.log_dir / f"{now:%Y-%m-%d}.log"
-        size = out.seek(0, os.SEEK_END)
         header = (f"--- {now.isoformat(timespec='milliseconds')} task={task.id} "
                   f"attempt={attempt} queue={printable(task.queue)} "
                   f"script={printable(task.taskscript)} "
                   f"shard={label} exit={returncode} duration={duration:.3f}s bytes={size}\n")
         try:
-            with open(path, "ab") as log_file:
-                fcntl.flock(log_file, fcntl.LOCK_EX)
-                log_file.write(header.encode())
-                out.seek(0)
-                _copy(out, log_file, min(size, self.max_log_bytes))
-                if size > self.max_log_bytes:
-                    log_file.write(f"\n[... {size - self.max_log_bytes} more bytes not kept; "
-                                   f"max_log_bytes={self.max_log_bytes}]\n".encode())
-                elif size and not _ends_with_newline(out, size):
-                    log_file.write(b"\n")
+            fd = self._log_file(now)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if size <= _SMALL_OUTPUT:  # the usual case: one write
+                    body = os.pread(out, size, 0)
+                    end = b"\n" if body and not body.endswith(b"\n") else b""
+                    _write_all(fd, header.encode() + body + end)
+                else:
+                    _write_all(fd, header.encode())
+                    _copy(out, fd, min(size, self.max_log_bytes))
+                    if size > self.max_log_bytes:
+                        _write_all(fd, f"\n[... {size - self.max_log_bytes} more bytes not "
+                                       f"kept; max_log_bytes={self.max_log_bytes}]\n".encode())
+                    elif os.pread(out, 1, size - 1) != b"\n":
+                        _write_all(fd, b"\n")
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
         except OSError as exc:
-            log.warning("task=%d could not write output to %s: %s", task.id, path, exc)
+            log.warning("task=%d could not write output to %s: %s", task.id,
+                        self.log_dir / f"{now:%Y-%m-%d}.log", exc)
+            self._close_log()
 
+    def _log_file(self, now: datetime) -> int:
+        """Today's log, opened once per day (again if it was deleted meanwhile)."""
+        day = f"{now:%Y-%m-%d}"
+        if self._log_fd is not None and (day != self._log_day
+                                         or os.fstat(self._log_fd).st_nlink == 0):
+            self._close_log()
+        if self._log_fd is None:
+            self._log_fd = os.open(self.log_dir / f"{day}.log",
+                                   os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            self._log_day = day
+        return self._log_fd
 
-@contextlib.contextmanager
-def _stdin_for(secret: str | None) -> Iterator[IO[bytes] | int]:
-    """The task's stdin: its secret in an unnamed file (no pipe to block on, nothing on
-    disk by name), or /dev/null."""
-    if secret is None:
-        yield subprocess.DEVNULL
-        return
-    with tempfile.TemporaryFile() as handle:
-        handle.write(secret.encode("utf-8"))
-        handle.seek(0)
-        yield handle
+    def _close_log(self) -> None:
+        if self._log_fd is not None:
+            os.close(self._log_fd)
+            self._log_fd = None
 
 
 def _check_param(param: str) -> None:
@@ -287,19 +363,24 @@ def _check_param(param: str) -> None:
         raise ScriptError(f"param is not valid JSON: {exc}", permanent=True) from None
 
 
-def _copy(src: IO[bytes], dst: IO[bytes], limit: int) -> None:
-    remaining = limit
-    while remaining > 0:
-        chunk = src.read(min(remaining, 1 << 20))
+def _copy(src: int, fd: int, limit: int) -> None:
+    offset = 0
+    while offset < limit:
+        chunk = os.pread(src, min(limit - offset, 1 << 20), offset)
         if not chunk:
             break
-        dst.write(chunk)
-        remaining -= len(chunk)
+        _write_all(fd, chunk)
+        offset += len(chunk)
 
 
-def _ends_with_newline(out: IO[bytes], size: int) -> bool:
-    out.seek(size - 1)
-    return out.read(1) == b"\n"
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _decode(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
 
 
 def printable(text: str) -> str:

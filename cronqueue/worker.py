@@ -28,9 +28,10 @@ from .db import is_unavailable, make_engine
 from .errors import DatabaseError
 from .guard import ShardGuard
 from .heartbeat import Heartbeat
+from .ledger import Ledger
 from .model import Status, Task
 from .proc import Owner
-from .repository import Finish, Repository, Start
+from .repository import Finish, Flush, Flushed, Repository
 from .runner import Runner, RunResult, printable
 
 log = logging.getLogger("cronqueue.worker")
@@ -84,6 +85,7 @@ class Shard:
         self._wake_r: int | None = None
         self._stop_at = 0.0
         self._lease_lost = False  # the heartbeat could not renew our lease: kill the task
+        self.runner: Runner | None = None
 
     # -- signals (handlers only set flags) ----------------------------------------------------
 
@@ -180,6 +182,8 @@ class Shard:
                      r.failed, r.returned, r.released, r.lost, time.monotonic() - started)
             return self.report
         finally:
+            if self.runner is not None:
+                self.runner.close()
             self.heartbeat.stop()
             if guard is not None:
                 guard.release()
@@ -240,43 +244,49 @@ class Shard:
             return result
 
     def _run_claim(self, token: str, tasks: list[Task], deadline: float | None) -> None:
-        pending: Finish | None = None
+        cfg = self.config.worker
+        ledger = Ledger(token, tasks, window=cfg.flush_every, interval=cfg.flush_interval,
+                        careful=self._careful, write=self._write, try_write=self._try_write,
+                        clock=self.clock, lease_until=self.heartbeat.lease_until,
+                        on_lost=self._on_lost)
         self.heartbeat.token = token
         try:
             for task in tasks:
                 if self._stop or _past(deadline):
                     break
-                pending = self._run_one(task, token, pending)
+                if not ledger.begin(task):
+                    self.report.lost += 1
+                    log.warning("task=%d shard=%s outcome=lost-claim (no longer ours; not run)",
+                                task.id, self.label)
+                    continue
+                ledger.finish(task, self._run_one(task, token, ledger.tick))
         finally:
-            if pending is not None:
-                self._record(pending, None)
-            released = self._db("release", lambda: self.repo.release_unstarted(token),
-                                until=time.monotonic() + self.config.worker.outage_wait)
+            released = ledger.close()
             self.heartbeat.token = None
             if released:
                 self.report.released += released
                 log.info("shard=%s released=%d unstarted tasks", self.label, released)
 
-    def _run_one(self, task: Task, token: str, pending: Finish | None) -> Finish | None:
-        """Mark ``task`` started (in the same commit as the previous outcome), run it, and return
-        its outcome for the next commit."""
+    def _careful(self, task: Task) -> bool:
+        """Run alone, start committed first? Tasks on a later attempt (the previous one may
+        have killed its shard) and at-most-once tasks (``max_attempts = 1``)."""
+        return task.attempts > 0 or (task.max_attempts or self.config.worker.max_attempts) <= 1
+
+    def _run_one(self, task: Task, token: str, tick: Callable[[], None]) -> Finish:
+        """Run ``task`` (its start is committed) and return its outcome for the ledger."""
         cfg = self.config.worker
-        now = self.clock()
         timeout = task.timeout or cfg.timeout
-        started = self._record(pending, Start(task.id, token, now,
-                                              self.heartbeat.lease_until(now)))
-        if not started:
-            self.report.lost += 1
-            log.warning("task=%d shard=%s outcome=lost-claim (no longer ours; not run)",
-                        task.id, self.label)
-            return None
         attempt = task.attempts + 1
         self.heartbeat.current_task = task.id
+        started_at = self.clock()
+        assert self.runner is not None
         result = self.runner.run(task, attempt=attempt, timeout=timeout,
                                  abort=self._abort_task, wake_fd=self._wake_r,
-                                 label=self.label)
+                                 label=self.label, tick=tick)
         self.heartbeat.current_task = None
         outcome, values = self._decide(task, attempt, result)
+        if outcome != "returned":
+            values["started_at"] = started_at
         max_attempts = task.max_attempts or cfg.max_attempts
         log_fn = log.info if outcome == "done" else log.warning
         log_fn("task=%d shard=%s outcome=%s attempt=%d/%d duration=%.3fs exit=%s script=%s%s",
@@ -288,15 +298,23 @@ class Shard:
         self.report.outcomes[task.id] = outcome
         return Finish(task.id, token, values)
 
-    def _record(self, finish: Finish | None, start: Start | None) -> bool:
-        # An outcome is kept until the database takes it: the task is not run again just
+    def _write(self, flush: Flush) -> Flushed:
+        # Outcomes are kept until the database takes them: a task is not run again just
         # because the write failed.
-        finished, started = self._db("record", lambda: self.repo.record(finish, start))
-        if finish is not None and not finished:
-            self.report.lost += 1
-            log.warning("task=%d shard=%s result not recorded: claim %s was taken over",
-                        finish.task_id, self.label, finish.token)
-        return started
+        return self._db("record", lambda: self.repo.flush(flush))
+
+    def _try_write(self, flush: Flush) -> Flushed | None:
+        try:
+            return self.repo.flush(flush)
+        except DatabaseError as exc:
+            if not is_unavailable(exc):
+                raise
+            return None
+
+    def _on_lost(self, finish: Finish) -> None:
+        self.report.lost += 1
+        log.warning("task=%d shard=%s result not recorded: claim %s was taken over",
+                    finish.task_id, self.label, finish.token)
 
     def _decide(self, task: Task, attempt: int, result: RunResult) -> tuple[str, dict[str, object]]:
         cfg = self.config.worker

@@ -21,7 +21,7 @@ from cronqueue.claim import Claimer
 from cronqueue.db import make_engine
 from cronqueue.model import Task
 from cronqueue.proc import Owner
-from cronqueue.repository import Finish, Repository, Start
+from cronqueue.repository import Finish, Flush, Repository
 from cronqueue.schema import metadata
 
 NOW = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
@@ -223,8 +223,8 @@ def test_release_unstarted(cq: Queue) -> None:
     repo = Repository(cq.engine)
     claim = claimer(cq.engine).claim(3, NOW)
     assert [t.id for t in claim.tasks] == ids[:3]
-    started = repo.record(start=Start(ids[0], claim.token, NOW, NOW + LEASE))
-    assert started == (False, True)
+    started = repo.flush(Flush(claim.token, mark=[ids[0]], now=NOW, lease_until=NOW + LEASE))
+    assert started.marked == {ids[0]}
     assert repo.release_unstarted(claim.token) == 2
     assert repo.release_unstarted(claim.token) == 0
     first = cq.get(ids[0])
@@ -239,8 +239,9 @@ def test_release_unstarted(cq: Queue) -> None:
     # Released rows are claimable again, in order.
     assert [t.id for t in claimer(cq.engine).claim(10, NOW).tasks] == ids[1:]
     # The released claim's token is dead: it can neither start nor finish those rows.
-    assert repo.record(Finish(ids[1], claim.token, {"status": int(Status.DONE)}),
-                       Start(ids[2], claim.token, NOW, NOW + LEASE)) == (False, False)
+    dead = repo.flush(Flush(claim.token, [Finish(ids[1], claim.token, {"status": 1})],
+                            mark=[ids[2]], now=NOW, lease_until=NOW + LEASE))
+    assert dead.recorded == set() and dead.marked == set()
 
 
 def test_fencing_wrong_token_changes_nothing(cq: Queue) -> None:
@@ -251,19 +252,21 @@ def test_fencing_wrong_token_changes_nothing(cq: Queue) -> None:
     assert before is not None and before.status is Status.RUNNING
     wrong = "0" * 32
     assert wrong != claim.token
-    result = repo.record(Finish(task_id, wrong, {"status": int(Status.DONE), "exit_code": 0,
-                                                 "finished_at": NOW, "output": "forged"}),
-                         Start(task_id, wrong, NOW, NOW + LEASE))
-    assert result == (False, False)
+    forged = Finish(task_id, wrong, {"status": int(Status.DONE), "exit_code": 0,
+                                     "finished_at": NOW, "output": "forged"})
+    result = repo.flush(Flush(wrong, [forged], mark=[task_id], now=NOW,
+                              lease_until=NOW + LEASE))
+    assert result.recorded == set() and result.marked == set()
+    assert repo.record(forged) is False
     assert cq.get(task_id) == before
-    assert repo.record(start=Start(task_id, claim.token, NOW, NOW + LEASE)) == (False, True)
-    assert repo.record(Finish(task_id, claim.token, {"status": int(Status.DONE),
-                                                     "finished_at": NOW})) == (True, False)
+    assert repo.flush(Flush(claim.token, mark=[task_id], now=NOW,
+                            lease_until=NOW + LEASE)).marked == {task_id}
+    assert repo.flush(Flush(claim.token, [Finish(task_id, claim.token, {
+        "status": int(Status.DONE), "finished_at": NOW})])).recorded == {task_id}
     after = cq.get(task_id)
     assert after is not None and after.status is Status.DONE
     # A finished row is no longer ours either.
-    assert repo.record(Finish(task_id, claim.token, {"status": int(Status.FAILED)})) == (False,
-                                                                                         False)
+    assert repo.record(Finish(task_id, claim.token, {"status": int(Status.FAILED)})) is False
     assert cq.get(task_id).status is Status.DONE  # type: ignore[union-attr]
 
 

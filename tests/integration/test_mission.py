@@ -607,7 +607,7 @@ def test_simulated_now_does_not_expire_leases(make_config: Any) -> None:
     live shards on other hosts: their leases are real time."""
     from cronqueue.claim import Claimer
     from cronqueue.proc import Owner
-    from cronqueue.repository import Start
+    from cronqueue.repository import Flush
 
     cfg = make_config("")
     q = Queue(config=cfg)
@@ -618,8 +618,8 @@ def test_simulated_now_does_not_expire_leases(make_config: Any) -> None:
     claim = claimer.claim(10, real + timedelta(seconds=1))
     assert [t.id for t in claim.tasks] == [task_id]
     lease_until = real + timedelta(seconds=900)
-    assert Repository(q.engine).record(
-        start=Start(task_id, claim.token, real, lease_until)) == (False, True)
+    assert Repository(q.engine).flush(Flush(claim.token, mark=[task_id], now=real,
+                                            lease_until=lease_until)).marked == {task_id}
 
     drill = real + timedelta(days=1)
     report = Mission(cfg, launcher=FakeLauncher(), clock=lambda: real).tick(drill)

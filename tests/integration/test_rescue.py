@@ -18,7 +18,7 @@ from cronqueue import Queue, Status, Task
 from cronqueue.claim import Claimer
 from cronqueue.config import Config
 from cronqueue.proc import Owner
-from cronqueue.repository import Finish, Repository, Start
+from cronqueue.repository import Finish, Flush, Repository
 from cronqueue.rescue import rescue
 from tests.conftest import cronqueue_cmd, process_gone, write_script
 
@@ -68,8 +68,8 @@ def claim(queue: Queue, owner: Owner, *, limit: int = 10,
 
 def start(repo: Repository, task_id: int, token: str, now: datetime,
           lease: float = 900) -> None:
-    assert repo.record(start=Start(task_id, token, now, now + timedelta(seconds=lease))) == (
-        False, True)
+    assert repo.flush(Flush(token, mark=[task_id], now=now,
+                            lease_until=now + timedelta(seconds=lease))).marked == {task_id}
 
 
 def get(queue: Queue, task_id: int) -> Task:
@@ -180,8 +180,8 @@ def test_claimed_but_unstarted_goes_straight_back(queue: Queue, repo: Repository
     assert task.run_at == before.run_at  # due again at once
 
     # The dead owner's token no longer starts it (it was released).
-    assert repo.record(start=Start(waiting_id, token, now, now + timedelta(hours=1))) == (
-        False, False)
+    assert repo.flush(Flush(token, mark=[waiting_id], now=now,
+                            lease_until=now + timedelta(hours=1))).marked == set()
 
 
 def test_live_owner_is_left_alone(queue: Queue, repo: Repository, cfg: Config) -> None:
@@ -270,8 +270,9 @@ def test_owner_that_comes_back_after_the_rescue_is_fenced_out(queue: Queue, repo
 
     # The "dead" shard was only stalled: it records its result and starts the next task.
     later = now + timedelta(seconds=5)
-    assert repo.record(Finish(a, token, done_values(later)),
-                       Start(b, token, later, later + timedelta(hours=1))) == (False, False)
+    late = repo.flush(Flush(token, [Finish(a, token, done_values(later))], mark=[b], now=later,
+                            lease_until=later + timedelta(hours=1)))
+    assert late.recorded == set() and late.marked == set()
     for i in (a, b):
         assert get(queue, i) == rescued[i]
     assert get(queue, a).status is Status.PENDING
@@ -287,7 +288,7 @@ def test_rescue_after_the_owner_finished_changes_nothing(queue: Queue, repo: Rep
     seen = repo.running()  # a rescuer reads the running rows ...
     assert [t.id for t in seen] == [a]
     # ... and the owner finishes before the rescuer writes.
-    assert repo.record(Finish(a, token, done_values(now))) == (True, False)
+    assert repo.record(Finish(a, token, done_values(now))) is True
     finished = get(queue, a)
     assert finished.status is Status.DONE
 

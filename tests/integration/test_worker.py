@@ -384,13 +384,20 @@ def start_worker(db_url: str, task_dir: Path, log_dir: Path, tmp_path: Path,
     return proc, err
 
 
-def wait_for_running(q: Queue, proc: subprocess.Popen[bytes], err: Path,
+STARTED = 'echo "$CRONQUEUE_TASK_ID" >> started.txt\n'  # scripts say when they really start
+
+
+def wait_for_running(q: Queue, proc: subprocess.Popen[bytes], err: Path, task_dir: Path,
                      limit: float = 60) -> Task:
+    """The task whose script is running now (``started_at`` is set for a whole window of
+    tasks before the first one runs: the scripts themselves tell)."""
+    marker = task_dir / "started.txt"
     end = time.monotonic() + limit
     while time.monotonic() < end:
-        for task in q.list(status=Status.RUNNING):
-            if task.started_at is not None:
-                return task
+        if marker.exists() and (lines := marker.read_text().split()):
+            task = q.get(int(lines[-1]))
+            assert task is not None and task.status is Status.RUNNING
+            return task
         if proc.poll() is not None:
             pytest.fail(f"worker exited early ({proc.returncode}): {err.read_text()}")
         time.sleep(0.02)
@@ -411,11 +418,11 @@ def reaper() -> Iterator[list[subprocess.Popen[bytes]]]:
 def test_sigterm_finishes_current_task_and_releases_the_rest(
         db_url: str, task_dir: Path, log_dir: Path, tmp_path: Path, queue: Queue,
         reaper: list[subprocess.Popen[bytes]]) -> None:
-    write_script(task_dir, "nap.sh", "sleep 2\n")
+    write_script(task_dir, "nap.sh", STARTED + "sleep 2\n")
     ids = [queue.add("nap.sh", i) for i in range(4)]
     proc, err = start_worker(db_url, task_dir, log_dir, tmp_path)
     reaper.append(proc)
-    running = wait_for_running(queue, proc, err)
+    running = wait_for_running(queue, proc, err, task_dir)
     assert running.id == ids[0]
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0, err.read_text()
@@ -437,12 +444,12 @@ def test_sigterm_finishes_current_task_and_releases_the_rest(
 def test_second_sigterm_kills_and_returns_the_task(
         db_url: str, task_dir: Path, log_dir: Path, tmp_path: Path, queue: Queue,
         reaper: list[subprocess.Popen[bytes]]) -> None:
-    write_script(task_dir, "long.sh", "sleep 30 &\necho $! > sleep.pid\nwait\n")
+    write_script(task_dir, "long.sh", STARTED + "sleep 30 &\necho $! > sleep.pid\nwait\n")
     task_id = queue.add("long.sh", max_attempts=3)
     other = queue.add("long.sh")
     proc, err = start_worker(db_url, task_dir, log_dir, tmp_path)
     reaper.append(proc)
-    running = wait_for_running(queue, proc, err)
+    running = wait_for_running(queue, proc, err, task_dir)
     assert running.id == task_id
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.3)  # two signals delivered at once would be handled as one

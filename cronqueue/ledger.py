@@ -1,0 +1,128 @@
+"""The ledger of one claim: what a shard has started and finished, written in group commits.
+
+A commit per task is the cost that keeps table queues far from the cost of spawning processes
+(each commit is a durable log flush). The ledger writes in windows instead:
+
+* Before a window of tasks runs, one commit marks all of them started (``attempts + 1``,
+  ``started_at``): should the shard die, the rescue charges an attempt to every task of the
+  window whose outcome is not recorded, and runs it again.
+* Outcomes are buffered and written in one commit per window (``worker.flush_every`` tasks),
+  at the latest ``worker.flush_interval`` seconds after the oldest one, and always before the
+  shard exits or claims again.
+
+What a ``kill -9`` of the shard then costs: the tasks of the current window whose outcome was
+still buffered run again (at most ``flush_every`` tasks, or ``flush_interval`` seconds of
+work), after the usual retry backoff. A window only holds tasks on their first attempt that
+may be retried: a task on a later attempt, or with ``max_attempts = 1``, runs alone, with its
+start committed before it runs and its outcome right after — so a task that kills its shard
+is charged exactly its own attempts, and at-most-once tasks are never run twice. A normal stop
+(TERM, end of budget) writes everything, and gives back the attempt of marked tasks that did
+not run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from .model import Task
+from .repository import Finish, Flush, Flushed
+
+
+class Ledger:
+    def __init__(self, token: str, tasks: Sequence[Task], *, window: int, interval: float,
+                 careful: Callable[[Task], bool], write: Callable[[Flush], Flushed],
+                 try_write: Callable[[Flush], Flushed | None],
+                 clock: Callable[[], datetime], lease_until: Callable[[datetime], datetime],
+                 on_lost: Callable[[Finish], None]) -> None:
+        self.token = token
+        self.tasks = list(tasks)
+        self.window = max(1, window)
+        self.interval = interval
+        self.careful = careful
+        self.write = write  # rides out outages: must not lose an outcome
+        self.try_write = try_write  # one attempt; None if the database is unavailable
+        self.clock = clock
+        self.lease_until = lease_until
+        self.on_lost = on_lost
+        self._index = {t.id: i for i, t in enumerate(self.tasks)}
+        self._marked: set[int] = set()  # marked started, not run yet
+        self._buffer: list[Finish] = []
+        self._oldest = 0.0  # monotonic time of the oldest buffered outcome
+        self._flush_next = False  # a careful task's outcome goes out with the next start
+
+    def begin(self, task: Task) -> bool:
+        """Before ``task`` runs: make sure its start is committed. False if the claim no longer
+        holds it (it was rescued meanwhile): do not run it."""
+        if task.id in self._marked:
+            if self._flush_next or self._overdue():
+                self._commit(self._flush())
+            return task.id in self._marked
+        flushed = self._commit(self._flush(mark=[t.id for t in self._window_from(task)]))
+        self._marked |= flushed.marked
+        return task.id in self._marked
+
+    def finish(self, task: Task, outcome: Finish) -> None:
+        self._marked.discard(task.id)
+        if not self._buffer:
+            self._oldest = time.monotonic()
+        self._buffer.append(outcome)
+        if self.careful(task):
+            self._flush_next = True
+        # Written by the next begin() (with the next window's marks), tick() or close().
+
+    def tick(self) -> None:
+        """While a task runs: write buffered outcomes once they are ``interval`` old, without
+        waiting out an outage (the next begin/finish/close will)."""
+        if not self._overdue():
+            return
+        flush = self._flush()
+        flushed = self.try_write(flush)
+        if flushed is None:
+            self._buffer[:0] = flush.finishes  # kept for the next attempt
+        else:
+            self._check(flush, flushed)
+
+    def close(self) -> int:
+        """Write what is buffered, give back marked tasks that did not run, release the
+        claim's unstarted rows. Returns how many rows went back to pending unrun."""
+        unrun = sorted(self._marked, key=self._index.__getitem__)
+        flushed = self._commit(self._flush(unmark=unrun, release=True))
+        self._marked.clear()
+        return flushed.released + len(unrun)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _overdue(self) -> bool:
+        return bool(self._buffer) and time.monotonic() - self._oldest >= self.interval
+
+    def _window_from(self, task: Task) -> list[Task]:
+        if self.careful(task):
+            return [task]
+        window: list[Task] = []
+        for t in self.tasks[self._index[task.id]:]:
+            if len(window) >= self.window or self.careful(t):
+                break
+            if t.id not in self._marked:
+                window.append(t)
+        return window
+
+    def _flush(self, *, mark: Sequence[int] = (), unmark: Sequence[int] = (),
+               release: bool = False) -> Flush:
+        finishes, self._buffer = self._buffer, []
+        self._flush_next = False
+        now = self.clock()
+        return Flush(self.token, finishes, mark, now, self.lease_until(now), unmark, release)
+
+    def _commit(self, flush: Flush) -> Flushed:
+        if not (flush.finishes or flush.mark or flush.unmark or flush.release):
+            return Flushed()
+        flushed = self.write(flush)
+        self._check(flush, flushed)
+        return flushed
+
+    def _check(self, flush: Flush, flushed: Flushed) -> None:
+        for outcome in flush.finishes:
+            if outcome.task_id not in flushed.recorded:
+                self.on_lost(outcome)
