@@ -56,7 +56,7 @@ class WorkerConfig:
     batch: int = 100  # rows one claim takes
     backoff: float = 10.0  # first retry delay, seconds; doubles per attempt, +0-25 % jitter
     backoff_max: float = 3600.0
-    poll_interval: float = 1.0  # with --max-seconds: how often an idle shard looks again
+    poll_interval: float = 0.5  # with --max-seconds: how often an idle shard looks again
     lease: int = 60  # seconds a claim lives without heartbeat before another host rescues it
     outage_wait: float = 300.0  # a burst shard waits this long for an unreachable database
     stop_grace: float = 600.0  # after a first TERM, the running task may finish within this

@@ -172,6 +172,13 @@ def _short(exc: DBAPIError) -> str:
     return f"{type(orig).__name__}: {orig}" if orig is not None else str(exc).splitlines()[0]
 
 
+def supports_json_insert(dialect: Any) -> bool:
+    """``JSON_TABLE`` with ``INSERT ... RETURNING``: MariaDB >= 10.6 (of a connected dialect)."""
+    version = dialect.server_version_info
+    return bool(getattr(dialect, "is_mariadb", False) and version
+                and tuple(version[:2]) >= (10, 6))
+
+
 def supports_skip_locked(engine: Engine) -> bool:
     """``FOR UPDATE SKIP LOCKED``: MySQL >= 8.0.1, MariaDB >= 10.6. Never on SQLite."""
     dialect = engine.dialect

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, CursorResult, Engine, Executable, inspect
@@ -15,7 +16,7 @@ if TYPE_CHECKING:  # sqlalchemy.orm is a heavy import the queue does not need at
     from sqlalchemy.orm import Session
 
 from . import queries
-from .db import transaction
+from .db import supports_json_insert, transaction
 from .errors import InvalidTransition, TaskNotFound
 from .model import Status, Task
 from .schema import metadata, queue_table
@@ -53,6 +54,40 @@ class Flushed:
     recorded: set[int] = field(default_factory=set)  # finishes the claim still held
     marked: set[int] = field(default_factory=set)  # window rows the claim still held
     released: int = 0
+
+
+_JSON_CHUNK_BYTES = 4 << 20  # per statement: well under max_allowed_packet (16 MiB default)
+_JSON_CHUNK_ROWS = 20000
+_JSON_MAX_ROW_BYTES = 256 << 10  # bigger rows (large params, secrets) go one by one
+
+
+def _json_cost(spec: TaskSpec) -> int:
+    """Bytes a row may take in the JSON array (escaping can grow text up to 6x: \u0001)."""
+    return 200 + 6 * (len(spec.param) + len(spec.secret or ""))
+
+
+def _json_chunks(indexes: Sequence[int], specs: Sequence[TaskSpec]) -> list[list[int]]:
+    """Split rows into statements of at most ~4 MiB of JSON."""
+    chunks: list[list[int]] = [[]]
+    size = 0
+    for i in indexes:
+        cost = _json_cost(specs[i])
+        if chunks[-1] and (size + cost > _JSON_CHUNK_BYTES
+                           or len(chunks[-1]) >= _JSON_CHUNK_ROWS):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(i)
+        size += cost
+    return [c for c in chunks if c]
+
+
+def _json_row(row: dict[str, Any]) -> list[Any]:
+    return [_naive_utc_text(row[c]) if isinstance(row[c], datetime) else row[c]
+            for c in queries.JSON_ROW_COLUMNS]
+
+
+def _naive_utc_text(value: datetime) -> str:
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
 class _NotHeld(Exception):
@@ -96,6 +131,16 @@ class Repository:
             if spec.unique_key is not None:
                 ids[i] = self._insert_unique(conn, spec, now)
         dialect = conn.dialect
+        if len(plain) > 1 and supports_json_insert(dialect):
+            small = [i for i in plain if _json_cost(specs[i]) <= _JSON_MAX_ROW_BYTES]
+            plain = [i for i in plain if _json_cost(specs[i]) > _JSON_MAX_ROW_BYTES]
+            for chunk in _json_chunks(small, specs):
+                encoded = json.dumps([_json_row(specs[i].row(now)) for i in chunk],
+                                     ensure_ascii=False)
+                result = conn.execute(queries.insert_json_rows(), {"rows": encoded})
+                new_ids = sorted(int(r[0]) for r in result)
+                for i, new_id in zip(chunk, new_ids, strict=True):
+                    ids[i] = new_id
         bulk = getattr(dialect, "insert_executemany_returning", False)
         for start in range(0, len(plain), _CHUNK):
             chunk = plain[start:start + _CHUNK]
