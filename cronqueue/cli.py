@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,17 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def _flag(text: str | bool) -> bool:
+    if isinstance(text, bool):
+        return text
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def _int(text: str) -> int:
@@ -179,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
          help="rows per claim (default: worker.batch)")
     _env(p, "--max-seconds", env="CRONQUEUE_MAX_SECONDS", type=_seconds,
          help="keep polling for this long (default: drain what is due and exit)")
+    _env(p, "--python-fork", env="CRONQUEUE_PYTHON_FORK", type=_flag, nargs="?", const=True,
+         help="run .py task scripts in children forked from a warm interpreter "
+              "(default: worker.python_fork)")
     _env(p, "--entry", env="CRONQUEUE_ENTRY", type=_entry_name,
          help="the mission entry this shard belongs to: at most one process per (entry, "
               "shard) runs at a time on all hosts; others exit at once")
@@ -341,6 +356,8 @@ def cmd_work(args: argparse.Namespace, cfg: Config) -> int:
         from .spec import check_queue
 
         check_queue(name)
+    if args.python_fork is not None:
+        cfg = replace(cfg, worker=replace(cfg.worker, python_fork=args.python_fork))
     Shard(cfg, total=args.total, shard=args.shard, queues=args.queues, batch=args.batch,
           max_seconds=args.max_seconds, entry=args.entry).run()
     return 0

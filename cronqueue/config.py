@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -19,13 +20,19 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .db import normalize_url, redact
 from .errors import ConfigError, InvalidTask
-from .runner import DEFAULT_INTERPRETERS
 from .spec import build_spec, check_queue
 
+# How a task script that is not executable itself is run, by extension.
+DEFAULT_INTERPRETERS: dict[str, list[str]] = {
+    ".py": [sys.executable],
+    ".sh": ["sh"],
+    ".php": ["php"],
+}
 DEFAULT_DB_URL = "sqlite:///cronqueue.db"
 DEFAULT_CONFIG_NAME = "cronqueue.toml"
 MISSION_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 CATCH_UP_POLICIES = ("latest", "skip")
+_MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 _AGE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
 _AGE_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -70,6 +77,10 @@ class WorkerConfig:
     flush_every: int = 50
     flush_interval: float = 1.0
     max_log_bytes: int = 64 * 1024 * 1024  # bytes of one task's output kept in the day log
+    # Python fast path (see cronqueue/forkserver.py): .py scripts run in children forked from
+    # a warm interpreter instead of a fresh one each; python_preload modules imported once.
+    python_fork: bool = False
+    python_preload: tuple[str, ...] = ()
 
     def backoff_delay(self, attempt: int) -> float:
         """Seconds before retry number ``attempt``: doubling from ``backoff``, capped, with
@@ -79,7 +90,16 @@ class WorkerConfig:
         return float(delay * (1 + random.random() / 4))
 
     def validate(self) -> None:
+        if not isinstance(self.python_fork, bool):
+            raise ConfigError(f"worker.python_fork: expected true or false, got "
+                              f"{self.python_fork!r}")
+        if not isinstance(self.python_preload, tuple | list) or not all(
+                isinstance(m, str) and _MODULE_RE.fullmatch(m) for m in self.python_preload):
+            raise ConfigError("worker.python_preload: expected a list of module names, got "
+                              f"{self.python_preload!r}")
         for f in fields(self):
+            if f.name in ("python_fork", "python_preload"):
+                continue
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ConfigError(f"worker.{f.name}: expected a number, got {value!r}")
@@ -271,7 +291,10 @@ def _section(cls: type, name: str, table: Mapping[str, Any]) -> Any:
     for key in table:
         if key not in known:
             raise ConfigError(f"unknown key {name}.{key!r}")
-    return cls(**table)
+    values = dict(table)
+    if isinstance(values.get("python_preload"), list):
+        values["python_preload"] = tuple(values["python_preload"])
+    return cls(**values)
 
 
 def _retention(table: Mapping[str, Any]) -> Retention:

@@ -11,7 +11,6 @@ kept for the row, the whole appended to ``log_dir/YYYY-MM-DD.log``.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import fcntl
 import json
@@ -30,6 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .child import Child, ExecChild, ForkedChild
+from .config import DEFAULT_INTERPRETERS
 from .errors import (
     InvalidTask,
     ProcessExitError,
@@ -40,17 +41,13 @@ from .errors import (
     ScriptNotRunnable,
     TaskFailure,
 )
+from .forkserver import ForkServer, ForkServerError
 from .model import Task
 from .spec import check_param_text, check_taskscript
 from .watchdog import Watchdog
 
 log = logging.getLogger("cronqueue.runner")
 
-DEFAULT_INTERPRETERS: dict[str, list[str]] = {
-    ".py": [sys.executable],
-    ".sh": ["sh"],
-    ".php": ["php"],
-}
 # Never handed to task scripts: the queue's own credentials.
 _HIDDEN_ENV = ("CRONQUEUE_DB_URL",)
 _PR_SET_PDEATHSIG = 1
@@ -76,7 +73,8 @@ class Runner:
     def __init__(self, task_dir: str | Path, log_dir: str | Path,
                  interpreters: Mapping[str, Sequence[str]] | None = None, *,
                  tail_bytes: int = 4096, kill_grace: float = 5.0,
-                 max_log_bytes: int = 64 * 1024 * 1024) -> None:
+                 max_log_bytes: int = 64 * 1024 * 1024, python_fork: bool = False,
+                 python_preload: Sequence[str] = ()) -> None:
         self.task_dir = Path(os.path.realpath(task_dir))
         self.log_dir = Path(log_dir)
         self.interpreters = {k: list(v) for k, v in
@@ -85,6 +83,9 @@ class Runner:
         self.tail_bytes = tail_bytes
         self.kill_grace = kill_grace
         self.max_log_bytes = max_log_bytes
+        self.python_fork = python_fork
+        self.python_preload = list(python_preload)
+        self._forkserver: ForkServer | None = None
         self._which: dict[str, str | None] = {}
         # Encoded once: subprocess would encode every variable again for every task.
         self._base_env = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()
@@ -97,6 +98,9 @@ class Runner:
         self._devnull = -1
 
     def close(self) -> None:
+        if self._forkserver is not None:
+            self._forkserver.close()
+            self._forkserver = None
         self._watchdog.close()
         self._close_log()
         if self._devnull >= 0:
@@ -180,23 +184,19 @@ class Runner:
         try:
             stdin = self._stdin_fd(task.secret)
             try:
-                proc = self._spawn([*argv, task.param], env, out, stdin)
+                child = self._start(argv, task.param, env, out, stdin)
             except OSError as exc:
                 msg = f"cannot start {argv[0]}: {exc.strerror or exc}"
                 return RunResult(None, time.monotonic() - started, msg, ScriptNotRunnable(msg))
             finally:
                 if stdin != self._devnull:
                     os.close(stdin)
-            self._watchdog.watch(proc.pid)
             deadline = None if timeout is None else started + timeout
-            outcome = self._wait(proc, deadline, abort, wake_fd, tick)
+            outcome = self._wait(child, deadline, abort, wake_fd, tick)
             if outcome != "exited":
-                self._kill_group(proc)
-            # The leader is now a zombie (its pid cannot be reused): clear out the rest of its
-            # group, then reap it.
-            _signal_group(proc.pid, signal.SIGKILL)
+                self._kill_group(child)
+            returncode = child.reap()
             self._watchdog.watch(0)
-            returncode = proc.wait()
             duration = time.monotonic() - started
             size = os.fstat(out).st_size
             tail = _decode(os.pread(out, min(size, self.tail_bytes),
@@ -210,63 +210,93 @@ class Runner:
                                           "killed")
         elif outcome == "abort":
             failure = ProcessInterruptedError("shard stopped hard; process group killed")
+        elif child.lost:
+            failure = ProcessSignaledError(f"lost with the Python fork server ({child.lost})")
         elif returncode < 0:
             failure = ProcessSignaledError(f"killed by {_signame(-returncode)}")
         elif returncode > 0:
             failure = ProcessExitError(f"exit status {returncode}")
         return RunResult(returncode, duration, tail, failure, interrupted=outcome == "abort")
 
-    def _spawn(self, argv: list[str], env: dict[bytes, bytes], out: int,
-               stdin: int) -> subprocess.Popen[bytes]:
+    def _start(self, argv: list[str], param: str, env: dict[bytes, bytes], out: int,
+               stdin: int) -> Child:
+        if self._forkable(argv):
+            forked = self._fork(argv[-1], param, env, out, stdin)
+            if forked is not None:
+                return forked
         kwargs: dict[str, Any] = {}
         if not self._watchdog.start() and sys.platform.startswith("linux"):
             kwargs["preexec_fn"] = _set_pdeathsig  # slow (full fork), only without a watchdog
-        return subprocess.Popen(
-            argv, stdin=stdin, stdout=out,
+        proc = subprocess.Popen(
+            [*argv, param], stdin=stdin, stdout=out,
             stderr=subprocess.STDOUT, cwd=self.task_dir, env=env, start_new_session=True,
             close_fds=True, **kwargs)
+        self._watchdog.watch(proc.pid)
+        return ExecChild(proc)
 
-    def _wait(self, proc: subprocess.Popen[bytes], deadline: float | None,
-              abort: Callable[[], bool], wake_fd: int | None,
-              tick: Callable[[], None] | None) -> str:
+    def _wait(self, child: Child, deadline: float | None, abort: Callable[[], bool],
+              wake_fd: int | None, tick: Callable[[], None] | None) -> str:
         """Until the script exits ('exited', left unreaped), times out, or abort() is set."""
-        # A pidfd becomes readable when the child exits; the signal wake-up fd when the shard
+        # The child's fd becomes readable when it exits; the signal wake-up fd when the shard
         # gets TERM/INT. Without them (old kernels, library use) we poll briefly instead.
-        try:
-            pidfd: int | None = os.pidfd_open(proc.pid)
-        except (AttributeError, OSError):
-            pidfd = None
-        fds = [fd for fd in (pidfd, wake_fd) if fd is not None]
-        cap = 1.0 if pidfd is not None else 0.005
+        done_fd = child.ready_fd()
+        fds = [fd for fd in (done_fd, wake_fd) if fd is not None]
+        cap = 1.0 if done_fd is not None else 0.005
         if wake_fd is None:
             cap = min(cap, 0.1)  # abort() can only be noticed by polling
-        try:
-            while True:
-                if abort():
-                    return "abort"
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
-                    return "timeout"
-                step = cap if deadline is None else min(cap, deadline - now)
-                ready = select.select(fds, [], [], step)[0]
-                if wake_fd is not None and wake_fd in ready:
-                    _drain(wake_fd)
-                if pidfd in ready if pidfd is not None else _exited(proc.pid):
-                    return "exited"
-                if tick is not None and not ready:
-                    tick()
-        finally:
-            if pidfd is not None:
-                os.close(pidfd)
+        while True:
+            if abort():
+                return "abort"
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return "timeout"
+            step = cap if deadline is None else min(cap, deadline - now)
+            ready = select.select(fds, [], [], step)[0]
+            if wake_fd is not None and wake_fd in ready:
+                _drain(wake_fd)
+            if (child.exited() if done_fd is None or done_fd in ready else False):
+                return "exited"
+            if tick is not None and not ready:
+                tick()
 
-    def _kill_group(self, proc: subprocess.Popen[bytes]) -> None:
-        _signal_group(proc.pid, signal.SIGTERM)
+    def _kill_group(self, child: Child) -> None:
+        child.signal_group(signal.SIGTERM)
         end = time.monotonic() + self.kill_grace
         while time.monotonic() < end:
-            if _exited(proc.pid):
+            if child.exited():
                 return
             time.sleep(0.02)
-        _signal_group(proc.pid, signal.SIGKILL)
+        child.signal_group(signal.SIGKILL)
+
+    # -- the Python fast path -----------------------------------------------------------------
+
+    def _forkable(self, argv: list[str]) -> bool:
+        """A ``.py`` script run by the configured ``.py`` interpreter (not one executable on
+        its own: its shebang may name another interpreter)."""
+        if not self.python_fork or len(argv) < 2 or not argv[-1].endswith(".py"):
+            return False
+        interp = self.interpreters.get(".py")
+        return interp is not None and argv[:-1] == [self._find(interp[0]), *interp[1:]]
+
+    def _fork(self, script: str, param: str, env: dict[bytes, bytes], out: int,
+              stdin: int) -> Child | None:
+        """Start ``script`` in the fork server (started on first use); None — logged — if the
+        server cannot run it: the task then takes the exec path."""
+        if self._forkserver is None:
+            interp = self.interpreters[".py"]
+            self._forkserver = ForkServer(
+                [self._find(interp[0]) or interp[0], *interp[1:]], preload=self.python_preload,
+                env={os.fsdecode(k): os.fsdecode(v) for k, v in self._base_env.items()})
+        try:
+            self._forkserver.start()
+            task = self._forkserver.spawn(
+                script, [param], env={os.fsdecode(k): os.fsdecode(v) for k, v in env.items()},
+                cwd=str(self.task_dir), stdin=stdin, stdout=out)
+        except ForkServerError as exc:
+            log.warning("python fork server unavailable (%s): running %s the exec way",
+                        exc, printable(script))
+            return None
+        return ForkedChild(task)
 
     # -- output -------------------------------------------------------------------------------
 
@@ -387,20 +417,6 @@ def printable(text: str) -> str:
     """``text`` for a log line: as is if printable, else its repr (a hand-inserted row may
     hold newlines or control characters, which would forge or break log lines)."""
     return text if text.isprintable() else repr(text)
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _exited(pid: int) -> bool:
-    """Has the child exited? Leaves it unreaped (WNOWAIT) so its pid stays reserved."""
-    try:
-        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:
-        return True
-    return info is not None
 
 
 def _drain(fd: int) -> None:

@@ -169,7 +169,9 @@ class Shard:
             self.runner = Runner(cfg.task_dir, cfg.log_dir, cfg.interpreters,
                                  tail_bytes=cfg.worker.output_tail,
                                  kill_grace=cfg.worker.kill_grace,
-                                 max_log_bytes=cfg.worker.max_log_bytes)
+                                 max_log_bytes=cfg.worker.max_log_bytes,
+                                 python_fork=cfg.worker.python_fork,
+                                 python_preload=cfg.worker.python_preload)
             claimer = Claimer(engine, Owner.me(), shard=self.shard, total=self.total,
                               queues=self.queues, lease=timedelta(seconds=cfg.worker.lease))
             log.info("shard=%s start queues=%s batch=%d budget=%s db=%s", self.label,

@@ -1,0 +1,103 @@
+"""A running task script, whichever way it was started: one interface for the runner's wait,
+timeout and kill logic.
+
+* :class:`ExecChild` — a ``subprocess.Popen`` child (its own session and process group). Exit
+  is seen through a pidfd and left unreaped (``WNOWAIT``) until the rest of the group has been
+  killed, so a process group id the runner signals is never another process's.
+* :class:`ForkedChild` — a child of the Python fork server (forkserver.py), which applies the
+  same rule on its side: signals go through it and it reaps only after the group kill.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from typing import Protocol
+
+from .forkserver import ForkedTask, ForkServerError
+
+
+class Child(Protocol):
+    pid: int
+    lost: str  # why the task's status is unknown (its fork server died), else ""
+
+    def ready_fd(self) -> int | None:
+        """Readable once the script has exited (None: poll ``exited()`` instead)."""
+
+    def exited(self) -> bool: ...
+
+    def signal_group(self, sig: int) -> None: ...
+
+    def reap(self) -> int:
+        """Kill what is left of the group, collect the status (Popen-style returncode)."""
+
+
+class ExecChild:
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self.lost = ""
+        try:
+            self._pidfd: int | None = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):
+            self._pidfd = None
+
+    def ready_fd(self) -> int | None:
+        return self._pidfd
+
+    def exited(self) -> bool:
+        """Leaves the child unreaped (WNOWAIT) so its pid stays reserved."""
+        try:
+            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True
+        return info is not None
+
+    def signal_group(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+
+    def reap(self) -> int:
+        # The leader is a zombie (its pid cannot be reused): clear out the rest of its group,
+        # then reap it.
+        self.signal_group(signal.SIGKILL)
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        return self.proc.wait()
+
+
+class ForkedChild:
+    def __init__(self, task: ForkedTask) -> None:
+        self.task = task
+        self.pid = task.pid
+        self.lost = ""
+
+    def ready_fd(self) -> int | None:
+        return None if self.lost else self.task.fileno()
+
+    def exited(self) -> bool:
+        if self.lost:
+            return True
+        try:
+            return self.task.poll() is not None
+        except ForkServerError as exc:
+            self.lost = str(exc)
+            return True
+
+    def signal_group(self, sig: int) -> None:
+        if not self.lost:
+            with contextlib.suppress(ForkServerError, OSError):
+                self.task.signal_group(sig)
+
+    def reap(self) -> int:
+        try:
+            if not self.lost:
+                return self.task.wait()
+        except ForkServerError as exc:
+            self.lost = str(exc)
+        finally:
+            self.task.close()
+        return -int(signal.SIGKILL)  # the server's death took the task (PR_SET_PDEATHSIG)
