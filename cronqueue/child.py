@@ -14,9 +14,10 @@ import contextlib
 import os
 import signal
 import subprocess
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from .forkserver import ForkedTask, ForkServerError
+if TYPE_CHECKING:  # forkserver is imported only by shards that use it
+    from .forkserver import ForkedTask
 
 
 class Child(Protocol):
@@ -71,6 +72,9 @@ class ExecChild:
 
 class ForkedChild:
     def __init__(self, task: ForkedTask) -> None:
+        from .forkserver import ForkServerError
+
+        self._error = ForkServerError
         self.task = task
         self.pid = task.pid
         self.lost = ""
@@ -83,20 +87,20 @@ class ForkedChild:
             return True
         try:
             return self.task.poll() is not None
-        except ForkServerError as exc:
+        except self._error as exc:
             self.lost = str(exc)
             return True
 
     def signal_group(self, sig: int) -> None:
         if not self.lost:
-            with contextlib.suppress(ForkServerError, OSError):
+            with contextlib.suppress(self._error, OSError):
                 self.task.signal_group(sig)
 
     def reap(self) -> int:
         try:
             if not self.lost:
                 return self.task.wait()
-        except ForkServerError as exc:
+        except self._error as exc:
             self.lost = str(exc)
         finally:
             self.task.close()

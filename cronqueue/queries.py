@@ -23,7 +23,6 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import TextClause
 
@@ -81,7 +80,11 @@ def insert_unique(dialect: str) -> Any:
     duplicate, whose id ``select_active`` then reads inside the same (write-locked) transaction.
     """
     if dialect == "sqlite":
+        from sqlalchemy.dialects import sqlite
+
         return sqlite.insert(q).on_conflict_do_nothing(index_elements=[q.c.active_key])
+    from sqlalchemy.dialects import mysql
+
     stmt = mysql.insert(q)
     return stmt.on_duplicate_key_update(id=func.last_insert_id(q.c.id))
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .child import Child, ExecChild, ForkedChild
 from .config import DEFAULT_INTERPRETERS
@@ -41,10 +41,12 @@ from .errors import (
     ScriptNotRunnable,
     TaskFailure,
 )
-from .forkserver import ForkServer, ForkServerError
 from .model import Task
 from .spec import check_param_text, check_taskscript
 from .watchdog import Watchdog
+
+if TYPE_CHECKING:
+    from .forkserver import ForkServer
 
 log = logging.getLogger("cronqueue.runner")
 
@@ -85,7 +87,7 @@ class Runner:
         self.max_log_bytes = max_log_bytes
         self.python_fork = python_fork
         self.python_preload = list(python_preload)
-        self._forkserver: ForkServer | None = None
+        self._forkserver: ForkServer | None = None  # started on first use
         self._which: dict[str, str | None] = {}
         # Encoded once: subprocess would encode every variable again for every task.
         self._base_env = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()
@@ -282,6 +284,8 @@ class Runner:
               stdin: int) -> Child | None:
         """Start ``script`` in the fork server (started on first use); None — logged — if the
         server cannot run it: the task then takes the exec path."""
+        from .forkserver import ForkServer, ForkServerError
+
         if self._forkserver is None:
             interp = self.interpreters[".py"]
             self._forkserver = ForkServer(

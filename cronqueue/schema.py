@@ -24,7 +24,6 @@ from sqlalchemy import (
     Text,
     text,
 )
-from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlalchemy.sql.functions import FunctionElement
@@ -50,6 +49,8 @@ class UTCDateTime(TypeDecorator[datetime]):
         if dialect.name == "sqlite":
             return dialect.type_descriptor(_SqliteDatetimeText())
         if dialect.name in ("mysql", "mariadb"):
+            from sqlalchemy.dialects import mysql
+
             return dialect.type_descriptor(mysql.DATETIME(fsp=6))
         return dialect.type_descriptor(DateTime())
 
@@ -70,6 +71,20 @@ class UTCDateTime(TypeDecorator[datetime]):
         return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
+class LongText(TypeDecorator[str]):
+    """TEXT; MEDIUMTEXT on MySQL/MariaDB (TEXT stops at 64 KiB there)."""
+
+    impl = Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            from sqlalchemy.dialects import mysql  # only where it is the dialect in use
+
+            return dialect.type_descriptor(mysql.MEDIUMTEXT())
+        return dialect.type_descriptor(Text())
+
+
 class ExactKey(TypeDecorator[str]):
     """A key compared byte for byte. MySQL/MariaDB ``utf8mb4_bin`` is a PAD SPACE collation
     (``'k' = 'k '``), so there the column is VARBINARY: no padding, no case folding."""
@@ -79,6 +94,8 @@ class ExactKey(TypeDecorator[str]):
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name in ("mysql", "mariadb"):
+            from sqlalchemy.dialects import mysql
+
             return dialect.type_descriptor(mysql.VARBINARY(764))  # 191 chars x 4 bytes
         return dialect.type_descriptor(String(191))
 
@@ -129,7 +146,7 @@ queue_table = Table(
     _id_column(),
     Column("queue", String(64), nullable=False, server_default="default"),
     Column("taskscript", String(255), nullable=False),
-    Column("param", Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb"), nullable=False),
+    Column("param", LongText(), nullable=False),
     Column("status", SmallInteger, nullable=False, server_default=text("0")),
     Column("priority", Integer, nullable=False, server_default=text("0")),
     Column("ctime", UTCDateTime, nullable=False, server_default=UtcNow()),
@@ -152,7 +169,7 @@ queue_table = Table(
     Column("error", Text, nullable=True),
     Column("output", Text, nullable=True),
     # JSON handed to the script on stdin, never in argv (argv is public in `ps`).
-    Column("secret", Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb"),
+    Column("secret", LongText(),
            nullable=True),
     **_TABLE_OPTIONS,
 )
@@ -210,6 +227,8 @@ workers_table = Table(
 Index("ix_workers_host_pid", workers_table.c.host, workers_table.c.pid)
 
 def dialect_for(name: str) -> Dialect:
+    from sqlalchemy.dialects import mysql, sqlite
+
     if name == "sqlite":
         return sqlite.dialect()
     if name in ("mysql", "mariadb"):
