@@ -90,7 +90,7 @@ class Ledger:
         unrun = sorted(self._marked, key=self._index.__getitem__)
         flushed = self._commit(self._flush(unmark=unrun, release=True))
         self._marked.clear()
-        return flushed.released + len(unrun)
+        return flushed.released
 
     # -- internals ----------------------------------------------------------------------------
 
