@@ -157,10 +157,12 @@ def _due(stmt: Select[Any], *, shard: int, total: int, queue: str | None,
 
 def claim_rows(ids: Sequence[int], *, token: str, host: str, pid: int, pid_start: int | None,
                lease_until: datetime) -> Update:
-    """Guarded: only rows still pending change, so two claimers can never both win a row."""
+    """Guarded: only rows still pending change, so two claimers can never both win a row.
+    (``status + 0``: the rows are found by primary key; SQLite would otherwise walk the status
+    index through every pending row — 120 ms per claim with a million of them.)"""
     return (
         update(q)
-        .where(q.c.id.in_(ids), q.c.status == int(Status.PENDING))
+        .where(q.c.id.in_(ids), (q.c.status + 0) == int(Status.PENDING))
         .values(status=int(Status.RUNNING), claim_token=token, worker_host=host, worker_pid=pid,
                 worker_pid_start=pid_start, lease_until=lease_until, started_at=None)
     )
