@@ -5,10 +5,15 @@ possibly with an interpreter where cronqueue is not installed: this file imports
 standard library (Python >= 3.9, Linux). ``cronqueue/forkserver.py`` describes the protocol,
 what a task gets, and how that differs from ``python script.py``.
 
-Each child leaves the server's loop and becomes the task: its own session, the task's fds, cwd,
-environment, argv and ``sys.path[0]``, a fresh ``__main__``; runs the script's code; and exits
-as CPython's ``Py_RunMain`` would (SystemExit, excepthook, threads, atexit, flushes, the task's
-part of teardown, SIGINT after KeyboardInterrupt), then ``os._exit``.
+The server forks a child whenever the client asks for one (at start, and as soon as a task has
+been handed to the previous one), so that forking is not part of starting a task. The child
+leaves the server's loop and sets up what does not depend on the task (its own session, the
+signal dispositions and mask, no fds but its channel to the client), then waits. The client
+sends the request straight to it; the child becomes the task: the task's fds, cwd, environment,
+argv and ``sys.path[0]``, a fresh ``__main__``; answers; runs the script's code (compiled by the
+server beforehand when it can: see ``_CODE_CACHE``); and exits as CPython's ``Py_RunMain`` would
+(SystemExit, excepthook, threads, atexit, flushes, the task's part of teardown, SIGINT after
+KeyboardInterrupt), then ``os._exit``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ if __name__ == "__main__" and _SCRIPT_DIR_ON_PATH and sys.path:
 if __name__ == "__main__" and (sys.version_info < (3, 9) or sys.platform != "linux"):
     sys.exit("the cronqueue fork server needs Python >= 3.9 on Linux")
 
+import _signal  # type: ignore[import-not-found]  # noqa: E402 - signal's C half: no enums
+import array  # noqa: E402
 import atexit  # noqa: E402
 import builtins  # noqa: E402
 import contextlib  # noqa: E402
@@ -40,8 +47,9 @@ import os  # noqa: E402
 import select  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
+import stat  # noqa: E402
 import time  # noqa: E402
-import traceback  # noqa: E402
+import warnings  # noqa: E402
 from _weakref import ref as _weakref  # noqa: E402
 from importlib import import_module  # noqa: E402
 from importlib.machinery import SourceFileLoader, SourcelessFileLoader  # noqa: E402
@@ -55,13 +63,22 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
 _PR_SET_PDEATHSIG = 1
-_SETUP_FAILED = 127  # status of a child whose setup failed (it ran no task code)
+_SETUP_FAILED = 127  # status of a child that ran no task code
 _RECV_SIZE = 1 << 16
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 # argv[0] and the interpreter options this interpreter was started with (for sys.orig_argv).
 _ARGV_PREFIX: list[str] = list(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
 _ARGV_PREFIX = _ARGV_PREFIX[:max(1, len(_ARGV_PREFIX) - len(sys.argv))]
+
+# Scripts compiled by the server, by absolute path: (the file's _file_key when it was read, its
+# code). A child forked afterwards has them; it opens the script as CPython would and uses the
+# code only if fstat() gives the same key. Bounded: the oldest entries go first.
+_CODE_CACHE: dict[str, tuple[tuple[int, ...], CodeType]] = {}
+_CODE_CACHE_SIZE = 128
+# A file changed this recently is not cached: a later change within the file system's timestamp
+# granularity (a clock tick; 2 s on FAT) could leave its key as it was.
+_RACY_NS = 2_000_000_000
 
 
 def _startup_dispositions() -> dict[int, Callable[[int, FrameType | None], object] | int]:
@@ -73,7 +90,7 @@ def _startup_dispositions() -> dict[int, Callable[[int, FrameType | None], objec
         if sig in (signal.SIGKILL, signal.SIGSTOP):
             continue
         try:
-            handler = signal.getsignal(sig)
+            handler = _signal.getsignal(int(sig))
         except (OSError, ValueError):
             continue
         if handler is not None:  # None: set from C, cannot be restored from Python
@@ -82,44 +99,60 @@ def _startup_dispositions() -> dict[int, Callable[[int, FrameType | None], objec
 
 
 _STARTUP_HANDLERS = _startup_dispositions()
-_STARTUP_MASK = signal.pthread_sigmask(signal.SIG_BLOCK, [])
-_libc = ctypes.CDLL(None, use_errno=True)
+_STARTUP_MASK: set[int] = _signal.pthread_sigmask(_signal.SIG_BLOCK, [])
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+_PDEATHSIG_ARGS = (ctypes.c_int(_PR_SET_PDEATHSIG), ctypes.c_ulong(signal.SIGKILL),
+                   ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
 
 
-class _Job:
-    """A spawn request, checked by the server, then taken over by the forked child."""
+class _Child:
+    """The server's view of one of its children (waiting for a task, or running one)."""
 
-    def __init__(self, request: dict[str, object], stdin: int, stdout: int,
-                 sock: socket.socket, server_pid: int) -> None:
-        self.script = _text(request.get("script"))
-        args = request.get("args")
-        env = request.get("env")
-        if not isinstance(args, list) or not isinstance(env, dict):
-            raise ValueError("args must be a list and env an object")
-        self.args = [_text(a) for a in args]
-        self.env = {_text(k): _text(v) for k, v in env.items()}
-        self.cwd = _text(request.get("cwd"))
-        self.stdin = stdin
-        self.stdout = stdout
-        self.report = -1  # the child's end of the setup pipe
-        self.changed_signals: list[int] = []  # whose disposition the child must restore
-        self.sock = sock
+    def __init__(self, pid: int, seq: int, done_w: int) -> None:
+        self.pid = pid
+        self.seq = seq  # the client's name for it: pids can be reused, seqs are not
+        self.done_w = done_w  # closed once the child's status has been sent
+        try:
+            self.pidfd: int | None = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            self.pidfd = None  # no pidfds: poll for the exit instead
+
+
+class _Idle:
+    """In a new child: what it needs from the server to become a task."""
+
+    def __init__(self, sock: socket.socket, channel: socket.socket, state: _ServerState,
+                 server_pid: int) -> None:
+        self.sock = sock  # the server's, to close
+        self.channel = channel  # to the client: the request comes in, the answer goes out
+        self.state = state
         self.server_pid = server_pid
 
 
-class _Running:
-    """The server's view of its one running child."""
+class _ServerState:
+    """What the server changed (or has) that a task must not inherit, as of the end of its
+    start-up (preloads included); the server changes nothing after that."""
 
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.pidfd: int | None = None
-        self.done_w: int | None = None
+    def __init__(self) -> None:
+        # Dispositions to restore (raw, as the _signal module takes them); whether the signal
+        # mask must be.
+        now = _startup_dispositions()
+        self.signals = [(sig, handler) for sig, handler in _STARTUP_HANDLERS.items()
+                        if sig in now and now[sig] != handler]
+        self.mask_changed = _signal.pthread_sigmask(_signal.SIG_BLOCK, []) != _STARTUP_MASK
+        # The environment, decoded: a task's is compared with it without touching os.environ.
+        self.env_names = tuple(os.environ)
+        self.env_values = tuple(os.environ.values())
 
 
 def _text(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a string, got {type(value).__name__}")
     return value
+
+
+def _file_key(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 # -- the server ---------------------------------------------------------------------------------
@@ -156,44 +189,40 @@ def _flush_stdio() -> None:
 def _read_all(fd: int) -> bytes:
     chunks: list[bytes] = []
     while True:
-        chunk = os.read(fd, 4096)
+        chunk = os.read(fd, 1 << 16)
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
 
 
-def _fork(job: _Job) -> _Job | _Running | dict[str, object]:
-    """Fork a child for ``job``; in the child, return the job. In the server, wait until the
-    child has set itself up, and return it running, or the error reply."""
-    report_r, report_w = os.pipe()
-    _flush_stdio()  # nothing of ours may end up in the task's output
-    _freeze()
+def _cache_code(path: str) -> None:
+    """Compile the script at ``path`` (absolute, as a child names it) for the children forked
+    from now on, unless it cannot be cached: not a regular source file, changed too recently,
+    or compiling it fails or warns (a child compiles it then, with the errors and warnings on
+    the task's stderr, as ``python script.py``)."""
+    _CODE_CACHE.pop(path, None)
     try:
-        pid = os.fork()
-    except OSError as exc:
-        _close(report_r, report_w)
-        return {"error": f"fork failed: {exc}", "errno": exc.errno or 0,
-                "strerror": exc.strerror or str(exc), "filename": None}
-    if pid == 0:
-        os.close(report_r)
-        job.report = report_w
-        return job
-    os.close(report_w)
-    report = _read_all(report_r)  # EOF: the child is set up (or died trying)
-    os.close(report_r)
-    if report:
-        os.waitpid(pid, 0)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            failure = json.loads(report)
-        except ValueError:
-            failure = {"errno": 0, "strerror": report.decode("utf-8", "replace")}
-        return {"error": f"cannot start task: {failure.get('strerror')}", **failure}
-    running = _Running(pid)
-    try:
-        running.pidfd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        running.pidfd = None  # no pidfds: poll for the exit instead
-    return running
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return
+            data = _read_all(fd)
+        finally:
+            os.close(fd)
+        if (time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < _RACY_NS
+                or path.endswith(".pyc") or data[:2] == MAGIC_NUMBER[:2]):
+            return
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
+            code = compile(data, path, "exec", dont_inherit=True)
+    except Exception:  # the child will meet (and report) it
+        return
+    if warned:
+        return
+    _CODE_CACHE[path] = (_file_key(st), code)
+    while len(_CODE_CACHE) > _CODE_CACHE_SIZE:
+        del _CODE_CACHE[next(iter(_CODE_CACHE))]
 
 
 def _freeze() -> None:
@@ -211,24 +240,55 @@ def _freeze() -> None:
 _forks = 0
 
 
-def _collect(running: _Running) -> int | None:
+def _fork(sock: socket.socket, seq: int, state: _ServerState,
+          server_pid: int) -> _Idle | _Child | dict[str, object]:
+    """Fork a child for the client's next task. In the child, return what it needs; in the
+    server, announce it to the client (with the client's end of its channel and the read end of
+    its done pipe) and return it, or the error reply. (Until the child has copied what it
+    writes to, whatever the server writes to is copied for it: the server does little here
+    after the fork.)"""
+    channel, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    done_r, done_w = os.pipe()  # the child closes its copies at once
+    fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [channel.fileno(), done_r]))]
+    _flush_stdio()  # nothing of ours may end up in a task's output
+    _freeze()
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        _close(channel.detach(), child_end.detach(), done_r, done_w)
+        return {"error": f"fork failed: {exc}", "op": "fork", "errno": exc.errno or 0,
+                "strerror": exc.strerror or str(exc)}
+    if pid == 0:
+        channel.close()
+        return _Idle(sock, child_end, state, server_pid)
+    child = _Child(pid, seq, done_w)
+    try:
+        message = b'{"child":%d,"seq":%d}\n' % (pid, seq)
+        if sock.sendmsg([message], fds) < len(message):
+            raise OSError("short send")
+    finally:
+        _close(channel.detach(), child_end.detach(), done_r)
+    return child
+
+
+def _collect(child: _Child) -> int | None:
     """The child's returncode, if it has exited: first kill what is left of its process group
     (the unreaped leader keeps the pgid from being reused), then reap it."""
     try:
-        if os.waitid(os.P_PID, running.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        if os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
             return None
     except ChildProcessError:  # pragma: no cover - reaped by someone else: its pgid is not ours
         status = None
     else:
-        _signal_group(running.pid, signal.SIGKILL)
-        _, status = os.waitpid(running.pid, 0)
-    _close(running.pidfd)
-    running.pidfd = None
+        _signal_group(child.pid, signal.SIGKILL)
+        _, status = os.waitpid(child.pid, 0)
+    _close(child.pidfd)
+    child.pidfd = None
     return -signal.SIGKILL if status is None else os.waitstatus_to_exitcode(status)
 
 
-def _serve(sock: socket.socket, preload: Sequence[str]) -> _Job | None:
-    """Serve requests until the client goes away (None), or return the job of a forked child
+def _serve(sock: socket.socket, preload: Sequence[str]) -> _Idle | None:
+    """Serve requests until the client goes away (None), or return what a forked child needs
     (in that child)."""
     server_pid = os.getpid()
     stop: list[int] = []
@@ -237,32 +297,33 @@ def _serve(sock: socket.socket, preload: Sequence[str]) -> _Job | None:
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     for sig in _STOP_SIGNALS:
-        if _STARTUP_HANDLERS.get(sig) is not signal.SIG_IGN:
+        if _STARTUP_HANDLERS.get(sig) != _signal.SIG_IGN:
             signal.signal(sig, lambda signum, _frame: stop.append(signum))
-    running: _Running | None = None
+    children: dict[int, _Child] = {}  # by seq
+    seq = 0
     try:
         for name in preload:
             try:
                 import_module(name)
             except BaseException as exc:
+                import traceback
+
                 traceback.print_exc()
                 _send(sock, {"error": f"cannot preload {name!r}: "
                                       f"{type(exc).__name__}: {exc}"})
                 return None
-        changed = [sig for sig, handler in _startup_dispositions().items()
-                   if sig in _STARTUP_HANDLERS and _STARTUP_HANDLERS[sig] is not handler]
+        state = _ServerState()
         _flush_stdio()
         _send(sock, {"ready": server_pid, "version": list(sys.version_info[:3])})
         buffer = b""
-        fds: list[int] = []
         while not stop:
             poller = select.poll()
             poller.register(sock, select.POLLIN)
             poller.register(wake_r, select.POLLIN)
             timeout: int | None = None
-            if running is not None:
-                if running.pidfd is not None:
-                    poller.register(running.pidfd, select.POLLIN)
+            for child in children.values():
+                if child.pidfd is not None:
+                    poller.register(child.pidfd, select.POLLIN)
                 else:
                     timeout = 10
             ready = {fd for fd, _ in poller.poll(timeout)}
@@ -273,22 +334,21 @@ def _serve(sock: socket.socket, preload: Sequence[str]) -> _Job | None:
                             break
                     except BlockingIOError:
                         break
-            if running is not None and (running.pidfd is None or running.pidfd in ready):
-                returncode = _collect(running)
-                if returncode is not None:
-                    pid, done_w, running = running.pid, running.done_w, None
-                    _send(sock, {"exit": returncode, "pid": pid})
-                    _close(done_w)  # after the status is on its way: readable means collectable
+            for child in list(children.values()):
+                if child.pidfd is None or child.pidfd in ready:
+                    returncode = _collect(child)
+                    if returncode is not None:
+                        del children[child.seq]
+                        _send(sock, {"exit": returncode, "pid": child.pid, "seq": child.seq})
+                        _close(child.done_w)  # after the status is sent: readable = collectable
             if sock.fileno() not in ready:
                 continue
             try:
-                data, new_fds, _, _ = socket.recv_fds(sock, _RECV_SIZE, 16,
-                                                      socket.MSG_CMSG_CLOEXEC)
+                data = sock.recv(_RECV_SIZE)
             except ConnectionResetError:
-                data, new_fds = b"", []
-            fds.extend(new_fds)
+                data = b""
             if not data:
-                return None  # the client is gone: the finally clause kills the task group
+                return None  # the client is gone: the finally clause kills the children
             buffer += data
             while b"\n" in buffer:
                 line, buffer = buffer.split(b"\n", 1)
@@ -298,74 +358,48 @@ def _serve(sock: socket.socket, preload: Sequence[str]) -> _Job | None:
                 op = request.get("op")
                 if op == "signal":
                     # Only to a child not reaped yet: its pgid cannot belong to anyone else.
-                    signum = request.get("sig")
-                    if (running is not None and request.get("pid") == running.pid
-                            and isinstance(signum, int) and signum in signal.valid_signals()):
-                        _signal_group(running.pid, signum)
-                elif op == "spawn":
-                    taken, fds = fds[:2], fds[2:]
-                    if running is not None or len(taken) != 2:
-                        _close(*taken)
-                        _send(sock, {"error": "busy: a task is running" if running is not None
-                                     else "spawn request without its two file descriptors"})
-                        continue
-                    try:
-                        job = _Job(request, taken[0], taken[1], sock, server_pid)
-                        job.changed_signals = changed
-                        result: _Job | _Running | dict[str, object] = _fork(job)
-                    except ValueError as exc:
-                        result = {"error": f"bad spawn request: {exc}"}
-                    finally:
-                        if os.getpid() == server_pid:
-                            _close(*taken)
-                    if isinstance(result, _Job):
+                    target_seq, signum = request.get("seq"), request.get("sig")
+                    target = children.get(target_seq) if isinstance(target_seq, int) else None
+                    if (target is not None and isinstance(signum, int)
+                            and signum in signal.valid_signals()):
+                        _signal_group(target.pid, signum)
+                elif op == "fork":
+                    script = request.get("compile")
+                    if isinstance(script, str) and os.path.isabs(script):
+                        _cache_code(script)
+                    seq += 1
+                    result = _fork(sock, seq, state, server_pid)
+                    if isinstance(result, _Idle):
                         return result
-                    if isinstance(result, dict):
+                    if isinstance(result, _Child):
+                        children[seq] = result
+                    else:
                         _send(sock, result)
-                        continue
-                    running = result
-                    done_r, running.done_w = os.pipe()
-                    try:
-                        _send(sock, {"pid": running.pid}, [done_r])
-                    finally:
-                        os.close(done_r)
                 else:
                     _send(sock, {"error": f"unknown request {op!r}"})
         return None
     finally:
         if os.getpid() == server_pid:
-            if running is not None:
-                _signal_group(running.pid, signal.SIGKILL)
+            for child in children.values():
+                _signal_group(child.pid, signal.SIGKILL)
                 with contextlib.suppress(ChildProcessError):
-                    os.waitpid(running.pid, 0)
-                _close(running.pidfd, running.done_w)
+                    os.waitpid(child.pid, 0)
+                _close(child.pidfd, child.done_w)
             signal.set_wakeup_fd(-1)
             _close(wake_r, wake_w)
 
 
-def _main(argv: list[str]) -> _Job | None:
+def _main(argv: list[str]) -> _Idle | None:
     fd = int(argv[0])
     os.set_inheritable(fd, False)
     sock = socket.socket(fileno=fd)
-    job = _serve(sock, argv[1:])
-    if job is None:
+    idle = _serve(sock, argv[1:])
+    if idle is None:
         sock.close()
-    return job
+    return idle
 
 
-# -- the child: becoming the task ---------------------------------------------------------------
-
-
-def _fail_setup(job: _Job, exc: OSError | ValueError) -> NoReturn:
-    if isinstance(exc, OSError):
-        failure = {"errno": exc.errno or 0, "strerror": exc.strerror or str(exc),
-                   "filename": exc.filename if isinstance(exc.filename, str) else None}
-    else:
-        failure = {"errno": 22, "strerror": str(exc), "filename": None}
-    try:
-        os.write(job.report, json.dumps(failure).encode("ascii"))
-    finally:
-        os._exit(_SETUP_FAILED)
+# -- the child: waiting for its task --------------------------------------------------------------
 
 
 def _close_other_fds(keep: set[int]) -> None:
@@ -378,60 +412,171 @@ def _close_other_fds(keep: set[int]) -> None:
             _close(fd)
 
 
-def _become_task(job: _Job) -> None:
-    """Everything ``Popen(..., start_new_session=True)`` + ``exec python script.py`` would give
-    the task, as far as a forked interpreter can have it."""
-    signal.set_wakeup_fd(-1)
-    for sig in job.changed_signals:
+def _prepare(idle: _Idle) -> None:
+    """What ``Popen(..., start_new_session=True)`` + ``exec python`` give every task, done
+    before the task is known (the client is not waiting for it yet)."""
+    _signal.set_wakeup_fd(-1)
+    for sig, handler in idle.state.signals:
         with contextlib.suppress(OSError, ValueError, TypeError):
-            signal.signal(sig, _STARTUP_HANDLERS[sig])
-    signal.pthread_sigmask(signal.SIG_SETMASK, _STARTUP_MASK)
+            _signal.signal(sig, handler)
+    if idle.state.mask_changed:
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, _STARTUP_MASK)
     try:
         os.setsid()
-        _libc.prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), ctypes.c_ulong(0),
-                    ctypes.c_ulong(0), ctypes.c_ulong(0))
-        if os.getppid() != job.server_pid:  # the server died before prctl: so do we
+        _prctl(*_PDEATHSIG_ARGS)
+        if os.getppid() != idle.server_pid:  # the server died before prctl: so do we
             os.kill(os.getpid(), signal.SIGKILL)
-        job.sock.close()
-        os.dup2(job.stdin, 0)
-        os.dup2(job.stdout, 1)
-        os.dup2(job.stdout, 2)
-        for fd in {job.stdin, job.stdout} - {0, 1, 2}:
-            os.close(fd)
-        os.chdir(job.cwd)
-        _close_other_fds({0, 1, 2, job.report})
-        os.environ.clear()
-        os.environ.update(job.env)
-    except (OSError, ValueError) as exc:
-        _fail_setup(job, exc)
-    time.tzset()  # TZ as the task's environment says
-    sys.argv = [job.script, *job.args]
-    if hasattr(sys, "orig_argv"):
-        sys.orig_argv = [*_ARGV_PREFIX, job.script, *job.args]
-    if _SCRIPT_DIR_ON_PATH:
-        sys.path.insert(0, os.path.dirname(os.path.realpath(job.script)))
-    if not os.path.isabs(job.script):  # __file__, code and tracebacks get it absolute (3.9+)
-        job.script = os.path.join(os.getcwd(), job.script)
-    for finder in list(sys.path_importer_cache.values()):  # directory listings may be stale
+        idle.sock.close()
+        _close_other_fds({0, 1, 2, idle.channel.fileno()})
+    except OSError:
+        os._exit(_SETUP_FAILED)
+    # Directory listings cached by the server's imports may be stale by the time the task
+    # imports anything: they are read again on first use (in the task).
+    for finder in list(sys.path_importer_cache.values()):
         invalidate = getattr(finder, "invalidate_caches", None)
         if invalidate is not None:
             invalidate()
-    os.close(job.report)  # EOF tells the server that the task is set up
 
 
-def _load(script: str) -> tuple[CodeType | bytes, ModuleType]:
-    """The script's source (or code, for a compiled file), and its fresh ``__main__`` module,
-    now ``sys.modules["__main__"]``. ``script`` is absolute (as the interpreter makes it)."""
+def _receive(channel: socket.socket) -> tuple[bytes, list[int]]:
+    """The client's request (one line; b"" if the client went away) and its fds."""
+    data = b""
+    fds: list[int] = []
+    while not data.endswith(b"\n"):
+        chunk, new_fds, _, _ = socket.recv_fds(channel, _RECV_SIZE, 2, socket.MSG_CMSG_CLOEXEC)
+        fds.extend(new_fds)
+        if not chunk:
+            return b"", fds
+        data += chunk
+    return data, fds
+
+
+def _answer(channel: socket.socket, message: dict[str, object]) -> None:
+    channel.sendall((json.dumps(message, separators=(",", ":")) + "\n").encode("ascii"))
+
+
+def _refuse(channel: socket.socket, exc: OSError | ValueError) -> NoReturn:
+    """Tell the client why the task could not be set up (it ran no code), and exit."""
+    if isinstance(exc, OSError):
+        failure: dict[str, object] = {
+            "errno": exc.errno or 0, "strerror": exc.strerror or str(exc),
+            "filename": exc.filename if isinstance(exc.filename, str) else None}
+    else:
+        failure = {"errno": 22, "strerror": str(exc), "filename": None}
+    try:
+        _answer(channel, {"error": f"cannot start task: {failure['strerror']}", **failure})
+    finally:
+        os._exit(_SETUP_FAILED)
+
+
+def _set_environ(env: dict[str, str], state: _ServerState) -> None:
+    """``os.environ`` (and the C environment, which programs the task starts inherit) becomes
+    exactly ``env``, in its order. ``env`` is usually the server's environment with variables
+    added at its end: then only those are set (putenv keeps the others' places)."""
+    names, values, count = tuple(env), tuple(env.values()), len(state.env_names)
+    if names[:count] != state.env_names:
+        os.environ.clear()
+        os.environ.update(env)
+        return
+    # (Comparing tuples leaves the server's strings as they are: their pages stay shared.)
+    first = 0 if values[:count] != state.env_values else count
+    for i in range(first, len(names)):
+        if i >= count or values[i] != state.env_values[i]:
+            os.environ[names[i]] = values[i]
+
+
+class _Task:
+    """The task's script, as the child opened it (or why it could not)."""
+
+    def __init__(self, script: str) -> None:
+        self.script = script  # absolute, as the interpreter makes it (3.9+)
+        self.fd = -1
+        self.error: OSError | None = None
+        self.code: CodeType | None = None  # the server's compiled code, if still valid
+
+
+def _claim(idle: _Idle) -> _Task:
+    """Wait for the task; become it; open its script; answer the client. Then only the task's
+    fds 0, 1 and 2 are open."""
+    channel = idle.channel
+    try:
+        data, fds = _receive(channel)
+    except BaseException:  # interrupted while waiting: no task was started
+        os._exit(_SETUP_FAILED)
+    if not data:
+        os._exit(_SETUP_FAILED)  # the client went away (or gave up on us)
+    try:
+        request = json.loads(data)
+        if not isinstance(request, dict) or len(fds) != 2:
+            raise ValueError("a spawn request is an object, with two file descriptors")
+        script = _text(request.get("script"))
+        args, env = request.get("args"), request.get("env")
+        if not isinstance(args, list) or not isinstance(env, dict):
+            raise ValueError("args must be a list and env an object")
+        args = [_text(a) for a in args]
+        env = {_text(k): _text(v) for k, v in env.items()}
+        cwd = _text(request.get("cwd"))
+    except ValueError as exc:
+        _answer(channel, {"error": f"bad spawn request: {exc}"})
+        os._exit(_SETUP_FAILED)
+    try:
+        os.dup2(fds[0], 0)
+        os.dup2(fds[1], 1)
+        os.dup2(fds[1], 2)
+        for fd in fds:
+            os.close(fd)
+        os.chdir(cwd)
+        _set_environ(env, idle.state)
+    except (OSError, ValueError) as exc:
+        _refuse(channel, exc)
+    time.tzset()  # TZ as the task's environment says
+    sys.argv = [script, *args]
+    if hasattr(sys, "orig_argv"):
+        sys.orig_argv = [*_ARGV_PREFIX, script, *args]
+    if _SCRIPT_DIR_ON_PATH:
+        sys.path.insert(0, os.path.dirname(os.path.realpath(script)))
+    task = _Task(script if os.path.isabs(script) else os.path.join(os.getcwd(), script))
+    answer: dict[str, object] = {"ok": 1}
+    try:
+        task.fd = os.open(task.script, os.O_RDONLY | os.O_CLOEXEC)
+        st = os.fstat(task.fd)
+        if stat.S_ISDIR(st.st_mode):  # as open() says it
+            raise IsADirectoryError(21, os.strerror(21), task.script)
+    except OSError as exc:
+        task.error = exc
+    else:
+        cached = _CODE_CACHE.get(task.script)
+        if cached is not None and cached[0] == _file_key(st):
+            task.code = cached[1]
+        elif not task.script.endswith(".pyc"):
+            answer["compile"] = task.script  # for the server, to compile for the next tasks
+    try:
+        _answer(channel, answer)
+    except OSError:
+        os._exit(_SETUP_FAILED)  # the client is gone
+    channel.close()
+    return task
+
+
+def _load(task: _Task) -> tuple[CodeType | bytes, ModuleType]:
+    """The script's code (or source), and its fresh ``__main__`` module, now
+    ``sys.modules["__main__"]``."""
+    script = task.script
     main = ModuleType("__main__")
     sys.modules["__main__"] = main
+    data = b""
     try:
-        with open(script, "rb") as handle:
-            data = handle.read()
+        if task.error is not None:
+            raise task.error
+        if task.code is None:
+            data = _read_all(task.fd)
     except OSError as exc:  # as the interpreter says it (and its exit status)
         sys.stderr.write(f"{_ARGV_PREFIX[0]}: can't open file {script!r}: "
                          f"[Errno {exc.errno}] {exc.strerror}\n")
         sys.exit(2)
-    compiled = script.endswith(".pyc") or data[:2] == MAGIC_NUMBER[:2]
+    finally:
+        _close(task.fd)
+    compiled = task.code is None and (script.endswith(".pyc") or data[:2] == MAGIC_NUMBER[:2])
     loader = (SourcelessFileLoader if compiled else SourceFileLoader)("__main__", script)
     values: dict[str, object] = {
         "__name__": "__main__", "__doc__": None, "__package__": None, "__loader__": loader,
@@ -439,6 +584,8 @@ def _load(script: str) -> tuple[CodeType | bytes, ModuleType]:
         "__cached__": None}
     for key in _MAIN_KEYS:
         main.__dict__[key] = values.get(key)
+    if task.code is not None:
+        return task.code, main
     if not compiled:
         return data, main
     if data[:4] != MAGIC_NUMBER:
@@ -463,6 +610,12 @@ def _system_exit_status(exc: SystemExit) -> int:
     return 1
 
 
+def _print_traceback(exc: BaseException) -> None:
+    import traceback  # not the server's: needed only when a hook fails
+
+    traceback.print_exception(type(exc), exc, exc.__traceback__)
+
+
 def _print_exception(exc: BaseException) -> None:
     """As the interpreter reports an uncaught exception (sys.last_*, then sys.excepthook)."""
     sys.last_type, sys.last_value, sys.last_traceback = type(exc), exc, exc.__traceback__
@@ -471,15 +624,15 @@ def _print_exception(exc: BaseException) -> None:
     hook = getattr(sys, "excepthook", None)
     if hook is None:
         _write_stderr("sys.excepthook is missing\n")
-        traceback.print_exception(type(exc), exc, exc.__traceback__)
+        _print_traceback(exc)
         return
     try:
         hook(type(exc), exc, exc.__traceback__)
     except BaseException as hook_exc:
         _write_stderr("Error in sys.excepthook:\n")
-        traceback.print_exception(type(hook_exc), hook_exc, hook_exc.__traceback__)
+        _print_traceback(hook_exc)
         _write_stderr("\nOriginal exception was:\n")
-        traceback.print_exception(type(exc), exc, exc.__traceback__)
+        _print_traceback(exc)
 
 
 def _write_stderr(text: str) -> None:
@@ -493,7 +646,7 @@ def _unraisable(where: object) -> None:
     if exc is not None:
         with contextlib.suppress(BaseException):
             _write_stderr(f"Exception ignored in: {where!r}\n")
-            traceback.print_exception(type(exc), exc, exc.__traceback__)
+            _print_traceback(exc)
 
 
 def _flush_std_files() -> bool:
@@ -583,17 +736,19 @@ def _flush_io() -> None:
             stream.flush()
 
 
-def _run_task(job: _Job) -> tuple[int, bool, set[str]]:
-    """Become the task and run its script: (exit status, died of KeyboardInterrupt, names of
-    the modules that are the server's)."""
-    _become_task(job)
+def _run_task(idle: _Idle) -> tuple[int, bool, set[str]]:
+    """Wait for the task, become it and run its script: (exit status, died of
+    KeyboardInterrupt, names of the modules that are the server's)."""
+    _prepare(idle)
     server_modules = set(sys.modules) - {"__main__"}
+    task = _claim(idle)
+    del idle
     code: CodeType | None = None
     try:
-        source, main = _load(job.script)
+        source, main = _load(task)
         code = (source if isinstance(source, CodeType)
-                else compile(source, job.script, "exec", dont_inherit=True))
-        del job, source
+                else compile(source, task.script, "exec", dont_inherit=True))
+        del task, source
         exec(code, main.__dict__)  # noqa: S102
     except SystemExit as exc:
         _flush_io()
@@ -614,6 +769,6 @@ def _run_task(job: _Job) -> tuple[int, bool, set[str]]:
 
 
 if __name__ == "__main__":
-    _job = _main(sys.argv[1:])
-    if _job is not None:  # a forked child: from here on, this process is the task
-        _exit_task(*_run_task(_job))
+    _idle = _main(sys.argv[1:])
+    if _idle is not None:  # a forked child: from here on, this process is (about to be) the task
+        _exit_task(*_run_task(_idle))

@@ -125,6 +125,7 @@ _LOCALE_ENV = ("LANG", "LC_ALL", "LC_CTYPE")
 _MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\Z")
 _RECV_SIZE = 1 << 16
 _STDERR_TAIL = 2000
+_SPAWN_TRIES = 3  # children found dead before they took a task, replaced
 
 
 # An environment as Popen takes it: str, or bytes (os.environb-style) keys and values.
@@ -140,6 +141,48 @@ class _HasFileno(Protocol):
     def fileno(self) -> int: ...
 
 
+class _Waiting:
+    """A child the server forked for our next task, waiting for it."""
+
+    def __init__(self, pid: int, seq: int, channel: socket.socket, done_fd: int) -> None:
+        self.pid = pid
+        self.seq = seq
+        self.channel = channel
+        self.done_fd = done_fd
+
+    def request(self, data: bytes, fds: Sequence[int], timeout: float) -> dict[str, Any] | None:
+        """Hand the child its task; its answer, None if it died first (it ran no task code)."""
+        try:
+            sent = socket.send_fds(self.channel, [data], list(fds))
+            if sent < len(data):
+                self.channel.sendall(data[sent:])
+        except OSError:
+            return None
+        answer = b""
+        deadline = time.monotonic() + timeout
+        poller = select.poll()
+        poller.register(self.channel, select.POLLIN)
+        while not answer.endswith(b"\n"):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not poller.poll(max(0, int(remaining * 1000 + 0.999))):
+                raise TimeoutError
+            try:
+                chunk = self.channel.recv(_RECV_SIZE)
+            except OSError:
+                return None
+            if not chunk:
+                return None
+            answer += chunk
+        reply = json.loads(answer)
+        return reply if isinstance(reply, dict) else {"error": reply}
+
+    def close(self) -> None:
+        self.channel.close()
+        if self.done_fd >= 0:
+            os.close(self.done_fd)
+            self.done_fd = -1
+
+
 class _Connection:
     """One server process and the client's end of its socket."""
 
@@ -153,8 +196,12 @@ class _Connection:
         self.killed = False  # by us, because it did not exit when asked to
         self._buffer = b""
         self._fds: deque[int] = deque()
-        self.replies: deque[tuple[dict[str, Any], int | None]] = deque()
-        self.exits: dict[int, int] = {}  # pid: returncode, until its ForkedTask takes it
+        self.replies: deque[dict[str, Any]] = deque()
+        self.waiting: _Waiting | None = None  # the child for our next task
+        self.fork_asked = False  # a child (or a fork error) is on its way
+        self.fork_error: dict[str, Any] | None = None
+        self.tasks: set[int] = set()  # seqs of the children that took a task, until collected
+        self.exits: dict[int, int] = {}  # seq: returncode, until its ForkedTask takes it
 
     # -- receiving ------------------------------------------------------------------------------
 
@@ -179,16 +226,33 @@ class _Connection:
         while b"\n" in self._buffer:
             line, self._buffer = self._buffer.split(b"\n", 1)
             try:
-                message = json.loads(line)
-            except ValueError:
+                self._handle(json.loads(line))
+            except (ValueError, TypeError, KeyError, IndexError):
                 raise self.fail(f"fork server sent garbage: {line[:200]!r}") from None
-            if "exit" in message:
-                self.exits[int(message["pid"])] = int(message["exit"])
-            else:
-                fd = self._fds.popleft() if "pid" in message and self._fds else None
-                self.replies.append((message, fd))
 
-    def reply(self, timeout: float) -> tuple[dict[str, Any], int | None]:
+    def _handle(self, message: dict[str, Any]) -> None:
+        if "exit" in message:
+            seq = int(message["seq"])
+            if self.waiting is not None and self.waiting.seq == seq:  # died waiting
+                self.waiting.close()
+                self.waiting = None
+            elif seq in self.tasks:
+                self.tasks.discard(seq)
+                self.exits[seq] = int(message["exit"])
+        elif "child" in message:
+            channel = socket.socket(fileno=self._fds.popleft())
+            done_fd = self._fds.popleft()
+            if self.waiting is not None:  # never: we ask for one child at a time
+                self.waiting.close()
+            self.waiting = _Waiting(int(message["child"]), int(message["seq"]), channel, done_fd)
+            self.fork_asked = False
+        elif message.get("op") == "fork":
+            self.fork_error = message
+            self.fork_asked = False
+        else:
+            self.replies.append(message)
+
+    def reply(self, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while not self.replies:
             remaining = deadline - time.monotonic()
@@ -197,18 +261,44 @@ class _Connection:
             self.pump(remaining)
         return self.replies.popleft()
 
+    def take_child(self, timeout: float) -> _Waiting:
+        """The child for our next task (asked for if need be). Raises ForkServerError, or
+        OSError if the server could not fork."""
+        deadline = time.monotonic() + timeout
+        while self.waiting is None:
+            if self.fork_error is not None:
+                error, self.fork_error = self.fork_error, None
+                if error.get("errno") and error.get("strerror"):
+                    raise OSError(int(error["errno"]), str(error["strerror"]))
+                raise ForkServerError(f"fork server cannot fork: {error.get('error')}")
+            self.ask_for_child()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self.fail(f"fork server did not fork within {timeout:g}s")
+            self.pump(remaining)
+        child, self.waiting = self.waiting, None
+        return child
+
     # -- sending --------------------------------------------------------------------------------
 
-    def send(self, message: Mapping[str, object], fds: Sequence[int] = ()) -> None:
+    def send(self, message: Mapping[str, object]) -> None:
         if self.lost is not None:
             raise ForkServerError(self.lost)
         data = (json.dumps(message, separators=(",", ":")) + "\n").encode("ascii")
         try:
-            sent = socket.send_fds(self.sock, [data], list(fds)) if fds else self.sock.send(data)
-            if sent < len(data):
-                self.sock.sendall(data[sent:])
+            self.sock.sendall(data)
         except OSError as exc:
             raise self.fail(f"fork server connection failed: {exc}") from None
+
+    def ask_for_child(self, compile_script: str | None = None) -> None:
+        """Have the server fork the child for our next task now (unless one is on its way),
+        compiling ``compile_script`` first for it and the children after it."""
+        if self.waiting is None and not self.fork_asked and self.lost is None:
+            message: dict[str, object] = {"op": "fork"}
+            if compile_script is not None:
+                message["compile"] = compile_script
+            self.send(message)
+            self.fork_asked = True
 
     # -- ending ---------------------------------------------------------------------------------
 
@@ -225,7 +315,7 @@ class _Connection:
         return ForkServerError(self.lost)
 
     def close(self, timeout: float) -> None:
-        """Close our end (the server kills a running task's group and exits), reap it."""
+        """Close our end (the server kills its children's groups and exits), reap it."""
         self._shutdown(timeout)
         self.errlog.close()
         if self.lost is None:
@@ -236,10 +326,9 @@ class _Connection:
             self.sock.close()
         while self._fds:
             os.close(self._fds.popleft())
-        for _, fd in self.replies:
-            if fd is not None:
-                os.close(fd)
-        self.replies.clear()
+        if self.waiting is not None:
+            self.waiting.close()
+            self.waiting = None
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -260,12 +349,14 @@ class _Connection:
 class ForkedTask:
     """A task running in a child of the fork server (its pid is also its process group id)."""
 
-    def __init__(self, conn: _Connection, pid: int, done_fd: int, argv: list[str]) -> None:
-        self.pid = pid
+    def __init__(self, conn: _Connection, child: _Waiting, argv: list[str]) -> None:
+        self.pid = child.pid
         self.args = argv
         self.returncode: int | None = None
         self._conn = conn
-        self._done_fd = done_fd
+        self._seq = child.seq
+        self._done_fd = child.done_fd
+        conn.tasks.add(child.seq)
 
     def fileno(self) -> int:
         """Readable once the task has exited and its status can be collected without blocking
@@ -295,9 +386,9 @@ class ForkedTask:
     def signal_group(self, sig: int) -> None:
         """Send ``sig`` to the task's process group (via the server, which drops it once it has
         reaped the task). A no-op once the task's status is known."""
-        if self.returncode is not None or self.pid in self._conn.exits:
+        if self.returncode is not None or self._seq in self._conn.exits:
             return
-        self._conn.send({"op": "signal", "pid": self.pid, "sig": int(sig)})
+        self._conn.send({"op": "signal", "seq": self._seq, "sig": int(sig)})
 
     def close(self) -> None:
         """Release :meth:`fileno` (also done when the object is garbage collected)."""
@@ -311,15 +402,15 @@ class ForkedTask:
 
     def _collect(self, timeout: float | None) -> None:
         conn = self._conn
-        if self.pid not in conn.exits:
+        if self._seq not in conn.exits:
             if conn.lost is not None:
                 raise ForkServerError(f"{conn.lost}; task pid {self.pid} lost")
             try:
                 conn.pump(timeout)
             except ForkServerError as exc:
                 raise ForkServerError(f"{exc}; task pid {self.pid} lost") from None
-        if self.pid in conn.exits:
-            self.returncode = conn.exits.pop(self.pid)
+        if self._seq in conn.exits:
+            self.returncode = conn.exits.pop(self._seq)
 
 
 class ForkServer:
@@ -388,9 +479,10 @@ class ForkServer:
         finally:
             theirs.close()
         conn = _Connection(proc, ours, errlog)
-        message, _ = conn.reply(self.start_timeout)
+        message = conn.reply(self.start_timeout)
         if "ready" not in message:
             raise conn.fail(f"fork server failed to start: {message.get('error', message)}")
+        conn.ask_for_child()  # forked while we do other things
         self._conn = conn
         self._server_env = env
 
@@ -424,28 +516,46 @@ class ForkServer:
         env_dict = _checked_env(env)
         if not all(isinstance(a, str) for a in (script, cwd, *args)):
             raise TypeError("script, args and cwd must be str")
-        request = {"op": "spawn", "script": script, "args": list(args), "env": env_dict,
-                   "cwd": cwd}
+        request = {"script": script, "args": list(args), "env": env_dict, "cwd": cwd}
+        data = (json.dumps(request, separators=(",", ":")) + "\n").encode("ascii")
         with contextlib.ExitStack() as stack:
-            stdin_fd = _fd(stdin, stack)
-            stdout_fd = _fd(stdout, stack)
-            conn.send(request, [stdin_fd, stdout_fd])
-        message, done_fd = conn.reply(self.start_timeout)
-        if "pid" in message and done_fd is not None:
-            task = ForkedTask(conn, int(message["pid"]), done_fd, [script, *args])
-            self._task = task
-            return task
-        if done_fd is not None:
-            os.close(done_fd)
-        if message.get("errno") is not None and message.get("strerror") is not None:
-            filename = message.get("filename")
-            if filename is not None:
-                raise OSError(int(message["errno"]), str(message["strerror"]), filename)
-            raise OSError(int(message["errno"]), str(message["strerror"]))
-        raise ForkServerError(f"fork server refused the task: {message.get('error', message)}")
+            fds = [_fd(stdin, stack), _fd(stdout, stack)]
+            for _ in range(_SPAWN_TRIES):
+                child = conn.take_child(self.start_timeout)
+                try:
+                    answer = child.request(data, fds, self.start_timeout)
+                except TimeoutError:
+                    child.close()
+                    raise conn.fail(f"fork server child did not answer within "
+                                    f"{self.start_timeout:g}s") from None
+                except ValueError:
+                    child.close()
+                    raise conn.fail("fork server child sent garbage") from None
+                child.channel.close()
+                if answer is None:  # died before it took the task: try the next one
+                    child.close()
+                    continue
+                # The next task's child is forked while this one runs; given this script, the
+                # server compiles it first, so that the next child has its code.
+                conn.ask_for_child(answer.get("compile") if answer.get("ok") else None)
+                if answer.get("ok"):
+                    task = ForkedTask(conn, child, [script, *args])
+                    self._task = task
+                    return task
+                child.close()
+                if answer.get("errno") is not None and answer.get("strerror") is not None:
+                    filename = answer.get("filename")
+                    if filename is not None:
+                        raise OSError(int(answer["errno"]), str(answer["strerror"]), filename)
+                    raise OSError(int(answer["errno"]), str(answer["strerror"]))
+                raise ForkServerError(f"fork server refused the task: "
+                                      f"{answer.get('error', answer)}")
+        raise ForkServerError(f"fork server children died {_SPAWN_TRIES} times before taking "
+                              "a task")
 
     def close(self) -> None:
-        """Stop the server; a running task's process group is killed first (by the server)."""
+        """Stop the server; its children's process groups (a running task's) are killed first
+        (by the server)."""
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close(timeout=5.0)
