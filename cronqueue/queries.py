@@ -45,31 +45,39 @@ JSON_ROW_COLUMNS = ("taskscript", "param", "priority", "queue", "ctime", "run_at
                     "max_attempts", "timeout", "secret")
 
 
-def insert_json_rows() -> TextClause:
+def insert_json_rows(*, returning: bool = True) -> TextClause:
     """MariaDB >= 10.6: many plain tasks in one statement, sent as one JSON array of rows
     (``JSON_ROW_COLUMNS``, times as naive UTC text) and expanded by ``JSON_TABLE`` on the
     server; the new ids come back in input order. Parameter-bound like everything else: the
     rows are data, never SQL. (An ``INSERT ... VALUES`` of thousands of rows costs the client
     a bound parameter per value; this costs one.)"""
-    return text(
-        "INSERT INTO queue (taskscript, param, priority, queue, ctime, run_at, max_attempts,"
-        " timeout, secret)"
-        " SELECT j.taskscript, j.param, j.priority, j.queue, j.ctime, j.run_at,"
-        " j.max_attempts, j.timeout, j.secret"
-        " FROM JSON_TABLE(:rows, '$[*]' COLUMNS ("
-        "  ord FOR ORDINALITY,"
-        "  taskscript VARCHAR(255) PATH '$[0]',"
-        "  param MEDIUMTEXT PATH '$[1]',"
-        "  priority INT PATH '$[2]',"
-        "  queue VARCHAR(64) PATH '$[3]',"
-        "  ctime DATETIME(6) PATH '$[4]',"
-        "  run_at DATETIME(6) PATH '$[5]',"
-        "  max_attempts INT PATH '$[6]',"
-        "  timeout INT PATH '$[7]',"
-        "  secret MEDIUMTEXT PATH '$[8]'"
-        " )) AS j ORDER BY j.ord"
-        " RETURNING id"
-    )
+    return _INSERT_JSON_RETURNING if returning else _INSERT_JSON
+
+
+_INSERT_JSON_SQL = (
+    "INSERT INTO queue (taskscript, param, priority, queue, ctime, run_at, max_attempts,"
+    " timeout, secret)"
+    " SELECT j.taskscript, j.param, j.priority, j.queue, j.ctime, j.run_at,"
+    " j.max_attempts, j.timeout, j.secret"
+    " FROM JSON_TABLE(:rows, '$[*]' COLUMNS ("
+    "  ord FOR ORDINALITY,"
+    "  taskscript VARCHAR(255) PATH '$[0]',"
+    "  param MEDIUMTEXT PATH '$[1]',"
+    "  priority INT PATH '$[2]',"
+    "  queue VARCHAR(64) PATH '$[3]',"
+    "  ctime DATETIME(6) PATH '$[4]',"
+    "  run_at DATETIME(6) PATH '$[5]',"
+    "  max_attempts INT PATH '$[6]',"
+    "  timeout INT PATH '$[7]',"
+    "  secret MEDIUMTEXT PATH '$[8]'"
+    " )) AS j ORDER BY j.ord"
+)
+_INSERT_JSON = text(_INSERT_JSON_SQL)
+_INSERT_JSON_RETURNING = text(_INSERT_JSON_SQL + " RETURNING id")
+
+
+def autoinc_settings() -> Executable:
+    return text("SELECT @@innodb_autoinc_lock_mode, @@auto_increment_increment")
 
 
 def insert_unique(dialect: str) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -62,16 +63,16 @@ _JSON_MAX_ROW_BYTES = 256 << 10  # bigger rows (large params, secrets) go one by
 
 
 def _json_cost(spec: TaskSpec) -> int:
-    """Bytes a row may take in the JSON array (escaping can grow text up to 6x: \u0001)."""
+    """Bytes a row may take in the JSON array (escaping can grow text up to 6x: \\u0001)."""
     return 200 + 6 * (len(spec.param) + len(spec.secret or ""))
 
 
-def _json_chunks(indexes: Sequence[int], specs: Sequence[TaskSpec]) -> list[list[int]]:
+def _json_chunks(indexes: Sequence[int], costs: dict[int, int]) -> list[list[int]]:
     """Split rows into statements of at most ~4 MiB of JSON."""
     chunks: list[list[int]] = [[]]
     size = 0
     for i in indexes:
-        cost = _json_cost(specs[i])
+        cost = costs[i]
         if chunks[-1] and (size + cost > _JSON_CHUNK_BYTES
                            or len(chunks[-1]) >= _JSON_CHUNK_ROWS):
             chunks.append([])
@@ -86,6 +87,7 @@ def _json_row(row: dict[str, Any]) -> list[Any]:
             for c in queries.JSON_ROW_COLUMNS]
 
 
+@functools.lru_cache(maxsize=16)  # a batch shares its ctime (and usually its run_at)
 def _naive_utc_text(value: datetime) -> str:
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
@@ -104,6 +106,7 @@ class Repository:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        self._id_step: int | None = None
 
     # -- schema -------------------------------------------------------------------------------
 
@@ -132,13 +135,24 @@ class Repository:
                 ids[i] = self._insert_unique(conn, spec, now)
         dialect = conn.dialect
         if len(plain) > 1 and supports_json_insert(dialect):
-            small = [i for i in plain if _json_cost(specs[i]) <= _JSON_MAX_ROW_BYTES]
-            plain = [i for i in plain if _json_cost(specs[i]) > _JSON_MAX_ROW_BYTES]
-            for chunk in _json_chunks(small, specs):
+            costs = {i: _json_cost(specs[i]) for i in plain}
+            small = [i for i in plain if costs[i] <= _JSON_MAX_ROW_BYTES]
+            plain = [i for i in plain if costs[i] > _JSON_MAX_ROW_BYTES]
+            step = self._consecutive_ids(conn)
+            for chunk in _json_chunks(small, costs):
                 encoded = json.dumps([_json_row(specs[i].row(now)) for i in chunk],
                                      ensure_ascii=False)
-                result = conn.execute(queries.insert_json_rows(), {"rows": encoded})
-                new_ids = sorted(int(r[0]) for r in result)
+                if step:
+                    # The statement's rows got consecutive ids (AUTO-INC lock held for the
+                    # whole INSERT ... SELECT): the first id is enough, no id per row to read.
+                    result = conn.execute(queries.insert_json_rows(returning=False),
+                                          {"rows": encoded})
+                    assert result.rowcount == len(chunk)
+                    first = int(result.lastrowid)
+                    new_ids = [first + k * step for k in range(len(chunk))]
+                else:
+                    result = conn.execute(queries.insert_json_rows(), {"rows": encoded})
+                    new_ids = sorted(int(r[0]) for r in result)
                 for i, new_id in zip(chunk, new_ids, strict=True):
                     ids[i] = new_id
         bulk = getattr(dialect, "insert_executemany_returning", False)
@@ -157,6 +171,15 @@ class Repository:
             for i, new_id in zip(chunk, new_ids, strict=True):
                 ids[i] = int(new_id)
         return [int(i) for i in ids if i is not None]
+
+    def _consecutive_ids(self, conn: Connection) -> int:
+        """``auto_increment_increment`` if one INSERT ... SELECT gets consecutive ids on this
+        server (``innodb_autoinc_lock_mode`` 0 or 1, MariaDB's default), else 0 (mode 2,
+        e.g. Galera: ids may interleave with other sessions' — read them back instead)."""
+        if self._id_step is None:
+            mode, step = conn.execute(queries.autoinc_settings()).one()
+            self._id_step = int(step) if int(mode) in (0, 1) else 0
+        return self._id_step
 
     def _insert_unique(self, conn: Connection, spec: TaskSpec, now: datetime) -> int:
         assert spec.unique_key is not None
