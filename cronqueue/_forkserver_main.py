@@ -159,7 +159,7 @@ def _file_key(st: os.stat_result) -> tuple[int, ...]:
 
 
 def _send(sock: socket.socket, message: dict[str, object], fds: Sequence[int] = ()) -> None:
-    data = (json.dumps(message, separators=(",", ":")) + "\n").encode("ascii")
+    data = (json.dumps(message) + "\n").encode("ascii")
     sent = socket.send_fds(sock, [data], list(fds)) if fds else sock.send(data)
     if sent < len(data):
         sock.sendall(data[sent:])
@@ -438,6 +438,19 @@ def _prepare(idle: _Idle) -> None:
             invalidate()
 
 
+def _warm_up() -> None:
+    """Do now, once, what setting up and ending a task do again (with the same code and objects,
+    and nothing a task could tell): the server's pages they touch are copied now, not while the
+    client waits for the task."""
+    json.loads('{"script": "/a", "args": ["b"], "env": {"C": "d"}, "cwd": "/"}')
+    json.dumps({"ok": 1, "compile": "/a"})
+    os.path.join("/", os.path.dirname(os.path.realpath(sys.executable or "/")))
+    time.tzset()  # as the server has it (the task's environment is not there yet)
+    ModuleType("__main__")
+    SourceFileLoader("__main__", "/a")
+    gc.collect()
+
+
 def _receive(channel: socket.socket) -> tuple[bytes, list[int]]:
     """The client's request (one line; b"" if the client went away) and its fds."""
     data = b""
@@ -452,7 +465,7 @@ def _receive(channel: socket.socket) -> tuple[bytes, list[int]]:
 
 
 def _answer(channel: socket.socket, message: dict[str, object]) -> None:
-    channel.sendall((json.dumps(message, separators=(",", ":")) + "\n").encode("ascii"))
+    channel.sendall((json.dumps(message) + "\n").encode("ascii"))
 
 
 def _refuse(channel: socket.socket, exc: OSError | ValueError) -> NoReturn:
@@ -741,6 +754,7 @@ def _run_task(idle: _Idle) -> tuple[int, bool, set[str]]:
     KeyboardInterrupt, names of the modules that are the server's)."""
     _prepare(idle)
     server_modules = set(sys.modules) - {"__main__"}
+    _warm_up()
     task = _claim(idle)
     del idle
     code: CodeType | None = None
