@@ -52,7 +52,7 @@ import time  # noqa: E402
 import warnings  # noqa: E402
 from _weakref import ref as _weakref  # noqa: E402
 from importlib import import_module  # noqa: E402
-from importlib.machinery import SourceFileLoader, SourcelessFileLoader  # noqa: E402
+from importlib.machinery import FileFinder, SourceFileLoader, SourcelessFileLoader  # noqa: E402
 from importlib.util import MAGIC_NUMBER  # noqa: E402
 from types import CodeType, ModuleType  # noqa: E402
 
@@ -143,6 +143,27 @@ class _ServerState:
         # The environment, decoded: a task's is compared with it without touching os.environ.
         self.env_names = tuple(os.environ)
         self.env_values = tuple(os.environ.values())
+        self._imported()
+
+    def refresh(self) -> None:
+        """Before a fork. (The server imports nothing after its start-up: just in case.)"""
+        if len(self.modules) != len(sys.modules) - 1:
+            self._imported()
+
+    def _imported(self) -> None:
+        self.modules = frozenset(sys.modules) - {"__main__"}  # the server's: no task's teardown
+        # What the server's imports cached of the directories on sys.path (and of zip files)
+        # may be stale by the time a task imports anything: read it again then. A FileFinder's
+        # invalidate_caches() only marks its listing stale (read again on its next use, in a
+        # task), so that is done here, once for all the children; other finders' are called
+        # in each child.
+        self.invalidate: list[Callable[[], object]] = []
+        for finder in list(sys.path_importer_cache.values()):
+            invalidate = getattr(finder, "invalidate_caches", None)
+            if isinstance(finder, FileFinder):
+                finder.invalidate_caches()
+            elif invalidate is not None:
+                self.invalidate.append(invalidate)
 
 
 def _text(value: object) -> str:
@@ -240,37 +261,6 @@ def _freeze() -> None:
 _forks = 0
 
 
-def _fork(sock: socket.socket, seq: int, state: _ServerState,
-          server_pid: int) -> _Idle | _Child | dict[str, object]:
-    """Fork a child for the client's next task. In the child, return what it needs; in the
-    server, announce it to the client (with the client's end of its channel and the read end of
-    its done pipe) and return it, or the error reply. (Until the child has copied what it
-    writes to, whatever the server writes to is copied for it: the server does little here
-    after the fork.)"""
-    channel, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    done_r, done_w = os.pipe()  # the child closes its copies at once
-    fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [channel.fileno(), done_r]))]
-    _flush_stdio()  # nothing of ours may end up in a task's output
-    _freeze()
-    try:
-        pid = os.fork()
-    except OSError as exc:
-        _close(channel.detach(), child_end.detach(), done_r, done_w)
-        return {"error": f"fork failed: {exc}", "op": "fork", "errno": exc.errno or 0,
-                "strerror": exc.strerror or str(exc)}
-    if pid == 0:
-        channel.close()
-        return _Idle(sock, child_end, state, server_pid)
-    child = _Child(pid, seq, done_w)
-    try:
-        message = b'{"child":%d,"seq":%d}\n' % (pid, seq)
-        if sock.sendmsg([message], fds) < len(message):
-            raise OSError("short send")
-    finally:
-        _close(channel.detach(), child_end.detach(), done_r)
-    return child
-
-
 def _collect(child: _Child) -> int | None:
     """The child's returncode, if it has exited: first kill what is left of its process group
     (the unreaped leader keeps the pgid from being reused), then reap it."""
@@ -287,21 +277,42 @@ def _collect(child: _Child) -> int | None:
     return -signal.SIGKILL if status is None else os.waitstatus_to_exitcode(status)
 
 
-def _serve(sock: socket.socket, preload: Sequence[str]) -> _Idle | None:
-    """Serve requests until the client goes away (None), or return what a forked child needs
-    (in that child)."""
-    server_pid = os.getpid()
-    stop: list[int] = []
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_r, False)
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-    for sig in _STOP_SIGNALS:
-        if _STARTUP_HANDLERS.get(sig) != _signal.SIG_IGN:
-            signal.signal(sig, lambda signum, _frame: stop.append(signum))
-    children: dict[int, _Child] = {}  # by seq
-    seq = 0
-    try:
+class _Server:
+    """The server: its socket to the client, its children, its loop. The loop returns whenever
+    the client asks for a child, and the fork happens here, in :meth:`run`: the child then
+    leaves the server with little of its state to let go of (each object it lets go of, or
+    touches, has its page copied from the server)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.pid = os.getpid()
+        self.stop: list[int] = []  # signals asking us to stop
+        self.wake_r, self.wake_w = os.pipe()
+        self.children: dict[int, _Child] = {}  # by seq
+        self.seq = 0
+        self.buffer = b""  # what the client sent, not handled yet
+
+    def run(self, preload: Sequence[str]) -> _Idle | None:
+        """Serve the client until it goes away (None), or return what a forked child needs
+        (in that child)."""
+        try:
+            state = self._start(preload)
+            while state is not None and self._serve():
+                idle = self._fork(state)
+                if idle is not None:
+                    return idle
+            return None
+        finally:
+            if os.getpid() == self.pid:
+                self._close()
+
+    def _start(self, preload: Sequence[str]) -> _ServerState | None:
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        for sig in _STOP_SIGNALS:
+            if _STARTUP_HANDLERS.get(sig) != _signal.SIG_IGN:
+                signal.signal(sig, lambda signum, _frame: self.stop.append(signum))
         for name in preload:
             try:
                 import_module(name)
@@ -309,91 +320,132 @@ def _serve(sock: socket.socket, preload: Sequence[str]) -> _Idle | None:
                 import traceback
 
                 traceback.print_exc()
-                _send(sock, {"error": f"cannot preload {name!r}: "
-                                      f"{type(exc).__name__}: {exc}"})
+                _send(self.sock, {"error": f"cannot preload {name!r}: "
+                                           f"{type(exc).__name__}: {exc}"})
                 return None
         state = _ServerState()
         _flush_stdio()
-        _send(sock, {"ready": server_pid, "version": list(sys.version_info[:3])})
-        buffer = b""
-        while not stop:
-            poller = select.poll()
-            poller.register(sock, select.POLLIN)
-            poller.register(wake_r, select.POLLIN)
-            timeout: int | None = None
-            for child in children.values():
-                if child.pidfd is not None:
-                    poller.register(child.pidfd, select.POLLIN)
-                else:
-                    timeout = 10
-            ready = {fd for fd, _ in poller.poll(timeout)}
-            if wake_r in ready:
-                while True:
-                    try:
-                        if not os.read(wake_r, 256):
-                            break
-                    except BlockingIOError:
+        _send(self.sock, {"ready": self.pid, "version": list(sys.version_info[:3])})
+        return state
+
+    def _serve(self) -> bool:
+        """Handle the client's requests and the children's exits until the client asks for
+        a child (True), goes away or we are told to stop (False)."""
+        while not self.stop:
+            while b"\n" in self.buffer:
+                line, self.buffer = self.buffer.split(b"\n", 1)
+                if self._handle(line):
+                    return True
+            if not self._wait():
+                return False
+        return False
+
+    def _wait(self) -> bool:
+        """Wait for something to do; report the children that exited. False if the client is
+        gone."""
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        poller.register(self.wake_r, select.POLLIN)
+        timeout: int | None = None
+        for child in self.children.values():
+            if child.pidfd is not None:
+                poller.register(child.pidfd, select.POLLIN)
+            else:
+                timeout = 10
+        ready = {fd for fd, _ in poller.poll(timeout)}
+        if self.wake_r in ready:
+            while True:
+                try:
+                    if not os.read(self.wake_r, 256):
                         break
-            for child in list(children.values()):
-                if child.pidfd is None or child.pidfd in ready:
-                    returncode = _collect(child)
-                    if returncode is not None:
-                        del children[child.seq]
-                        _send(sock, {"exit": returncode, "pid": child.pid, "seq": child.seq})
-                        _close(child.done_w)  # after the status is sent: readable = collectable
-            if sock.fileno() not in ready:
-                continue
-            try:
-                data = sock.recv(_RECV_SIZE)
-            except ConnectionResetError:
-                data = b""
-            if not data:
-                return None  # the client is gone: the finally clause kills the children
-            buffer += data
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                request = json.loads(line)
-                if not isinstance(request, dict):
-                    continue
-                op = request.get("op")
-                if op == "signal":
-                    # Only to a child not reaped yet: its pgid cannot belong to anyone else.
-                    target_seq, signum = request.get("seq"), request.get("sig")
-                    target = children.get(target_seq) if isinstance(target_seq, int) else None
-                    if (target is not None and isinstance(signum, int)
-                            and signum in signal.valid_signals()):
-                        _signal_group(target.pid, signum)
-                elif op == "fork":
-                    script = request.get("compile")
-                    if isinstance(script, str) and os.path.isabs(script):
-                        _cache_code(script)
-                    seq += 1
-                    result = _fork(sock, seq, state, server_pid)
-                    if isinstance(result, _Idle):
-                        return result
-                    if isinstance(result, _Child):
-                        children[seq] = result
-                    else:
-                        _send(sock, result)
-                else:
-                    _send(sock, {"error": f"unknown request {op!r}"})
+                except BlockingIOError:
+                    break
+        for child in list(self.children.values()):
+            if child.pidfd is None or child.pidfd in ready:
+                returncode = _collect(child)
+                if returncode is not None:
+                    del self.children[child.seq]
+                    _send(self.sock, {"exit": returncode, "pid": child.pid, "seq": child.seq})
+                    _close(child.done_w)  # after the status is sent: readable = collectable
+        if self.sock.fileno() not in ready:
+            return True
+        try:
+            data = self.sock.recv(_RECV_SIZE)
+        except ConnectionResetError:
+            data = b""
+        self.buffer += data
+        return bool(data)
+
+    def _handle(self, line: bytes) -> bool:
+        """Handle one request; True if it asks for a child."""
+        request = json.loads(line)
+        if not isinstance(request, dict):
+            return False
+        op = request.get("op")
+        if op == "signal":
+            # Only to a child not reaped yet: its pgid cannot belong to anyone else.
+            seq, signum = request.get("seq"), request.get("sig")
+            child = self.children.get(seq) if isinstance(seq, int) else None
+            if child is not None and isinstance(signum, int) and signum in signal.valid_signals():
+                _signal_group(child.pid, signum)
+        elif op == "fork":
+            script = request.get("compile")
+            if isinstance(script, str) and os.path.isabs(script):
+                _cache_code(script)
+            return True
+        else:
+            _send(self.sock, {"error": f"unknown request {op!r}"})
+        return False
+
+    def _fork(self, state: _ServerState) -> _Idle | None:
+        """Fork a child for the client's next task. In the child, return what it needs; in the
+        server, announce it to the client (with the client's end of its channel and the read
+        end of its done pipe), or the failure. (Until the child has copied what it writes to,
+        whatever the server writes to is copied for it: the server does little after the
+        fork.)"""
+        self.seq += 1
+        channel, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        done_r, done_w = os.pipe()  # the child closes its copies at once
+        fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                array.array("i", [channel.fileno(), done_r]))]
+        _flush_stdio()  # nothing of ours may end up in a task's output
+        state.refresh()
+        _freeze()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            _close(channel.detach(), child_end.detach(), done_r, done_w)
+            _send(self.sock, {"error": f"fork failed: {exc}", "op": "fork",
+                              "errno": exc.errno or 0, "strerror": exc.strerror or str(exc)})
+            return None
+        if pid == 0:
+            channel.close()
+            return _Idle(self.sock, child_end, state, self.pid)
+        self.children[self.seq] = _Child(pid, self.seq, done_w)
+        try:
+            message = b'{"child":%d,"seq":%d}\n' % (pid, self.seq)
+            if self.sock.sendmsg([message], fds) < len(message):
+                raise OSError("short send")
+        finally:
+            _close(channel.detach(), child_end.detach(), done_r)
         return None
-    finally:
-        if os.getpid() == server_pid:
-            for child in children.values():
-                _signal_group(child.pid, signal.SIGKILL)
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(child.pid, 0)
-                _close(child.pidfd, child.done_w)
-            signal.set_wakeup_fd(-1)
-            _close(wake_r, wake_w)
+
+    def _close(self) -> None:
+        """Kill the children's process groups, reap them."""
+        for child in self.children.values():
+            _signal_group(child.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(child.pid, 0)
+            _close(child.pidfd, child.done_w)
+        signal.set_wakeup_fd(-1)
+        _close(self.wake_r, self.wake_w)
 
 
 def _main(argv: list[str]) -> _Idle | None:
     fd = int(argv[0])
     os.set_inheritable(fd, False)
     sock = socket.socket(fileno=fd)
-    idle = _serve(sock, argv[1:])
+    idle = _Server(sock).run(argv[1:])
     if idle is None:
         sock.close()
     return idle
@@ -402,14 +454,18 @@ def _main(argv: list[str]) -> _Idle | None:
 # -- the child: waiting for its task --------------------------------------------------------------
 
 
-def _close_other_fds(keep: set[int]) -> None:
+def _close_other_fds(keep: int) -> None:
+    """Close every fd but 0, 1, 2 and ``keep``."""
     try:
         fds = [int(name) for name in os.listdir("/proc/self/fd")]
     except OSError:  # no /proc: close a generous range instead
         fds = list(range(3, 1 << 16))
     for fd in fds:
-        if fd not in keep:
-            _close(fd)
+        if fd > 2 and fd != keep:
+            try:  # noqa: SIM105 - no context manager per fd: the less touched, the better
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def _prepare(idle: _Idle) -> None:
@@ -427,15 +483,11 @@ def _prepare(idle: _Idle) -> None:
         if os.getppid() != idle.server_pid:  # the server died before prctl: so do we
             os.kill(os.getpid(), signal.SIGKILL)
         idle.sock.close()
-        _close_other_fds({0, 1, 2, idle.channel.fileno()})
+        _close_other_fds(idle.channel.fileno())
     except OSError:
         os._exit(_SETUP_FAILED)
-    # Directory listings cached by the server's imports may be stale by the time the task
-    # imports anything: they are read again on first use (in the task).
-    for finder in list(sys.path_importer_cache.values()):
-        invalidate = getattr(finder, "invalidate_caches", None)
-        if invalidate is not None:
-            invalidate()
+    for invalidate in idle.state.invalidate:
+        invalidate()
 
 
 def _warm_up() -> None:
@@ -576,6 +628,7 @@ def _load(task: _Task) -> tuple[CodeType | bytes, ModuleType]:
     ``sys.modules["__main__"]``."""
     script = task.script
     main = ModuleType("__main__")
+    del sys.modules["__main__"]  # the server's: from now on, __main__ is the first of the task's
     sys.modules["__main__"] = main
     data = b""
     try:
@@ -687,7 +740,22 @@ def _clear_module_dict(namespace: dict[str, object]) -> None:
             namespace[key] = None
 
 
-def _teardown(server_modules: set[str]) -> None:
+def _task_modules(server_modules: frozenset[str]) -> list[str]:
+    """The names of the task's modules, in import order: __main__ (made the last entry of
+    sys.modules when the task started) and those after it, but not the server's (which a task
+    may have imported again). Only these entries are looked at: the server's stay untouched."""
+    names: list[str] = []
+    for name in reversed(sys.modules):
+        if name == "__main__":
+            names.append(name)
+            names.reverse()
+            return names
+        if name not in server_modules:
+            names.append(name)
+    return [name for name in sys.modules if name not in server_modules]  # __main__ was removed
+
+
+def _teardown(server_modules: frozenset[str]) -> None:
     """The task's part of interpreter teardown: collect its garbage, then drop its __main__ and
     the modules it imported, so that finalizers run and files it left open are flushed. The
     server's (frozen) objects and modules are left alone: touching them would copy every page
@@ -699,7 +767,7 @@ def _teardown(server_modules: set[str]) -> None:
         setattr(sys, name, getattr(sys, f"__{name}__", None))
     gc.collect()
     refs = []
-    for name in [n for n in sys.modules if n not in server_modules]:  # and __main__
+    for name in _task_modules(server_modules):
         module = sys.modules[name]
         sys.modules[name] = None  # type: ignore[assignment]  # as the interpreter: no re-import
         if isinstance(module, ModuleType):
@@ -714,7 +782,7 @@ def _teardown(server_modules: set[str]) -> None:
     gc.collect()
 
 
-def _exit_task(status: int, sigint: bool, server_modules: set[str]) -> NoReturn:
+def _exit_task(status: int, sigint: bool, server_modules: frozenset[str]) -> NoReturn:
     """The interpreter's exit path: join non-daemon threads, atexit handlers, flush (120 if
     stdout cannot be), teardown, flush again; die by SIGINT after an uncaught KeyboardInterrupt."""
     threading = sys.modules.get("threading")
@@ -749,11 +817,11 @@ def _flush_io() -> None:
             stream.flush()
 
 
-def _run_task(idle: _Idle) -> tuple[int, bool, set[str]]:
+def _run_task(idle: _Idle) -> tuple[int, bool, frozenset[str]]:
     """Wait for the task, become it and run its script: (exit status, died of
     KeyboardInterrupt, names of the modules that are the server's)."""
     _prepare(idle)
-    server_modules = set(sys.modules) - {"__main__"}
+    server_modules = idle.state.modules
     _warm_up()
     task = _claim(idle)
     del idle
