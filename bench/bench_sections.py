@@ -324,8 +324,10 @@ def resources(ctx: Ctx) -> SectionResult:
         f"shard: the drain workload ({ctx.sizes.drain:,} /bin/true tasks, two shards); each "
         "shard reaped with os.wait4: peak RSS = the larger ru_maxrss of the two (KiB / 1024, "
         "so the 60 MB target is read as MiB). ru_maxrss is the largest of the shard and every "
-        "descendant it reaped (a helper or fork-server child counts if larger); 'own VmHWM' is "
-        "the shards' own peak, sampled from /proc every 20 ms, as a cross-check. CPU = "
+        "descendant it reaped, and — a kernel detail — a process started by vfork/posix_spawn "
+        "inherits its parent's high-water mark until exec: the shards, spawned from this "
+        "(large) benchmark process, report its RSS there. The target is therefore judged on "
+        "'own VmHWM', the shards' own peak read from /proc every 20 ms. CPU = "
         "user+sys of both shards *including their task processes* (wait4 counts reaped "
         "children), per task.",
         f"mission: `cronqueue mission --config F --now T` ticks on an empty queue, T one "

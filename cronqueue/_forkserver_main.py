@@ -35,6 +35,7 @@ if __name__ == "__main__" and (sys.version_info < (3, 9) or sys.platform != "lin
     sys.exit("the cronqueue fork server needs Python >= 3.9 on Linux")
 
 import _signal  # type: ignore[import-not-found]  # noqa: E402 - signal's C half: no enums
+import _socket  # noqa: E402
 import array  # noqa: E402
 import atexit  # noqa: E402
 import builtins  # noqa: E402
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
 _PR_SET_PDEATHSIG = 1
 _SETUP_FAILED = 127  # status of a child that ran no task code
 _RECV_SIZE = 1 << 16
+_FDS_SPACE = socket.CMSG_SPACE(2 * array.array("i").itemsize)  # a request's stdin and stdout
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 # argv[0] and the interpreter options this interpreter was started with (for sys.orig_argv).
@@ -121,7 +123,7 @@ class _Child:
 class _Idle:
     """In a new child: what it needs from the server to become a task."""
 
-    def __init__(self, sock: socket.socket, channel: socket.socket, state: _ServerState,
+    def __init__(self, sock: socket.socket, channel: _socket.socket, state: _ServerState,
                  server_pid: int) -> None:
         self.sock = sock  # the server's, to close
         self.channel = channel  # to the client: the request comes in, the answer goes out
@@ -404,7 +406,7 @@ class _Server:
         whatever the server writes to is copied for it: the server does little after the
         fork.)"""
         self.seq += 1
-        channel, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        channel, child_end = _socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         done_r, done_w = os.pipe()  # the child closes its copies at once
         fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                 array.array("i", [channel.fileno(), done_r]))]
@@ -473,8 +475,10 @@ def _prepare(idle: _Idle) -> None:
     before the task is known (the client is not waiting for it yet)."""
     _signal.set_wakeup_fd(-1)
     for sig, handler in idle.state.signals:
-        with contextlib.suppress(OSError, ValueError, TypeError):
+        try:  # noqa: SIM105 - (a context manager touches more: see _close_other_fds)
             _signal.signal(sig, handler)
+        except (OSError, ValueError, TypeError):
+            pass
     if idle.state.mask_changed:
         _signal.pthread_sigmask(_signal.SIG_SETMASK, _STARTUP_MASK)
     try:
@@ -503,24 +507,26 @@ def _warm_up() -> None:
     gc.collect()
 
 
-def _receive(channel: socket.socket) -> tuple[bytes, list[int]]:
+def _receive(channel: _socket.socket) -> tuple[bytes, list[int]]:
     """The client's request (one line; b"" if the client went away) and its fds."""
     data = b""
-    fds: list[int] = []
+    fds = array.array("i")
     while not data.endswith(b"\n"):
-        chunk, new_fds, _, _ = socket.recv_fds(channel, _RECV_SIZE, 2, socket.MSG_CMSG_CLOEXEC)
-        fds.extend(new_fds)
+        chunk, ancillary, _, _ = channel.recvmsg(_RECV_SIZE, _FDS_SPACE, socket.MSG_CMSG_CLOEXEC)
+        for level, kind, fd_data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(fd_data[:len(fd_data) - len(fd_data) % fds.itemsize])
         if not chunk:
-            return b"", fds
+            return b"", list(fds)
         data += chunk
-    return data, fds
+    return data, list(fds)
 
 
-def _answer(channel: socket.socket, message: dict[str, object]) -> None:
+def _answer(channel: _socket.socket, message: dict[str, object]) -> None:
     channel.sendall((json.dumps(message) + "\n").encode("ascii"))
 
 
-def _refuse(channel: socket.socket, exc: OSError | ValueError) -> NoReturn:
+def _refuse(channel: _socket.socket, exc: OSError | ValueError) -> NoReturn:
     """Tell the client why the task could not be set up (it ran no code), and exit."""
     if isinstance(exc, OSError):
         failure: dict[str, object] = {
@@ -528,8 +534,12 @@ def _refuse(channel: socket.socket, exc: OSError | ValueError) -> NoReturn:
             "filename": exc.filename if isinstance(exc.filename, str) else None}
     else:
         failure = {"errno": 22, "strerror": str(exc), "filename": None}
+    _give_up(channel, {"error": f"cannot start task: {failure['strerror']}", **failure})
+
+
+def _give_up(channel: _socket.socket, answer: dict[str, object]) -> NoReturn:
     try:
-        _answer(channel, {"error": f"cannot start task: {failure['strerror']}", **failure})
+        _answer(channel, answer)
     finally:
         os._exit(_SETUP_FAILED)
 
@@ -564,10 +574,7 @@ def _claim(idle: _Idle) -> _Task:
     """Wait for the task; become it; open its script; answer the client. Then only the task's
     fds 0, 1 and 2 are open."""
     channel = idle.channel
-    try:
-        data, fds = _receive(channel)
-    except BaseException:  # interrupted while waiting: no task was started
-        os._exit(_SETUP_FAILED)
+    data, fds = _receive(channel)
     if not data:
         os._exit(_SETUP_FAILED)  # the client went away (or gave up on us)
     try:
@@ -582,8 +589,7 @@ def _claim(idle: _Idle) -> _Task:
         env = {_text(k): _text(v) for k, v in env.items()}
         cwd = _text(request.get("cwd"))
     except ValueError as exc:
-        _answer(channel, {"error": f"bad spawn request: {exc}"})
-        os._exit(_SETUP_FAILED)
+        _give_up(channel, {"error": f"bad spawn request: {exc}"})
     try:
         os.dup2(fds[0], 0)
         os.dup2(fds[1], 1)
@@ -820,10 +826,13 @@ def _flush_io() -> None:
 def _run_task(idle: _Idle) -> tuple[int, bool, frozenset[str]]:
     """Wait for the task, become it and run its script: (exit status, died of
     KeyboardInterrupt, names of the modules that are the server's)."""
-    _prepare(idle)
     server_modules = idle.state.modules
-    _warm_up()
-    task = _claim(idle)
+    try:
+        _prepare(idle)
+        _warm_up()
+        task = _claim(idle)
+    except BaseException:  # a signal, say, before the task's code: it never ran
+        os._exit(_SETUP_FAILED)
     del idle
     code: CodeType | None = None
     try:

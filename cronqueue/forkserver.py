@@ -126,6 +126,9 @@ _MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\Z")
 _RECV_SIZE = 1 << 16
 _STDERR_TAIL = 2000
 _SPAWN_TRIES = 3  # children found dead before they took a task, replaced
+# Children kept forked ahead of the tasks: with two, one task after another, each has had two
+# tasks' time to get ready (setting a child up costs about as much as running a small task).
+_CHILDREN_AHEAD = 2
 
 
 # An environment as Popen takes it: str, or bytes (os.environb-style) keys and values.
@@ -197,9 +200,10 @@ class _Connection:
         self._buffer = b""
         self._fds: deque[int] = deque()
         self.replies: deque[dict[str, Any]] = deque()
-        self.waiting: _Waiting | None = None  # the child for our next task
-        self.fork_asked = False  # a child (or a fork error) is on its way
+        self.waiting: deque[_Waiting] = deque()  # children for our next tasks, oldest first
+        self.forks_asked = 0  # children (or fork errors) on their way
         self.fork_error: dict[str, Any] | None = None
+        self.compile_hint: str | None = None  # for the server, once the running task ends
         self.tasks: set[int] = set()  # seqs of the children that took a task, until collected
         self.exits: dict[int, int] = {}  # seq: returncode, until its ForkedTask takes it
 
@@ -214,41 +218,49 @@ class _Connection:
         poller.register(self.sock, select.POLLIN)
         if not poller.poll(None if timeout is None else max(0, int(timeout * 1000 + 0.999))):
             return
-        try:
-            data, fds, _, _ = socket.recv_fds(self.sock, _RECV_SIZE, 4,
-                                              socket.MSG_CMSG_CLOEXEC)
-        except OSError as exc:
-            raise self.fail(f"fork server connection failed: {exc}") from None
-        self._fds.extend(fds)
-        if not data:
-            raise self.fail("fork server died")
-        self._buffer += data
-        while b"\n" in self._buffer:
-            line, self._buffer = self._buffer.split(b"\n", 1)
+        while True:  # all there is: a read stops at a message with fds (an announcement)
             try:
-                self._handle(json.loads(line))
-            except (ValueError, TypeError, KeyError, IndexError):
-                raise self.fail(f"fork server sent garbage: {line[:200]!r}") from None
+                data, fds, _, _ = socket.recv_fds(self.sock, _RECV_SIZE, 4,
+                                                  socket.MSG_CMSG_CLOEXEC)
+            except OSError as exc:
+                raise self.fail(f"fork server connection failed: {exc}") from None
+            self._fds.extend(fds)
+            if not data:
+                raise self.fail("fork server died")
+            self._buffer += data
+            while b"\n" in self._buffer:
+                line, self._buffer = self._buffer.split(b"\n", 1)
+                try:
+                    self._handle(json.loads(line))
+                except (ValueError, TypeError, KeyError, IndexError):
+                    raise self.fail(f"fork server sent garbage: {line[:200]!r}") from None
+            if not poller.poll(0):
+                return
 
     def _handle(self, message: dict[str, Any]) -> None:
         if "exit" in message:
             seq = int(message["seq"])
-            if self.waiting is not None and self.waiting.seq == seq:  # died waiting
-                self.waiting.close()
-                self.waiting = None
+            waited = [child for child in self.waiting if child.seq == seq]
+            if waited:  # died waiting
+                self.waiting.remove(waited[0])
+                waited[0].close()
             elif seq in self.tasks:
                 self.tasks.discard(seq)
                 self.exits[seq] = int(message["exit"])
+                # Its replacement is forked now, not while it ran: the server is then free to
+                # report the exit at once (and a child in stock takes the next task).
+                self.ask_for_children(self.compile_hint)
+                self.compile_hint = None
         elif "child" in message:
             channel = socket.socket(fileno=self._fds.popleft())
             done_fd = self._fds.popleft()
-            if self.waiting is not None:  # never: we ask for one child at a time
-                self.waiting.close()
-            self.waiting = _Waiting(int(message["child"]), int(message["seq"]), channel, done_fd)
-            self.fork_asked = False
+            self.waiting.append(
+                _Waiting(int(message["child"]), int(message["seq"]), channel, done_fd))
+            self.forks_asked = max(0, self.forks_asked - 1)
+            self.fork_error = None  # a later fork worked
         elif message.get("op") == "fork":
             self.fork_error = message
-            self.fork_asked = False
+            self.forks_asked = max(0, self.forks_asked - 1)
         else:
             self.replies.append(message)
 
@@ -265,19 +277,19 @@ class _Connection:
         """The child for our next task (asked for if need be). Raises ForkServerError, or
         OSError if the server could not fork."""
         deadline = time.monotonic() + timeout
-        while self.waiting is None:
+        self.ask_for_children()  # (none missing, unless children died or a fork failed)
+        while not self.waiting:
             if self.fork_error is not None:
                 error, self.fork_error = self.fork_error, None
                 if error.get("errno") and error.get("strerror"):
                     raise OSError(int(error["errno"]), str(error["strerror"]))
                 raise ForkServerError(f"fork server cannot fork: {error.get('error')}")
-            self.ask_for_child()
+            self.ask_for_children()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise self.fail(f"fork server did not fork within {timeout:g}s")
             self.pump(remaining)
-        child, self.waiting = self.waiting, None
-        return child
+        return self.waiting.popleft()
 
     # -- sending --------------------------------------------------------------------------------
 
@@ -290,15 +302,17 @@ class _Connection:
         except OSError as exc:
             raise self.fail(f"fork server connection failed: {exc}") from None
 
-    def ask_for_child(self, compile_script: str | None = None) -> None:
-        """Have the server fork the child for our next task now (unless one is on its way),
-        compiling ``compile_script`` first for it and the children after it."""
-        if self.waiting is None and not self.fork_asked and self.lost is None:
+    def ask_for_children(self, compile_script: str | None = None) -> None:
+        """Have the server fork children for our next tasks now, up to _CHILDREN_AHEAD of them
+        (counting those on their way), compiling ``compile_script`` first, for them and the
+        children after them."""
+        while len(self.waiting) + self.forks_asked < _CHILDREN_AHEAD and self.lost is None:
             message: dict[str, object] = {"op": "fork"}
             if compile_script is not None:
                 message["compile"] = compile_script
+                compile_script = None
             self.send(message)
-            self.fork_asked = True
+            self.forks_asked += 1
 
     # -- ending ---------------------------------------------------------------------------------
 
@@ -326,9 +340,8 @@ class _Connection:
             self.sock.close()
         while self._fds:
             os.close(self._fds.popleft())
-        if self.waiting is not None:
-            self.waiting.close()
-            self.waiting = None
+        while self.waiting:
+            self.waiting.popleft().close()
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -482,7 +495,7 @@ class ForkServer:
         message = conn.reply(self.start_timeout)
         if "ready" not in message:
             raise conn.fail(f"fork server failed to start: {message.get('error', message)}")
-        conn.ask_for_child()  # forked while we do other things
+        conn.ask_for_children()  # forked while we do other things
         self._conn = conn
         self._server_env = env
 
@@ -535,14 +548,15 @@ class ForkServer:
                 if answer is None:  # died before it took the task: try the next one
                     child.close()
                     continue
-                # The next task's child is forked while this one runs; given this script, the
-                # server compiles it first, so that the next child has its code.
-                conn.ask_for_child(answer.get("compile") if answer.get("ok") else None)
                 if answer.get("ok"):
+                    # Its replacement is asked for once it has exited (_Connection._handle);
+                    # given this script, the server compiles it first, for the next children.
+                    conn.compile_hint = answer.get("compile")
                     task = ForkedTask(conn, child, [script, *args])
                     self._task = task
                     return task
-                child.close()
+                child.close()  # it exits: replaced at once
+                conn.ask_for_children()
                 if answer.get("errno") is not None and answer.get("strerror") is not None:
                     filename = answer.get("filename")
                     if filename is not None:
