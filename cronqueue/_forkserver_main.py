@@ -5,15 +5,21 @@ possibly with an interpreter where cronqueue is not installed: this file imports
 standard library (Python >= 3.9, Linux). ``cronqueue/forkserver.py`` describes the protocol,
 what a task gets, and how that differs from ``python script.py``.
 
-The server forks a child whenever the client asks for one (at start, and as soon as a task has
-been handed to the previous one), so that forking is not part of starting a task. The child
-leaves the server's loop and sets up what does not depend on the task (its own session, the
-signal dispositions and mask, no fds but its channel to the client), then waits. The client
-sends the request straight to it; the child becomes the task: the task's fds, cwd, environment,
-argv and ``sys.path[0]``, a fresh ``__main__``; answers; runs the script's code (compiled by the
-server beforehand when it can: see ``_CODE_CACHE``); and exits as CPython's ``Py_RunMain`` would
-(SystemExit, excepthook, threads, atexit, flushes, the task's part of teardown, SIGINT after
-KeyboardInterrupt), then ``os._exit``.
+The server forks a child whenever the client asks for one (the client keeps two waiting), so
+that forking is not part of starting a task. The child leaves the server's loop and sets up
+what does not depend on the task (its own session, the signal dispositions and mask, no fds but
+its channel to the client), then waits. The client sends the request straight to it; the child
+becomes the task: the task's fds, cwd, environment, argv and ``sys.path[0]``, a fresh
+``__main__``; answers; runs the script's code (compiled by the server beforehand when it can:
+see ``_CODE_CACHE``); and exits as CPython's ``Py_RunMain`` would (SystemExit, excepthook,
+threads, atexit, flushes, the task's part of teardown, SIGINT after KeyboardInterrupt), then
+``os._exit``.
+
+Copy-on-write shapes the code: every object a child touches (a reference count is a write)
+has its page copied from the server, a few microseconds each, hundreds per child. So the child
+touches as little of the server's state as it can, does what it can before the client waits for
+it, and leaves the server's loop with little to unwind; the server, whose every write after a
+fork is a copy too, does little per task.
 """
 
 from __future__ import annotations
@@ -223,11 +229,14 @@ def _cache_code(path: str) -> None:
     from now on, unless it cannot be cached: not a regular source file, changed too recently,
     or compiling it fails or warns (a child compiles it then, with the errors and warnings on
     the task's stderr, as ``python script.py``)."""
-    _CODE_CACHE.pop(path, None)
+    cached = _CODE_CACHE.pop(path, None)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             st = os.fstat(fd)
+            if cached is not None and cached[0] == _file_key(st):  # (a child forked before)
+                _CODE_CACHE[path] = cached
+                return
             if not stat.S_ISREG(st.st_mode):
                 return
             data = _read_all(fd)

@@ -6,6 +6,13 @@ only, so any Python >= 3.9 on Linux will do, cronqueue installed in it or not) t
 child per task; the child becomes the task, runs the script's code in a fresh ``__main__``
 module, and ends the way the interpreter ends ``python script.py``.
 
+Forking, and what a child sets up whatever its task, happen ahead of time: the client keeps two
+children forked and waiting (asking for a replacement when a task has exited), so starting a
+task is one message to a waiting child and its answer. And the server compiles each script it
+is told about (the first child to run it compiles it itself), so that the children forked after
+that have its code; a child uses that code only if the file it opens is, by ``fstat()``, the one
+the server compiled. A trivial task costs about a tenth of ``python script.py``.
+
 What is kept from the exec path (``runner.Runner._spawn``/``_wait``/``_kill_group``):
 
 * the exit status, as ``Popen.returncode``: 0, n, or minus the signal number. As CPython does
@@ -21,15 +28,17 @@ What is kept from the exec path (``runner.Runner._spawn``/``_wait``/``_kill_grou
   task exits, the server SIGKILLs what is left of its group, then reaps it: a pgid the server
   signals can never be another process's;
 * stdin from the given fd; stdout and stderr both to the given fd; no other fd open. The given
-  environment exactly (``os.environ`` cleared and refilled, so getenv and programs the task
-  starts see it too; ``time.tzset()`` for TZ); the given cwd; ``sys.argv == [script, *args]``;
-  ``sys.orig_argv`` the interpreter's options + script + args; ``sys.path[0]`` the script's real
-  directory (none with -I/-P); ``__main__`` with the same attributes as CPython gives it; the
-  signal dispositions and mask the server's interpreter started with (the client starts it as
-  it would start ``python script.py``, so those are the exec path's);
+  environment exactly, in its order (``os.environ`` and the C environment, so getenv and
+  programs the task starts see it too; ``time.tzset()`` for TZ); the given cwd;
+  ``sys.argv == [script, *args]``; ``sys.orig_argv`` the interpreter's options + script + args;
+  ``sys.path[0]`` the script's real directory (none with -I/-P); ``__main__`` with the same
+  attributes as CPython gives it; the signal dispositions and mask the server's interpreter
+  started with (the client starts it as it would start ``python script.py``, so those are the
+  exec path's);
 * the task dies with its shard: when the client's end of the socket closes (even by SIGKILL),
-  the server SIGKILLs the running task's group and exits (as it does on SIGTERM/SIGINT/SIGHUP).
-  If the server dies unexpectedly, the task's process gets SIGKILL (``PR_SET_PDEATHSIG``) and
+  the server SIGKILLs the running task's group (and its waiting children) and exits (as it
+  does on SIGTERM/SIGINT/SIGHUP). If the server dies unexpectedly, the task's process (and the
+  waiting children) get SIGKILL (``PR_SET_PDEATHSIG``) and
   the client raises :class:`ForkServerError` (what the task started survives, as when a shard
   is SIGKILLed on the exec path).
 
@@ -50,8 +59,8 @@ Known differences from ``python script.py`` (the price of not starting an interp
   str/bytes gives the same values in each of them;
 * modules already imported: the preloaded ones and those the server uses itself (``json``,
   ``re``, ``enum``, ``socket``, ``selectors``, ``select``, ``signal``, ``ctypes``, ``struct``,
-  ``traceback``, ``linecache``, ``tokenize``, ``importlib.machinery``/``util``, ``atexit``,
-  ``gc``, ``contextlib``, ``types``, ``__future__``, ... and what they import). Their
+  ``array``, ``stat``, ``warnings``, ``importlib.machinery``/``util``, ``atexit``, ``gc``,
+  ``contextlib``, ``types``, ``__future__``, ... and what they import). Their
   import-time code ran in the server, with its environment and cwd ``/``. Module state is per
   child: nothing a task imports or changes reaches the server or the next task;
 * random state: ``random`` re-seeds itself in the child (``os.register_at_fork``);
@@ -75,7 +84,14 @@ Known differences from ``python script.py`` (the price of not starting an interp
   *server's* command line and start-up environment (getenv and ``os.environ`` give the task's);
   the parent is the server, not the shard; rlimits, umask, nice, cgroup, capabilities and
   uid/gid are the server's (the shard's when it started the server); ``sys.executable`` is the
-  server's interpreter; memory starts as a copy-on-write copy of the server's;
+  server's interpreter; memory starts as a copy-on-write copy of the server's. The process was
+  forked (and set up its session) before the task was handed to it: its start time
+  (``/proc/PID/stat``, ``psutil.Process().create_time()``) is that earlier time; between tasks
+  two such children wait (own sessions, the server's command line);
+* the script's code may be the server's compilation of it (the same code, from the same bytes:
+  never for a file changed in the last 2 s, a ``.pyc``, or a source whose compilation warns or
+  fails, which the child compiles itself, so that warnings and errors go to the task's output):
+  then the file is opened, as CPython opens it (same errors), but not read;
 * frames: the script's module code is called from the server (``sys._getframe(1)``,
   ``inspect.stack()``, ``traceback.print_stack()`` show two frames of it; the recursion limit
   is reached two frames earlier);
@@ -87,18 +103,28 @@ Not thread-safe: one ``ForkServer`` serves one caller, one task at a time. Do no
 copy of the client (``os.fork``, multiprocessing's fork) outlive it: it would keep the socket
 open, and the server would not notice that the client died.
 
-Protocol (one AF_UNIX stream socket, one JSON object per line, ASCII):
+Protocol: AF_UNIX stream sockets, one JSON object per line, ASCII. The client's socket to the
+server:
 
 * server → client, once: ``{"ready": server_pid, "version": [3, 11, 7]}`` or ``{"error"}``;
-* client → server: ``{"op": "spawn", "script", "args", "env", "cwd"}`` with the stdin and stdout
-  fds (SCM_RIGHTS). Reply, once the child has set itself up: ``{"pid"}`` with the read end of a
-  pipe whose write end the server closes after sending the task's status (or by dying): the
-  task's :meth:`ForkedTask.fileno`; or ``{"error", "errno", "strerror", "filename"}`` (the
-  child could not be set up: no such cwd, ...); or ``{"error"}``;
-* client → server: ``{"op": "signal", "pid", "sig"}``, no reply (dropped unless ``pid`` is the
-  running, unreaped task);
-* server → client, when the task has exited and been reaped: ``{"exit": returncode, "pid"}``;
-* EOF either way ends everything.
+* client → server: ``{"op": "fork"}``, optionally with ``"compile": "/abs/script.py"`` (to
+  compile first). The server forks a child, then sends ``{"child": pid, "seq": n}`` with two
+  fds (SCM_RIGHTS): the client's end of a socket to that child (its channel) and the read end of
+  a pipe whose write end the server closes after sending the child's status (or by dying): the
+  task's :meth:`ForkedTask.fileno`. Or, if it cannot fork, ``{"error", "op": "fork", "errno",
+  "strerror"}``. ``seq`` names the child in what follows (a pid can be reused, a seq cannot);
+* client → server: ``{"op": "signal", "seq", "sig"}``, no reply (dropped unless ``seq`` is a
+  child not reaped yet);
+* server → client, when a child (waiting or running a task) has exited and been reaped:
+  ``{"exit": returncode, "pid", "seq"}``;
+* EOF either way ends everything (the server kills its children's groups).
+
+A child's channel: the client sends the task, ``{"script", "args", "env", "cwd"}`` with the stdin
+and stdout fds; the child answers, once set up and before running any of the task's code,
+``{"ok": 1}`` (with ``"compile": "/abs/script.py"`` if it had no compiled code for the script),
+or ``{"error", "errno", "strerror", "filename"}`` (it could not be set up: no such cwd, ...; it
+exits) or ``{"error"}``; then it closes its end. EOF without an answer: the child died before
+taking the task (the client tries the next one).
 """
 
 from __future__ import annotations
@@ -234,7 +260,7 @@ class _Connection:
                     self._handle(json.loads(line))
                 except (ValueError, TypeError, KeyError, IndexError):
                     raise self.fail(f"fork server sent garbage: {line[:200]!r}") from None
-            if not poller.poll(0):
+            if self.lost is not None or not poller.poll(0):
                 return
 
     def _handle(self, message: dict[str, Any]) -> None:
@@ -249,8 +275,9 @@ class _Connection:
                 self.exits[seq] = int(message["exit"])
                 # Its replacement is forked now, not while it ran: the server is then free to
                 # report the exit at once (and a child in stock takes the next task).
-                self.ask_for_children(self.compile_hint)
-                self.compile_hint = None
+                hint, self.compile_hint = self.compile_hint, None
+                with contextlib.suppress(ForkServerError):  # (the status is ours all the same)
+                    self.ask_for_children(hint)
         elif "child" in message:
             channel = socket.socket(fileno=self._fds.popleft())
             done_fd = self._fds.popleft()

@@ -581,3 +581,120 @@ def test_signals_to_the_shard_group_miss_server_and_task(tmp_path: Path) -> None
         client.wait(TIMEOUT)
     assert wait_for(lambda: all(process_gone(pid) for pid in (server_pid, task_pid,
                                                                grandchild)), 2.0)
+
+
+# -- ahead of time: compiled code, waiting children ---------------------------------------------
+
+
+def compile_hint(fs: ForkServer) -> object:
+    """Whether the last spawned child had to compile its script (white box: its answer)."""
+    assert fs._conn is not None
+    return fs._conn.compile_hint
+
+
+CACHED = {
+    "traceback": ("""
+        import sys
+        def inner():
+            raise ValueError(sys.argv[1])
+        inner()
+        """, 1),
+    "warning-at-compile": ("import sys\nx = '\\d'\nprint(x, sys.argv[1:])\n", 0),
+    "syntax-error": (SAME_AS_EXEC["syntax-error"][0], 1),
+    "main-module": (SAME_AS_EXEC["main-module"][0], 0),
+    "changed": ("print('first')\n", 0),
+}
+
+
+@pytest.fixture(scope="module")
+def aged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The CACHED scripts, old enough for the server to compile them (it leaves alone files
+    changed in the last 2 s): one wait for all of them."""
+    tmp_path = tmp_path_factory.mktemp("aged")
+    paths = {name: script(tmp_path, body, f"{name.replace('-', '_')}.py")
+             for name, (body, _) in CACHED.items()}
+    time.sleep(2.1)
+    return paths
+
+
+@pytest.mark.parametrize("name", [name for name in CACHED if name != "changed"])
+def test_compiled_by_the_server_same_as_exec(server: ForkServer, aged: dict[str, Path],
+                                             name: str) -> None:
+    path, (body, expected) = aged[name], CACHED[name]
+    exec_result = run_exec(path, ("arg",))
+    assert exec_result[0] == expected
+    for _ in range(4):  # the first children compile it; those forked after the server did, not
+        assert run_fork(server, path, ("arg",)) == exec_result
+    if "warning" not in body and "syntax" not in body:
+        assert compile_hint(server) is None  # the server's code was used
+    else:
+        assert compile_hint(server) == str(path)  # never cached: each child compiles it
+
+
+def test_a_changed_script_is_run_as_it_now_is(server: ForkServer, aged: dict[str, Path]) -> None:
+    path = aged["changed"]
+    for _ in range(3):
+        assert run_fork(server, path) == (0, "first\n")
+    assert compile_hint(server) is None
+    stat = path.stat()
+    path.write_text("print('other')\n")  # same size, mtime put back: ctime still tells
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert run_fork(server, path) == (0, "other\n")
+    path.unlink()
+    path.write_text("print('third')\n")  # a new file at the same path
+    assert run_fork(server, path) == (0, "third\n")
+    path.unlink()
+    assert run_fork(server, path) == run_exec(path)  # gone: can't open file, status 2
+
+
+def test_environment_order_as_given(tmp_path: Path) -> None:
+    path = script(tmp_path, """
+        import json, os, subprocess
+        out = subprocess.run(['env', '-0'], capture_output=True, check=True).stdout
+        print(json.dumps([list(os.environ), [kv.split('=', 1)[0]
+                                             for kv in out.decode().split('\\0') if kv]]))
+        """)
+    server_env = task_env(A_FIRST="1", Z_LAST="2")
+    with ForkServer(PYTHON, env=server_env) as fs:
+        for env in ({**server_env, "ADDED": "x", "ALSO": "y"},  # the server's, extended
+                    {**server_env, "A_FIRST": "changed", "NEW": "z"},
+                    dict(reversed(list(server_env.items()))),  # another order
+                    {"PATH": server_env["PATH"], "ONLY": "this"}):
+            returncode, output = run_fork(fs, path, env=env)
+            assert returncode == 0, output
+            seen, inherited = json.loads(output)
+            assert seen == inherited == list(env)
+
+
+def waiting_children(fs: ForkServer) -> list[int]:
+    assert fs.pid is not None
+    with open(f"/proc/{fs.pid}/task/{fs.pid}/children") as handle:
+        return [int(pid) for pid in handle.read().split()]
+
+
+def test_children_wait_ahead_and_die_with_the_server(tmp_path: Path) -> None:
+    fs = ForkServer(PYTHON, env=task_env())
+    fs.start()
+    assert wait_for(lambda: len(waiting_children(fs)) == 2, 5.0)
+    children = waiting_children(fs)
+    for pid in children:
+        assert os.getsid(pid) == pid  # set up ahead: own session, nothing of the shard's
+    fs.close()
+    assert wait_for(lambda: all(process_gone(pid) for pid in children), 2.0)
+
+    fs.start()
+    assert wait_for(lambda: len(waiting_children(fs)) == 2, 5.0)
+    children = waiting_children(fs)
+    assert fs.pid is not None
+    os.kill(fs.pid, signal.SIGKILL)
+    assert wait_for(lambda: all(process_gone(pid) for pid in children), 2.0)  # PDEATHSIG
+    fs.close()
+
+
+def test_waiting_children_killed_are_replaced(server: ForkServer, tmp_path: Path) -> None:
+    path = script(tmp_path, "import os; print('ran')")
+    assert wait_for(lambda: len(waiting_children(server)) == 2, 5.0)
+    for pid in waiting_children(server):
+        os.kill(pid, signal.SIGKILL)
+    assert run_fork(server, path) == (0, "ran\n")
+    assert run_fork(server, path) == (0, "ran\n")
