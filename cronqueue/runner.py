@@ -290,11 +290,11 @@ class Runner:
             interp = self.interpreters[".py"]
             self._forkserver = ForkServer(
                 [self._find(interp[0]) or interp[0], *interp[1:]], preload=self.python_preload,
-                env={os.fsdecode(k): os.fsdecode(v) for k, v in self._base_env.items()})
+                env=self._base_env)
         try:
             self._forkserver.start()
             task = self._forkserver.spawn(
-                script, [param], env={os.fsdecode(k): os.fsdecode(v) for k, v in env.items()},
+                script, [param], env=env,
                 cwd=str(self.task_dir), stdin=stdin, stdout=out)
         except ForkServerError as exc:
             log.warning("python fork server unavailable (%s): running %s the exec way",

@@ -178,9 +178,9 @@ def test_outcomes_are_written_while_a_long_task_runs(
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, cwd=tmp_path)
     try:
-        wait_for(lambda: (task_dir / "slow.started").exists(), timeout=30)
+        assert wait_for(lambda: (task_dir / "slow.started").exists(), timeout=30)
         # Without the interval flush this would wait for the slow task (3 s).
-        wait_for(lambda: get_task(queue, quick).status is Status.DONE, timeout=2.5)
+        assert wait_for(lambda: get_task(queue, quick).status is Status.DONE, timeout=2.5)
         assert get_task(queue, slow).status is Status.RUNNING
     finally:
         assert proc.wait(timeout=60) == 0
@@ -197,13 +197,13 @@ def test_watchdog_kills_the_task_group_when_the_shard_is_killed(
     proc = subprocess.Popen(cronqueue_cmd("work", "--config", str(cfg)), env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, cwd=tmp_path)
-    wait_for(lambda: (task_dir / "child.pid").exists() and (task_dir / "task.pid").exists()
+    assert wait_for(lambda: (task_dir / "child.pid").exists() and (task_dir / "task.pid").exists()
              and (task_dir / "task.pid").read_text().strip(), timeout=30)
     pids = [int((task_dir / f).read_text()) for f in ("task.pid", "child.pid")]
     proc.kill()
     proc.wait()
     for pid in pids:  # the script and its background child: the whole group
-        wait_for(lambda pid=pid: process_gone(pid), timeout=10)  # type: ignore[misc]
+        assert wait_for(lambda pid=pid: process_gone(pid), timeout=10)  # type: ignore[misc]
 
 
 @pytest.mark.parametrize("flush_every", [1, 7])

@@ -3,12 +3,14 @@ the exec path and through the fork server, and must come out the same."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from cronqueue.errors import (
     ProcessTimeoutError,
 )
 from cronqueue.runner import Runner, RunResult
+from tests.conftest import wait_for
 from tests.unit.test_runner import is_gone, make_task, write_script
 
 MODES = ["exec", "fork"]
@@ -76,7 +79,6 @@ def test_argv_env_cwd_stdout_and_stderr(runner: Runner) -> None:
     result = run(runner, "t.py", '{"a": "\\u00e9 \\"q\\""}')
     assert result.ok, result.output
     first, second = result.output.splitlines()
-    import json
     seen = json.loads(first)
     assert seen == {"argv": ['{"a": "\\u00e9 \\"q\\""}'], "name": "__main__",
                     "path0": str(runner.task_dir), "cwd": str(runner.task_dir), "task": "7",
@@ -87,7 +89,6 @@ def test_argv_env_cwd_stdout_and_stderr(runner: Runner) -> None:
 def test_secret_arrives_on_stdin(runner: Runner) -> None:
     write_script(runner.task_dir, "t.py", "import sys\nprint(sys.stdin.read()[::-1])\n")
     task = make_task("t.py")
-    from dataclasses import replace
     result = runner.run(replace(task, secret="s3cret"), attempt=1, timeout=30)
     assert result.output.strip() == "terc3s"
 
@@ -103,10 +104,7 @@ def test_timeout_kills_the_whole_group(runner: Runner) -> None:
     assert isinstance(result.failure, ProcessTimeoutError)
     assert time.monotonic() - started < 10
     child = int((runner.task_dir / "child.pid").read_text())
-    deadline = time.monotonic() + 5
-    while not is_gone(child) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert is_gone(child)
+    assert wait_for(lambda: is_gone(child), timeout=5)
 
 
 def test_abort_interrupts(runner: Runner) -> None:
@@ -162,16 +160,11 @@ def test_shard_killed_kills_forked_task(tmp_path: Path) -> None:
         "r.run(make_task('hang.py'), attempt=1, timeout=None)\n")
     shard = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[2])
     pid_file = task_dir / "pid"
-    deadline = time.monotonic() + 30
-    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert wait_for(lambda: pid_file.exists() and pid_file.read_text(), timeout=30)
     task_pid = int(pid_file.read_text())
     os.kill(shard.pid, signal.SIGKILL)
     shard.wait()
-    deadline = time.monotonic() + 10
-    while not is_gone(task_pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert is_gone(task_pid)
+    assert wait_for(lambda: is_gone(task_pid), timeout=10)
 
 
 def test_executable_py_with_shebang_takes_the_exec_path(tmp_path: Path) -> None:
