@@ -20,7 +20,7 @@ from . import queries
 from .db import supports_json_insert, transaction
 from .errors import InvalidTransition, TaskNotFound
 from .model import Status, Task
-from .schema import metadata, queue_table
+from .schema import ddl_metadata, queue_table
 from .spec import TaskSpec
 
 log = logging.getLogger("cronqueue.repository")
@@ -82,9 +82,11 @@ def _json_chunks(indexes: Sequence[int], costs: dict[int, int]) -> list[list[int
     return [c for c in chunks if c]
 
 
-def _json_row(row: dict[str, Any]) -> list[Any]:
-    return [_naive_utc_text(row[c]) if isinstance(row[c], datetime) else row[c]
-            for c in queries.JSON_ROW_COLUMNS]
+def _json_row(spec: TaskSpec, ctime: str) -> list[Any]:
+    """A plain task as one JSON array, in ``queries.JSON_ROW_COLUMNS`` order (times as naive
+    UTC text; ``ctime`` already is)."""
+    return [spec.taskscript, spec.param, spec.priority, spec.queue, ctime,
+            _naive_utc_text(spec.run_at), spec.max_attempts, spec.timeout, spec.secret]
 
 
 @functools.lru_cache(maxsize=16)  # a batch shares its ctime (and usually its run_at)
@@ -111,7 +113,7 @@ class Repository:
     # -- schema -------------------------------------------------------------------------------
 
     def init_db(self) -> None:
-        transaction(self.engine, lambda conn: metadata.create_all(conn, checkfirst=True))
+        transaction(self.engine, lambda conn: ddl_metadata().create_all(conn, checkfirst=True))
 
     def has_schema(self) -> bool:
         return transaction(self.engine, lambda conn: inspect(conn).has_table("queue"),
@@ -140,7 +142,8 @@ class Repository:
             plain = [i for i in plain if costs[i] > _JSON_MAX_ROW_BYTES]
             step = self._consecutive_ids(conn)
             for chunk in _json_chunks(small, costs):
-                encoded = json.dumps([_json_row(specs[i].row(now)) for i in chunk],
+                ctime = _naive_utc_text(now)
+                encoded = json.dumps([_json_row(specs[i], ctime) for i in chunk],
                                      ensure_ascii=False)
                 if step:
                     # The statement's rows got consecutive ids (AUTO-INC lock held for the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -25,10 +26,19 @@ TASKSCRIPT_RE = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})*")
 QUEUE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 
 
+# One encoder for every param and secret (json.dumps with options builds a new one per call).
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
 def check_taskscript(taskscript: object) -> str:
     """Lexical check of a task script path, relative to task_dir. Raises ``InvalidTask``."""
     if not isinstance(taskscript, str):
         raise InvalidTask(f"taskscript must be a string, got {type(taskscript).__name__}")
+    return _check_taskscript_text(taskscript)
+
+
+@functools.lru_cache(maxsize=256)  # a batch repeats a handful of scripts
+def _check_taskscript_text(taskscript: str) -> str:
     if not taskscript:
         raise InvalidTask("taskscript is empty")
     if len(taskscript) > MAX_TASKSCRIPT_LEN:
@@ -46,7 +56,7 @@ def check_taskscript(taskscript: object) -> str:
 
 
 def check_queue(queue: object) -> str:
-    if not isinstance(queue, str) or not QUEUE_RE.fullmatch(queue):
+    if not isinstance(queue, str) or not _queue_name_ok(queue):
         raise InvalidTask(
             f"queue name {queue!r} is malformed (1-64 of letters, digits and _.:-, "
             "starting with a letter or digit)"
@@ -54,10 +64,15 @@ def check_queue(queue: object) -> str:
     return queue
 
 
+@functools.lru_cache(maxsize=256)  # a process uses a handful of queue names
+def _queue_name_ok(queue: str) -> bool:
+    return QUEUE_RE.fullmatch(queue) is not None
+
+
 def serialize_param(param: Any) -> str:
     """JSON text as stored and passed in argv[1]. Raises ``InvalidTask`` if it cannot be."""
     try:
-        text = json.dumps(param, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        text = _ENCODE(param)
     except (TypeError, ValueError) as exc:
         raise InvalidTask(f"param is not JSON-serializable: {exc}") from None
     check_param_text(text)
@@ -66,10 +81,13 @@ def serialize_param(param: Any) -> str:
 
 def check_param_text(text: str) -> None:
     """A stored param must fit in one argv string and hold no NUL byte."""
-    try:
-        size = len(text.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise InvalidTask("param holds a lone surrogate, which is not valid UTF-8") from None
+    if text.isascii():
+        size = len(text)
+    else:
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise InvalidTask("param holds a lone surrogate, which is not valid UTF-8") from None
     if size > MAX_PARAM_BYTES:
         raise InvalidTask(
             f"param is {size} bytes serialized; argv holds at most {MAX_PARAM_BYTES} "
@@ -82,7 +100,7 @@ def check_param_text(text: str) -> None:
 def serialize_secret(secret: Any) -> str:
     """JSON text handed to the script on stdin: no argv limit, but a sane cap."""
     try:
-        text = json.dumps(secret, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        text = _ENCODE(secret)
         size = len(text.encode("utf-8"))
     except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
         raise InvalidTask(f"secret is not JSON-serializable: {exc}") from None
@@ -205,14 +223,17 @@ def spec_from_item(item: object, now: datetime, index: int) -> TaskSpec:
         if isinstance(item, TaskSpec):
             return item
         if isinstance(item, Mapping):
-            unknown = set(item) - _SPEC_KEYS
-            if unknown:
+            if not _SPEC_KEYS.issuperset(item):
+                unknown = set(item) - _SPEC_KEYS
                 raise InvalidTask(f"unknown key(s) {sorted(unknown, key=repr)}")
             if "taskscript" not in item:
                 raise InvalidTask("missing 'taskscript'")
-            fields = dict(item)
-            return build_spec(fields.pop("taskscript"), fields.pop("param", None),
-                              now=now, **fields)
+            get = item.get
+            return build_spec(item["taskscript"], get("param"), priority=get("priority", 0),
+                              queue=get("queue", "default"), run_at=get("run_at"),
+                              delay=get("delay"), max_attempts=get("max_attempts"),
+                              timeout=get("timeout"), unique_key=get("unique_key"),
+                              secret=get("secret"), now=now)
         if isinstance(item, tuple | list) and 1 <= len(item) <= 2:
             return build_spec(*item, now=now)
         raise InvalidTask(f"expected a mapping or (taskscript, param), got {type(item).__name__}")

@@ -93,6 +93,27 @@ def test_init_db_matches_sql_file(backend: str, db_url: str, second_db_url: str,
     assert from_file["tables"] == from_init["tables"]
 
 
+def test_init_db_applies_the_table_options(backend: str, db_url: str, task_dir: Path) -> None:
+    """Ids never reused (SQLite AUTOINCREMENT); InnoDB with exact binary text (MariaDB)."""
+    q = Queue(db_url, task_dir=str(task_dir))
+    q.init_db()
+    try:
+        with q.engine.connect() as conn:
+            for table in ("queue", "cronqueue_runs", "cronqueue_workers"):
+                if backend == "sqlite":
+                    ddl = conn.execute(text("SELECT sql FROM sqlite_master WHERE name = :t"),
+                                       {"t": table}).scalar_one()
+                    assert "AUTOINCREMENT" in ddl, table
+                else:
+                    engine, collation = conn.execute(text(
+                        "SELECT ENGINE, TABLE_COLLATION FROM information_schema.TABLES"
+                        " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :t"),
+                        {"t": table}).one()
+                    assert (engine, collation) == ("InnoDB", "utf8mb4_bin"), table
+    finally:
+        q.close()
+
+
 def test_init_db_twice_keeps_data(queue: Queue) -> None:
     task_id = queue.add("job.sh", {"keep": True})
     queue.init_db()

@@ -155,7 +155,7 @@ def test_round_trip_through_sqlite(tmp_path: Path) -> None:
     plus5 = timezone(timedelta(hours=5))
     when = datetime(2026, 11, 23, 17, 0, 0, 123456, tzinfo=plus5)
     try:
-        schema.metadata.create_all(engine)
+        schema.ddl_metadata().create_all(engine)
         with engine.begin() as conn:
             conn.execute(queue_table.insert().values(taskscript="a.py", param="1", run_at=when))
             got = conn.execute(queue_table.select()).mappings().one()["run_at"]
