@@ -16,6 +16,12 @@ Sections (``--sections``, default all):
 * latency   enqueue-to-start p50/p99 with one shard polling (--max-seconds).
 * python    a trivial .py task via the exec path vs CRONQUEUE_PYTHON_FORK=1.
 * resources peak RSS and CPU of a draining shard; CPU of one ``cronqueue mission`` tick.
+* floors    what the missed targets are up against, in the same run: interpreter start-up CPU
+            (bare, ``import sqlalchemy``, ``import cronqueue.cli``); Python's own
+            subprocess.run loop in two processes vs xargs; one-row INSERT + COMMIT with the
+            bare driver; add_many split into server+driver and client; a bare fork vs an
+            exec of ``python -c pass``. The report derives from them, for each missed target,
+            its gap and what blocks it ("What blocks the missed targets").
 
 Every variant of a section runs ``--repeat`` times, interleaved: repetition r starts at the
 r-th variant (rotating order), so drift in the machine's load hits all variants alike. Tables
@@ -29,8 +35,9 @@ Every process of the run is a descendant of this one: children are reaped with `
 are reaped here too. Timing numbers on a shared machine drift: compare medians of one run.
 
 Modules: bench_lib.py (sizes, backends, processes, statistics), bench_sections.py (drain,
-enqueue, latency, python, resources), bench_backlog.py (backlog), bench_report.py (tables,
-targets, Markdown), naive_worker.py (the naive baseline's worker process).
+enqueue, latency, python, resources), bench_backlog.py (backlog), bench_floors.py (floors, and
+the "what blocks it" lines), bench_report.py (tables, targets, Markdown), naive_worker.py (the
+naive baseline's worker process), spawn_loop.py (the floors' queue-less child processes).
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_backlog import backlog
+from bench_floors import floors, what_blocks
 from bench_lib import (
     BOTH_BACKENDS,
     FULL,
@@ -74,6 +82,7 @@ SECTIONS: dict[str, Callable[[Ctx], SectionResult]] = {
     "latency": latency,
     "python": python_section,
     "resources": resources,
+    "floors": floors,
 }
 
 
@@ -141,6 +150,7 @@ def build_report(args: argparse.Namespace, ctx: Ctx, info: dict[str, str],
         for name, r in results.items()
     }
     info["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    targets = judge(results, errors, args.backends)
     return {
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
         "command": shlex.join(["python", *sys.argv]),
@@ -153,7 +163,9 @@ def build_report(args: argparse.Namespace, ctx: Ctx, info: dict[str, str],
         "order": [n for n in args.sections if n in sections or n in errors],
         "sections": sections,
         "errors": errors,
-        "targets": judge(results, errors, args.backends),
+        "targets": targets,
+        # only when the floors section ran: a missed target's gap and what blocks it
+        "blockers": what_blocks(results, targets) if "floors" in results else None,
     }
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench_lib import Backend, Sample, SectionResult, spread
+from bench_lib import NO_DB, Backend, Sample, SectionResult, spread
 
 ROOT = Path(__file__).resolve().parents[1]
 BOTH = ("sqlite", "mariadb")
@@ -24,6 +24,7 @@ TITLES = {
     "latency": "latency — enqueue to start, one polling shard",
     "python": "python — exec path vs the fork fast path",
     "resources": "resources — shard memory and CPU, mission tick CPU",
+    "floors": "floors — what the missed targets are up against",
 }
 
 # metric -> (what it is, format)
@@ -47,6 +48,14 @@ METRICS = {
     "cpu_ms_per_task": ("CPU ms/task (shard+task)", "{:.2f}"),
     "cpu_s": ("CPU s per tick", "{:.3f}"),
     "wall_s": ("wall s per tick", "{:.3f}"),
+    "startup_cpu_s": ("CPU s (user+sys), median of runs", "{:.3f}"),
+    "startup_wall_s": ("wall s, median of runs", "{:.3f}"),
+    "ms_per_task": ("ms per task", "{:.3f}"),
+    "server_us_per_row": ("server+driver µs/row", "{:.2f}"),
+    "client_us_per_row": ("client µs/row", "{:.2f}"),
+    "server_rows_per_s": ("server+driver rows/s", "{:,.0f}"),
+    "client_rows_per_s": ("client rows/s", "{:,.0f}"),
+    "ceiling_rows_per_s": ("ceiling rows/s (1e6 / sum µs)", "{:,.0f}"),
 }
 
 
@@ -164,7 +173,7 @@ def summary_rows(samples: Sequence[Sample], labels: dict[str, str],
     for s in samples:
         for metric, value in s.metrics.items():
             groups.setdefault((s.backend, s.variant, metric), []).append(value)
-    order = {b: i for i, b in enumerate(backend_order)}
+    order = {NO_DB: -1} | {b: i for i, b in enumerate(backend_order)}  # no-database rows first
     keys = sorted(groups, key=lambda k: order.get(k[0], len(order)))
     rows = []
     for backend, variant, metric in keys:
@@ -226,6 +235,9 @@ def judge(results: dict[str, SectionResult], errors: dict[str, str],
 
 # -- whole reports ----------------------------------------------------------------------------
 
+NO_MISSES = "No target measured in this run was missed."
+
+
 def console(report: dict[str, Any]) -> str:
     parts = []
     for name in report["order"]:
@@ -238,6 +250,13 @@ def console(report: dict[str, Any]) -> str:
         parts.append("\n== targets (judged on the median; min-max in parentheses)")
         parts.append(text_table(["target", "backend", "threshold", "measured", "status"],
                                 [list(t.values()) for t in report["targets"]]))
+    if report.get("blockers") is not None:
+        parts.append("\n== what blocks the missed targets (medians; floors section of this run)")
+        if not report["blockers"]:
+            parts.append(NO_MISSES)
+        for item in report["blockers"]:
+            parts.append(f"{item['target']}, {item['backend']}: {item['gap']}")
+            parts += [f"  - {line}" for line in item["lines"]]
     parts.append(f"\nrun took {report['elapsed_s']:.0f}s; {report['repeat']} repetition(s)"
                  f"{' (quick sizes)' if report['quick'] else ''}")
     return "\n".join(parts)
@@ -272,6 +291,18 @@ def markdown(report: dict[str, Any]) -> str:
         out += ["## Targets", "",
                 md_table(["target", "backend", "threshold", "measured: median (min-max)",
                           "status"], [list(t.values()) for t in report["targets"]]), ""]
+    if report.get("blockers") is not None:
+        out += ["## What blocks the missed targets", "",
+                "For each target missed above: its gap, and the floors it is up against as the "
+                "floors section of this run measured them (medians; min/max in that section's "
+                "table), with the arithmetic spelled out. The derivations are estimates from "
+                "these numbers, no more.", ""]
+        if not report["blockers"]:
+            out += [NO_MISSES, ""]
+        for item in report["blockers"]:
+            out.append(f"- **{item['target']}** ({item['backend']}): {item['gap']}")
+            out += [f"  - {line}" for line in item["lines"]]
+        out.append("")
     for name in report["order"]:
         out += [f"## {TITLES.get(name, name)}", ""]
         if name in report["errors"]:

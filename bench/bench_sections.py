@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from bench_lib import (
     HERE,
@@ -51,8 +52,7 @@ NAIVE_DDL = {
 def drain(ctx: Ctx) -> SectionResult:
     n = ctx.sizes.drain
     params = drain_params(n)
-    args_file = ctx.root / "drain-args.txt"
-    args_file.write_text("".join(param_text(p) + "\n" for p in params))
+    args_file = write_drain_args(ctx, params)
 
     def measure(backend: str, variant: str, rep: int) -> dict[str, float]:
         b = ctx.backends[backend]
@@ -86,6 +86,14 @@ def drain(ctx: Ctx) -> SectionResult:
         "included); 'steady' (cronqueue only, for information) = (tasks - 1) / (last - first "
         "finished_at): the rate once the shards are up.",
     ])
+
+
+def write_drain_args(ctx: Ctx, params: list[dict[str, Any]]) -> Path:
+    """The params, one JSON text a line: what the limit's xargs (and the floors section's
+    spawn loop) read."""
+    args_file = ctx.root / "drain-args.txt"
+    args_file.write_text("".join(param_text(p) + "\n" for p in params))
+    return args_file
 
 
 def drain_cronqueue(ctx: Ctx, backend: Backend,

@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import MYSQL_ADMIN_URL
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = ("drain", "enqueue", "backlog", "latency", "python", "resources")
+SECTIONS = ("drain", "enqueue", "backlog", "latency", "python", "resources", "floors")
 
 
 @pytest.mark.slow
@@ -39,3 +39,12 @@ def test_bench_quick_runs_every_section(backend: str, tmp_path: Path) -> None:
         assert heading in text, heading
     for name in SECTIONS:
         assert f"== {name} " in res.stdout, name
+    # The floors section ran, so every missed target gets its gap and what blocks it.
+    assert "## What blocks the missed targets" in text
+    assert "== what blocks the missed targets" in res.stdout
+    missed = {(t["target"], t["backend"]) for t in data["targets"] if t["status"] == "MISSED"}
+    explained = {(b["target"], b["backend"]) for b in data["blockers"]}
+    assert explained == missed
+    for item in data["blockers"]:
+        assert item["gap"] and item["lines"], item
+        assert f"**{item['target']}** ({item['backend']})" in text, item

@@ -1,0 +1,74 @@
+"""Child processes of bench.py's floors section: process floors without any queue. Standard
+library only (like the fork server's interpreter), so that the process is as small as a Python
+process gets.
+
+    spawn_loop.py loop ARGS_FILE TASK SHARD TOTAL
+        subprocess.run([TASK, line]) for every TOTAL-th line of ARGS_FILE, starting at line
+        SHARD (the drain section's args file: one JSON param a line); exit 1 if a task fails.
+    spawn_loop.py fork N OUT
+        N times: os.fork(), the child os._exit(0), the parent os.waitpid(); writes
+        {"ms_per_task": ...} to OUT.
+    spawn_loop.py exec N OUT
+        N times subprocess.run([sys.executable, "-c", "pass"]); writes {"ms_per_task": ...}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+WARM_UP = 3  # untimed rounds first (page cache, lazy imports)
+
+
+def loop(args_file: Path, task: str, shard: int, total: int) -> int:
+    lines = args_file.read_text().splitlines()[shard::total]
+    failed = 0
+    for line in lines:
+        if subprocess.run([task, line], check=False).returncode != 0:
+            failed += 1
+    if failed:
+        print(f"spawn_loop: {failed} of {len(lines)} tasks failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def fork_once() -> None:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        raise SystemExit(f"spawn_loop: forked child ended with status {status}")
+
+
+def exec_once() -> None:
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+
+
+def per_task_ms(step: str, n: int) -> float:
+    once = fork_once if step == "fork" else exec_once
+    for _ in range(WARM_UP):
+        once()
+    began = time.perf_counter()
+    for _ in range(n):
+        once()
+    return (time.perf_counter() - began) / n * 1000
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 5 and argv[0] == "loop":
+        return loop(Path(argv[1]), argv[2], int(argv[3]), int(argv[4]))
+    if len(argv) == 3 and argv[0] in ("fork", "exec"):
+        ms = per_task_ms(argv[0], int(argv[1]))
+        Path(argv[2]).write_text(json.dumps({"ms_per_task": ms}))
+        return 0
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
