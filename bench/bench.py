@@ -19,9 +19,10 @@ Sections (``--sections``, default all):
 * floors    what the missed targets are up against, in the same run: interpreter start-up CPU
             (bare, ``import sqlalchemy``, ``import cronqueue.cli``); Python's own
             subprocess.run loop in two processes vs xargs; one-row INSERT + COMMIT with the
-            bare driver; add_many split into server+driver and client; a bare fork vs an
-            exec of ``python -c pass``. The report derives from them, for each missed target,
-            its gap and what blocks it ("What blocks the missed targets").
+            bare driver; add_many split into server+driver and client; a fork running the
+            trivial task's code vs an exec of ``python -c pass``. The report derives from
+            them, for each missed target, its gap and what blocks it ("What blocks the missed
+            targets").
 
 Every variant of a section runs ``--repeat`` times, interleaved: repetition r starts at the
 r-th variant (rotating order), so drift in the machine's load hits all variants alike. Tables

@@ -13,8 +13,8 @@ Floors, and the target each one bounds:
 * add_many split in two: the server (+ driver) executing the very JSON_TABLE statements
   add_many sends, and the client (validation + JSON encoding: add_many with the database calls
   stubbed out): add_many;
-* a bare fork + _exit + waitpid vs ``subprocess.run([python, "-c", "pass"])``: the Python fast
-  path.
+* a fork whose child runs the trivial task's code and _exits, vs
+  ``subprocess.run([python, "-c", "pass"])``: the Python fast path.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ LABELS = {
     "spawn": "spawn loop (2 Python processes, subprocess.run, no queue)",
     "limit": "limit (xargs -P 2, same params)",
     "spawn/limit": "spawn loop/limit",
-    "fork": "bare fork + _exit + waitpid",
+    "fork": "fork + the trivial task's code + _exit + wait4",
     "exec": "subprocess.run([python, -c, pass])",
     "exec/fork": "exec/fork (ceiling of the fast path)",
     "add raw": "raw INSERT + COMMIT per call (bare driver)",
@@ -83,8 +83,8 @@ def floors(ctx: Ctx) -> SectionResult:
                 ctx, args_file)
             return {"tasks_per_s": n / seconds, "seconds": seconds}
         if variant in ("fork", "exec"):
-            return {"ms_per_task": process_floor(
-                ctx, variant, s.fork_loops if variant == "fork" else s.exec_loops)}
+            return process_floor(ctx, variant,
+                                 s.fork_loops if variant == "fork" else s.exec_loops)
         b = ctx.backends[backend]
         if variant == "add raw":
             return raw_add(ctx, b, facts)
@@ -113,8 +113,9 @@ def notes(ctx: Ctx, facts: dict[str, Any]) -> list[str]:
         f"({s.drain:,} params), timed launch to exit of both (interpreter start-up included); "
         "limit: the drain section's xargs -P 2 on the same file in the same repetition; the "
         "ratio is paired per repetition.",
-        f"fork: {s.fork_loops:,} x (os.fork(), child os._exit(0), parent os.waitpid()) in a "
-        f"fresh stdlib-only Python process (`bench/spawn_loop.py fork`); exec: "
+        f"fork: {s.fork_loops:,} x (os.fork(); the child runs the python section's trivial "
+        f"task code, compiled once, then os._exit(0); the parent os.wait4()) in a fresh "
+        f"stdlib-only Python process (`bench/spawn_loop.py fork`); exec: "
         f"{s.exec_loops:,} x `subprocess.run([sys.executable, '-c', 'pass'])` there "
         "(the exec path's floor per task); 3 untimed rounds first; ms per task, wall.",
         f"raw INSERT + COMMIT: {s.add_calls:,} calls (one untimed first) of "
@@ -174,14 +175,19 @@ def spawn_loop(ctx: Ctx, args_file: Path) -> float:
     return time.perf_counter() - began
 
 
-def process_floor(ctx: Ctx, step: str, rounds: int) -> float:
-    """ms per task of ``spawn_loop.py fork|exec`` (in a fresh, small Python process)."""
+def process_floor(ctx: Ctx, step: str, rounds: int) -> dict[str, float]:
+    """ms per task of ``spawn_loop.py fork|exec`` (in a fresh, small Python process), and the
+    forked child's minor page faults."""
     out = ctx.root / f"floor-{step}.json"
     out.unlink(missing_ok=True)
     proc = ctx.procs.start([sys.executable, str(HERE / "spawn_loop.py"), step, str(rounds),
                             str(out)], name=f"floor-{step}", env=ctx.env(), cwd=ctx.root)
     ctx.procs.wait(proc)
-    return float(json.loads(out.read_text())["ms_per_task"])
+    result = json.loads(out.read_text())
+    floor = {"ms_per_task": float(result["ms_per_task"])}
+    if step == "fork":
+        floor["faults_per_task"] = float(result["faults_per_task"])
+    return floor
 
 
 def _mysql(backend: Backend, url: str) -> Any:
@@ -539,11 +545,13 @@ def _add_many(results: Results, backend: str, t: Target, rows: float) -> list[st
 
 def _fast_path(results: Results, backend: str, t: Target, ratio: float) -> list[str]:
     fork, exe = _floor(results, "fork", "ms_per_task"), _floor(results, "exec", "ms_per_task")
+    fork_faults = _floor(results, "fork", "faults_per_task")
     if fork is None or exe is None:
         return _missing("fork / exec")
     ceiling = exe / fork
     lines = [
-        f"a bare fork + _exit + waitpid in a small Python process: {fork:.3f} ms per task; "
+        f"fork + the trivial task's code + _exit + wait4 in a small Python process: "
+        f"{fork:.3f} ms per task; "
         f"`subprocess.run([python, '-c', 'pass'])`, the exec path's floor: {exe:.2f} ms.",
         f"ceiling: {exe:.2f} / {fork:.3f} = {ceiling:.1f}x — a forked task still needs one "
         f"fork and one exit + reap, and with any per-task cost q ≥ 0 that both paths share, "
@@ -558,9 +566,21 @@ def _fast_path(results: Results, backend: str, t: Target, ratio: float) -> list[
             f"per task and shard (2 / rate); {t.bound:g}x needs ≤ "
             f"{2e3 / rate_exec / t.bound:.2f} ms on the fork path, "
             f"{2e3 / rate_fork - fork:.2f} ms of its {2e3 / rate_fork:.2f} ms are beyond the "
-            f"bare fork.")
+            f"floor's fork.")
+    cpu_exec = _median(results, "python", backend, "exec", "cpu_ms_per_task")
+    cpu_fork = _median(results, "python", backend, "fork", "cpu_ms_per_task")
+    flt_exec = _median(results, "python", backend, "exec", "faults_per_task")
+    flt_fork = _median(results, "python", backend, "fork", "faults_per_task")
+    if cpu_exec and cpu_fork and flt_exec is not None and flt_fork is not None:
+        lines.append(
+            f"CPU per task (python section, shards and all they reaped, start-up included): "
+            f"exec {cpu_exec:.2f} ms, fork {cpu_fork:.2f} ms, a CPU ratio of "
+            f"{cpu_exec / cpu_fork:.1f}x; two shards keep both cores busy, so the throughput "
+            f"ratio cannot exceed it. Minor page faults per task: exec {flt_exec:,.0f}, fork "
+            f"{flt_fork:,.0f} (copy-on-write and re-mapped pages of the fork server and its "
+            f"child; the floor's forked child: {fork_faults or 0:,.0f}).")
     if ceiling < t.bound:
-        lines.append(f"⇒ {t.bound:g}x is above that ceiling: a bare fork costs more than "
+        lines.append(f"⇒ {t.bound:g}x is above that ceiling: a fork costs more than "
                      f"1/{t.bound:g} of an interpreter start here.")
     else:
         lines.append(f"⇒ the ceiling ({ceiling:.1f}x) is above {t.bound:g}x: the process "

@@ -60,7 +60,7 @@ class Sizes:
     python_tasks: int = 500
     mission_ticks: int = 5
     floor_runs: int = 5  # interpreter start-ups per floor variant and repetition (median)
-    fork_loops: int = 1000  # bare fork + _exit + waitpid rounds
+    fork_loops: int = 1000  # fork + trivial task code + _exit + wait4 rounds
     exec_loops: int = 100  # subprocess.run([python, "-c", "pass"]) rounds
     process_timeout: float = 900.0  # seconds any one child process may take
 

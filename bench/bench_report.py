@@ -46,6 +46,7 @@ METRICS = {
     "rss_mb": ("peak RSS MiB (wait4)", "{:.1f}"),
     "own_hwm_mb": ("own VmHWM MiB (sampled)", "{:.1f}"),
     "cpu_ms_per_task": ("CPU ms/task (shard+task)", "{:.2f}"),
+    "faults_per_task": ("minor page faults/task", "{:,.0f}"),
     "cpu_s": ("CPU s per tick", "{:.3f}"),
     "wall_s": ("wall s per tick", "{:.3f}"),
     "startup_cpu_s": ("CPU s (user+sys), median of runs", "{:.3f}"),

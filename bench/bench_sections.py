@@ -267,13 +267,18 @@ def python_section(ctx: Ctx) -> SectionResult:
         url = b.fresh("python")
         try:
             enqueue(ctx, url, items)
-            seconds, _ = ctx.run_shards(url, total=2, env=env)
+            seconds, finished = ctx.run_shards(url, total=2, env=env)
             require_done(url, n, f"python ({variant}) on {backend}")
             steady = steady_rate(url)
         finally:
             b.drop(url)
         seen[f"{backend} {variant}"] = probe.read_text() if probe.exists() else "?"
-        return {"tasks_per_s": n / seconds, "steady_per_s": steady}
+        # The shards' rusage includes what they reaped: the tasks, or the fork server (which
+        # reaped the tasks it forked).
+        cpu = sum(f.cpu_s for f in finished)
+        faults = sum(int(f.rusage.ru_minflt) for f in finished)
+        return {"tasks_per_s": n / seconds, "steady_per_s": steady,
+                "cpu_ms_per_task": cpu / n * 1e3, "faults_per_task": faults / n}
 
     variants = [(b, v) for b in ctx.backends for v in ("exec", "fork")]
     samples = run_rotated(ctx, "python", variants, measure)
@@ -288,6 +293,9 @@ def python_section(ctx: Ctx) -> SectionResult:
         "drained by two shards: exec path (a fresh interpreter per task) vs "
         "CRONQUEUE_PYTHON_FORK=1 in the shards' environment.",
         f"Probe (the first task reports how it ran): {probes}.",
+        "CPU ms/task and minor page faults/task: user+sys and ru_minflt of the two shards "
+        "with everything they reaped (the tasks; on the fork path the fork server and, through "
+        "it, the tasks), divided by the tasks; the shards' start-up is included.",
         "tasks/s: launch to exit of both shards. steady: (tasks - 1) / (last - first "
         "finished_at), the rate once the shards (and a fork server) are up. The target is "
         "judged on the steady ratio: the shards' interpreter start-up (~1 s, the same for "

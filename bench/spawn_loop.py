@@ -6,8 +6,9 @@ process gets.
         subprocess.run([TASK, line]) for every TOTAL-th line of ARGS_FILE, starting at line
         SHARD (the drain section's args file: one JSON param a line); exit 1 if a task fails.
     spawn_loop.py fork N OUT
-        N times: os.fork(), the child os._exit(0), the parent os.waitpid(); writes
-        {"ms_per_task": ...} to OUT.
+        N times: os.fork(), the child runs the python section's trivial task code and
+        os._exit(0)s, the parent os.wait4(); writes {"ms_per_task": ..., "faults_per_task": ...}
+        (the child's minor page faults) to OUT.
     spawn_loop.py exec N OUT
         N times subprocess.run([sys.executable, "-c", "pass"]); writes {"ms_per_task": ...}.
 """
@@ -36,35 +37,48 @@ def loop(args_file: Path, task: str, shard: int, total: int) -> int:
     return 0
 
 
-def fork_once() -> None:
+# The python section's trivial task (pytask.py), compiled once: the forked child runs it.
+TASK_CODE = compile("import json, sys\njson.loads(sys.argv[1])\n", "pytask.py", "exec")
+
+
+def fork_once() -> int:
+    """Fork; the child runs the trivial task's code and _exits; its minor page faults."""
     pid = os.fork()
     if pid == 0:
-        os._exit(0)
-    _, status = os.waitpid(pid, 0)
+        try:
+            sys.argv = ["pytask.py", '{"n":1}']
+            exec(TASK_CODE, {"__name__": "__main__"})
+        finally:
+            os._exit(0)
+    _, status, usage = os.wait4(pid, 0)
     if status != 0:
         raise SystemExit(f"spawn_loop: forked child ended with status {status}")
+    return int(usage.ru_minflt)
 
 
-def exec_once() -> None:
+def exec_once() -> int:
     subprocess.run([sys.executable, "-c", "pass"], check=True)
+    return 0
 
 
-def per_task_ms(step: str, n: int) -> float:
+def per_task(step: str, n: int) -> tuple[float, float]:
+    """ms per task (wall) and minor page faults per forked child (0 for exec)."""
     once = fork_once if step == "fork" else exec_once
     for _ in range(WARM_UP):
         once()
+    faults = 0
     began = time.perf_counter()
     for _ in range(n):
-        once()
-    return (time.perf_counter() - began) / n * 1000
+        faults += once()
+    return (time.perf_counter() - began) / n * 1000, faults / n
 
 
 def main(argv: list[str]) -> int:
     if len(argv) == 5 and argv[0] == "loop":
         return loop(Path(argv[1]), argv[2], int(argv[3]), int(argv[4]))
     if len(argv) == 3 and argv[0] in ("fork", "exec"):
-        ms = per_task_ms(argv[0], int(argv[1]))
-        Path(argv[2]).write_text(json.dumps({"ms_per_task": ms}))
+        ms, faults = per_task(argv[0], int(argv[1]))
+        Path(argv[2]).write_text(json.dumps({"ms_per_task": ms, "faults_per_task": faults}))
         return 0
     print(__doc__, file=sys.stderr)
     return 2
