@@ -99,6 +99,7 @@ def floors(ctx: Ctx) -> SectionResult:
     samples = run_rotated(ctx, "floors", variants, measure)
     samples += paired_ratios(samples, "floors", "spawn", "limit", "tasks_per_s", "spawn/limit")
     samples += paired_ratios(samples, "floors", "exec", "fork", "ms_per_task", "exec/fork")
+    facts["drain_tasks"] = n
     return SectionResult(samples, notes=notes(ctx, facts), labels=LABELS, flags=facts)
 
 
@@ -471,7 +472,26 @@ def _drain(results: Results, backend: str, t: Target, ratio: float) -> list[str]
         f"beyond the floor: cronqueue's {cq:.2f} s - (loop {spawn:.2f} s + imports "
         f"{imports:.3f} s) = {cq - floor_s:.2f} s, spent on the queue's per-task work and "
         "whatever these floors do not capture (drain and floors sections, medians).")
+    tasks = _flags(results, "floors").get("drain_tasks")
+    if isinstance(tasks, int) and tasks > 0:
+        per_shard = tasks / 2  # two shards, each on its own core
+        allowance = (flimit / t.bound - floor_s) / per_shard * 1e3
+        spent = (cq - floor_s) / per_shard * 1e3
+        lines.append(
+            f"per task: ≥ {t.bound:g}x leaves (limit / {t.bound:g} - loop - imports) / "
+            f"{per_shard:,.0f} tasks per shard = {allowance:.3f} ms per task for everything "
+            f"the queue adds to starting the process (claim, start mark, outcome record, "
+            f"output capture and day log, and the shard's start-up beyond its imports); "
+            f"cronqueue spends {spent:.3f} ms ({spent / allowance:.0f}x that)."
+            if allowance > 0 else
+            f"per task: ≥ {t.bound:g}x leaves no time at all for the queue's work "
+            f"({allowance:.3f} ms per task); cronqueue spends {spent:.3f} ms.")
     return lines
+
+
+def _flags(results: Results, section: str) -> dict[str, Any]:
+    result = results.get(section)
+    return dict(result.flags) if result is not None else {}
 
 
 def _add(results: Results, backend: str, t: Target, calls: float) -> list[str]:
@@ -571,14 +591,21 @@ def _fast_path(results: Results, backend: str, t: Target, ratio: float) -> list[
     cpu_fork = _median(results, "python", backend, "fork", "cpu_ms_per_task")
     flt_exec = _median(results, "python", backend, "exec", "faults_per_task")
     flt_fork = _median(results, "python", backend, "fork", "faults_per_task")
-    if cpu_exec and cpu_fork and flt_exec is not None and flt_fork is not None:
+    tasks = _flags(results, "python").get("tasks")
+    cli = _floor(results, "cli", "startup_cpu_s")
+    if (cpu_exec and cpu_fork and flt_exec is not None and flt_fork is not None
+            and isinstance(tasks, int) and tasks > 0 and cli is not None):
+        start = 2 * cli / tasks * 1e3  # two shards' start-up, at least their imports
         lines.append(
-            f"CPU per task (python section, shards and all they reaped, start-up included): "
-            f"exec {cpu_exec:.2f} ms, fork {cpu_fork:.2f} ms, a CPU ratio of "
-            f"{cpu_exec / cpu_fork:.1f}x; two shards keep both cores busy, so the throughput "
-            f"ratio cannot exceed it. Minor page faults per task: exec {flt_exec:,.0f}, fork "
-            f"{flt_fork:,.0f} (copy-on-write and re-mapped pages of the fork server and its "
-            f"child; the floor's forked child: {fork_faults or 0:,.0f}).")
+            f"CPU per task (python section: the shards and all they reaped): exec "
+            f"{cpu_exec:.2f} ms, fork {cpu_fork:.2f} ms; less the two shards' start-up spread "
+            f"over the {tasks:,} tasks (at least 2 x `import cronqueue.cli` = {start:.2f} ms "
+            f"per task): exec {cpu_exec - start:.2f} ms, fork {cpu_fork - start:.2f} ms, a "
+            f"CPU ratio of {(cpu_exec - start) / (cpu_fork - start):.1f}x, which the steady "
+            f"throughput ratio follows while two shards keep both cores busy. Minor page "
+            f"faults per task: exec {flt_exec:,.0f}, fork {flt_fork:,.0f} (copy-on-write and "
+            f"re-mapped pages of the fork server and its child); the floor's forked child: "
+            f"{fork_faults or 0:,.0f}.")
     if ceiling < t.bound:
         lines.append(f"⇒ {t.bound:g}x is above that ceiling: a fork costs more than "
                      f"1/{t.bound:g} of an interpreter start here.")

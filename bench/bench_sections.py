@@ -307,7 +307,7 @@ def python_section(ctx: Ctx) -> SectionResult:
                      "CRONQUEUE_PYTHON_FORK=1 the tasks still ran in fresh interpreters, so "
                      "'fork' measures the exec path twice.")
     return SectionResult(samples, notes=notes, labels={"fork": "fork (CRONQUEUE_PYTHON_FORK=1)"},
-                         flags={"fork_active": active})
+                         flags={"fork_active": active, "tasks": n})
 
 
 # -- resources --------------------------------------------------------------------------------
