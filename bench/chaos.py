@@ -148,6 +148,53 @@ def kill_exactly(pid: int, marker: bytes) -> bool:
         os.close(fd)
 
 
+def kill_shard(pid: int) -> list[int] | None:
+    """SIGKILL shard ``pid`` (if it still is one) and return the children it had when it died,
+    None if it was not killed. The shard is stopped first, so that it cannot start another
+    task between the listing and the kill: a task it had just started may find its shard gone
+    before it can note its parent's pid (``$PPID`` is then 1), and only this list ties such a
+    run to the kill that explains its re-run."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    try:
+        if b"--entry\0chaos" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return None
+        signal.pidfd_send_signal(fd, signal.SIGSTOP)
+        deadline = time.monotonic() + 1.0
+        while _state(pid) not in ("T", "t", None) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        children = children_of(pid)
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+        return children
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def children_of(parent: int) -> list[int]:
+    out = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent:
+            out.append(int(proc.name))
+    return out
+
+
 def chaos_loop(stop: threading.Event, events: list[dict[str, Any]], t0: float,
                script: str, shard_every: float, task_every: float, restarts: list[float],
                is_mysql: bool) -> None:
@@ -165,8 +212,10 @@ def chaos_loop(stop: threading.Event, events: list[dict[str, Any]], t0: float,
             pids = shard_pids()
             if pids:
                 pid = rng.choice(pids)
-                if kill_exactly(pid, b"--entry\0chaos"):
-                    events.append({"t": round(now - t0, 2), "kind": "kill-shard", "pid": pid})
+                children = kill_shard(pid)
+                if children is not None:
+                    events.append({"t": round(now - t0, 2), "kind": "kill-shard", "pid": pid,
+                                   "children": children})
         if now >= next_task:
             next_task = now + task_every
             pids = children_running(script)
@@ -180,6 +229,8 @@ def analyse(ledger: Path, q: Queue, ids: list[int],
             events: list[dict[str, Any]]) -> dict[str, Any]:
     killed_tasks = {e["pid"] for e in events if e["kind"] == "kill-task"}
     killed_shards = {e["pid"] for e in events if e["kind"] == "kill-shard"}
+    # Runs whose shard was killed under them (found by pid: such a run may have noted $PPID 1).
+    orphaned = {c for e in events if e["kind"] == "kill-shard" for c in e.get("children", ())}
     runs: dict[int, list[dict[str, Any]]] = defaultdict(list)
     overlaps = []
     for line in ledger.read_text().splitlines():
@@ -201,7 +252,8 @@ def analyse(ledger: Path, q: Queue, ids: list[int],
     for tid, rs in runs.items():
         for prev in rs[:-1]:
             reruns += 1
-            if prev["pid"] in killed_tasks or prev["shard"] in killed_shards:
+            if (prev["pid"] in killed_tasks or prev["shard"] in killed_shards
+                    or (prev["shard"] == 1 and prev["pid"] in orphaned)):
                 continue
             unexplained += 1
             unexplained_ids.append(tid)

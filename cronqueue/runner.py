@@ -186,8 +186,9 @@ class Runner:
         try:
             stdin = self._stdin_fd(task.secret)
             try:
-                child = self._start(argv, task.param, env, out, stdin)
+                child = self._start(argv, task.param, env, out, stdin, task.id, attempt)
             except OSError as exc:
+                self._watchdog.watch(0)
                 msg = f"cannot start {argv[0]}: {exc.strerror or exc}"
                 return RunResult(None, time.monotonic() - started, msg, ScriptNotRunnable(msg))
             finally:
@@ -221,7 +222,7 @@ class Runner:
         return RunResult(returncode, duration, tail, failure, interrupted=outcome == "abort")
 
     def _start(self, argv: list[str], param: str, env: dict[bytes, bytes], out: int,
-               stdin: int) -> Child:
+               stdin: int, task_id: int, attempt: int) -> Child:
         if self._forkable(argv):
             forked = self._fork(argv[-1], param, env, out, stdin)
             if forked is not None:
@@ -229,6 +230,7 @@ class Runner:
         kwargs: dict[str, Any] = {}
         if not self._watchdog.start() and sys.platform.startswith("linux"):
             kwargs["preexec_fn"] = _set_pdeathsig  # slow (full fork), only without a watchdog
+        self._watchdog.arm(task_id, attempt)  # before the spawn: see watchdog.py
         proc = subprocess.Popen(
             [*argv, param], stdin=stdin, stdout=out,
             stderr=subprocess.STDOUT, cwd=self.task_dir, env=env, start_new_session=True,

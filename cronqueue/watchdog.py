@@ -9,8 +9,17 @@ its fast ``vfork`` path onto a full fork of the shard) or an extra ``exec`` of `
 task (which doubled the cost of a small task), and it kills the whole group where the death
 signal reached only the direct child.
 
+The slot also holds the task id and attempt of the task being started, written before the
+spawn: a shard killed after starting the script but before it could write the group id leaves
+a task the group kill would miss. On the shard's death the helper then also looks through
+``/proc`` for processes whose environment carries that ``CRONQUEUE_TASK_ID`` and
+``CRONQUEUE_ATTEMPT`` (the run's own, so an earlier run of the task is never hit) and kills
+them, their group if they lead one; it looks again a moment later, for a script still
+between ``vfork`` and ``exec``.
+
 The helper runs in its own session (a Ctrl-C meant for the shard does not reach it) and is
-``python -S -c`` with a few lines of code: it imports nothing beyond ``os`` and ``signal``.
+``python -S -c`` with a few lines of code: it imports nothing beyond ``os``, ``signal`` and
+``time``.
 """
 
 from __future__ import annotations
@@ -25,18 +34,39 @@ import sys
 log = logging.getLogger("cronqueue.watchdog")
 
 _CODE = """\
-import os, signal
+import os, signal, time
 pipe, slot = (int(x) for x in os.environ["CRONQUEUE_WATCHDOG_FDS"].split(","))
 while os.read(pipe, 64):
     pass
-pgid = int.from_bytes(os.pread(slot, 8, 0), "little", signed=True)
+raw = os.pread(slot, 24, 0)
+pgid, task, attempt = (int.from_bytes(raw[i:i + 8], "little", signed=True) for i in (0, 8, 16))
 if pgid > 0:
     try:
         os.killpg(pgid, signal.SIGKILL)
     except OSError:
         pass
+if task > 0:
+    marks = (b"\\0CRONQUEUE_TASK_ID=%d\\0" % task, b"\\0CRONQUEUE_ATTEMPT=%d\\0" % attempt)
+    me = os.getpid()
+    for pause in (0, 0.05, 0.25):
+        time.sleep(pause)
+        for name in os.listdir("/proc"):
+            if not name.isdigit() or int(name) == me:
+                continue
+            pid = int(name)
+            try:
+                with open("/proc/%d/environ" % pid, "rb") as f:
+                    env = b"\\0" + f.read() + b"\\0"
+                if all(m in env for m in marks):
+                    if os.getpgid(pid) == pid:
+                        os.killpg(pid, signal.SIGKILL)
+                    else:
+                        os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
 """
-_SLOT = struct.Struct("<q")
+_SLOT = struct.Struct("<qqq")  # pgid, task id, attempt
+_PGID = struct.Struct("<q")
 
 
 class Watchdog:
@@ -79,10 +109,19 @@ class Watchdog:
         self._fd, self._slot = w, slot
         return True
 
-    def watch(self, pgid: int) -> None:
-        """``pgid`` is the group to kill should the shard die (0: none)."""
+    def arm(self, task_id: int, attempt: int) -> None:
+        """Run ``attempt`` of task ``task_id`` is about to start (before the spawn)."""
         if self._slot is not None:
-            _SLOT.pack_into(self._slot, 0, pgid)
+            _SLOT.pack_into(self._slot, 0, 0, task_id, attempt)
+
+    def watch(self, pgid: int) -> None:
+        """``pgid`` is the group to kill should the shard die; 0: the task is over, nothing
+        to kill."""
+        if self._slot is not None:
+            if pgid:
+                _PGID.pack_into(self._slot, 0, pgid)
+            else:
+                _SLOT.pack_into(self._slot, 0, 0, 0, 0)
 
     def close(self) -> None:
         """Stop the helper (after the last task: the slot is empty, it kills nothing)."""

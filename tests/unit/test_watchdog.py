@@ -1,0 +1,85 @@
+"""The watchdog helper, with real processes: what it kills when its shard dies."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from cronqueue.watchdog import Watchdog
+
+
+def _run(task_id: int, attempt: int) -> subprocess.Popen[bytes]:
+    """A stand-in for a task script: its own session, the run's identity in its environment."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CRONQUEUE_TASK_ID": str(task_id),
+           "CRONQUEUE_ATTEMPT": str(attempt), "CRONQUEUE_QUEUE": "default"}
+    return subprocess.Popen(["sleep", "60"], env=env, start_new_session=True)
+
+
+def _shard_dies(wd: Watchdog) -> None:
+    """What the helper sees when its shard is killed: the end of its pipe. Then it has acted."""
+    assert wd._fd is not None and wd._proc is not None
+    os.close(wd._fd)
+    wd._fd = None
+    wd._proc.wait(timeout=10)
+
+
+def _gone(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_run_started_but_not_yet_watched_dies_with_the_shard(
+        procs: list[subprocess.Popen[bytes]]) -> None:
+    """The shard died between spawning the script and writing its group to the slot."""
+    wd = Watchdog()
+    assert wd.start()
+    wd.arm(4242, 3)
+    run = _run(4242, 3)
+    earlier = _run(4242, 2)  # an older run of the same task (e.g. orphaned elsewhere): not ours
+    other = _run(4243, 3)
+    procs += [run, earlier, other]
+    _shard_dies(wd)
+    assert _gone(run)
+    assert run.returncode == -9
+    assert earlier.poll() is None and other.poll() is None
+
+
+def test_a_watched_group_dies_with_the_shard(procs: list[subprocess.Popen[bytes]]) -> None:
+    wd = Watchdog()
+    assert wd.start()
+    wd.arm(7, 1)
+    run = subprocess.Popen(["sleep", "60"], start_new_session=True)  # no identity to find
+    procs.append(run)
+    wd.watch(run.pid)
+    _shard_dies(wd)
+    assert _gone(run)
+
+
+def test_nothing_is_killed_once_the_run_is_over(procs: list[subprocess.Popen[bytes]]) -> None:
+    wd = Watchdog()
+    assert wd.start()
+    wd.arm(99, 1)
+    run = _run(99, 1)
+    procs.append(run)
+    wd.watch(run.pid)
+    wd.watch(0)  # reaped, as far as the shard knows: the slot is cleared
+    _shard_dies(wd)
+    assert run.poll() is None
