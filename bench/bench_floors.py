@@ -75,9 +75,13 @@ def floors(ctx: Ctx) -> SectionResult:
     args_file = write_drain_args(ctx, drain_params(n))
     facts: dict[str, Any] = {}
 
+    interpreter_runs: dict[int, dict[str, dict[str, float]]] = {}  # by repetition
+
     def measure(backend: str, variant: str, rep: int) -> dict[str, float]:
         if variant in INTERPRETERS:
-            return interpreter(ctx, INTERPRETERS[variant])
+            if rep not in interpreter_runs:  # all three at once, interleaved: comparable
+                interpreter_runs[rep] = interpreters(ctx)
+            return interpreter_runs[rep][variant]
         if variant in ("spawn", "limit"):
             seconds = spawn_loop(ctx, args_file) if variant == "spawn" else drain_limit(
                 ctx, args_file)
@@ -107,7 +111,8 @@ def notes(ctx: Ctx, facts: dict[str, Any]) -> list[str]:
     s = ctx.sizes
     out = [
         f"Backend '{NO_DB}': measured without a database; the same for every backend.",
-        f"interpreter: `{sys.executable} -c CODE`, {s.floor_runs} runs per repetition, median; "
+        f"interpreter: `{sys.executable} -c CODE`, {s.floor_runs} runs of each CODE per "
+        "repetition, the three taking turns, median; "
         "CPU = user+sys of the process from os.wait4's rusage; wall = launch to reap.",
         f"spawn loop: two `bench/spawn_loop.py loop` processes launched at once, each running "
         f"`subprocess.run([true, line])` for every 2nd line of the drain section's args file "
@@ -152,15 +157,20 @@ def notes(ctx: Ctx, facts: dict[str, Any]) -> list[str]:
 
 # -- measurements -----------------------------------------------------------------------------
 
-def interpreter(ctx: Ctx, code: str) -> dict[str, float]:
-    cpu, wall = [], []
+def interpreters(ctx: Ctx) -> dict[str, dict[str, float]]:
+    """Each of INTERPRETERS ``floor_runs`` times, in turn (pass, sqlalchemy, cli, pass, ...),
+    so that drift of the machine hits them alike; the median CPU and wall time of each."""
+    cpu: dict[str, list[float]] = {name: [] for name in INTERPRETERS}
+    wall: dict[str, list[float]] = {name: [] for name in INTERPRETERS}
     for _ in range(ctx.sizes.floor_runs):
-        proc = ctx.procs.start([sys.executable, "-c", code], name="interpreter",
-                               env=ctx.env(), cwd=ctx.root)
-        done = ctx.procs.wait(proc)
-        cpu.append(done.cpu_s)
-        wall.append(done.seconds)
-    return {"startup_cpu_s": statistics.median(cpu), "startup_wall_s": statistics.median(wall)}
+        for name, code in INTERPRETERS.items():
+            proc = ctx.procs.start([sys.executable, "-c", code], name="interpreter",
+                                   env=ctx.env(), cwd=ctx.root)
+            done = ctx.procs.wait(proc)
+            cpu[name].append(done.cpu_s)
+            wall[name].append(done.seconds)
+    return {name: {"startup_cpu_s": statistics.median(cpu[name]),
+                   "startup_wall_s": statistics.median(wall[name])} for name in INTERPRETERS}
 
 
 def spawn_loop(ctx: Ctx, args_file: Path) -> float:
