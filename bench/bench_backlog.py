@@ -25,7 +25,9 @@ from bench_lib import (
     require_done,
     run_rotated,
 )
-from sqlalchemy import Engine, bindparam, func, select, text, update
+from sqlalchemy import Engine, Update, bindparam, func, select, text, update
+from sqlalchemy.sql import visitors
+from sqlalchemy.sql.elements import BindParameter
 
 from cronqueue import queries
 from cronqueue.claim import Claimer
@@ -216,9 +218,10 @@ def explain(url: str, backend: str, limit: int) -> tuple[str, str]:
                 .limit(limit)).scalars())
             try:
                 owner = Owner.me()
-                guarded = queries.claim_rows(ids, token="0" * 32, host=owner.host,
-                                             pid=owner.pid, pid_start=owner.pid_start,
-                                             lease_until=now + lease())
+                update, params = queries.claim_rows(ids, token="0" * 32, host=owner.host,
+                                                    pid=owner.pid, pid_start=owner.pid_start,
+                                                    lease_until=now + lease())
+                guarded = _bound(update, params)
                 update_plan, update_summary = _plan(conn, backend, guarded, analyze=False)
             except Exception as exc:  # cronqueue changed under us: the plan is an extra
                 update_plan, update_summary = f"(could not explain: {exc})", ""
@@ -249,6 +252,18 @@ def _plan(conn: Any, backend: str, stmt: Any, *, analyze: bool) -> tuple[str, st
     rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + str(compiled), params).fetchall()
     plan = "; ".join(str(r[-1]) for r in rows)
     return f"{_abbreviate(str(compiled))}\n\nEXPLAIN QUERY PLAN\n{plan}", plan
+
+
+def _bound(stmt: Update, params: dict[str, Any]) -> Any:
+    """``stmt`` with its named parameters carrying ``params`` (for EXPLAIN, which needs the
+    values in the statement)."""
+    def bind(element: Any, **_: Any) -> Any:
+        if isinstance(element, BindParameter) and element.key in params:
+            return bindparam(element.key, params[element.key], type_=element.type,
+                             expanding=element.expanding)
+        return None
+
+    return visitors.replacement_traverse(stmt, {}, bind)
 
 
 def _sqlite_value(value: Any) -> Any:

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Connection, Engine
 
@@ -70,27 +71,31 @@ class Claimer:
         return transaction(self.engine, work, readonly=True)
 
     def _claim(self, conn: Connection, token: str, limit: int, now: datetime) -> list[Task]:
-        candidates: list[Task] = []
+        candidates: list[dict[str, Any]] = []
         for queue in self.queues:
             stmt = queries.claim_candidates(shard=self.shard, total=self.total, queue=queue,
                                             now=now, limit=limit, skip_locked=self.skip_locked)
-            candidates.extend(Task.from_row(r) for r in conn.execute(stmt).mappings())
+            result = conn.execute(stmt)
+            keys = list(result.keys())
+            candidates.extend(dict(zip(keys, row, strict=True)) for row in result)
         if not candidates:
             return []
-        candidates.sort(key=lambda t: (-t.priority, t.id))
+        if len(self.queues) > 1:
+            candidates.sort(key=lambda row: (-row["priority"], row["id"]))
         chosen = candidates[:limit]
         lease_until = now + self.lease
-        update = queries.claim_rows([t.id for t in chosen], token=token, host=self.owner.host,
-                                    pid=self.owner.pid, pid_start=self.owner.pid_start,
-                                    lease_until=lease_until)
-        won = conn.execute(update).rowcount
+        won = conn.execute(*queries.claim_rows(
+            [row["id"] for row in chosen], token=token, host=self.owner.host,
+            pid=self.owner.pid, pid_start=self.owner.pid_start,
+            lease_until=lease_until)).rowcount
         if (self.skip_locked or self.serialized) and won == len(chosen):
             # We hold row locks on every candidate (or, on SQLite, the write lock since before
-            # we read them): all of them are ours, as read.
-            return [replace(t, status=Status.RUNNING, claim_token=token,
-                            worker_host=self.owner.host, worker_pid=self.owner.pid,
-                            worker_pid_start=self.owner.pid_start, lease_until=lease_until,
-                            started_at=None) for t in chosen]
+            # we read them): all of them are ours, as read, with what the UPDATE wrote.
+            claimed = {"status": Status.RUNNING, "claim_token": token,
+                       "worker_host": self.owner.host, "worker_pid": self.owner.pid,
+                       "worker_pid_start": self.owner.pid_start, "lease_until": lease_until,
+                       "started_at": None}
+            return [Task.from_row(row | claimed) for row in chosen]
         if won == 0:
             return []
         return [Task.from_row(r) for r in conn.execute(queries.select_claimed(token)).mappings()]

@@ -24,7 +24,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.sql.dml import Insert
-from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.sql.elements import BindParameter, TextClause
 
 from .model import Status
 from .schema import queue_table as q
@@ -164,16 +164,35 @@ def _due(stmt: Select[Any], *, shard: int, total: int, queue: str | None,
 
 
 def claim_rows(ids: Sequence[int], *, token: str, host: str, pid: int, pid_start: int | None,
-               lease_until: datetime) -> Update:
+               lease_until: datetime) -> tuple[Update, dict[str, Any]]:
     """Guarded: only rows still pending change, so two claimers can never both win a row.
     (``status + 0``: the rows are found by primary key; SQLite would otherwise walk the status
-    index through every pending row — 120 ms per claim with a million of them.)"""
+    index through every pending row — 120 ms per claim with a million of them.)
+    Returns the statement (built once; the ids are one expanding parameter) and its
+    parameters."""
+    return _claim_rows(), {"ids": list(ids), "token": token, "host": host, "pid": pid,
+                           "pid_start": pid_start, "lease_until": lease_until}
+
+
+@functools.cache
+def _claim_rows() -> Update:
     return (
         update(q)
-        .where(q.c.id.in_(ids), (q.c.status + 0) == int(Status.PENDING))
-        .values(status=int(Status.RUNNING), claim_token=token, worker_host=host, worker_pid=pid,
-                worker_pid_start=pid_start, lease_until=lease_until, started_at=None)
+        .where(q.c.id.in_(_ids()), (q.c.status + 0) == int(Status.PENDING))
+        .values(status=int(Status.RUNNING), claim_token=_bind("token", "claim_token"),
+                worker_host=_bind("host", "worker_host"), worker_pid=_bind("pid", "worker_pid"),
+                worker_pid_start=_bind("pid_start", "worker_pid_start"),
+                lease_until=_bind("lease_until"), started_at=None)
     )
+
+
+def _ids() -> BindParameter[Any]:
+    """``ids``: a list bound as one parameter, expanded into ``IN (...)`` when executed."""
+    return bindparam("ids", expanding=True, type_=q.c.id.type)
+
+
+def _bind(name: str, column: str | None = None) -> BindParameter[Any]:
+    return bindparam(name, type_=q.c[column or name].type)
 
 
 def select_claimed(token: str) -> Select[Any]:
@@ -182,33 +201,52 @@ def select_claimed(token: str) -> Select[Any]:
 
 
 def mark_window(task_ids: Sequence[int], token: str, *, now: datetime,
-                lease_until: datetime) -> Update:
+                lease_until: datetime) -> tuple[Update, dict[str, Any]]:
     """Count the attempt of every task in a shard's next window before any of them runs: if
     the shard dies, the rescue charges each one whose outcome was not recorded yet."""
+    return _mark_window(), {"ids": list(task_ids), "token": token, "now": now,
+                            "lease_until": lease_until}
+
+
+@functools.cache
+def _mark_window() -> Update:
     return (
         update(q)
-        .where(q.c.id.in_(task_ids), q.c.claim_token == token,
+        .where(q.c.id.in_(_ids()), q.c.claim_token == _bind("token", "claim_token"),
                q.c.status == int(Status.RUNNING), q.c.started_at.is_(None))
-        .values(attempts=q.c.attempts + 1, started_at=now, lease_until=lease_until)
+        .values(attempts=q.c.attempts + 1, started_at=_bind("now", "started_at"),
+                lease_until=_bind("lease_until"))
     )
 
 
-def unmark_window(task_ids: Sequence[int], token: str) -> Update:
+def unmark_window(task_ids: Sequence[int], token: str) -> tuple[Update, dict[str, Any]]:
     """Marked for a window but never run (the shard stopped first): back to pending, the
     attempt given back."""
+    return _unmark_window(), {"ids": list(task_ids), "token": token}
+
+
+@functools.cache
+def _unmark_window() -> Update:
     return (
         update(q)
-        .where(q.c.id.in_(task_ids), q.c.claim_token == token,
+        .where(q.c.id.in_(_ids()), q.c.claim_token == _bind("token", "claim_token"),
                q.c.status == int(Status.RUNNING), q.c.started_at.is_not(None))
         .values(status=int(Status.PENDING), attempts=q.c.attempts - 1, started_at=None,
                 claim_token=None, lease_until=None)
     )
 
 
-def held(task_ids: Sequence[int], token: str, *, lock: bool) -> Select[Any]:
+def held(task_ids: Sequence[int], token: str, *,
+         lock: bool) -> tuple[Select[Any], dict[str, Any]]:
     """Which of these rows does claim ``token`` still hold? (Locked until commit on servers
     with row locks, so that the writes that follow match exactly these rows.)"""
-    stmt = select(q.c.id).where(q.c.id.in_(task_ids), q.c.claim_token == token,
+    return _held(lock), {"ids": list(task_ids), "token": token}
+
+
+@functools.cache
+def _held(lock: bool) -> Select[Any]:
+    stmt = select(q.c.id).where(q.c.id.in_(_ids()),
+                                q.c.claim_token == _bind("token", "claim_token"),
                                 q.c.status == int(Status.RUNNING))
     return stmt.with_for_update() if lock else stmt
 

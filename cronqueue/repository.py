@@ -246,8 +246,8 @@ class Repository:
         ids = [f.task_id for f in flush.finishes] + [*flush.mark, *flush.unmark]
         held: set[int] = set()
         for start in range(0, len(ids), _CHUNK):
-            held.update(conn.execute(queries.held(ids[start:start + _CHUNK], flush.token,
-                                                  lock=self.dialect != "sqlite")).scalars())
+            held.update(conn.execute(*queries.held(ids[start:start + _CHUNK], flush.token,
+                                                   lock=self.dialect != "sqlite")).scalars())
         return held
 
     @staticmethod
@@ -274,13 +274,12 @@ class Repository:
         mark = [i for i in flush.mark if ours(i)]
         if mark:
             assert flush.now is not None and flush.lease_until is not None
-            write(queries.mark_window(mark, flush.token, now=flush.now,
-                                      lease_until=flush.lease_until), None, len(mark))
+            write(*queries.mark_window(mark, flush.token, now=flush.now,
+                                       lease_until=flush.lease_until), len(mark))
             done.marked.update(mark)
         unmark = [i for i in flush.unmark if ours(i)]
         if unmark:
-            done.released += write(queries.unmark_window(unmark, flush.token), None,
-                                   len(unmark))
+            done.released += write(*queries.unmark_window(unmark, flush.token), len(unmark))
         if flush.release:
             done.released += conn.execute(queries.release_unstarted(flush.token)).rowcount
         return done
