@@ -314,7 +314,7 @@ def drain_on_backlog(ctx: Ctx, url: str, n: int) -> float:
         began = time.time()
         shards = ctx.start_shards(url, 2)
         deadline = time.monotonic() + ctx.sizes.process_timeout
-        while _count_where(engine, ours, Status.DONE, Status.FAILED) < n:
+        while _count_where(engine, ours, Status.DONE, Status.FAILED, by_id=True) < n:
             if all(has_exited(s) for s in shards):
                 break
             if time.monotonic() > deadline:
@@ -338,7 +338,11 @@ def drain_on_backlog(ctx: Ctx, url: str, n: int) -> float:
     return float(n / (last_finish.timestamp() - began))
 
 
-def _count_where(engine: Engine, where: Any, *statuses: Status) -> int:
+def _count_where(engine: Engine, where: Any, *statuses: Status, by_id: bool = False) -> int:
+    """Rows matching ``where`` in one of ``statuses``. ``by_id``: ``where`` is an id range, and
+    ``status + 0`` keeps SQLite on the primary key — on the status index, counting the drain's
+    2,000 rows walked the million done rows (200 ms a poll, a core busy beside the shards)."""
+    status = queue_table.c.status + 0 if by_id else queue_table.c.status
     with engine.connect() as conn:
         return int(conn.execute(select(func.count()).where(
-            where, queue_table.c.status.in_([int(s) for s in statuses]))).scalar_one())
+            where, status.in_([int(s) for s in statuses]))).scalar_one())
