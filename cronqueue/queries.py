@@ -24,7 +24,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.sql.dml import Insert
-from sqlalchemy.sql.elements import BindParameter, TextClause
+from sqlalchemy.sql.elements import BindParameter, ColumnElement, TextClause
 
 from .model import Status
 from .schema import queue_table as q
@@ -195,6 +195,12 @@ def _bind(name: str, column: str | None = None) -> BindParameter[Any]:
     return bindparam(name, type_=q.c[column or name].type)
 
 
+def _fence() -> tuple[ColumnElement[bool], ColumnElement[bool]]:
+    """The fence of a shard's group-commit writes: the row is still running under claim
+    ``token`` (a bound parameter), so a shard that lost its claim changes nothing."""
+    return q.c.claim_token == _bind("token", "claim_token"), q.c.status == int(Status.RUNNING)
+
+
 def select_claimed(token: str) -> Select[Any]:
     return (select(q).where(q.c.claim_token == token, q.c.status == int(Status.RUNNING))
             .order_by(q.c.priority.desc(), q.c.id))
@@ -212,8 +218,7 @@ def mark_window(task_ids: Sequence[int], token: str, *, now: datetime,
 def _mark_window() -> Update:
     return (
         update(q)
-        .where(q.c.id.in_(_ids()), q.c.claim_token == _bind("token", "claim_token"),
-               q.c.status == int(Status.RUNNING), q.c.started_at.is_(None))
+        .where(q.c.id.in_(_ids()), *_fence(), q.c.started_at.is_(None))
         .values(attempts=q.c.attempts + 1, started_at=_bind("now", "started_at"),
                 lease_until=_bind("lease_until"))
     )
@@ -229,8 +234,7 @@ def unmark_window(task_ids: Sequence[int], token: str) -> tuple[Update, dict[str
 def _unmark_window() -> Update:
     return (
         update(q)
-        .where(q.c.id.in_(_ids()), q.c.claim_token == _bind("token", "claim_token"),
-               q.c.status == int(Status.RUNNING), q.c.started_at.is_not(None))
+        .where(q.c.id.in_(_ids()), *_fence(), q.c.started_at.is_not(None))
         .values(status=int(Status.PENDING), attempts=q.c.attempts - 1, started_at=None,
                 claim_token=None, lease_until=None)
     )
@@ -245,9 +249,7 @@ def held(task_ids: Sequence[int], token: str, *,
 
 @functools.cache
 def _held(lock: bool) -> Select[Any]:
-    stmt = select(q.c.id).where(q.c.id.in_(_ids()),
-                                q.c.claim_token == _bind("token", "claim_token"),
-                                q.c.status == int(Status.RUNNING))
+    stmt = select(q.c.id).where(q.c.id.in_(_ids()), *_fence())
     return stmt.with_for_update() if lock else stmt
 
 
@@ -282,8 +284,7 @@ def _finish_many(count: int, names: tuple[str, ...], varying: tuple[str, ...]) -
             values[name] = bindparam(name, type_=column_type)
     return (
         update(q)
-        .where(q.c.id.in_(ids), q.c.claim_token == bindparam("token"),
-               q.c.status == int(Status.RUNNING))
+        .where(q.c.id.in_(ids), *_fence())
         .values(**values)
     )
 
