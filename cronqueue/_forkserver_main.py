@@ -72,7 +72,8 @@ if TYPE_CHECKING:
 _PR_SET_PDEATHSIG = 1
 _SETUP_FAILED = 127  # status of a child that ran no task code
 _RECV_SIZE = 1 << 16
-_FDS_SPACE = socket.CMSG_SPACE(2 * array.array("i").itemsize)  # a request's stdin and stdout
+# A request's stdin, stdout and (optionally) the script, open.
+_FDS_SPACE = socket.CMSG_SPACE(3 * array.array("i").itemsize)
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 # argv[0] and the interpreter options this interpreter was started with (for sys.orig_argv).
@@ -231,7 +232,7 @@ def _cache_code(path: str) -> None:
     the task's stderr, as ``python script.py``)."""
     cached = _CODE_CACHE.pop(path, None)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # never a FIFO's wait
         try:
             st = os.fstat(fd)
             if cached is not None and cached[0] == _file_key(st):  # (a child forked before)
@@ -588,8 +589,9 @@ def _claim(idle: _Idle) -> _Task:
         os._exit(_SETUP_FAILED)  # the client went away (or gave up on us)
     try:
         request = json.loads(data)
-        if not isinstance(request, dict) or len(fds) != 2:
-            raise ValueError("a spawn request is an object, with two file descriptors")
+        if not isinstance(request, dict) or len(fds) not in (2, 3):
+            raise ValueError("a spawn request is an object, with two or three file "
+                             "descriptors")
         script = _text(request.get("script"))
         args, env = request.get("args"), request.get("env")
         if not isinstance(args, list) or not isinstance(env, dict):
@@ -603,7 +605,7 @@ def _claim(idle: _Idle) -> _Task:
         os.dup2(fds[0], 0)
         os.dup2(fds[1], 1)
         os.dup2(fds[1], 2)
-        for fd in fds:
+        for fd in fds[:2]:
             os.close(fd)
         os.chdir(cwd)
         _set_environ(env, idle.state)
@@ -618,7 +620,9 @@ def _claim(idle: _Idle) -> _Task:
     task = _Task(script if os.path.isabs(script) else os.path.join(os.getcwd(), script))
     answer: dict[str, object] = {"ok": 1}
     try:
-        task.fd = os.open(task.script, os.O_RDONLY | os.O_CLOEXEC)
+        # Given the script open (the runner checked that very file), read it from there: the
+        # name may meanwhile lead elsewhere.
+        task.fd = fds[2] if len(fds) == 3 else os.open(task.script, os.O_RDONLY | os.O_CLOEXEC)
         st = os.fstat(task.fd)
         if stat.S_ISDIR(st.st_mode):  # as open() says it
             raise IsADirectoryError(21, os.strerror(21), task.script)

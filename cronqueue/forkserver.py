@@ -120,7 +120,9 @@ server:
 * EOF either way ends everything (the server kills its children's groups).
 
 A child's channel: the client sends the task, ``{"script", "args", "env", "cwd"}`` with the stdin
-and stdout fds; the child answers, once set up and before running any of the task's code,
+and stdout fds, and optionally a third: the script, open for reading (the child then reads the
+code from it, never opening ``script`` by name, which is only the script's name then); the
+child answers, once set up and before running any of the task's code,
 ``{"ok": 1}`` (with ``"compile": "/abs/script.py"`` if it had no compiled code for the script),
 or ``{"error", "errno", "strerror", "filename"}`` (it could not be set up: no such cwd, ...; it
 exits) or ``{"error"}``; then it closes its end. EOF without an answer: the child died before
@@ -538,11 +540,14 @@ class ForkServer:
         return sorted(k for k in names if env.get(k) != server_env.get(k))
 
     def spawn(self, script: str, args: Sequence[str], *, env: Env, cwd: str,
-              stdin: int | _HasFileno, stdout: int | _HasFileno) -> ForkedTask:
+              stdin: int | _HasFileno, stdout: int | _HasFileno,
+              script_fd: int | None = None) -> ForkedTask:
         """Run ``script`` with ``sys.argv == [script, *args]`` in a forked child, in ``cwd``,
         with exactly ``env`` (str or bytes, as Popen takes it). ``stdin`` and ``stdout`` are fds
         or objects with ``fileno()`` (``subprocess.DEVNULL`` works); stderr goes to stdout;
-        they are the caller's to close. Returns once the child is set up. Raises
+        they are the caller's to close. ``script_fd``: the script, open for reading (the
+        caller's to close): its code is read from it, ``script`` names it (``sys.argv[0]``,
+        ``__file__``) but is not opened. Returns once the child is set up. Raises
         ForkServerError (the server is not running, or died), OSError (the child could not be
         set up, e.g. no such cwd: as Popen would), ValueError/TypeError (a bad environment or
         argument), RuntimeError (the previous task still runs)."""
@@ -560,6 +565,8 @@ class ForkServer:
         data = (json.dumps(request, separators=(",", ":")) + "\n").encode("ascii")
         with contextlib.ExitStack() as stack:
             fds = [_fd(stdin, stack), _fd(stdout, stack)]
+            if script_fd is not None:
+                fds.append(script_fd)
             for _ in range(_SPAWN_TRIES):
                 child = conn.take_child(self.start_timeout)
                 try:

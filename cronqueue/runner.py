@@ -1,12 +1,16 @@
 """The runner: resolve a task script inside task_dir and run it, without a shell.
 
+The script is opened beneath task_dir without following links out of it and checked
+(scriptpath.py); the very file checked is executed, as ``/proc/self/fd/N`` (an interpreter gets
+that path as the script's), so no rename or link swapped in meanwhile can change what runs.
 ``argv[1]`` is the stored param text. The script runs in its own session and process group;
 on timeout (or a forced stop) the whole group gets TERM, then KILL after a grace period, and
 whatever is left of the group when the script exits is killed too. If the shard dies, the
 watchdog kills the group (see watchdog.py; ``PR_SET_PDEATHSIG`` if it cannot run). ``subprocess``
 stays on its fast ``vfork`` path: no ``preexec_fn``, no wrapper ``exec``. Output goes
-to an unnamed temporary file (a daemonized grandchild holding it cannot block us); its tail is
-kept for the row, the whole appended to ``log_dir/YYYY-MM-DD.log``.
+through a pipe that the runner reads while it waits (capture.py): a bounded head on disk, the
+tail in memory; the row gets the last ``tail_bytes``, ``log_dir/YYYY-MM-DD.log`` (opened without
+following links: logfiles.py) head, marker and tail.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .capture import Capture, Captured, unnamed_file
 from .child import Child, ExecChild, ForkedChild
 from .config import DEFAULT_INTERPRETERS
 from .errors import (
@@ -41,9 +46,11 @@ from .errors import (
     ScriptNotRunnable,
     TaskFailure,
 )
+from .logfiles import LogDir, LogFileRefused
 from .model import Task
-from .spec import check_param_text, check_taskscript
-from .watchdog import Watchdog
+from .scriptpath import OpenedScript, is_executable, open_beneath
+from .spec import NESTING_HINT, check_param_text, check_taskscript
+from .watchdog import RUN_VAR, Watchdog
 
 if TYPE_CHECKING:
     from .forkserver import ForkServer
@@ -54,7 +61,25 @@ log = logging.getLogger("cronqueue.runner")
 _HIDDEN_ENV = ("CRONQUEUE_DB_URL",)
 _PR_SET_PDEATHSIG = 1
 _SMALL_OUTPUT = 64 * 1024  # bytes of output appended to the day log in a single write
-_RESOLVE_TTL = 1.0  # seconds a script's resolution (path, checks, interpreter) is reused
+_TAIL_KEPT = 1 << 20  # bytes of the end of a long output kept in memory (at most)
+_DRAIN_READS = 16  # after the exit: at most this many pipe reads (a daemon may keep writing)
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """A resolved task script: ``argv`` (without the param) runs the open file ``opened.fd``
+    (the caller closes it: :meth:`close`)."""
+
+    opened: OpenedScript
+    argv: list[str]
+    forkable: bool  # a .py file for the configured .py interpreter (the fork server may run it)
+
+    @property
+    def fd(self) -> int:
+        return self.opened.fd
+
+    def close(self) -> None:
+        os.close(self.opened.fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,12 +117,15 @@ class Runner:
         # Encoded once: subprocess would encode every variable again for every task.
         self._base_env = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()
                           if k not in _HIDDEN_ENV}
-        self._resolved: dict[str, tuple[float, list[str]]] = {}
+        self._euid = os.geteuid()
         self._watchdog = Watchdog()
+        self._logs = LogDir(self.log_dir)
         self._log_fd: int | None = None  # today's log, kept open (O_APPEND)
         self._log_day = ""
-        self._log_dir_ok = False
         self._devnull = -1
+        # What is kept of one task's output: the head on disk, the tail in memory.
+        self._tail_kept = max(tail_bytes, min(max_log_bytes // 2, _TAIL_KEPT))
+        self._head_kept = max(0, max_log_bytes - self._tail_kept)
 
     def close(self) -> None:
         if self._forkserver is not None:
@@ -105,48 +133,33 @@ class Runner:
             self._forkserver = None
         self._watchdog.close()
         self._close_log()
+        self._logs.close()
         if self._devnull >= 0:
             os.close(self._devnull)
             self._devnull = -1
 
     # -- resolution ---------------------------------------------------------------------------
 
-    def command(self, taskscript: str) -> list[str]:
-        """argv (without the param) for a task script. Raises ``ScriptError``. A resolution
-        is reused for up to a second (a burst of the same script is checked once)."""
-        now = time.monotonic()
-        cached = self._resolved.get(taskscript)
-        if cached is not None and now - cached[0] < _RESOLVE_TTL:
-            return cached[1]
-        argv = self._resolve(taskscript)
-        if len(self._resolved) > 1000:
-            self._resolved.clear()
-        self._resolved[taskscript] = (now, argv)
-        return argv
-
-    def _resolve(self, taskscript: str) -> list[str]:
+    def resolve(self, taskscript: str) -> Script:
+        """Open and check ``taskscript`` beneath task_dir; how to run it. Raises
+        ``ScriptError``. Done for every run: no name is trusted twice (opening costs a few
+        microseconds per path component)."""
         try:
             check_taskscript(taskscript)
         except InvalidTask as exc:
             raise ScriptError(str(exc), permanent=True) from None
-        path = os.path.realpath(self.task_dir / taskscript)
-        if os.path.commonpath([path, self.task_dir]) != str(self.task_dir):
-            raise ScriptError(f"taskscript {taskscript!r} resolves outside task_dir "
-                              f"({path}): refused", permanent=True)
+        opened = open_beneath(str(self.task_dir), taskscript, euid=self._euid)
         try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            raise ScriptError(f"taskscript {taskscript!r} not found in {self.task_dir}",
-                              permanent=False) from None
-        if not os.path.isfile(path):
-            raise ScriptError(f"taskscript {taskscript!r} is not a regular file",
-                              permanent=True)
-        if st.st_mode & 0o022:
-            raise ScriptError(f"taskscript {taskscript!r} is group- or world-writable "
-                              f"(mode {st.st_mode & 0o777:o}): refused", permanent=True)
-        if os.access(path, os.X_OK):
-            return [path]
-        ext = os.path.splitext(path)[1]
+            return self._how(taskscript, opened)
+        except BaseException:
+            os.close(opened.fd)
+            raise
+
+    def _how(self, taskscript: str, opened: OpenedScript) -> Script:
+        path = f"/proc/self/fd/{opened.fd}"
+        if is_executable(opened.st, self._euid):
+            return Script(opened, [path], forkable=False)
+        ext = os.path.splitext(opened.path)[1]
         interp = self.interpreters.get(ext)
         if not interp:
             raise ScriptError(f"taskscript {taskscript!r} is not executable and no interpreter "
@@ -156,7 +169,8 @@ class Runner:
         if exe is None:
             raise ScriptError(f"interpreter {interp[0]!r} for {ext} scripts not found",
                               permanent=False)
-        return [exe, *interp[1:], path]
+        return Script(opened, [exe, *interp[1:], path],
+                      forkable=self.python_fork and ext == ".py")
 
     def _find(self, program: str) -> str | None:
         if program not in self._which:
@@ -173,7 +187,20 @@ class Runner:
         once a second while the script runs."""
         started = time.monotonic()
         try:
-            argv = self.command(task.taskscript)
+            script = self.resolve(task.taskscript)
+        except ScriptError as exc:
+            return RunResult(None, 0.0, str(exc), ScriptNotRunnable(str(exc)),
+                             permanent=exc.permanent)
+        try:
+            return self._run(task, script, attempt, timeout, abort, wake_fd, label, tick,
+                             started)
+        finally:
+            script.close()
+
+    def _run(self, task: Task, script: Script, attempt: int, timeout: float | None,
+             abort: Callable[[], bool], wake_fd: int | None, label: str,
+             tick: Callable[[], None] | None, started: float) -> RunResult:
+        try:
             _check_param(task.param)
         except ScriptError as exc:
             return RunResult(None, 0.0, str(exc), ScriptNotRunnable(str(exc)),
@@ -182,31 +209,32 @@ class Runner:
         env[b"CRONQUEUE_TASK_ID"] = b"%d" % task.id
         env[b"CRONQUEUE_ATTEMPT"] = b"%d" % attempt
         env[b"CRONQUEUE_QUEUE"] = os.fsencode(task.queue)
-        out = self._output_fd()
+        capture = Capture(unnamed_file(self._log_dir_fd()), self._head_kept, self._tail_kept)
         try:
             stdin = self._stdin_fd(task.secret)
             try:
-                child = self._start(argv, task.param, env, out, stdin, task.id, attempt)
+                child = self._start(script, task.param, env, capture.write_fd, stdin)
             except OSError as exc:
                 self._watchdog.watch(0)
-                msg = f"cannot start {argv[0]}: {exc.strerror or exc}"
+                what = script.opened.path if len(script.argv) == 1 else script.argv[0]
+                msg = f"cannot start {printable(what)}: {exc.strerror or exc}"
                 return RunResult(None, time.monotonic() - started, msg, ScriptNotRunnable(msg))
             finally:
                 if stdin != self._devnull:
                     os.close(stdin)
+                capture.started()
             deadline = None if timeout is None else started + timeout
-            outcome = self._wait(child, deadline, abort, wake_fd, tick)
+            outcome = self._wait(child, deadline, abort, wake_fd, tick, capture)
             if outcome != "exited":
-                self._kill_group(child)
+                self._kill_group(child, capture)
             returncode = child.reap()
             self._watchdog.watch(0)
             duration = time.monotonic() - started
-            size = os.fstat(out).st_size
-            tail = _decode(os.pread(out, min(size, self.tail_bytes),
-                                    max(0, size - self.tail_bytes)))
-            self._append_log(out, size, task, attempt, returncode, duration, label)
+            captured = capture.finish()
+            logged = self._append_log(captured, task, attempt, returncode, duration, label)
+            output = self._row_output(captured, logged)
         finally:
-            os.close(out)
+            capture.close()
         failure: TaskFailure | None = None
         if outcome == "timeout":
             failure = ProcessTimeoutError(f"ran past its {timeout:g}s timeout; process group "
@@ -219,73 +247,80 @@ class Runner:
             failure = ProcessSignaledError(f"killed by {_signame(-returncode)}")
         elif returncode > 0:
             failure = ProcessExitError(f"exit status {returncode}")
-        return RunResult(returncode, duration, tail, failure, interrupted=outcome == "abort")
+        return RunResult(returncode, duration, output, failure, interrupted=outcome == "abort")
 
-    def _start(self, argv: list[str], param: str, env: dict[bytes, bytes], out: int,
-               stdin: int, task_id: int, attempt: int) -> Child:
-        if self._forkable(argv):
-            forked = self._fork(argv[-1], param, env, out, stdin)
+    def _start(self, script: Script, param: str, env: dict[bytes, bytes], out: int,
+               stdin: int) -> Child:
+        if script.forkable:
+            forked = self._fork(script, param, env, out, stdin)
             if forked is not None:
                 return forked
         kwargs: dict[str, Any] = {}
         if not self._watchdog.start() and sys.platform.startswith("linux"):
             kwargs["preexec_fn"] = _set_pdeathsig  # slow (full fork), only without a watchdog
-        self._watchdog.arm(task_id, attempt)  # before the spawn: see watchdog.py
+        env[RUN_VAR] = self._watchdog.arm()  # before the spawn: see watchdog.py
+        # The script's fd stays open across exec: the kernel hands a shebang's interpreter
+        # /proc/self/fd/N, and an interpreter by extension gets that path too.
         proc = subprocess.Popen(
-            [*argv, param], stdin=stdin, stdout=out,
+            [*script.argv, param], stdin=stdin, stdout=out,
             stderr=subprocess.STDOUT, cwd=self.task_dir, env=env, start_new_session=True,
-            close_fds=True, **kwargs)
+            close_fds=True, pass_fds=(script.fd,), **kwargs)
         self._watchdog.watch(proc.pid)
         return ExecChild(proc)
 
     def _wait(self, child: Child, deadline: float | None, abort: Callable[[], bool],
-              wake_fd: int | None, tick: Callable[[], None] | None) -> str:
-        """Until the script exits ('exited', left unreaped), times out, or abort() is set."""
+              wake_fd: int | None, tick: Callable[[], None] | None,
+              capture: Capture) -> str:
+        """Until the script exits ('exited', left unreaped), times out, or abort() is set;
+        its output is read meanwhile."""
         # The child's fd becomes readable when it exits; the signal wake-up fd when the shard
-        # gets TERM/INT. Without them (old kernels, library use) we poll briefly instead.
+        # gets TERM/INT; the output pipe when there is output. Without a child's fd (old
+        # kernels) or the wake-up fd (library use) we poll briefly instead.
         done_fd = child.ready_fd()
-        fds = [fd for fd in (done_fd, wake_fd) if fd is not None]
         cap = 1.0 if done_fd is not None else 0.005
         if wake_fd is None:
             cap = min(cap, 0.1)  # abort() can only be noticed by polling
+        last_tick = time.monotonic()
         while True:
             if abort():
                 return "abort"
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return "timeout"
+            if tick is not None and now - last_tick >= 1.0:
+                tick()
+                last_tick = now
+            fds = [fd for fd in (done_fd, wake_fd) if fd is not None]
+            if not capture.eof:
+                fds.append(capture.read_fd)
             step = cap if deadline is None else min(cap, deadline - now)
             ready = select.select(fds, [], [], step)[0]
+            if capture.read_fd in ready:
+                capture.pump()
             if wake_fd is not None and wake_fd in ready:
                 _drain(wake_fd)
             if (child.exited() if done_fd is None or done_fd in ready else False):
                 return "exited"
-            if tick is not None and not ready:
-                tick()
 
-    def _kill_group(self, child: Child) -> None:
+    def _kill_group(self, child: Child, capture: Capture) -> None:
         child.signal_group(signal.SIGTERM)
         end = time.monotonic() + self.kill_grace
         while time.monotonic() < end:
             if child.exited():
                 return
-            time.sleep(0.02)
+            if capture.eof:
+                time.sleep(0.02)
+            elif select.select([capture.read_fd], [], [], 0.02)[0]:
+                capture.pump()  # a script reporting as it stops is not blocked on its output
         child.signal_group(signal.SIGKILL)
 
     # -- the Python fast path -----------------------------------------------------------------
 
-    def _forkable(self, argv: list[str]) -> bool:
-        """A ``.py`` script run by the configured ``.py`` interpreter (not one executable on
-        its own: its shebang may name another interpreter)."""
-        if not self.python_fork or len(argv) < 2 or not argv[-1].endswith(".py"):
-            return False
-        interp = self.interpreters.get(".py")
-        return interp is not None and argv[:-1] == [self._find(interp[0]), *interp[1:]]
-
-    def _fork(self, script: str, param: str, env: dict[bytes, bytes], out: int,
+    def _fork(self, script: Script, param: str, env: dict[bytes, bytes], out: int,
               stdin: int) -> Child | None:
         """Start ``script`` in the fork server (started on first use); None — logged — if the
-        server cannot run it: the task then takes the exec path."""
+        server cannot run it: the task then takes the exec path. The server's child reads the
+        code from the checked file (a descriptor of it), never by name."""
         from .forkserver import ForkServer, ForkServerError
 
         if self._forkserver is None:
@@ -294,35 +329,35 @@ class Runner:
                 [self._find(interp[0]) or interp[0], *interp[1:]], preload=self.python_preload,
                 env=self._base_env)
         try:
+            code_fd = os.open(f"/proc/self/fd/{script.fd}", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            log.warning("cannot reopen %s for the fork server (%s): running it the exec way",
+                        printable(script.opened.path), exc)
+            return None
+        try:
             self._forkserver.start()
             task = self._forkserver.spawn(
-                script, [param], env=env,
-                cwd=str(self.task_dir), stdin=stdin, stdout=out)
+                script.opened.path, [param], env=env,
+                cwd=str(self.task_dir), stdin=stdin, stdout=out, script_fd=code_fd)
         except ForkServerError as exc:
             log.warning("python fork server unavailable (%s): running %s the exec way",
-                        exc, printable(script))
+                        exc, printable(script.opened.path))
             return None
+        finally:
+            os.close(code_fd)
         return ForkedChild(task)
 
     # -- output -------------------------------------------------------------------------------
 
-    def _output_fd(self) -> int:
-        """An unnamed temporary file for the output, in log_dir if it is usable."""
+    def _log_dir_fd(self) -> int | None:
+        """log_dir, open, or None (logged) if it is unusable: output is then kept only in
+        the row (and in a temporary file while the task runs)."""
         try:
-            if not self._log_dir_ok:
-                self.log_dir.mkdir(parents=True, exist_ok=True)
-                self._log_dir_ok = True
-            try:
-                return os.open(self.log_dir, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
-            except OSError:  # a file system without O_TMPFILE
-                with tempfile.TemporaryFile(dir=self.log_dir) as handle:
-                    return os.dup(handle.fileno())
-        except OSError as exc:
-            self._log_dir_ok = False
+            return self._logs.fd()
+        except (OSError, LogFileRefused) as exc:
             log.warning("log_dir %s is unusable (%s): output kept only in the row",
                         self.log_dir, exc)
-            with tempfile.TemporaryFile() as handle:
-                return os.dup(handle.fileno())
+            return None
 
     def _stdin_fd(self, secret: str | None) -> int:
         """The task's stdin: its secret in an unnamed file (no pipe to block on, nothing on
@@ -338,37 +373,56 @@ class Runner:
         os.lseek(fd, 0, os.SEEK_SET)
         return fd
 
-    def _append_log(self, out: int, size: int, task: Task, attempt: int, returncode: int,
-                    duration: float, label: str) -> None:
-        """Append the header and the output to today's log, under an exclusive ``flock``
-        (shards share the file)."""
+    def _row_output(self, captured: Captured, logged: str) -> str:
+        """The row's ``output``: the last ``tail_bytes`` kept, after a note if output was
+        lost (a full or failing log_dir never fails the task: it is said here)."""
+        notes = []
+        if captured.disk_error and captured.not_kept:
+            notes.append(f"{captured.not_kept} bytes of output lost: log_dir failed "
+                         f"({captured.disk_error})")
+        if logged:
+            notes.append(f"output not written to the day log ({logged})")
+        note = "".join(f"[cronqueue: {n}]\n" for n in notes).encode()
+        room = max(0, self.tail_bytes - len(note))
+        return _decode(note[:self.tail_bytes] + captured.last(room))
+
+    def _append_log(self, captured: Captured, task: Task, attempt: int, returncode: int,
+                    duration: float, label: str) -> str:
+        """Append the header and what was kept of the output to today's log, under an
+        exclusive ``flock`` (shards share the file). Returns why it could not ("" if done)."""
         now = datetime.now(UTC)
         header = (f"--- {now.isoformat(timespec='milliseconds')} task={task.id} "
                   f"attempt={attempt} queue={printable(task.queue)} "
                   f"script={printable(task.taskscript)} "
-                  f"shard={label} exit={returncode} duration={duration:.3f}s bytes={size}\n")
+                  f"shard={label} exit={returncode} duration={duration:.3f}s "
+                  f"bytes={captured.total}\n").encode()
+        marker = captured.marker(self.max_log_bytes)
         try:
             fd = self._log_file(now)
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                if size <= _SMALL_OUTPUT:  # the usual case: one write
-                    body = os.pread(out, size, 0)
+                if captured.head + len(captured.tail) <= _SMALL_OUTPUT:  # usual: one write
+                    body = (os.pread(captured.fd, captured.head, 0)
+                            if captured.fd is not None and captured.head else b"")
+                    body += marker + captured.tail
                     end = b"\n" if body and not body.endswith(b"\n") else b""
-                    _write_all(fd, header.encode() + body + end)
+                    _write_all(fd, header + body + end)
                 else:
-                    _write_all(fd, header.encode())
-                    _copy(out, fd, min(size, self.max_log_bytes))
-                    if size > self.max_log_bytes:
-                        _write_all(fd, f"\n[... {size - self.max_log_bytes} more bytes not "
-                                       f"kept; max_log_bytes={self.max_log_bytes}]\n".encode())
-                    elif os.pread(out, 1, size - 1) != b"\n":
-                        _write_all(fd, b"\n")
+                    _write_all(fd, header)
+                    if captured.fd is not None:
+                        _copy(captured.fd, fd, captured.head)
+                    last = captured.last(1)
+                    _write_all(fd, marker + captured.tail
+                               + (b"\n" if last != b"\n" else b""))
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
-        except OSError as exc:
+        except (OSError, LogFileRefused) as exc:
             log.warning("task=%d could not write output to %s: %s", task.id,
                         self.log_dir / f"{now:%Y-%m-%d}.log", exc)
             self._close_log()
+            self._logs.close()
+            return getattr(exc, "strerror", None) or str(exc)
+        return ""
 
     def _log_file(self, now: datetime) -> int:
         """Today's log, opened once per day (again if it was deleted meanwhile)."""
@@ -377,8 +431,7 @@ class Runner:
                                          or os.fstat(self._log_fd).st_nlink == 0):
             self._close_log()
         if self._log_fd is None:
-            self._log_fd = os.open(self.log_dir / f"{day}.log",
-                                   os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            self._log_fd = self._logs.open_day(day)
             self._log_day = day
         return self._log_fd
 
@@ -397,6 +450,9 @@ def _check_param(param: str) -> None:
         raise ScriptError(str(exc), permanent=True) from None
     except ValueError as exc:
         raise ScriptError(f"param is not valid JSON: {exc}", permanent=True) from None
+    except RecursionError:
+        raise ScriptError(f"param is nested too deeply to decode ({NESTING_HINT})",
+                          permanent=True) from None
 
 
 def _copy(src: int, fd: int, limit: int) -> None:

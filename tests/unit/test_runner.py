@@ -75,6 +75,17 @@ def read_pid(path: Path) -> int:
     return int(path.read_text().strip())
 
 
+def command(runner: Runner, taskscript: str) -> list[str]:
+    """How the runner would run ``taskscript``: its argv, the opened script's descriptor shown
+    as the real path it was found at."""
+    script = runner.resolve(taskscript)
+    try:
+        fd_path = f"/proc/self/fd/{script.fd}"
+        return [script.opened.path if a == fd_path else a for a in script.argv]
+    finally:
+        script.close()
+
+
 @pytest.fixture
 def runner(task_dir: Path, log_dir: Path) -> Runner:
     return Runner(task_dir, log_dir, kill_grace=GRACE)
@@ -156,7 +167,7 @@ def test_task_helper_inside_a_running_script(runner: Runner, task_dir: Path) -> 
 def test_py_runs_with_the_current_interpreter(runner: Runner, task_dir: Path) -> None:
     path = write_script(task_dir, "which.py",
                         "import sys\nopen('exe.out', 'w').write(sys.executable)\n")
-    assert runner.command("which.py") == [sys.executable, os.path.realpath(path)]
+    assert command(runner, "which.py") == [sys.executable, os.path.realpath(path)]
     result = run(runner, "which.py")
     assert result.ok, result
     assert (task_dir / "exe.out").read_text() == sys.executable
@@ -164,7 +175,7 @@ def test_py_runs_with_the_current_interpreter(runner: Runner, task_dir: Path) ->
 
 def test_sh_runs_with_sh(runner: Runner, task_dir: Path) -> None:
     path = write_script(task_dir, "plain.sh", "x=shell; echo \"$x\" > sh.out\n", mode=0o644)
-    assert runner.command("plain.sh") == [shutil.which("sh"), os.path.realpath(path)]
+    assert command(runner, "plain.sh") == [shutil.which("sh"), os.path.realpath(path)]
     result = run(runner, "plain.sh")
     assert result.ok, result
     assert (task_dir / "sh.out").read_text() == "shell\n"
@@ -174,7 +185,7 @@ def test_executable_file_runs_directly_via_its_shebang(runner: Runner, task_dir:
     # A .py name, but executable with a sh shebang: run directly, not with Python.
     path = write_script(task_dir, "direct.py", "#!/bin/sh\necho direct > direct.out\n",
                         mode=0o755)
-    assert runner.command("direct.py") == [os.path.realpath(path)]
+    assert command(runner, "direct.py") == [os.path.realpath(path)]
     result = run(runner, "direct.py")
     assert result.ok, result.output
     assert (task_dir / "direct.out").read_text() == "direct\n"
@@ -416,7 +427,7 @@ def test_unknown_extension_without_exec_bit_is_permanent(runner: Runner,
 def test_configured_interpreter_with_arguments(task_dir: Path, log_dir: Path) -> None:
     runner = Runner(task_dir, log_dir, {".rb": ["sh", "-e"]}, kill_grace=GRACE)
     path = write_script(task_dir, "job.rb", "echo \"via sh -e: $1\"\nfalse\necho not-reached\n")
-    assert runner.command("job.rb")[1:] == ["-e", os.path.realpath(path)]
+    assert command(runner, "job.rb")[1:] == ["-e", os.path.realpath(path)]
     result = run(runner, "job.rb", '"p"')
     assert isinstance(result.failure, ProcessExitError)
     assert result.output == "via sh -e: \"p\"\n"
@@ -450,10 +461,10 @@ def test_hand_inserted_bad_taskscript_is_permanent(runner: Runner, taskscript: s
 
 def test_command_raises_script_error(runner: Runner) -> None:
     with pytest.raises(ScriptError) as info:
-        runner.command("/bin/sh")
+        command(runner, "/bin/sh")
     assert info.value.permanent is True
     with pytest.raises(ScriptError) as info:
-        runner.command("absent.sh")
+        command(runner, "absent.sh")
     assert info.value.permanent is False
 
 

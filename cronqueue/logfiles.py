@@ -1,0 +1,86 @@
+"""log_dir and its day logs, opened without following links someone else planted.
+
+log_dir is opened once (created if missing) and kept as a descriptor; it may be a symbolic link
+only if the link belongs to the shard's user or root (an operator's ``logs -> /var/log/cq``,
+not a link planted in a shared parent). Day logs (``YYYY-MM-DD.log``) are opened relative to it
+with ``O_NOFOLLOW`` (a planted link is refused, never written through), created ``0600``, and
+used only if they are regular files of the shard's user or root with a single name (a planted
+hard link to another file is refused too).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from .errors import CronqueueError
+
+_DAY_FLAGS = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+              | os.O_NOCTTY | os.O_CLOEXEC)
+_DAY_MODE = 0o600
+
+
+class LogFileRefused(CronqueueError):
+    """log_dir or a day log is not what cronqueue would have created: not written to."""
+
+
+class LogDir:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def fd(self) -> int:
+        """log_dir, open (created if missing). Raises OSError or LogFileRefused."""
+        if self._fd is not None:
+            try:
+                if os.fstat(self._fd).st_nlink > 0:
+                    return self._fd
+            except OSError:
+                pass
+            self.close()  # removed meanwhile: open it again
+        uid = os.geteuid()
+        self.path.mkdir(parents=True, exist_ok=True)
+        link = os.lstat(self.path)
+        if stat.S_ISLNK(link.st_mode) and link.st_uid not in (uid, 0):
+            raise LogFileRefused(f"log_dir {self.path} is a symbolic link owned by uid "
+                                 f"{link.st_uid}, not by the shard's user or root: refused")
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._fd = fd
+        return fd
+
+    def open_day(self, day: str) -> int:
+        """``log_dir/<day>.log`` for appending. Raises OSError or LogFileRefused."""
+        name = f"{day}.log"
+        try:
+            fd = os.open(name, _DAY_FLAGS, _DAY_MODE, dir_fd=self.fd())
+        except OSError as exc:
+            if stat.S_ISLNK(_lmode(name, self._fd)):
+                raise LogFileRefused(f"{self.path / name} is a symbolic link: refused (a day "
+                                     "log is never written through a link)") from None
+            raise exc from None
+        try:
+            st = os.fstat(fd)
+            why = ("not a regular file" if not stat.S_ISREG(st.st_mode)
+                   else f"owned by uid {st.st_uid}" if st.st_uid not in (os.geteuid(), 0)
+                   else f"a file with {st.st_nlink} hard links" if st.st_nlink != 1
+                   else "")
+            if why:
+                raise LogFileRefused(f"{self.path / name} is {why}: refused")
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _lmode(name: str, dir_fd: int | None) -> int:
+    try:
+        return os.lstat(name, dir_fd=dir_fd).st_mode
+    except OSError:
+        return 0
