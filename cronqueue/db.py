@@ -6,7 +6,9 @@ Build an engine inside the process that uses it (never share one across ``fork``
 from __future__ import annotations
 
 import logging
+import os
 import random
+import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -35,16 +37,46 @@ SUPPORTED = ("sqlite", "mysql", "mariadb")
 PING_AFTER_IDLE = 1.0  # seconds a pooled MySQL connection may idle before it is pinged
 
 
+# Where a password sits in URL text: ?password=X / ?passwd=X, and user:PASSWORD@host.
+_QUERY_SECRET_RE = re.compile(r"[?&](?:password|passwd)=([^&#]*)", re.IGNORECASE)
+_QUERY_SECRET_KEYS = ("password", "passwd")
+
+
+def secret_spans(url: str) -> list[tuple[int, int]]:
+    """(start, end) of every password in the URL text: the values of ``password=`` and
+    ``passwd=`` query arguments, and the password of ``user:password@``, which ends at the
+    authority's *last* ``@`` (an unencoded ``@`` in a password is all covered). Errs on the side
+    of covering too much."""
+    spans = [m.span(1) for m in _QUERY_SECRET_RE.finditer(url)]
+    begin = url.find("://")
+    if begin < 0:
+        return spans
+    begin += 3
+    at = next((i for i in range(len(url) - 1, begin - 1, -1) if url[i] == "@"
+               and not any(s <= i < e for s, e in spans)), -1)
+    colon = url.find(":", begin, at) if at >= 0 else -1
+    if colon >= 0:
+        spans.append((colon + 1, at))
+    return sorted(spans)
+
+
 def redact(url: str) -> str:
-    """The URL with its password replaced by ``***`` (safe for logs and errors)."""
+    """The URL with every password form replaced by ``***`` (safe for logs and errors)."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        make_url(url)
     except (ArgumentError, ValueError):
         return "<unparseable database URL>"
+    out, last = [], 0
+    for start, end in secret_spans(url):
+        out += [url[last:start], "***"]
+        last = end
+    return "".join(out) + url[last:]
 
 
 def normalize_url(url: str) -> str:
-    """``mysql://`` and ``mariadb://`` mean PyMySQL (the driver we ship with)."""
+    """``mysql://`` and ``mariadb://`` mean PyMySQL (the driver we ship with). A password given
+    as ``?password=``/``?passwd=`` moves into ``user:password@`` (where SQLAlchemy hides it in
+    ``repr(engine.url)``), and an unencoded ``@`` in a password is taken as part of it."""
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
@@ -56,6 +88,19 @@ def normalize_url(url: str) -> str:
             f"db_url: unsupported database {parsed.get_backend_name()!r} "
             f"(use sqlite:///FILE or mysql+pymysql://user:pw@host/db)"
         )
+    if parsed.get_backend_name() != "sqlite":
+        if parsed.password is not None and parsed.host and "@" in parsed.host:
+            extra, host = parsed.host.rsplit("@", 1)
+            parsed = parsed.set(password=f"{parsed.password}@{extra}", host=host)
+        given = [k for k in parsed.query if k.lower() in _QUERY_SECRET_KEYS]
+        if len(given) + (parsed.password is not None) > 1:
+            raise ConfigError("db_url: the password is given twice (user:password@ and "
+                              "?password= or ?passwd=): give it once")
+        if given:
+            password = parsed.query[given[0]]
+            if not isinstance(password, str):
+                raise ConfigError(f"db_url: {given[0]}= is given twice: give it once")
+            parsed = parsed.difference_update_query(given).set(password=password)
     return parsed.render_as_string(hide_password=False)
 
 
@@ -66,6 +111,7 @@ def make_engine(url: str) -> Engine:
         return _sqlite_engine(url)
     engine = create_engine(
         url,
+        hide_parameters=True,  # error texts never carry the values (secrets, params)
         pool_recycle=1800,  # well under the server's wait_timeout
         # Every use ends its transaction (``transaction()`` commits or rolls back): the
         # rollback the pool would send on each check-in is a wasted round trip.
@@ -93,13 +139,22 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def _sqlite_text(data: bytes) -> str:
+    return str(data, "utf-8", "surrogateescape")
+
+
 def _sqlite_engine(url: str) -> Engine:
-    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+    _create_private(make_url(url).database)
+    engine = create_engine(url, hide_parameters=True,
+                           connect_args={"timeout": 30, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Take transaction control from pysqlite so we can issue BEGIN IMMEDIATE ourselves.
         dbapi_conn.isolation_level = None
+        # Text that is not UTF-8 (written by hand) would fail the whole result, so the claim
+        # of every row with it: decoded with surrogate escapes, Task.from_row names it.
+        dbapi_conn.text_factory = _sqlite_text
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=FULL")
@@ -114,6 +169,20 @@ def _sqlite_engine(url: str) -> Engine:
         conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def _create_private(database: str | None) -> None:
+    """Create a missing SQLite database file 0600 (owner only: rows hold task secrets). SQLite
+    creates ``-wal`` and ``-shm`` with the database file's mode. An existing file keeps its
+    mode (see ``init_db``, which warns about one others can read)."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    try:
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:  # no such directory, read-only...: SQLite will say it on connect
+        log.debug("cannot create %s: %s", database, exc)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -177,6 +246,14 @@ def supports_json_insert(dialect: Any) -> bool:
     version = dialect.server_version_info
     return bool(getattr(dialect, "is_mariadb", False) and version
                 and tuple(version[:2]) >= (10, 6))
+
+
+def max_packet(conn: Connection) -> int | None:
+    """The server's ``max_allowed_packet`` in bytes (MySQL/MariaDB): no statement may be
+    larger. None on SQLite (no such limit)."""
+    if conn.dialect.name not in ("mysql", "mariadb"):
+        return None
+    return int(conn.exec_driver_sql("SELECT @@max_allowed_packet").scalar_one())
 
 
 def supports_skip_locked(engine: Engine) -> bool:

@@ -19,6 +19,8 @@ from sqlalchemy import (
     case,
     delete,
     func,
+    literal,
+    null,
     select,
     text,
     update,
@@ -103,13 +105,31 @@ def select_active(key: str) -> Executable:
 
 # -- read -------------------------------------------------------------------------------------
 
+# Rows read in numbers (a claim's batch, a listing, the rescue's running rows) leave the secret
+# (up to 8 MiB each) in the database: their ``secret`` is ``SECRET_ELSEWHERE`` when the row has
+# one, None when not. A shard reads a task's secret when the task starts (``select_secret``).
+SECRET_ELSEWHERE = ""
+
+
+@functools.cache
+def _task_columns() -> tuple[ColumnElement[Any], ...]:
+    """Every column of ``queue``, the secret replaced by ``SECRET_ELSEWHERE`` or NULL."""
+    marker = case((q.c.secret.is_(None), null()), else_=literal(SECRET_ELSEWHERE))
+    return (*[c for c in q.c if c.name != "secret"], marker.label("secret"))
+
+
 def select_task(task_id: int) -> Select[Any]:
+    """One task, with its secret."""
     return select(q).where(q.c.id == task_id)
+
+
+def select_secret(task_id: int) -> Select[Any]:
+    return select(q.c.secret).where(q.c.id == task_id)
 
 
 def select_tasks(*, status: Status | None, queue: str | None, limit: int,
                  newest_first: bool = True) -> Select[Any]:
-    stmt = select(q)
+    stmt = select(*_task_columns())
     if status is not None:
         stmt = stmt.where(q.c.status == int(status))
     if queue is not None:
@@ -139,7 +159,7 @@ def claim_candidates(*, shard: int, total: int, queue: str | None, now: datetime
     ``ix_queue_claim_any (status, priority DESC, id)`` across queues: the index is read in
     order, ``run_at`` and ``id % total`` filter as it goes, LIMIT stops it early.
     """
-    stmt = _due(select(q), shard=shard, total=total, queue=queue, now=now)
+    stmt = _due(select(*_task_columns()), shard=shard, total=total, queue=queue, now=now)
     stmt = stmt.order_by(q.c.priority.desc(), q.c.id).limit(limit)
     if skip_locked:
         stmt = stmt.with_for_update(skip_locked=True)
@@ -202,7 +222,8 @@ def _fence() -> tuple[ColumnElement[bool], ColumnElement[bool]]:
 
 
 def select_claimed(token: str) -> Select[Any]:
-    return (select(q).where(q.c.claim_token == token, q.c.status == int(Status.RUNNING))
+    return (select(*_task_columns())
+            .where(q.c.claim_token == token, q.c.status == int(Status.RUNNING))
             .order_by(q.c.priority.desc(), q.c.id))
 
 
@@ -299,6 +320,17 @@ def finish(task_id: int, token: str, values: dict[str, Any]) -> Update:
     )
 
 
+def finish_unclaimed(task_id: int, attempts: int, values: dict[str, Any]) -> Update:
+    """The rescue's outcome for a running row without a claim token (hand-inserted, or left
+    so): no shard can write it, so it is fenced on the state it was seen in instead."""
+    return (
+        update(q)
+        .where(q.c.id == task_id, q.c.claim_token.is_(None),
+               q.c.status == int(Status.RUNNING), q.c.attempts == attempts)
+        .values(**values)
+    )
+
+
 def release_unstarted(token: str) -> Update:
     """Claimed but never started: straight back to pending, no attempt counted."""
     return (
@@ -315,7 +347,7 @@ def cancel(task_id: int, now: datetime) -> Update:
     return (
         update(q)
         .where(q.c.id == task_id, q.c.status == int(Status.PENDING))
-        .values(status=int(Status.CANCELLED), active_key=None, finished_at=now)
+        .values(status=int(Status.CANCELLED), active_key=None, finished_at=now, secret=None)
     )
 
 
@@ -346,13 +378,14 @@ def purgeable_ids(statuses: Sequence[int], before: datetime, limit: int) -> Sele
 
 def select_running() -> Select[Any]:
     """Every claimed row, for the rescue of tasks whose shard died."""
-    return select(q).where(q.c.status == int(Status.RUNNING))
+    return select(*_task_columns()).where(q.c.status == int(Status.RUNNING))
 
 
 # -- mission runs -----------------------------------------------------------------------------
 
-def last_scheduled(entry: str) -> Executable:
-    return select(func.max(r.c.scheduled_at)).where(r.c.entry == entry)
+def last_scheduled(entry: str, until: datetime | None = None) -> Executable:
+    stmt = select(func.max(r.c.scheduled_at)).where(r.c.entry == entry)
+    return stmt if until is None else stmt.where(r.c.scheduled_at <= until)
 
 
 def insert_run() -> Insert:

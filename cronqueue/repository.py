@@ -16,10 +16,10 @@ from sqlalchemy.exc import IntegrityError
 if TYPE_CHECKING:  # sqlalchemy.orm is a heavy import the queue does not need at run time
     from sqlalchemy.orm import Session
 
-from . import queries
-from .db import supports_json_insert, transaction
+from . import decode, packet, queries
+from .db import max_packet, supports_json_insert, transaction
 from .errors import InvalidTransition, TaskNotFound
-from .model import Status, Task
+from .model import Status, Task, status_of
 from .schema import ddl_metadata, queue_table
 from .spec import TaskSpec
 
@@ -67,19 +67,12 @@ def _json_cost(spec: TaskSpec) -> int:
     return 200 + 6 * (len(spec.param) + len(spec.secret or ""))
 
 
-def _json_chunks(indexes: Sequence[int], costs: dict[int, int]) -> list[list[int]]:
-    """Split rows into statements of at most ~4 MiB of JSON."""
-    chunks: list[list[int]] = [[]]
-    size = 0
-    for i in indexes:
-        cost = costs[i]
-        if chunks[-1] and (size + cost > _JSON_CHUNK_BYTES
-                           or len(chunks[-1]) >= _JSON_CHUNK_ROWS):
-            chunks.append([])
-            size = 0
-        chunks[-1].append(i)
-        size += cost
-    return [c for c in chunks if c]
+def _row_bytes(spec: TaskSpec) -> int:
+    """An upper bound on a row's bytes in an ``INSERT ... VALUES``: from the lengths alone
+    (4 bytes a character, each escaped) when that is small, else counted."""
+    quick = packet.ROW_OVERHEAD + 8 * (len(spec.taskscript) + len(spec.param) + len(spec.queue)
+                                       + 2 * len(spec.unique_key or "") + len(spec.secret or ""))
+    return quick if quick <= _JSON_MAX_ROW_BYTES else packet.row_bytes(spec)
 
 
 def _json_row(spec: TaskSpec, ctime: str) -> list[Any]:
@@ -92,6 +85,14 @@ def _json_row(spec: TaskSpec, ctime: str) -> list[Any]:
 @functools.lru_cache(maxsize=16)  # a batch shares its ctime (and usually its run_at)
 def _naive_utc_text(value: datetime) -> str:
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+
+def _clearing_secret(values: dict[str, Any]) -> dict[str, Any]:
+    """An outcome that finishes the task (done, failed) also clears its secret: no row keeps
+    one longer than its task needs it."""
+    if values.get("status") in queries.FINISHED and "secret" not in values:
+        return {**values, "secret": None}
+    return values
 
 
 class _NotHeld(Exception):
@@ -109,6 +110,7 @@ class Repository:
         self.engine = engine
         self.dialect = engine.dialect.name
         self._id_step: int | None = None
+        self._packet: tuple[int] | None = None
 
     # -- schema -------------------------------------------------------------------------------
 
@@ -136,12 +138,22 @@ class Repository:
             if spec.unique_key is not None:
                 ids[i] = self._insert_unique(conn, spec, now)
         dialect = conn.dialect
+        # No statement may exceed the server's max_allowed_packet (it would drop the
+        # connection): statements are cut to fit, a row too large to fit alone is refused.
+        max_packet = self._max_packet(conn)
+        budget = (1 << 62) if max_packet is None else max_packet - packet.STATEMENT_OVERHEAD
+        sizes: dict[int, int] = {}
+        if max_packet is not None:
+            sizes = {i: _row_bytes(s) for i, s in enumerate(specs)}
+            for i, size in sizes.items():
+                packet.check_fits(i, size, max_packet)
         if len(plain) > 1 and supports_json_insert(dialect):
+            json_budget = min(_JSON_CHUNK_BYTES, budget)
             costs = {i: _json_cost(specs[i]) for i in plain}
-            small = [i for i in plain if costs[i] <= _JSON_MAX_ROW_BYTES]
-            plain = [i for i in plain if costs[i] > _JSON_MAX_ROW_BYTES]
+            small = [i for i in plain if costs[i] <= min(_JSON_MAX_ROW_BYTES, json_budget)]
+            plain = [i for i in plain if costs[i] > min(_JSON_MAX_ROW_BYTES, json_budget)]
             step = self._consecutive_ids(conn)
-            for chunk in _json_chunks(small, costs):
+            for chunk in packet.split(small, costs, json_budget, _JSON_CHUNK_ROWS):
                 ctime = _naive_utc_text(now)
                 encoded = json.dumps([_json_row(specs[i], ctime) for i in chunk],
                                      ensure_ascii=False)
@@ -159,8 +171,9 @@ class Repository:
                 for i, new_id in zip(chunk, new_ids, strict=True):
                     ids[i] = new_id
         bulk = getattr(dialect, "insert_executemany_returning", False)
-        for start in range(0, len(plain), _CHUNK):
-            chunk = plain[start:start + _CHUNK]
+        chunks = (packet.split(plain, sizes, budget, _CHUNK) if sizes
+                  else [plain[start:start + _CHUNK] for start in range(0, len(plain), _CHUNK)])
+        for chunk in chunks:
             rows = [specs[i].row(now) for i in chunk]
             if bulk and len(rows) > 1:
                 # Rows of a multi-row INSERT get increasing ids in VALUES order, and later
@@ -183,6 +196,12 @@ class Repository:
             mode, step = conn.execute(queries.autoinc_settings()).one()
             self._id_step = int(step) if int(mode) in (0, 1) else 0
         return self._id_step
+
+    def _max_packet(self, conn: Connection) -> int | None:
+        """The server's max_allowed_packet, read once (None: SQLite, no such limit)."""
+        if self._packet is None:
+            self._packet = (max_packet(conn) or 0,)
+        return self._packet[0] or None
 
     def _insert_unique(self, conn: Connection, spec: TaskSpec, now: datetime) -> int:
         assert spec.unique_key is not None
@@ -217,11 +236,16 @@ class Repository:
             totals = {s.name.lower(): 0 for s in Status}
             per_queue: dict[str, dict[str, int]] = {}
             for queue, status, count in conn.execute(queries.count_by_queue_status()):
-                name = Status(status).name.lower()
-                totals[name] += count
-                per_queue.setdefault(queue, {s.name.lower(): 0 for s in Status})[name] = count
+                # Hand-written rows: a status outside 0..4 counts as ``unknown(7)``; a queue
+                # name that is not text is shown decoded (see decode.py).
+                name = status_of(status).name.lower()
+                totals[name] = totals.get(name, 0) + count
+                counts = per_queue.setdefault(decode.optional_text("queue", queue, []) or "",
+                                              {s.name.lower(): 0 for s in Status})
+                counts[name] = counts.get(name, 0) + count
             due, oldest = conn.execute(queries.pending_summary(now)).one()
-            lag = (now - oldest).total_seconds() if oldest is not None else 0.0
+            # (a hand-written run_at that is not a time is no age: failed when claimed)
+            lag = (now - oldest).total_seconds() if isinstance(oldest, datetime) else 0.0
             return {"total": sum(totals.values()), **totals, "due": int(due),
                     "oldest_due_seconds": round(max(lag, 0.0), 3), "queues": per_queue}
 
@@ -265,7 +289,8 @@ class Repository:
         groups: dict[tuple[str, ...], list[tuple[int, dict[str, Any]]]] = {}
         for f in flush.finishes:
             if ours(f.task_id):
-                groups.setdefault(tuple(f.values), []).append((f.task_id, f.values))
+                values = _clearing_secret(f.values)
+                groups.setdefault(tuple(values), []).append((f.task_id, values))
         for rows in groups.values():
             for start in range(0, len(rows), _FINISH_CHUNK):
                 chunk = rows[start:start + _FINISH_CHUNK]
@@ -286,8 +311,13 @@ class Repository:
 
     def record(self, finish: Finish) -> bool:
         """Write one outcome (the rescue's); whether the claim still held the row."""
+        return transaction(self.engine, lambda conn: conn.execute(queries.finish(
+            finish.task_id, finish.token, _clearing_secret(finish.values))).rowcount == 1)
+
+    def secret(self, task_id: int) -> str | None:
+        """A task's secret, read when it starts (claims leave it in the database)."""
         return transaction(self.engine, lambda conn: conn.execute(
-            queries.finish(finish.task_id, finish.token, finish.values)).rowcount == 1)
+            queries.select_secret(task_id)).scalar(), readonly=True)
 
     def release_unstarted(self, token: str) -> int:
         return transaction(
@@ -302,7 +332,7 @@ class Repository:
             row = conn.execute(queries.select_task(task_id)).mappings().first()
             if row is None:
                 raise TaskNotFound(f"no task with id {task_id}")
-            status = Status(row["status"]).name.lower()
+            status = status_of(row["status"]).name.lower()
             raise InvalidTransition(f"task {task_id} is {status}; only pending tasks can be "
                                     "cancelled")
 
@@ -314,7 +344,7 @@ class Repository:
             if row is None:
                 raise TaskNotFound(f"no task with id {task_id}")
             if row["status"] not in (Status.FAILED, Status.CANCELLED):
-                status = Status(row["status"]).name.lower()
+                status = status_of(row["status"]).name.lower()
                 raise InvalidTransition(
                     f"task {task_id} is {status}; only failed or cancelled tasks can be retried")
             if not self._retry_one(conn, task_id, now):
@@ -360,16 +390,20 @@ class Repository:
 
     def settle(self, task: Task, values: dict[str, Any]) -> bool:
         """Write an outcome for a task claimed by someone else (the rescue), fenced by the
-        claim token it was seen with: a shard that finishes meanwhile wins."""
-        assert task.claim_token is not None
+        claim token it was seen with: a shard that finishes meanwhile wins. A running row
+        without a token (no shard can own it) is fenced on its status and attempts."""
+        if task.claim_token is None:
+            return transaction(self.engine, lambda conn: conn.execute(queries.finish_unclaimed(
+                task.id, task.attempts, _clearing_secret(values))).rowcount == 1)
         return self.record(Finish(task.id, task.claim_token, values))
 
     # -- mission runs -------------------------------------------------------------------------
 
-    def last_scheduled(self, entry: str) -> datetime | None:
-        return transaction(self.engine,
-                           lambda conn: conn.execute(queries.last_scheduled(entry)).scalar(),
-                           readonly=True)
+    def last_scheduled(self, entry: str, until: datetime | None = None) -> datetime | None:
+        """The newest scheduled time recorded for ``entry`` (at or before ``until``)."""
+        return transaction(
+            self.engine, lambda conn: conn.execute(queries.last_scheduled(entry, until)).scalar(),
+            readonly=True)
 
     def record_run(self, entry: str, scheduled_at: datetime, *, host: str, pid: int,
                    outcome: str, spec: TaskSpec | None = None,
