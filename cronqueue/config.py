@@ -189,6 +189,11 @@ class Config:
     def safe_db_url(self) -> str:
         return redact(self.db_url)
 
+    def __repr__(self) -> str:  # the dataclass's, with the URL's password hidden
+        shown = (f"{f.name}={self.safe_db_url if f.name == 'db_url' else getattr(self, f.name)!r}"
+                 for f in fields(self))
+        return f"Config({', '.join(shown)})"
+
 
 def find_config_file(explicit: str | os.PathLike[str] | None) -> Path | None:
     if explicit:
