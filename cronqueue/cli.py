@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from .conceal import conceal_db_url
 from .config import Config, load_config
 from .config import parse_age as config_parse_age
 from .errors import ConfigError, CronqueueError, InvalidTask, TaskNotFound
@@ -524,6 +525,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, db_url=args.db, task_dir=args.task_dir,
                           log_dir=args.log_dir)
+        if args.command in ("work", "mission"):  # ancestors of tasks: see conceal.py
+            conceal_db_url((args.db,) if args.db else ())
         return int(args.func(args, cfg))
     except (ConfigError, InvalidTask) as exc:
         print(f"cronqueue: error: {exc}", file=sys.stderr)

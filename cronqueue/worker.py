@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import TypeVar
@@ -31,6 +31,7 @@ from .heartbeat import Heartbeat
 from .ledger import Ledger
 from .model import Status, Task
 from .proc import Owner
+from .queries import SECRET_ELSEWHERE
 from .repository import Finish, Flush, Flushed, Repository
 from .runner import Runner, RunResult, printable
 
@@ -282,7 +283,7 @@ class Shard:
         self.heartbeat.current_task = task.id
         started_at = self.clock()
         assert self.runner is not None
-        result = self.runner.run(task, attempt=attempt, timeout=timeout,
+        result = self.runner.run(self._with_secret(task), attempt=attempt, timeout=timeout,
                                  abort=self._abort_task, wake_fd=self._wake_r,
                                  label=self.label, tick=tick)
         self.heartbeat.current_task = None
@@ -299,6 +300,13 @@ class Shard:
         self.heartbeat.tasks_done = self.report.ran
         self.report.outcomes[task.id] = outcome
         return Finish(task.id, token, values)
+
+    def _with_secret(self, task: Task) -> Task:
+        """The task with its secret, read as it starts (a claim leaves secrets in the
+        database: a batch of them would sit in memory)."""
+        if task.secret != SECRET_ELSEWHERE:
+            return task
+        return replace(task, secret=self._db("secret", lambda: self.repo.secret(task.id)))
 
     def _write(self, flush: Flush) -> Flushed:
         # Outcomes are kept until the database takes them: a task is not run again just
