@@ -9,13 +9,22 @@ its fast ``vfork`` path onto a full fork of the shard) or an extra ``exec`` of `
 task (which doubled the cost of a small task), and it kills the whole group where the death
 signal reached only the direct child.
 
-The slot also holds the task id and attempt of the task being started, written before the
-spawn: a shard killed after starting the script but before it could write the group id leaves
-a task the group kill would miss. On the shard's death the helper then also looks through
-``/proc`` for processes whose environment carries that ``CRONQUEUE_TASK_ID`` and
-``CRONQUEUE_ATTEMPT`` (the run's own, so an earlier run of the task is never hit) and kills
-them, their group if they lead one; it looks again a moment later, for a script still
-between ``vfork`` and ``exec``.
+The slot also holds a random token naming the run being started, written before the spawn
+(a shard killed after starting the script but before it could write the group id leaves a task
+the group kill would miss). The runner puts that token in the script's environment under a
+private name (``_CRONQUEUE_RUN``, not part of the contract). On the shard's death the helper
+kills:
+
+* the group, if it is still ours: its leader carries the token, or is a zombie, or is gone
+  (a pid is not reused while its zombie or its group lives; a live leader without the token
+  is a reused pid and is left alone);
+* every process whose environment carries the token (the run and what it started, its group
+  if it leads one), looking again a moment later for a script still between ``vfork`` and
+  ``exec``.
+
+The token is unforgeable by anyone who cannot read our tasks' environments: ``CRONQUEUE_TASK_ID``
+and ``CRONQUEUE_ATTEMPT`` are not (another installation on the host has its task 1, attempt 1
+too, and 0.1.0 killed it).
 
 The helper runs in its own session (a Ctrl-C meant for the shard does not reach it) and is
 ``python -S -c`` with a few lines of code: it imports nothing beyond ``os``, ``signal`` and
@@ -31,6 +40,8 @@ import struct
 import subprocess
 import sys
 
+from .proc import pid_start_ticks
+
 log = logging.getLogger("cronqueue.watchdog")
 
 _CODE = """\
@@ -38,15 +49,30 @@ import os, signal, time
 pipe, slot = (int(x) for x in os.environ["CRONQUEUE_WATCHDOG_FDS"].split(","))
 while os.read(pipe, 64):
     pass
-raw = os.pread(slot, 24, 0)
-pgid, task, attempt = (int.from_bytes(raw[i:i + 8], "little", signed=True) for i in (0, 8, 16))
-if pgid > 0:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except OSError:
-        pass
-if task > 0:
-    marks = (b"\\0CRONQUEUE_TASK_ID=%d\\0" % task, b"\\0CRONQUEUE_ATTEMPT=%d\\0" % attempt)
+raw = os.pread(slot, 32, 0)
+pgid, start = (int.from_bytes(raw[i:i + 8], "little", signed=True) for i in (0, 8))
+token = raw[16:32]
+def started(pid):
+    with open("/proc/%d/stat" % pid, "rb") as f:
+        data = f.read()
+    return int(data[data.rfind(b")") + 2:].split()[19])
+def carries(pid):
+    with open("/proc/%d/environ" % pid, "rb") as f:
+        return mark in b"\\0" + f.read() + b"\\0"
+if any(token):
+    mark = b"\\0_CRONQUEUE_RUN=" + token.hex().encode() + b"\\0"
+    if pgid > 0:
+        try:
+            ours = started(pgid) == start or carries(pgid)
+        except FileNotFoundError:
+            ours = True  # the leader is gone: its pid, still the group's id, is not reused
+        except (OSError, ValueError, IndexError):
+            ours = False
+        if ours:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except OSError:
+                pass
     me = os.getpid()
     for pause in (0, 0.05, 0.25):
         time.sleep(pause)
@@ -55,9 +81,7 @@ if task > 0:
                 continue
             pid = int(name)
             try:
-                with open("/proc/%d/environ" % pid, "rb") as f:
-                    env = b"\\0" + f.read() + b"\\0"
-                if all(m in env for m in marks):
+                if carries(pid):
                     if os.getpgid(pid) == pid:
                         os.killpg(pid, signal.SIGKILL)
                     else:
@@ -65,8 +89,9 @@ if task > 0:
             except OSError:
                 pass
 """
-_SLOT = struct.Struct("<qqq")  # pgid, task id, attempt
-_PGID = struct.Struct("<q")
+_SLOT = struct.Struct("<qq16s")  # group id, its leader's start ticks, the run's token
+_GROUP = struct.Struct("<qq")
+RUN_VAR = b"_CRONQUEUE_RUN"  # private: the run's token in the script's environment
 
 
 class Watchdog:
@@ -109,19 +134,22 @@ class Watchdog:
         self._fd, self._slot = w, slot
         return True
 
-    def arm(self, task_id: int, attempt: int) -> None:
-        """Run ``attempt`` of task ``task_id`` is about to start (before the spawn)."""
+    def arm(self) -> bytes:
+        """A run is about to start (call before the spawn): returns its token, to put in the
+        script's environment as ``RUN_VAR``."""
+        token = os.urandom(16)
         if self._slot is not None:
-            _SLOT.pack_into(self._slot, 0, 0, task_id, attempt)
+            _SLOT.pack_into(self._slot, 0, 0, 0, token)
+        return token.hex().encode()
 
     def watch(self, pgid: int) -> None:
-        """``pgid`` is the group to kill should the shard die; 0: the task is over, nothing
-        to kill."""
+        """``pgid`` (the script's pid: it leads its own group) is the group to kill should
+        the shard die; 0: the run is over, nothing to kill."""
         if self._slot is not None:
             if pgid:
-                _PGID.pack_into(self._slot, 0, pgid)
+                _GROUP.pack_into(self._slot, 0, pgid, pid_start_ticks(pgid) or -1)
             else:
-                _SLOT.pack_into(self._slot, 0, 0, 0, 0)
+                _SLOT.pack_into(self._slot, 0, 0, 0, bytes(16))
 
     def close(self) -> None:
         """Stop the helper (after the last task: the slot is empty, it kills nothing)."""

@@ -9,13 +9,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from cronqueue.watchdog import Watchdog
+from cronqueue.proc import pid_start_ticks
+from cronqueue.watchdog import _GROUP, RUN_VAR, Watchdog
 
 
-def _run(task_id: int, attempt: int) -> subprocess.Popen[bytes]:
-    """A stand-in for a task script: its own session, the run's identity in its environment."""
+def _run(task_id: int, attempt: int, token: bytes | None = None) -> subprocess.Popen[bytes]:
+    """A stand-in for a task script: its own session, the run's identity in its environment
+    (``token``: the one the runner adds, from ``Watchdog.arm()``)."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CRONQUEUE_TASK_ID": str(task_id),
            "CRONQUEUE_ATTEMPT": str(attempt), "CRONQUEUE_QUEUE": "default"}
+    if token is not None:
+        env[RUN_VAR.decode()] = token.decode()
     return subprocess.Popen(["sleep", "60"], env=env, start_new_session=True)
 
 
@@ -48,11 +52,12 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 def test_a_run_started_but_not_yet_watched_dies_with_the_shard(
         procs: list[subprocess.Popen[bytes]]) -> None:
-    """The shard died between spawning the script and writing its group to the slot."""
+    """The shard died between spawning the script and writing its group to the slot: the
+    processes carrying the run's token die, and only they."""
     wd = Watchdog()
     assert wd.start()
-    wd.arm(4242, 3)
-    run = _run(4242, 3)
+    token = wd.arm()
+    run = _run(4242, 3, token)
     earlier = _run(4242, 2)  # an older run of the same task (e.g. orphaned elsewhere): not ours
     other = _run(4243, 3)
     procs += [run, earlier, other]
@@ -62,22 +67,56 @@ def test_a_run_started_but_not_yet_watched_dies_with_the_shard(
     assert earlier.poll() is None and other.poll() is None
 
 
+def test_a_neighbours_run_with_the_same_task_id_and_attempt_survives(
+        procs: list[subprocess.Popen[bytes]]) -> None:
+    """Another installation on the host runs its own task 4242, attempt 3 (0.1.0 killed it:
+    it matched on CRONQUEUE_TASK_ID and CRONQUEUE_ATTEMPT)."""
+    wd, theirs = Watchdog(), Watchdog()
+    assert wd.start() and theirs.start()
+    token = wd.arm()
+    run = _run(4242, 3, token)
+    neighbour = _run(4242, 3, theirs.arm())
+    bare = _run(4242, 3)
+    procs += [run, neighbour, bare]
+    wd.watch(run.pid)
+    _shard_dies(wd)
+    assert _gone(run)
+    assert neighbour.poll() is None and bare.poll() is None
+    theirs.close()  # its slot still names its run: closing it as a dying shard would kill it
+    assert _gone(neighbour)
+
+
 def test_a_watched_group_dies_with_the_shard(procs: list[subprocess.Popen[bytes]]) -> None:
     wd = Watchdog()
     assert wd.start()
-    wd.arm(7, 1)
-    run = subprocess.Popen(["sleep", "60"], start_new_session=True)  # no identity to find
+    wd.arm()
+    run = subprocess.Popen(["sleep", "60"], start_new_session=True)  # no token to find
     procs.append(run)
     wd.watch(run.pid)
     _shard_dies(wd)
     assert _gone(run)
 
 
+def test_a_reused_group_id_is_left_alone(procs: list[subprocess.Popen[bytes]]) -> None:
+    """The slot names a group whose leader is now another process (its pid was reused: the
+    start time differs) and which does not carry the token: not ours."""
+    wd = Watchdog()
+    assert wd.start()
+    wd.arm()
+    stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    procs.append(stranger)
+    ticks = pid_start_ticks(stranger.pid)
+    assert ticks is not None and wd._slot is not None
+    _GROUP.pack_into(wd._slot, 0, stranger.pid, ticks - 1)
+    _shard_dies(wd)
+    assert stranger.poll() is None
+
+
 def test_nothing_is_killed_once_the_run_is_over(procs: list[subprocess.Popen[bytes]]) -> None:
     wd = Watchdog()
     assert wd.start()
-    wd.arm(99, 1)
-    run = _run(99, 1)
+    token = wd.arm()
+    run = _run(99, 1, token)
     procs.append(run)
     wd.watch(run.pid)
     wd.watch(0)  # reaped, as far as the shard knows: the slot is cleared
