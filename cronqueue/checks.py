@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from .config import Config
 from .db import make_engine
@@ -29,7 +30,24 @@ def shard_warnings(cfg: Config, step: int) -> list[str]:
     return out
 
 
-def run_checks(cfg: Config, out: Callable[[str], None] = print) -> int:
+def schedule_warnings(cfg: Config, repo: Repository, now: datetime) -> list[str]:
+    """Entries whose last recorded run lies ahead of this host's clock (a clock that ran
+    ahead): not binding for the ticks (see mission.py), but the operator should know."""
+    from .mission import AHEAD_TOLERANCE
+
+    out = []
+    for entry in cfg.missions:
+        newest = repo.last_scheduled(entry.name)
+        if newest is not None and newest - now > AHEAD_TOLERANCE:
+            out.append(f"mission {entry.name!r}: last run recorded for "
+                       f"{newest:%Y-%m-%dT%H:%M}Z, ahead of this host's clock "
+                       f"({now:%Y-%m-%dT%H:%M}Z); ticks go on, but that time will not fire "
+                       "again: check the clocks of the hosts running the mission")
+    return out
+
+
+def run_checks(cfg: Config, out: Callable[[str], None] = print,
+               now: datetime | None = None) -> int:
     failures = 0
 
     def report(ok: bool, what: str, detail: str) -> None:
@@ -48,6 +66,9 @@ def run_checks(cfg: Config, out: Callable[[str], None] = print) -> int:
                    ("schema present" if has else "no queue table: run `cronqueue init-db`"))
             for warning in shard_warnings(cfg, repo.auto_increment_step()):
                 out(f"WARN sharding  {warning}")
+            if has:
+                for warning in schedule_warnings(cfg, repo, now or datetime.now(UTC)):
+                    out(f"WARN schedule  {warning}")
         finally:
             engine.dispose()
     except (CronqueueError, Exception) as exc:

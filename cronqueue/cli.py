@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -17,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from .conceal import conceal_db_url
-from .config import Config, load_config
+from .config import MAX_BATCH, MAX_SHARDS, Config, load_config
 from .config import parse_age as config_parse_age
+from .display import format_stats, format_table, format_task, format_workers, visible
 from .errors import ConfigError, CronqueueError, InvalidTask, TaskNotFound
-from .model import Status, Task
+from .model import Status
 
 log = logging.getLogger("cronqueue.cli")
 
@@ -73,6 +75,18 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def _upto(maximum: int) -> Callable[[str], int]:
+    """An integer from 1 to ``maximum`` (a flag whose value sizes processes or claims)."""
+
+    def parse(text: str) -> int:
+        value = _positive_int(text)
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {value}")
+        return value
+
+    return parse
 
 
 def _flag(text: str | bool) -> bool:
@@ -182,13 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = cmd("work", "run one do_queue shard: claim and run tasks with id %% TOTAL == SHARD",
             cmd_work)
-    _env(p, "--total", env="CRONQUEUE_TOTAL", type=_positive_int, default=1,
+    _env(p, "--total", env="CRONQUEUE_TOTAL", type=_upto(MAX_SHARDS), default=1,
          help="number of shards N (default 1)")
     _env(p, "--shard", env="CRONQUEUE_SHARD", type=_int, default=0,
          help="this shard's index i, 0 <= i < N (default 0)")
     _env(p, "--queue", env="CRONQUEUE_QUEUES", action="append", dest="queues",
          help="only this queue (repeatable; env: comma-separated; default: all)")
-    _env(p, "--batch", env="CRONQUEUE_BATCH", type=_positive_int,
+    _env(p, "--batch", env="CRONQUEUE_BATCH", type=_upto(MAX_BATCH),
          help="rows per claim (default: worker.batch)")
     _env(p, "--max-seconds", env="CRONQUEUE_MAX_SECONDS", type=_seconds,
          help="keep polling for this long (default: drain what is due and exit)")
@@ -202,7 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd("mission", "cron_mission: run the schedule entries due this minute, then return "
             "(the one crontab line)", cmd_mission)
     _env(p, "--now", env="CRONQUEUE_NOW", type=parse_time,
-         help="act as if it were this time (ISO-8601; for tests and catch-up drills)")
+         help="act as if it were this time (ISO-8601; for tests and catch-up drills; "
+              "more than a minute ahead of the clock only with --dry-run)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what the tick would do; write, start and purge nothing")
 
     p = cmd("schedule", "the mission entries: cron, description, next runs, last run",
             cmd_schedule)
@@ -276,12 +293,16 @@ def cmd_add(args: argparse.Namespace, cfg: Config) -> int:
         param = json.loads(args.param)
     except ValueError as exc:
         raise InvalidTask(f"PARAM_JSON is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidTask("PARAM_JSON is nested too deeply to decode") from None
     secret = None
     if args.secret_stdin:
         try:
             secret = json.loads(sys.stdin.read())
         except ValueError as exc:
             raise InvalidTask(f"--secret-stdin: stdin is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidTask("--secret-stdin: stdin is nested too deeply to decode") from None
     task_id = _queue(cfg).add(args.taskscript, param, priority=args.priority, queue=args.queue,
                               delay=args.delay, run_at=args.at, max_attempts=args.max_attempts,
                               timeout=args.timeout, unique_key=args.unique_key, secret=secret)
@@ -317,12 +338,7 @@ def cmd_stats(args: argparse.Namespace, cfg: Config) -> int:
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
-    names = [s.name.lower() for s in Status]
-    print(f"{'queue':<20}" + "".join(f"{n:>10}" for n in names))
-    for queue, counts in sorted(stats["queues"].items()):
-        print(f"{queue:<20}" + "".join(f"{counts[n]:>10}" for n in names))
-    print(f"{'(all)':<20}" + "".join(f"{stats[n]:>10}" for n in names))
-    print(f"due now: {stats['due']}, oldest due waiting {stats['oldest_due_seconds']:.1f}s")
+    print(format_stats(stats))
     return 0
 
 
@@ -365,13 +381,20 @@ def cmd_work(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_mission(args: argparse.Namespace, cfg: Config) -> int:
-    from .mission import Mission
+    from .mission import Mission, refuse_future_drill
 
+    if args.now is not None and not args.dry_run:
+        refuse_future_drill(args.now, datetime.now(UTC))
     if not cfg.missions:
         log.warning("no [[mission]] entries in %s: nothing to do",
                     cfg.source or "the configuration (no config file)")
-    Mission(cfg).tick(args.now)
-    return 0
+    if args.dry_run:
+        report = Mission(cfg).plan(args.now)
+        for line in report.plan:
+            print(line)
+        return 1 if report.errors else 0
+    report = Mission(cfg).tick(args.now)
+    return 1 if report.errors else 0
 
 
 def cmd_schedule(args: argparse.Namespace, cfg: Config) -> int:
@@ -382,15 +405,18 @@ def cmd_schedule(args: argparse.Namespace, cfg: Config) -> int:
     if not entries:
         print(f"no [[mission]] entries ({cfg.source or 'no config file'})")
     for e in entries:
-        print(f"{e['name']}  [{e['cron']}]  {e['description']} ({e['timezone']})")
-        print(f"  action  {e['action']}")
+        print(f"{visible(e['name'])}  [{visible(e['cron'])}]  {visible(e['description'])} "
+              f"({visible(e['timezone'])})")
+        print(f"  action  {visible(e['action'])}")
         print(f"  next    {', '.join(_short(t) for t in e['next'])}")
         if e["last_scheduled"]:
             task = f" (task {e['last_task']})" if e["last_task"] else ""
-            print(f"  last    {_short(e['last_scheduled'])} on {e['last_host']}: "
-                  f"{e['last_outcome']}{task}")
+            print(f"  last    {_short(e['last_scheduled'])} on {visible(e['last_host'])}: "
+                  f"{visible(e['last_outcome'])}{task}")
         else:
             print("  last    never")
+        if e.get("warning"):
+            print(f"  WARNING {visible(e['warning'])}")
     return 0
 
 
@@ -405,8 +431,15 @@ def cmd_workers(args: argparse.Namespace, cfg: Config) -> int:
             raise ConfigError("workers stop: give worker ids, --entry NAME or --all")
         asked = q.stop_workers(args.ids or None, entry=args.entry, shard=args.shard)
         for w in asked:
-            print(f"asked worker {w.id} ({w.host}:{w.pid}, {w.entry or '-'} shard "
-                  f"{w.shard}/{w.total}) to stop")
+            who = (f"worker {w.id} ({visible(w.host)}:{w.pid}, {visible(w.entry or '-')} "
+                   f"shard {w.shard}/{w.total})")
+            if w.signalled:
+                print(f"asked {who} to stop: sent SIGTERM")
+            else:
+                why = ("a process on another host" if w.host != socket.gethostname() else
+                       f"pid {w.pid} did not prove to be that shard here, so no signal")
+                print(f"asked {who} to stop through the database only ({why}): it stops at "
+                      f"its next heartbeat, within {cfg.worker.heartbeat:g}s")
         if not asked:
             print("no running worker matched")
             return 1
@@ -415,14 +448,7 @@ def cmd_workers(args: argparse.Namespace, cfg: Config) -> int:
     if args.json:
         print(json.dumps([w.as_dict() for w in workers], indent=2))
         return 0
-    rows = [("ID", "HOST", "PID", "ENTRY", "SHARD", "QUEUES", "STARTED", "TASK", "DONE",
-             "HEARTBEAT", "STATE")]
-    for w in workers:
-        state = ("stopping" if w.stop_requested else "running") if w.alive else "gone"
-        rows.append((str(w.id), w.host, str(w.pid), w.entry or "-", f"{w.shard}/{w.total}",
-                     w.queues or "*", _when(w.started_at), str(w.current_task or "-"),
-                     str(w.tasks_done), _when(w.heartbeat_at), state))
-    print(format_columns(rows) if workers else "no shard is running")
+    print(format_workers(workers))
     return 0
 
 
@@ -459,46 +485,7 @@ def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
 
 # -- output -----------------------------------------------------------------------------------
 
-def _when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
-
-
-def format_task(task: Task) -> str:
-    lines = [
-        f"task {task.id}: {task.status.name.lower()}",
-        f"  script    {task.taskscript}  (queue {task.queue}, priority {task.priority})",
-        f"  param     {task.param if len(task.param) < 200 else task.param[:197] + '...'}",
-        f"  attempts  {task.attempts}/{task.max_attempts or 'default'}"
-        f"  timeout {task.timeout or 'default'}",
-        f"  created   {_when(task.ctime)}   run at {_when(task.run_at)}",
-        f"  started   {_when(task.started_at)}   finished {_when(task.finished_at)}",
-    ]
-    if task.worker_host:
-        lines.append(f"  worker    {task.worker_host}:{task.worker_pid}")
-    if task.exit_code is not None:
-        lines.append(f"  exit code {task.exit_code}")
-    if task.error:
-        lines.append(f"  error     {task.error}")
-    if task.output:
-        lines.append("  output (tail):")
-        lines.extend("    " + line for line in task.output.rstrip("\n").splitlines()[-20:])
-    return "\n".join(lines)
-
-
-def format_table(tasks: Sequence[Task]) -> str:
-    rows = [("ID", "STATUS", "QUEUE", "PRIO", "TRIES", "SCRIPT", "RUN AT", "EXIT", "ERROR")]
-    for t in tasks:
-        rows.append((str(t.id), t.status.name.lower(), t.queue, str(t.priority),
-                     str(t.attempts), t.taskscript, _when(t.run_at),
-                     "" if t.exit_code is None else str(t.exit_code),
-                     (t.error or "")[:50]))
-    return format_columns(rows)
-
-
-def format_columns(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in rows)
+# format_task, format_table, format_stats, format_workers: see display.py.
 
 
 # -- entry point ------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ default. Unknown keys and bad values are ``ConfigError``s naming the key (and th
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import re
@@ -37,6 +38,12 @@ _MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _AGE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
 _AGE_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 MAX_AGE = 100 * 365 * 86400  # seconds; beyond it ``now - age`` leaves the datetime range
+# Bounds of every number a shard or the mission computes with: beyond them a value would
+# overflow a datetime (``now + backoff``), a database integer or the host (shards to start).
+MAX_SECONDS = 366 * 86400  # any duration setting: a year and a day
+MAX_SHARDS = 1024  # do_queue.total and `work --total`
+MAX_BATCH = 10_000  # worker.batch, do_queue.batch and `work --batch`
+MAX_INT32 = 2**31 - 1  # what an INTEGER column holds
 
 
 def parse_age(text: str | int | float) -> timedelta:
@@ -103,15 +110,31 @@ class WorkerConfig:
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ConfigError(f"worker.{f.name}: expected a number, got {value!r}")
-            if value <= 0:
-                raise ConfigError(f"worker.{f.name}: must be > 0, got {value!r}")
             if f.type == "int" and not isinstance(value, int):
                 raise ConfigError(f"worker.{f.name}: expected an integer, got {value!r}")
+            check_bounds(f"worker.{f.name}", value, WORKER_MAXIMA[f.name])
         if self.backoff_max < self.backoff:
             raise ConfigError("worker.backoff_max: must be >= worker.backoff")
         if self.heartbeat * 3 > self.lease:
             raise ConfigError("worker.lease: must be at least 3 heartbeats "
                               f"({3 * self.heartbeat:g}s), got {self.lease}")
+
+
+WORKER_MAXIMA: dict[str, float] = {
+    "timeout": MAX_SECONDS, "max_attempts": MAX_INT32, "batch": MAX_BATCH,
+    "backoff": MAX_SECONDS, "backoff_max": MAX_SECONDS, "poll_interval": MAX_SECONDS,
+    "lease": MAX_SECONDS, "outage_wait": MAX_SECONDS, "stop_grace": MAX_SECONDS,
+    "kill_grace": MAX_SECONDS, "heartbeat": MAX_SECONDS // 3, "output_tail": 16 * 1024 * 1024,
+    "flush_every": MAX_BATCH, "flush_interval": MAX_SECONDS, "max_log_bytes": 2**40,
+}
+
+
+def check_bounds(key: str, value: float, maximum: float) -> None:
+    """``0 < value <= maximum`` and finite (not inf, not nan), else a ConfigError naming
+    ``key``."""
+    if not (math.isfinite(value) and 0 < value <= maximum):
+        limit = f"{maximum:g}" if isinstance(maximum, float) else str(maximum)
+        raise ConfigError(f"{key}: must be a number > 0 and <= {limit}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -346,6 +369,10 @@ def _mission(index: int, raw: Any) -> MissionEntry:
 
     if not isinstance(cron, str) or not croniter.is_valid(cron):
         raise ConfigError(f"{label}: invalid cron expression {cron!r}")
+    from .schedule import never_fires
+
+    if never_fires(cron):
+        raise ConfigError(f"{label}: cron expression {cron!r} never fires (no such date)")
     actions = [k for k in ("do_queue", "add") if k in raw]
     if len(actions) != 1:
         raise ConfigError(f"{label}: needs exactly one action, 'do_queue' or 'add'")
@@ -353,8 +380,10 @@ def _mission(index: int, raw: Any) -> MissionEntry:
         if "do_queue" in raw:
             dq = _section(DoQueue, f"{label}.do_queue", _typed(f"{label}.do_queue",
                                                                raw["do_queue"], dict))
-            if isinstance(dq.total, bool) or not isinstance(dq.total, int) or dq.total < 1:
-                raise ConfigError(f"{label}.do_queue.total: must be an integer >= 1")
+            if isinstance(dq.total, bool) or not isinstance(dq.total, int) or not (
+                    1 <= dq.total <= MAX_SHARDS):
+                raise ConfigError(f"{label}.do_queue.total: must be an integer from 1 to "
+                                  f"{MAX_SHARDS}, got {dq.total!r}")
             if not isinstance(dq.queues, list | tuple):
                 raise ConfigError(f"{label}.do_queue.queues: expected a list of queue names, "
                                   f"got {dq.queues!r}")
@@ -362,13 +391,14 @@ def _mission(index: int, raw: Any) -> MissionEntry:
                 check_queue(q)
             ms = dq.max_seconds
             if ms is not None and (isinstance(ms, bool) or not isinstance(ms, int | float)
-                                   or not ms > 0):
-                raise ConfigError(f"{label}.do_queue.max_seconds: must be a number > 0, "
-                                  f"got {ms!r}")
+                                   or not (math.isfinite(ms) and 0 < ms <= MAX_SECONDS)):
+                raise ConfigError(f"{label}.do_queue.max_seconds: must be a number > 0 and "
+                                  f"<= {MAX_SECONDS}, got {ms!r}")
             if dq.batch is not None and (isinstance(dq.batch, bool)
-                                         or not isinstance(dq.batch, int) or dq.batch < 1):
-                raise ConfigError(f"{label}.do_queue.batch: must be an integer >= 1, "
-                                  f"got {dq.batch!r}")
+                                         or not isinstance(dq.batch, int)
+                                         or not 1 <= dq.batch <= MAX_BATCH):
+                raise ConfigError(f"{label}.do_queue.batch: must be an integer from 1 to "
+                                  f"{MAX_BATCH}, got {dq.batch!r}")
             return MissionEntry(name, cron, do_queue=replace(dq, queues=tuple(dq.queues)),
                                 **policy)
         add = _section(AddAction, f"{label}.add", _typed(f"{label}.add", raw["add"], dict))

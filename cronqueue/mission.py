@@ -6,10 +6,19 @@ each shard also guards itself, see guard.py), ``add`` enqueues the recurring tas
 (entry, scheduled time) is claimed through a unique key in ``cronqueue_runs`` first, so any
 number of concurrent missions, on one host or several, act on it once. Then it rescues the
 tasks of dead shards and purges by the retention settings: no other cron line is needed.
+
+Each entry, the rescue and the retention run in isolation: one failing (a database error, an
+entry that cannot be computed) is logged naming it and makes the tick's exit status 1, and the
+others still run. A last run recorded later than the tick's minute (a host clock that ran
+ahead) is not binding: the entry goes on by the runs up to this minute, and every tick warns
+while it lasts. ``--now`` more than a minute ahead of the clock is refused (it would record
+runs that real ticks then skip); ``plan`` (``--dry-run``) shows what a tick would do and writes
+nothing.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import subprocess
@@ -25,12 +34,13 @@ from sqlalchemy import Engine
 
 from .config import Config, MissionEntry
 from .db import make_engine
+from .errors import ConfigError
 from .guard import is_locked_here, is_locked_in_db
 from .model import Status
 from .proc import Owner
 from .repository import Repository
 from .rescue import RescueReport, rescue
-from .schedule import MAX_SCAN, Schedule, decide
+from .schedule import MAX_SCAN, Schedule, decide, minute_floor
 from .spec import build_spec
 
 log = logging.getLogger("cronqueue.mission")
@@ -39,6 +49,9 @@ _SHARD_ENV = frozenset({"CRONQUEUE_TOTAL", "CRONQUEUE_SHARD", "CRONQUEUE_QUEUES"
                         "CRONQUEUE_BATCH", "CRONQUEUE_MAX_SECONDS", "CRONQUEUE_ENTRY",
                         "CRONQUEUE_NOW"})
 PURGE_CHUNKS_PER_TICK = 5  # bounded work per tick; a large backlog drains over a few minutes
+# A recorded run later than this past a tick's time is a clock that ran ahead (or a drill in
+# the future): warned about at every tick, shown by `check` and `schedule`.
+AHEAD_TOLERANCE = timedelta(seconds=60)
 
 
 @dataclass
@@ -51,6 +64,22 @@ class TickReport:
     added: dict[str, int] = field(default_factory=dict)  # entry -> task id
     rescue: RescueReport = field(default_factory=RescueReport)
     purged: int = 0
+    ahead: dict[str, datetime] = field(default_factory=dict)  # entry -> run recorded ahead
+    errors: list[str] = field(default_factory=list)  # what failed: "<what>: <reason>"
+    plan: list[str] = field(default_factory=list)  # with plan(): what the tick would do
+
+
+def refuse_future_drill(now: datetime, real: datetime) -> None:
+    """``--now`` more than a minute ahead of the clock would record runs that real ticks then
+    take as done: refused (``--dry-run`` shows what it would do)."""
+    if now - real > AHEAD_TOLERANCE:
+        raise ConfigError(f"--now {now.isoformat()} is {_span(now - real)} ahead of the clock "
+                          f"({real:%Y-%m-%dT%H:%M:%S}Z): a tick in the future would record runs "
+                          "that real ticks then skip; use --dry-run to see what it would do")
+
+
+def _span(delta: timedelta) -> str:
+    return str(timedelta(seconds=round(delta.total_seconds())))
 
 
 def detached_launcher(log_dir: Path) -> Launcher:
@@ -77,28 +106,80 @@ class Mission:
         self.tz = ZoneInfo(config.timezone)
 
     def tick(self, now: datetime | None = None) -> TickReport:
+        """Act on the entries due at ``now`` (default: the clock), rescue, purge."""
+        return self._tick(now, dry_run=False)
+
+    def plan(self, now: datetime | None = None) -> TickReport:
+        """What ``tick(now)`` would do, in ``report.plan``; writes and starts nothing."""
+        return self._tick(now, dry_run=True)
+
+    def _tick(self, now: datetime | None, *, dry_run: bool) -> TickReport:
         now = now or self.clock()
+        report = TickReport()
         engine = self._engine or make_engine(self.config.db_url)
         try:
             repo = Repository(engine)
             me = Owner.me()
-            report = TickReport()
             for entry in self.config.missions:
-                self._entry(entry, repo, engine, me, now, report)
+                self._isolated(report, f"mission={entry.name}", functools.partial(
+                    self._entry, entry, repo, engine, me, now, report, dry_run=dry_run))
+            if dry_run:
+                report.plan.append("rescue and retention: not run (dry run)")
+                return report
             # Leases and retention are real time, even when ``now`` is simulated (--now).
             real = self.clock()
-            report.rescue = rescue(repo, self.config.worker, real, me=me)
-            report.purged = self._purge(repo, real)
+            rescued = self._isolated(report, "rescue", lambda: rescue(
+                repo, self.config.worker, real, me=me))
+            if rescued is not None:
+                report.rescue = rescued
+                report.errors += [f"rescue: {e}" for e in rescued.errors]
+            purged = self._isolated(report, "retention", lambda: self._purge(repo, real))
+            report.purged = purged or 0
             return report
         finally:
             if self._engine is None:
                 engine.dispose()
 
+    @staticmethod
+    def _isolated(report: TickReport, what: str, step: Callable[[], Any]) -> Any:
+        """Run one step of the tick; a failure is logged naming the step and recorded in
+        ``report.errors``, and the tick goes on with the next step."""
+        try:
+            return step()
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            log.error("%s failed: %s (the rest of the tick goes on)", what, reason)
+            log.debug("%s failed", what, exc_info=True)
+            report.errors.append(f"{what}: {reason}")
+            return None
+
+    def _last(self, entry: MissionEntry, repo: Repository, now: datetime,
+              report: TickReport) -> datetime | None:
+        """The last scheduled time the entry acted on, up to this tick's minute. A run
+        recorded later (a clock that ran ahead, a drill in the future) is not binding."""
+        tick = minute_floor(now)
+        newest = repo.last_scheduled(entry.name)
+        if newest is None or newest <= tick:
+            return newest
+        if newest - now > AHEAD_TOLERANCE:
+            report.ahead[entry.name] = newest
+            log.warning("mission=%s a run is recorded for %s, %s ahead of this tick's clock "
+                        "(%s): not binding, the entry goes on by its runs up to now (a host "
+                        "clock that ran ahead, or a mission --now in the future?)", entry.name,
+                        f"{newest:%Y-%m-%dT%H:%M}Z", _span(newest - now),
+                        f"{now:%Y-%m-%dT%H:%M:%S}Z")
+        return repo.last_scheduled(entry.name, until=tick)
+
     def _entry(self, entry: MissionEntry, repo: Repository, engine: Engine, me: Owner,
-               now: datetime, report: TickReport) -> None:
-        last = repo.last_scheduled(entry.name)
+               now: datetime, report: TickReport, *, dry_run: bool = False) -> None:
+        last = self._last(entry, repo, now, report)
         decision = decide(Schedule(entry.cron, self.tz), last, now, catch_up=entry.catch_up,
                           window=entry.catch_up_window)
+        if dry_run:
+            report.plan.append(self._describe(entry, decision.fire, decision.missed, last))
+            if decision.fire is not None:
+                report.fired[entry.name] = decision.fire
+            return
         if decision.missed:
             report.missed[entry.name] = decision.missed
             log.warning("mission=%s missed %s scheduled run(s) since %s; catch_up=%s: %s",
@@ -142,6 +223,21 @@ class Mission:
         repo.set_run_outcome(run_id, outcome)
         log.info("mission=%s scheduled=%s outcome=%s", entry.name,
                  f"{scheduled:%Y-%m-%dT%H:%M}Z", outcome)
+
+    @staticmethod
+    def _describe(entry: MissionEntry, fire: datetime | None, missed: int,
+                  last: datetime | None) -> str:
+        since = f"; last run {last:%Y-%m-%dT%H:%M}Z" if last else "; never run"
+        gone = f"; {missed} missed time(s) not replayed" if missed else ""
+        if fire is None:
+            return f"mission={entry.name} not due{since}{gone}"
+        if entry.add is not None:
+            action = f"add {entry.add.taskscript} priority={entry.add.priority}"
+        else:
+            assert entry.do_queue is not None
+            action = f"start shards 0..{entry.do_queue.total - 1} (those not running)"
+        return f"mission={entry.name} would fire scheduled={fire:%Y-%m-%dT%H:%M}Z: {action}" \
+            f"{since}{gone}"
 
     def _launch(self, entry: MissionEntry,
                 engine: Engine) -> tuple[list[int], list[int], list[int]]:
@@ -208,6 +304,17 @@ def overview(config: Config, repo: Repository, now: datetime,
     out = []
     for entry in config.missions:
         run = last.get(entry.name)
+        warning = None
+        try:
+            upcoming_runs = [t.astimezone(tz).isoformat()
+                             for t in Schedule(entry.cron, tz).next_runs(now, upcoming)]
+        except Exception as exc:  # one entry must not break the overview
+            upcoming_runs = []
+            warning = f"next runs cannot be computed: {type(exc).__name__}: {exc}"
+        if run and run["scheduled_at"] - now > AHEAD_TOLERANCE:
+            warning = (f"last run recorded for {run['scheduled_at']:%Y-%m-%dT%H:%M}Z is "
+                       f"{_span(run['scheduled_at'] - now)} ahead of the clock: not binding, "
+                       "ticks go on (a host clock that ran ahead?)")
         if entry.do_queue is not None:
             dq = entry.do_queue
             action = (f"do_queue total={dq.total} queues={','.join(dq.queues) or '*'}"
@@ -218,13 +325,13 @@ def overview(config: Config, repo: Repository, now: datetime,
         out.append({
             "name": entry.name, "cron": entry.cron, "timezone": config.timezone,
             "description": describe(entry.cron), "action": action,
-            "next": [t.astimezone(tz).isoformat()
-                     for t in Schedule(entry.cron, tz).next_runs(now, upcoming)],
+            "next": upcoming_runs,
             "last_scheduled": run["scheduled_at"].astimezone(tz).isoformat() if run else None,
             "last_fired": run["fired_at"].astimezone(tz).isoformat() if run else None,
             "last_host": run["host"] if run else None,
             "last_outcome": run["outcome"] if run else None,
             "last_task": run["task_id"] if run else None,
+            "warning": warning,
         })
     return out
 

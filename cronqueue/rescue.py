@@ -10,6 +10,11 @@ attempts remain, else failed, with ``ProcessMissingError`` recorded. A task that
 but never started goes straight back to pending. Each write is fenced by the claim token the
 row was seen with, so a shard that finishes in the meantime keeps its own result.
 
+A running row without a claim token (inserted by hand, or left so) is owned by no shard: every
+shard writes only rows carrying its token. It is rescued at once, fenced on the state it was
+seen in. Each row is handled on its own: one that cannot be written is logged and counted in
+``errors``, and the rows after it are still rescued.
+
 The workers registry is cleaned the same way: rows of dead shards are forgotten.
 """
 
@@ -36,6 +41,7 @@ class RescueReport:
     failed: list[int] = field(default_factory=list)
     released: list[int] = field(default_factory=list)
     forgotten_workers: int = 0
+    errors: list[str] = field(default_factory=list)  # "task=<id>: <reason>"
 
 
 def owner_gone(host: str | None, pid: int | None, pid_start: int | None,
@@ -57,16 +63,13 @@ def rescue(repo: Repository, cfg: WorkerConfig, now: datetime, *, me: Owner | No
     uptime = (server_uptime or repo.server_uptime)()
     trust_leases = uptime is None or uptime >= cfg.lease + RESTART_GRACE
     for task in repo.running():
-        lease = task.lease_until if trust_leases else None
-        if not owner_gone(task.worker_host, task.worker_pid, task.worker_pid_start, lease,
-                          me=me, now=now, alive=alive):
-            continue
-        outcome, values = _outcome(task, cfg, now)
-        if not repo.settle(task, values):
-            continue  # its shard finished it after all, or another rescuer was first
-        getattr(report, outcome).append(task.id)
-        log.warning("task=%d shard=%s:%s outcome=%s reason=worker-lost attempt=%d",
-                    task.id, task.worker_host, task.worker_pid, outcome, task.attempts)
+        try:
+            _rescue_one(repo, task, cfg, now, me=me, alive=alive, trust_leases=trust_leases,
+                        report=report)
+        except Exception as exc:  # one row must not stop the rescue of the others
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            log.error("task=%s rescue failed: %s", task.id, reason)
+            report.errors.append(f"task={task.id}: {reason}")
     dead = [w["id"] for w in repo.worker_rows()
             if owner_gone(w["host"], w["pid"], w["pid_start"],
                           w["heartbeat_at"] + timedelta(seconds=cfg.lease)
@@ -76,13 +79,35 @@ def rescue(repo: Repository, cfg: WorkerConfig, now: datetime, *, me: Owner | No
     return report
 
 
+def _rescue_one(repo: Repository, task: Task, cfg: WorkerConfig, now: datetime, *, me: Owner,
+                alive: Callable[[int, int | None], bool], trust_leases: bool,
+                report: RescueReport) -> None:
+    unclaimed = task.claim_token is None  # no shard can own it
+    lease = task.lease_until if trust_leases else None
+    if not unclaimed and not owner_gone(task.worker_host, task.worker_pid,
+                                        task.worker_pid_start, lease, me=me, now=now,
+                                        alive=alive):
+        return
+    outcome, values = _outcome(task, cfg, now)
+    if not repo.settle(task, values):
+        return  # its shard finished it after all, or another rescuer was first
+    getattr(report, outcome).append(task.id)
+    log.warning("task=%d shard=%s:%s outcome=%s reason=%s attempt=%d", task.id,
+                task.worker_host, task.worker_pid, outcome,
+                "no-claim-token" if unclaimed else "worker-lost", task.attempts)
+
+
 def _outcome(task: Task, cfg: WorkerConfig, now: datetime) -> tuple[str, dict[str, object]]:
     owner = f"{task.worker_host}:{task.worker_pid}"
     if task.started_at is None:
         return "released", {"status": int(Status.PENDING), "claim_token": None,
                             "lease_until": None}
-    error = ProcessMissingError(f"worker {owner} was lost while running attempt "
-                                f"{task.attempts}").record()
+    if task.claim_token is None:
+        error = ProcessMissingError(f"running row without a claim token (owned by no shard; "
+                                    f"worker {owner}) at attempt {task.attempts}").record()
+    else:
+        error = ProcessMissingError(f"worker {owner} was lost while running attempt "
+                                    f"{task.attempts}").record()
     values: dict[str, object] = {"claim_token": None, "lease_until": None, "error": error,
                                  "exit_code": None}
     if task.attempts < (task.max_attempts or cfg.max_attempts):

@@ -13,9 +13,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 MAX_SCAN = 10_000  # bound on iterations when counting missed times (a week of minutes)
+
+
+def never_fires(expr: str, now: datetime | None = None) -> bool:
+    """A valid expression that names no date (``0 0 30 2 *``): croniter finds no time before
+    or after ``now``. The config refuses it at load; a tick would otherwise fail on it."""
+    start = now or datetime.now(UTC)
+    try:
+        croniter(expr, start).get_next(datetime)
+        croniter(expr, start).get_prev(datetime)
+    except CroniterBadDateError:
+        return True
+    return False
 
 
 def minute_floor(moment: datetime) -> datetime:

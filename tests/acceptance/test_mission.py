@@ -99,7 +99,9 @@ def test_running_shard_is_not_started_again_and_kill_9_frees_it(
     config = _config(tmp_path, db_url, task_dir, log_dir, max_seconds=60)
     q = Queue(config=load_config(config))
     q.init_db()
-    tick = datetime.now(UTC).replace(second=0, microsecond=0)
+    # Three successive minutes, all in the past: --now more than a minute ahead of the clock
+    # is refused (it would record runs that real ticks then skip).
+    tick = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=3)
 
     first = _mission(config, tick)
     assert first.wait(timeout=60) == 0

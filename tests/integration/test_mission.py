@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import threading
 from collections import Counter
@@ -668,3 +669,210 @@ def test_shard_does_exactly_what_the_entry_says(make_config: Any,
         assert args.queues in (None, [])
         assert args.max_seconds is None
         assert args.batch is None
+
+
+# -- issue 11, item 6: no entry, row or clock stops the tick ----------------------------------
+
+
+def _entries(cfg: Config, *extra: Any) -> Config:
+    """``cfg`` with entries that the loader would refuse (a config written before the rule,
+    or a cron expression that fails at run time)."""
+    from dataclasses import replace
+
+    return replace(cfg, missions=tuple(extra))
+
+
+def test_a_failing_entry_does_not_stop_the_others_the_rescue_or_the_retention(
+        make_config: Any, task_dir: Path) -> None:
+    """0.1.0: a never-firing entry raised CroniterBadDateError from the tick: the entries
+    after it, the rescue and the retention never ran."""
+    from cronqueue.config import AddAction, MissionEntry
+
+    write_script(task_dir, "send.sh", "exit 0\n")
+    cfg = make_config("")
+    q = Queue(config=cfg)
+    real = datetime.now(UTC).replace(microsecond=0)
+    old_done = _finished(q, Status.DONE, real - timedelta(days=30))
+    orphan = q.add("send.sh")
+    with q.engine.begin() as conn:  # running, owned by a dead pid of this host
+        conn.execute(text("UPDATE queue SET status = 2, claim_token = 'tok', attempts = 1, "
+                          "worker_host = :h, worker_pid = 4000000, started_at = :t, "
+                          "lease_until = '2099-01-01 00:00:00' WHERE id = :i"),
+                     {"h": os.uname().nodename, "i": orphan,
+                      "t": (real - timedelta(minutes=5)).replace(tzinfo=None)})
+    cfg = _entries(cfg,
+                   MissionEntry("before", "* * * * *", add=AddAction("send.sh")),
+                   MissionEntry("leapday", "0 0 30 2 *", add=AddAction("send.sh")),
+                   MissionEntry("after", "* * * * *", add=AddAction("send.sh")))
+    report = Mission(cfg, launcher=FakeLauncher(), clock=lambda: real).tick(real)
+    assert set(report.fired) == {"before", "after"}
+    assert len(report.errors) == 1 and report.errors[0].startswith(
+        "mission=leapday: CroniterBadDateError"), report.errors
+    assert report.rescue.retried == [orphan]
+    assert report.purged == 1 and q.get(old_done) is None
+    q.close()
+
+
+def test_a_failing_rescue_does_not_stop_the_retention(make_config: Any, task_dir: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import cronqueue.mission
+
+    write_script(task_dir, "send.sh", "exit 0\n")
+    cfg = make_config('[[mission]]\nname = "a"\ncron = "* * * * *"\n'
+                      'add = { taskscript = "send.sh" }\n')
+    q = Queue(config=cfg)
+    real = datetime.now(UTC).replace(microsecond=0)
+    old_done = _finished(q, Status.DONE, real - timedelta(days=30))
+
+    def broken(*_a: Any, **_k: Any) -> None:
+        raise RuntimeError("rescue exploded")
+
+    monkeypatch.setattr(cronqueue.mission, "rescue", broken)
+    report = Mission(cfg, launcher=FakeLauncher(), clock=lambda: real).tick(real)
+    assert report.errors == ["rescue: RuntimeError: rescue exploded"]
+    assert set(report.fired) == {"a"} and report.purged == 1 and q.get(old_done) is None
+    q.close()
+
+
+def test_a_launcher_crash_in_one_entry_does_not_stop_the_next(make_config: Any) -> None:
+    cfg = make_config('[[mission]]\nname = "a"\ncron = "* * * * *"\n'
+                      'do_queue = { total = 1 }\n'
+                      '[[mission]]\nname = "b"\ncron = "* * * * *"\n'
+                      'do_queue = { total = 1 }\n')
+    calls: list[str] = []
+
+    def launcher(argv: list[str], env: dict[str, str], cwd: Path) -> None:
+        entry = argv[argv.index("--entry") + 1]
+        calls.append(entry)
+        if entry == "a":
+            raise ValueError("boom")
+
+    report = Mission(cfg, launcher=launcher).tick(at(10, 0, 1))
+    assert calls == ["a", "b"]
+    assert report.errors == ["mission=a: ValueError: boom"]
+    assert ("b", 0) in report.launched
+
+
+def test_mission_exit_status_is_1_when_a_step_failed_and_0_otherwise(
+        make_config: Any, task_dir: Path, tmp_path: Path, db_url: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import cronqueue.mission
+    from tests.conftest import run_main
+
+    write_script(task_dir, "send.sh", "exit 0\n")
+    make_config('[[mission]]\nname = "a"\ncron = "* * * * *"\n'
+                'add = { taskscript = "send.sh" }\n')
+    config = str(tmp_path / "cronqueue.toml")
+    assert run_main(["mission", "--config", config]) == 0
+
+    def broken(*_a: Any, **_k: Any) -> None:
+        raise RuntimeError("retention exploded")
+
+    monkeypatch.setattr(cronqueue.mission.Mission, "_purge", broken)
+    assert run_main(["mission", "--config", config]) == 1
+
+
+def test_token_less_running_row_and_the_real_orphan_behind_it_are_rescued(
+        make_config: Any, task_dir: Path) -> None:
+    """0.1.0: a running row without claim_token failed an assertion in the rescue at every
+    tick, and the real orphan behind it (a dead pid of this host) stayed running."""
+    write_script(task_dir, "ok.sh", "exit 0\n")
+    cfg = make_config('[[mission]]\nname = "a"\ncron = "0 3 * * *"\n'
+                      'add = { taskscript = "ok.sh" }\n')
+    q = Queue(config=cfg)
+    with q.engine.begin() as conn:  # the two rows of findings-0.1.0.md
+        conn.execute(text(
+            "INSERT INTO queue (taskscript, param, status, worker_host, worker_pid, "
+            "lease_until, started_at, attempts) VALUES ('ok.sh', '{}', 2, 'otherhost', 123, "
+            "'2020-01-01 00:00:00', '2020-01-01 00:00:00', 1)"))
+        conn.execute(text(
+            "INSERT INTO queue (taskscript, param, status, worker_host, worker_pid, claim_token,"
+            " lease_until, started_at, attempts) VALUES ('ok.sh', '{}', 2, :h, 4000000, 'tok', "
+            "'2099-01-01 00:00:00', '2020-01-01 00:00:00', 1)"), {"h": os.uname().nodename})
+        conn.execute(text(  # token-less, never started: straight back to pending
+            "INSERT INTO queue (taskscript, param, status, worker_host, worker_pid) "
+            "VALUES ('ok.sh', '{}', 2, 'otherhost', 5)"))
+    report = Mission(cfg, launcher=FakeLauncher()).tick()
+    assert report.errors == []
+    assert report.rescue.retried == [1, 2] and report.rescue.released == [3]
+    first, second, third = (q.get(i) for i in (1, 2, 3))
+    assert first is not None and first.status is Status.PENDING and first.claim_token is None
+    assert "without a claim token" in (first.error or "")
+    assert second is not None and second.status is Status.PENDING
+    assert "was lost" in (second.error or "")
+    assert third is not None and third.status is Status.PENDING and third.attempts == 0
+    q.close()
+
+
+def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    from tests.conftest import cronqueue_cmd
+
+    return subprocess.run(cronqueue_cmd(*args, "--config", str(config)), capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def test_mission_now_in_the_future_is_refused_and_dry_run_writes_nothing(
+        make_config: Any, task_dir: Path, tmp_path: Path) -> None:
+    """0.1.0: one `mission --now <two hours ahead>` recorded a run that every real tick then
+    obeyed: the schedule was frozen until that time."""
+    write_script(task_dir, "ok.sh", "exit 0\n")
+    cfg = make_config('[[mission]]\nname = "every"\ncron = "* * * * *"\n'
+                      'add = { taskscript = "ok.sh" }\n')
+    q = Queue(config=cfg)
+    config = tmp_path / "cronqueue.toml"
+    ahead = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    refused = _cli(config, "mission", "--now", ahead)
+    assert refused.returncode == 2, refused.stderr
+    errors = [line for line in refused.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "ahead of the clock" in errors[0] and "--dry-run" in errors[0]
+    assert runs(q) == [] and count_tasks(q) == 0
+
+    dry = _cli(config, "mission", "--now", ahead, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "mission=every would fire scheduled=" in dry.stdout
+    assert runs(q) == [] and count_tasks(q) == 0
+
+    real = _cli(config, "mission")  # a real tick still fires
+    assert real.returncode == 0, real.stderr
+    assert [r["entry"] for r in runs(q)] == ["every"] and count_tasks(q) == 1
+    q.close()
+
+
+def test_a_run_recorded_ahead_of_the_clock_does_not_stop_real_ticks(
+        make_config: Any, task_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A host whose clock ran two hours ahead recorded a run; the real ticks afterwards must
+    go on firing every minute, warning each time; `check` and `schedule` show it."""
+    import logging
+
+    from cronqueue.checks import run_checks
+
+    write_script(task_dir, "ok.sh", "exit 0\n")
+    cfg = make_config('[[mission]]\nname = "every"\ncron = "* * * * *"\n'
+                      'add = { taskscript = "ok.sh" }\n')
+    q = Queue(config=cfg)
+    real = at(10, 0, 5)
+    ahead = real + timedelta(hours=2)
+    assert Mission(cfg, launcher=FakeLauncher(), clock=lambda: ahead).tick().fired == {
+        "every": at(12, 0)}
+    for minute in range(1, 4):
+        now = at(10, minute, 5)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="cronqueue.mission"):
+            report = Mission(cfg, launcher=FakeLauncher(), clock=lambda n=now: n).tick()
+        assert report.fired == {"every": at(10, minute)}, minute
+        assert report.ahead == {"every": at(12, 0)}
+        assert any("ahead of this tick's clock" in r.getMessage() for r in caplog.records)
+    # catch-up still counts from the runs up to now: a missed minute is reported as such
+    report = Mission(cfg, launcher=FakeLauncher(), clock=lambda: at(10, 5, 5)).tick()
+    assert report.fired == {"every": at(10, 5)} and report.missed == {"every": 1}
+    # the run ahead itself is not fired twice when its time comes
+    report = Mission(cfg, launcher=FakeLauncher(), clock=lambda: at(12, 0, 5)).tick()
+    assert report.fired == {} and report.ahead == {}
+
+    lines: list[str] = []
+    assert run_checks(cfg, lines.append, now=real) == 0
+    assert any(line.startswith("WARN schedule") and "'every'" in line for line in lines), lines
+    entry = q.schedule(real)[0]
+    assert entry["warning"] is not None and "ahead of the clock" in entry["warning"]
+    assert q.schedule(at(12, 0, 5))[0]["warning"] is None
+    q.close()

@@ -413,3 +413,59 @@ def test_killed_shard_task_is_rescued_at_once(queue: Queue, repo: Repository, cf
     assert (task.error or "").startswith("ProcessMissingError")
     assert task.claim_token is None
     assert task.run_at > now
+
+
+# -- issue 11, item 6: a running row without a claim token ------------------------------------
+
+
+def _token_less(queue: Queue, *, started: bool = True) -> int:
+    """A running row as a hand-written INSERT leaves it: no claim token, another host, an
+    expired lease."""
+    from sqlalchemy import text
+
+    with queue.engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO queue (taskscript, param, status, worker_host, worker_pid, lease_until,"
+            " started_at, attempts) VALUES ('ok.sh', '{}', 2, 'otherhost', 123, "
+            "'2020-01-01 00:00:00', :started, 1)"),
+            {"started": "2020-01-01 00:00:00" if started else None})
+        return int(conn.execute(text("SELECT MAX(id) FROM queue")).scalar_one())
+
+
+def test_token_less_running_row_is_rescued_fenced_on_its_state(
+        queue: Queue, repo: Repository, cfg: Config) -> None:
+    """0.1.0: an AssertionError in the rescue at every tick."""
+    task_id = _token_less(queue)
+    seen = get(queue, task_id)
+    report = rescue(repo, cfg.worker, now_utc(), me=ME, alive=Alive(), server_uptime=long_up)
+    assert report.retried == [task_id] and report.errors == []
+    task = get(queue, task_id)
+    assert task.status is Status.PENDING and task.claim_token is None
+    assert task.error is not None and "without a claim token" in task.error
+    # The fence: a row that changed since it was seen (here: claimed and run again, so its
+    # attempts moved on) is not overwritten by a rescue acting on the old view.
+    from sqlalchemy import text
+
+    with queue.engine.begin() as conn:
+        conn.execute(text("UPDATE queue SET status = 2, attempts = 2, error = NULL "
+                          "WHERE id = :i"), {"i": task_id})
+    assert not repo.settle(seen, {"status": int(Status.FAILED)})
+    assert get(queue, task_id).status is Status.RUNNING
+
+
+def test_one_row_that_cannot_be_rescued_does_not_stop_the_others(
+        queue: Queue, repo: Repository, cfg: Config) -> None:
+    first, second = _token_less(queue), _token_less(queue, started=False)
+
+    class Flaky(Repository):
+        def settle(self, task: Task, values: dict[str, Any]) -> bool:
+            if task.id == first:
+                raise RuntimeError("cannot write")
+            return super().settle(task, values)
+
+    report = rescue(Flaky(queue.engine), cfg.worker, now_utc(), me=ME, alive=Alive(),
+                    server_uptime=long_up)
+    assert report.errors == [f"task={first}: RuntimeError: cannot write"]
+    assert report.released == [second]
+    assert get(queue, first).status is Status.RUNNING
+    assert get(queue, second).status is Status.PENDING

@@ -1,0 +1,137 @@
+"""Issue 11, item 6: every number a shard or the mission computes with is bounded at load, with
+a one-line ConfigError naming the key; a cron expression that never fires is refused."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import fields
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from cronqueue.config import (
+    MAX_BATCH,
+    MAX_SECONDS,
+    MAX_SHARDS,
+    WORKER_MAXIMA,
+    WorkerConfig,
+    load_config,
+)
+from cronqueue.errors import ConfigError
+from cronqueue.schedule import never_fires
+from tests.conftest import run_main
+
+NUMERIC = [f.name for f in fields(WorkerConfig)
+           if f.name not in ("python_fork", "python_preload")]
+HUGE = "9223372036854775807"  # the largest TOML integer
+
+
+@pytest.fixture(autouse=True)
+def clean_env(clean_env: Path) -> Path:
+    return clean_env
+
+
+def config_error(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "cq.toml"
+    path.write_text(body, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_every_numeric_worker_key_has_a_bound() -> None:
+    assert set(WORKER_MAXIMA) == set(NUMERIC)
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e300", HUGE, "0", "-1"])
+@pytest.mark.parametrize("key", NUMERIC)
+def test_worker_numbers_out_of_bounds_name_the_key(tmp_path: Path, key: str,
+                                                   value: str) -> None:
+    """0.1.0 loaded backoff = 1e300 (a failing task then re-ran forever at 0 attempts), inf,
+    nan and lease = 2**63-1, and the shards crashed on them."""
+    if WorkerConfig.__dataclass_fields__[key].type == "int" and value in (
+            "inf", "-inf", "nan", "1e300"):
+        value = HUGE  # a float is refused as "not an integer" already
+    message = config_error(tmp_path, f"[worker]\n{key} = {value}\n")
+    assert message.startswith(f"worker.{key}:"), message
+
+
+@pytest.mark.parametrize("key", NUMERIC)
+def test_worker_numbers_at_their_bound_are_accepted(tmp_path: Path, key: str) -> None:
+    extra = "heartbeat = 1\n" if key == "lease" else ""
+    if key == "backoff":
+        extra = f"backoff_max = {MAX_SECONDS}\n"
+    if key == "heartbeat":
+        extra = f"lease = {MAX_SECONDS}\n"
+    maximum = WORKER_MAXIMA[key]
+    path = tmp_path / "cq.toml"
+    path.write_text(f"[worker]\n{key} = {int(maximum)}\n{extra}", encoding="utf-8")
+    cfg = load_config(path)
+    assert getattr(cfg.worker, key) == maximum
+
+
+def test_largest_backoff_still_gives_a_retry_time() -> None:
+    worker = WorkerConfig(backoff=MAX_SECONDS, backoff_max=MAX_SECONDS)
+    delay = worker.backoff_delay(10**6)
+    assert MAX_SECONDS <= delay <= MAX_SECONDS * 1.25
+    assert datetime.now(UTC) + timedelta(seconds=delay) > datetime.now(UTC)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("total", HUGE), ("total", str(MAX_SHARDS + 1)), ("batch", HUGE),
+    ("batch", str(MAX_BATCH + 1)), ("max_seconds", "inf"), ("max_seconds", "1e300"),
+    ("max_seconds", "nan")])
+def test_do_queue_numbers_out_of_bounds_name_the_entry_and_key(tmp_path: Path, field: str,
+                                                              value: str) -> None:
+    extra = "" if field == "total" else ", total = 1"
+    message = config_error(tmp_path, f'[[mission]]\nname = "m"\ncron = "* * * * *"\n'
+                                     f'do_queue = {{ {field} = {value}{extra} }}\n')
+    assert message.startswith(f"mission 'm'.do_queue.{field}:"), message
+
+
+@pytest.mark.parametrize("cron", ["0 0 30 2 *", "0 0 31 4 *", "0 0 31 2,4,6,9,11 *"])
+def test_never_firing_cron_is_refused_naming_the_entry(tmp_path: Path, cron: str) -> None:
+    """0.1.0 accepted it; then every mission tick failed with CroniterBadDateError."""
+    message = config_error(tmp_path, f'[[mission]]\nname = "leapday"\ncron = "{cron}"\n'
+                                     'add = { taskscript = "ok.sh" }\n')
+    assert message == f"mission 'leapday': cron expression '{cron}' never fires (no such date)"
+
+
+@pytest.mark.parametrize("cron", ["0 0 29 2 *", "0 0 30 2 1", "* * * * *", "0 0 31 * *"])
+def test_rare_but_real_dates_are_accepted(cron: str) -> None:
+    assert not never_fires(cron)
+
+
+def test_check_refuses_a_never_firing_entry_with_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "cq.toml"
+    path.write_text('[[mission]]\nname = "every"\ncron = "* * * * *"\n'
+                    'add = { taskscript = "ok.sh" }\n'
+                    '[[mission]]\nname = "leapday"\ncron = "0 0 30 2 *"\n'
+                    'add = { taskscript = "ok.sh" }\n', encoding="utf-8")
+    for command in ("check", "mission", "schedule"):
+        assert run_main([command, "--config", str(path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "'leapday'" in err[0] and "never fires" in err[0], err
+
+
+@pytest.mark.parametrize("argv", [
+    ["--total", str(10**20)], ["--total", str(MAX_SHARDS + 1)],
+    ["--batch", str(10**20)], ["--batch", str(MAX_BATCH + 1)]])
+def test_work_total_and_batch_flags_are_bounded(argv: list[str],
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """0.1.0 accepted --total/--batch 10**20 and the shard crashed."""
+    assert run_main(["work", *argv]) == 2
+    err = capsys.readouterr().err
+    assert f"argument {argv[0]}: must be <=" in err
+
+
+def test_work_batch_env_is_bounded(monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("CRONQUEUE_BATCH", str(10**20))
+    assert run_main(["work"]) == 2
+    assert "argument --batch: must be <=" in capsys.readouterr().err
+    assert os.environ["CRONQUEUE_BATCH"] == str(10**20)
