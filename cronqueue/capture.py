@@ -4,8 +4,9 @@ The script's stdout and stderr are the write end of a pipe; the runner reads it 
 (:meth:`Capture.pump`). The first ``head`` bytes go to an unnamed file (in log_dir); after that
 only the last ``tail`` bytes are kept, in memory. So what one task leaves on disk is bounded
 whatever it prints, and the script itself never meets a full disk: if the file cannot take a
-write (ENOSPC, EDQUOT, EIO, ...) the runner stops writing to it, keeps the tail, and records how
-many bytes were lost and why. The day log then gets head + a marker + tail.
+write (ENOSPC, EDQUOT, EIO, ...) the runner stops writing to it and keeps only the tail, and
+the runner records in the row how many bytes were lost and why. The day log then gets head, a
+marker line for what is missing, and tail.
 """
 
 from __future__ import annotations
@@ -33,10 +34,10 @@ class Captured:
         """The line standing for what is missing between head and tail (b"" if nothing)."""
         if not self.not_kept:
             return b""
-        why = (f"the file in log_dir failed: {self.disk_error}" if self.disk_error
-               else f"max_log_bytes={max_bytes}")
-        return (f"\n[... {self.not_kept} more bytes not kept ({why}); the first {self.head} "
-                f"and the last {len(self.tail)} bytes are kept ...]\n").encode()
+        why = (f": log_dir failed ({self.disk_error})" if self.disk_error
+               else f"; max_log_bytes={max_bytes}")
+        return (f"\n[... {self.not_kept} more bytes not kept{why}: the first {self.head} and "
+                f"the last {len(self.tail)} bytes are kept ...]\n").encode()
 
     def last(self, size: int) -> bytes:
         """The last ``size`` bytes of what was kept (head, then tail), without the marker."""

@@ -88,8 +88,8 @@ def _walk(root: str, taskscript: str, stack: list[tuple[int, str]], uid: int) ->
                 if links > _MAX_LINKS:
                     raise ScriptError(f"taskscript {taskscript!r}: too many levels of symbolic "
                                       f"links at {where} (a symlink loop?)", permanent=True)
-                try:
-                    target = os.readlink(name, dir_fd=dir_fd)
+                try:  # the link opened, not whatever the name is now
+                    target = os.readlink("", dir_fd=fd)
                 except OSError as exc:
                     raise _os_error(taskscript, where, exc) from None
                 if target.startswith("/"):
