@@ -27,6 +27,7 @@ from sqlalchemy import Connection, Engine
 
 from . import queries
 from .db import supports_skip_locked, transaction
+from .decode import priority_key
 from .model import Status, Task
 from .proc import Owner
 
@@ -81,7 +82,7 @@ class Claimer:
         if not candidates:
             return []
         if len(self.queues) > 1:
-            candidates.sort(key=lambda row: (-row["priority"], row["id"]))
+            candidates.sort(key=priority_key)  # never raises on a hand-written priority
         chosen = candidates[:limit]
         lease_until = now + self.lease
         won = conn.execute(*queries.claim_rows(

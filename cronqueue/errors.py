@@ -71,3 +71,13 @@ class ProcessMissingError(TaskFailure):
 
 class ScriptNotRunnable(TaskFailure):
     """The script could not be started (missing, refused, interpreter absent, bad param)."""
+
+
+class InvalidRow(TaskFailure):
+    """The row holds values the shard cannot decode or use (written by hand: bad UTF-8, a
+    time that is not one, an integer out of range); failed by id without running."""
+
+
+class InternalError(TaskFailure):
+    """Preparing or running the task raised an unexpected error: recorded under its name,
+    the attempt is charged and the retry policy applies; the shard goes on."""

@@ -102,6 +102,8 @@ class Ledger:
             return [task]
         window: list[Task] = []
         for t in self.tasks[self._index[task.id]:]:
+            if t.problem is not None:
+                continue  # never run nor marked: the shard fails it by id (worker._reject)
             if len(window) >= self.window or self.careful(t):
                 break
             if t.id not in self._marked:

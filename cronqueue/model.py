@@ -5,9 +5,11 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
+
+from . import decode
 
 
 class Status(enum.IntEnum):
@@ -30,14 +32,41 @@ class Status(enum.IntEnum):
             names = ", ".join(s.name.lower() for s in cls)
             raise ValueError(f"unknown status {text!r} (one of {names})") from None
 
+    @classmethod
+    def of(cls, value: int, label: str | None = None) -> Status:
+        """The member for a stored code, or, for a code outside 0..4 (a hand-written row),
+        a stand-in that is no member: ``int()`` and ``str()`` give the stored code, ``name``
+        is ``UNKNOWN(7)``, ``x in Status`` is false, and it is never ``finished``."""
+        try:
+            return cls(value)
+        except ValueError:
+            pass
+        unknown = int.__new__(cls, value)
+        unknown._name_ = f"UNKNOWN({label or value})"
+        unknown._value_ = value
+        return unknown
+
     @property
     def finished(self) -> bool:
         return self in (Status.DONE, Status.FAILED, Status.CANCELLED)
 
 
+def status_of(value: object) -> Status:
+    """The status of a stored value, whatever it holds: a member, or a stand-in named
+    ``UNKNOWN(7)`` (``UNKNOWN('x')`` for text; its code is then -1)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Status.of(value)
+    return Status.of(-1, decode.show(value))
+
+
 @dataclass(frozen=True, slots=True)
 class Task:
-    """One row of the ``queue`` table. Attribute names are the column names."""
+    """One row of the ``queue`` table. Attribute names are the column names.
+
+    Built from any row, whatever it holds (see decode.py): a value that is not of its
+    column's type is replaced (None for times, 0 for integers, replacement characters in
+    text) and named in ``problem``. A task with a ``problem`` is never run: the shard fails
+    it with ``InvalidRow: <problem>``."""
 
     id: int
     queue: str
@@ -45,8 +74,8 @@ class Task:
     param: str
     status: Status
     priority: int
-    ctime: datetime
-    run_at: datetime
+    ctime: datetime | None  # None only for a hand-written value that is not a time
+    run_at: datetime | None
     attempts: int
     max_attempts: int | None
     timeout: int | None
@@ -63,15 +92,47 @@ class Task:
     error: str | None
     output: str | None
     secret: str | None = field(default=None, repr=False)  # never shown: see as_dict()
+    problem: str | None = None  # why the row cannot be run as stored (not a column)
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> Task:
-        # Every column is required, except the optional ones added later (``secret``).
-        values = dict(row)
-        for name, default in _TASK_DEFAULTS.items():
-            values.setdefault(name, default)
-        values["status"] = Status(values["status"])
-        return cls(**{name: values[name] for name in _TASK_FIELDS})
+        """Never raises for what a row holds. Every column is required, except the optional
+        ones added later (``secret``)."""
+        v = dict(row)
+        p: list[str] = []
+        status = status_of(v["status"])
+        if status < 0 and status.name.startswith("UNKNOWN('"):
+            p.append(f"status is not an integer: {decode.show(v['status'])}")
+        return cls(
+            id=v["id"],
+            queue=decode.text("queue", v["queue"], p),
+            taskscript=decode.text("taskscript", v["taskscript"], p),
+            param=decode.text("param", v["param"], p),
+            status=status,
+            priority=decode.integer("priority", v["priority"], p),
+            ctime=decode.required_time("ctime", v["ctime"], p),
+            run_at=decode.required_time("run_at", v["run_at"], p),
+            # attempts + 1 must still fit (MariaDB refuses the start mark past INT_MAX).
+            attempts=decode.integer("attempts", v["attempts"], p, low=0,
+                                    high=decode.INT_MAX - 1),
+            max_attempts=decode.optional_integer("max_attempts", v["max_attempts"], p, low=1),
+            timeout=decode.optional_integer("timeout", v["timeout"], p, low=1),
+            unique_key=decode.optional_text("unique_key", v["unique_key"], p),
+            active_key=decode.optional_text("active_key", v["active_key"], p),
+            worker_host=decode.optional_text("worker_host", v["worker_host"], p),
+            worker_pid=decode.optional_integer("worker_pid", v["worker_pid"], p),
+            worker_pid_start=decode.optional_integer("worker_pid_start", v["worker_pid_start"],
+                                                     p, low=0, high=2**63 - 1),
+            claim_token=decode.optional_text("claim_token", v["claim_token"], p),
+            lease_until=decode.time("lease_until", v["lease_until"], p),
+            started_at=decode.time("started_at", v["started_at"], p),
+            finished_at=decode.time("finished_at", v["finished_at"], p),
+            exit_code=decode.optional_integer("exit_code", v["exit_code"], p),
+            error=decode.optional_text("error", v["error"], p),
+            output=decode.optional_text("output", v["output"], p),
+            secret=decode.optional_text("secret", v.get("secret"), p),
+            problem="; ".join(p) if p else None,  # evaluated last: after every converter
+        )
 
     @property
     def args(self) -> Any:
@@ -82,10 +143,6 @@ class Task:
         out = _as_dict(self)
         out["secret"] = None if self.secret is None else "***"
         return out
-
-
-_TASK_FIELDS = tuple(f.name for f in fields(Task))
-_TASK_DEFAULTS = {f.name: f.default for f in fields(Task) if f.default is not MISSING}
 
 
 @dataclass(frozen=True, slots=True)

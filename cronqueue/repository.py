@@ -146,7 +146,7 @@ class Repository:
         if max_packet is not None:
             sizes = {i: _row_bytes(s) for i, s in enumerate(specs)}
             for i, size in sizes.items():
-                packet.check_fits(i, size, max_packet)
+                packet.check_fits(i if len(specs) > 1 else None, size, max_packet)
         if len(plain) > 1 and supports_json_insert(dialect):
             json_budget = min(_JSON_CHUNK_BYTES, budget)
             costs = {i: _json_cost(specs[i]) for i in plain}

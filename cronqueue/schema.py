@@ -64,11 +64,22 @@ class UTCDateTime(TypeDecorator[datetime]):
             return naive.isoformat(sep=" ", timespec="microseconds")
         return naive
 
-    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        parsed: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
-        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        """An aware UTC datetime; a stored value that is not a time (hand-written:
+        ``'0000-00-00'``, ``'1'``) comes back as it is, for ``Task.from_row`` to name."""
+        if isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value)
+            except ValueError:
+                return value
+        if not isinstance(value, datetime):
+            return value
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        try:
+            return value.astimezone(UTC)
+        except (OverflowError, ValueError):  # '0001-01-01 00:00:00+01:00'
+            return value
 
 
 class LongText(TypeDecorator[str]):
@@ -105,7 +116,8 @@ class ExactKey(TypeDecorator[str]):
         return value
 
     def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
-        return value.decode("utf-8") if isinstance(value, bytes) else value
+        # surrogateescape: a hand-written key that is not UTF-8 is named by Task.from_row
+        return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
 class UtcNow(FunctionElement[datetime]):

@@ -18,6 +18,8 @@ MAX_PARAM_BYTES = 131072 - 1
 MAX_SECRET_BYTES = 8 * 1024 * 1024  # on stdin, stored in MEDIUMTEXT (16 MiB) on MySQL
 MAX_TASKSCRIPT_LEN = 255
 MAX_UNIQUE_KEY_LEN = 191
+# json encodes and decodes recursively: a value nested thousands deep exhausts the stack.
+NESTING_HINT = "nesting deeper than Python's recursion limit"
 
 # Each path segment: starts with a letter, digit or underscore (so no "-opt", no ".." and no
 # hidden files), then letters, digits, "._+-". No shell metacharacters, no spaces, no NUL.
@@ -75,6 +77,8 @@ def serialize_param(param: Any) -> str:
         text = _ENCODE(param)
     except (TypeError, ValueError) as exc:
         raise InvalidTask(f"param is not JSON-serializable: {exc}") from None
+    except RecursionError:
+        raise InvalidTask(f"param is nested too deeply to serialize ({NESTING_HINT})") from None
     check_param_text(text)
     return text
 
@@ -104,6 +108,8 @@ def serialize_secret(secret: Any) -> str:
         size = len(text.encode("utf-8"))
     except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
         raise InvalidTask(f"secret is not JSON-serializable: {exc}") from None
+    except RecursionError:
+        raise InvalidTask(f"secret is nested too deeply to serialize ({NESTING_HINT})") from None
     if size > MAX_SECRET_BYTES:
         raise InvalidTask(f"secret is {size} bytes serialized; at most {MAX_SECRET_BYTES}")
     return text

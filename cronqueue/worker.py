@@ -25,7 +25,7 @@ from typing import TypeVar
 from .claim import Claimer
 from .config import Config
 from .db import is_unavailable, make_engine
-from .errors import DatabaseError
+from .errors import DatabaseError, InternalError, InvalidRow
 from .guard import ShardGuard
 from .heartbeat import Heartbeat
 from .ledger import Ledger
@@ -34,6 +34,7 @@ from .proc import Owner
 from .queries import SECRET_ELSEWHERE
 from .repository import Finish, Flush, Flushed, Repository
 from .runner import Runner, RunResult, printable
+from .shardproof import WorkerLock
 
 log = logging.getLogger("cronqueue.worker")
 # Empty claims in a row, while rows of ours are due but locked by others, before we give up
@@ -158,6 +159,7 @@ class Shard:
         deadline = None if self.max_seconds is None else started + self.max_seconds
         # How long a burst shard waits for an unreachable database before giving up.
         patience = deadline if deadline is not None else started + cfg.worker.outage_wait
+        proof: WorkerLock | None = None
         try:
             if guard is not None and not self._db("lock", guard.acquire, until=patience):
                 self.report.already_running = guard.holder
@@ -167,6 +169,9 @@ class Shard:
             self._db("register", lambda: self.heartbeat.start(
                 entry=self.entry, shard=self.shard, total=self.total,
                 queues=",".join(self.queues)), until=patience)
+            if self.heartbeat.worker_id is not None:  # proof for `workers stop` on this host
+                proof = WorkerLock(cfg.log_dir, engine.url, self.heartbeat.worker_id)
+                proof.acquire()
             self.runner = Runner(cfg.task_dir, cfg.log_dir, cfg.interpreters,
                                  tail_bytes=cfg.worker.output_tail,
                                  kill_grace=cfg.worker.kill_grace,
@@ -188,6 +193,8 @@ class Shard:
             if self.runner is not None:
                 self.runner.close()
             self.heartbeat.stop()
+            if proof is not None:
+                proof.release()
             if guard is not None:
                 guard.release()
             engine.dispose()
@@ -257,6 +264,9 @@ class Shard:
             for task in tasks:
                 if self._stop or _past(deadline):
                     break
+                if task.problem is not None:  # a row we cannot decode or use: never run
+                    ledger.finish(task, self._reject(task, token))
+                    continue
                 if not ledger.begin(task):
                     self.report.lost += 1
                     log.warning("task=%d shard=%s outcome=lost-claim (no longer ours; not run)",
@@ -283,9 +293,12 @@ class Shard:
         self.heartbeat.current_task = task.id
         started_at = self.clock()
         assert self.runner is not None
-        result = self.runner.run(self._with_secret(task), attempt=attempt, timeout=timeout,
-                                 abort=self._abort_task, wake_fd=self._wake_r,
-                                 label=self.label, tick=tick)
+        try:
+            result = self.runner.run(self._with_secret(task), attempt=attempt, timeout=timeout,
+                                     abort=self._abort_task, wake_fd=self._wake_r,
+                                     label=self.label, tick=tick)
+        except Exception as exc:  # one task's fault, whatever it is, must not stop the shard
+            result = self._crashed(task, exc)
         self.heartbeat.current_task = None
         outcome, values = self._decide(task, attempt, result)
         if outcome != "returned":
@@ -308,17 +321,40 @@ class Shard:
             return task
         return replace(task, secret=self._db("secret", lambda: self.repo.secret(task.id)))
 
+    def _crashed(self, task: Task, exc: Exception) -> RunResult:
+        """Whatever preparing or running one task raised (a bug, a file system fault): the
+        task records it by name, its attempt is charged, the retry policy applies."""
+        log.exception("task=%d shard=%s unexpected error while running it", task.id,
+                      self.label)
+        message = f"{type(exc).__name__}: {exc}"[:2000]
+        return RunResult(None, 0.0, message, InternalError(message))
+
+    def _reject(self, task: Task, token: str) -> Finish:
+        """Fail a row we cannot decode or use, by id, without running it or charging an
+        attempt (its start is never marked: ``attempts + 1`` may not even fit)."""
+        error = InvalidRow(task.problem or "invalid row").record()
+        log.warning("task=%d shard=%s outcome=failed (invalid row, not run) error=%r",
+                    task.id, self.label, error)
+        self.report.failed += 1
+        self.report.outcomes[task.id] = "failed"
+        return Finish(task.id, token, {
+            "status": int(Status.FAILED), "finished_at": self.clock(), "error": error,
+            "exit_code": None, "output": None, "lease_until": None, "active_key": None})
+
     def _write(self, flush: Flush) -> Flushed:
         # Outcomes are kept until the database takes them: a task is not run again just
         # because the write failed.
         return self._db("record", lambda: self.repo.flush(flush))
 
     def _try_write(self, flush: Flush) -> Flushed | None:
+        """While a task runs: never raises (the script is running; the next begin, finish or
+        close writes the outcomes with ``_write``, which does raise on a real error)."""
         try:
             return self.repo.flush(flush)
         except DatabaseError as exc:
             if not is_unavailable(exc):
-                raise
+                log.error("shard=%s writing outcomes while a task runs failed: %s; kept for "
+                          "the next write", self.label, str(exc).splitlines()[0])
             return None
 
     def _on_lost(self, finish: Finish) -> None:

@@ -119,14 +119,24 @@ def test_from_row_ignores_extra_columns_and_needs_all_known_ones() -> None:
         Task.from_row(incomplete)
 
 
-def test_from_row_rejects_unknown_status_code() -> None:
-    with pytest.raises(ValueError):  # noqa: PT011
-        Task.from_row(row(status=9))
+def test_from_row_keeps_an_unknown_status_code_visible() -> None:
+    # 0.1.0: ValueError ("9 is not a valid Status"), so list/stats/status crashed on the row.
+    task = Task.from_row(row(status=9))
+    assert int(task.status) == 9
+    assert str(task.status) == "9"
+    assert task.status.name == "UNKNOWN(9)"
+    assert task.status not in list(Status)
+    assert not task.status.finished
+    assert task.problem is None  # an odd status is shown, not a reason to fail the row
+    assert task.as_dict()["status"] == "unknown(9)"
+    text_status = Task.from_row(row(status="x"))
+    assert text_status.status.name == "UNKNOWN('x')"
+    assert text_status.problem == "status is not an integer: 'x'"
 
 
 def test_attribute_names_are_the_column_names() -> None:
     columns = {c.name for c in schema.queue_table.columns}
-    assert {f.name for f in dataclasses.fields(Task)} == columns
+    assert {f.name for f in dataclasses.fields(Task)} - {"problem"} == columns
 
 
 def test_args_decodes_param() -> None:
@@ -151,3 +161,4 @@ def test_as_dict_is_json_serializable() -> None:
     assert decoded["lease_until"] is None
     assert decoded["param"] == '{"a":1,"b":"é"}'
     assert set(decoded) == {f.name for f in dataclasses.fields(Task)}
+    assert decoded["problem"] is None
