@@ -320,15 +320,14 @@ def finish(task_id: int, token: str, values: dict[str, Any]) -> Update:
     )
 
 
-def finish_unclaimed(task_id: int, attempts: int, values: dict[str, Any]) -> Update:
+def finish_unclaimed(task_id: int, attempts: int | None, values: dict[str, Any]) -> Update:
     """The rescue's outcome for a running row without a claim token (hand-inserted, or left
-    so): no shard can write it, so it is fenced on the state it was seen in instead."""
-    return (
-        update(q)
-        .where(q.c.id == task_id, q.c.claim_token.is_(None),
-               q.c.status == int(Status.RUNNING), q.c.attempts == attempts)
-        .values(**values)
-    )
+    so): no shard can write it, so it is fenced on the state it was seen in instead (its
+    attempts too, unless they could not be read as a number)."""
+    fence = [q.c.id == task_id, q.c.claim_token.is_(None), q.c.status == int(Status.RUNNING)]
+    if attempts is not None:
+        fence.append(q.c.attempts == attempts)
+    return update(q).where(*fence).values(**values)
 
 
 def release_unstarted(token: str) -> Update:

@@ -391,10 +391,12 @@ class Repository:
     def settle(self, task: Task, values: dict[str, Any]) -> bool:
         """Write an outcome for a task claimed by someone else (the rescue), fenced by the
         claim token it was seen with: a shard that finishes meanwhile wins. A running row
-        without a token (no shard can own it) is fenced on its status and attempts."""
+        without a token (no shard can own it) is fenced on its status and attempts (when they
+        were readable)."""
         if task.claim_token is None:
+            attempts = None if task.problem and "attempts" in task.problem else task.attempts
             return transaction(self.engine, lambda conn: conn.execute(queries.finish_unclaimed(
-                task.id, task.attempts, _clearing_secret(values))).rowcount == 1)
+                task.id, attempts, _clearing_secret(values))).rowcount == 1)
         return self.record(Finish(task.id, task.claim_token, values))
 
     # -- mission runs -------------------------------------------------------------------------

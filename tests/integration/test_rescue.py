@@ -469,3 +469,20 @@ def test_one_row_that_cannot_be_rescued_does_not_stop_the_others(
     assert report.released == [second]
     assert get(queue, first).status is Status.RUNNING
     assert get(queue, second).status is Status.PENDING
+
+
+def test_token_less_row_with_unreadable_attempts_is_still_rescued(
+        queue: Queue, repo: Repository, cfg: Config, backend: str) -> None:
+    """Attempts that do not read as a number (SQLite keeps any text) must not make the fence
+    miss forever: the row would stay running."""
+    from sqlalchemy import text
+
+    task_id = _token_less(queue)
+    hostile = "'x'" if backend == "sqlite" else "-5"
+    with queue.engine.begin() as conn:
+        conn.execute(text(f"UPDATE queue SET attempts = {hostile} WHERE id = :i"),
+                     {"i": task_id})
+    report = rescue(repo, cfg.worker, now_utc(), me=ME, alive=Alive(), server_uptime=long_up)
+    assert report.errors == []
+    assert task_id in report.retried + report.failed
+    assert get(queue, task_id).status is not Status.RUNNING
