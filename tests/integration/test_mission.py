@@ -876,3 +876,19 @@ def test_a_run_recorded_ahead_of_the_clock_does_not_stop_real_ticks(
     assert entry["warning"] is not None and "ahead of the clock" in entry["warning"]
     assert q.schedule(at(12, 0, 5))[0]["warning"] is None
     q.close()
+
+
+def test_schedule_overview_survives_an_entry_that_cannot_be_computed(make_config: Any) -> None:
+    """0.1.0: `cronqueue schedule` crashed on a never-firing entry (the loader now refuses it;
+    an entry that still fails is shown with a warning, the others as usual)."""
+    from cronqueue.config import AddAction, MissionEntry
+    from cronqueue.mission import overview
+
+    cfg = _entries(make_config(""),
+                   MissionEntry("leapday", "0 0 30 2 *", add=AddAction("send.sh")),
+                   MissionEntry("every", "* * * * *", add=AddAction("send.sh")))
+    q = Queue(config=cfg)
+    leapday, every = overview(cfg, q.repo, at(10, 0, 5))
+    assert leapday["next"] == [] and "cannot be computed" in leapday["warning"]
+    assert every["next"][0].startswith("2031-05-06T10:01") and every["warning"] is None
+    q.close()
