@@ -381,7 +381,10 @@ def mission_usage(ctx: Ctx, backend: Backend, rep: int) -> dict[str, float]:
     config.write_text(MISSION_CONFIG.format(db=json.dumps(url),
                                             tasks=json.dumps(str(ctx.task_dir)),
                                             logs=json.dumps(str(ctx.log_dir))))
-    base = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
+    # Simulated minutes in the past: `mission --now` more than a minute ahead of the clock is
+    # refused (it would record runs that real ticks then skip).
+    base = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(
+        minutes=ctx.sizes.mission_ticks + 2)
     cpu, wall = [], []
     try:
         with ctx.queue(url) as q:

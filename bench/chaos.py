@@ -319,7 +319,10 @@ def main(argv: list[str] | None = None) -> int:
                                                       args.kill_task_every, restarts,
                                                       is_mysql), daemon=True)
     chaos.start()
-    tick = datetime.now(UTC).replace(second=0, microsecond=0)
+    # One simulated minute per tick, all in the past: `mission --now` more than a minute
+    # ahead of the clock is refused (it would record runs that real ticks then skip).
+    tick = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(
+        minutes=int(args.max_seconds / args.tick) + 2)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRONQUEUE_")}
     missions = 0
     chaos_over = False
