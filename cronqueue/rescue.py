@@ -12,7 +12,9 @@ row was seen with, so a shard that finishes in the meantime keeps its own result
 
 A running row without a claim token (inserted by hand, or left so) is owned by no shard: every
 shard writes only rows carrying its token. It is rescued at once, fenced on the state it was
-seen in. Each row is handled on its own: one that cannot be written is logged and counted in
+seen in. So is a row of another host (or without a pid) that has a token but no lease: a claim
+always sets both, so no shard left it so, and without a lease it would never expire.
+Each row is handled on its own: one that cannot be written is logged and counted in
 ``errors``, and the rows after it are still rescued.
 
 The workers registry is cleaned the same way: rows of dead shards are forgotten.
@@ -83,6 +85,8 @@ def _rescue_one(repo: Repository, task: Task, cfg: WorkerConfig, now: datetime, 
                 alive: Callable[[int, int | None], bool], trust_leases: bool,
                 report: RescueReport) -> None:
     unclaimed = task.claim_token is None  # no shard can own it
+    if task.lease_until is None and not (task.worker_host == me.host and task.worker_pid):
+        unclaimed = True  # a claim sets token and lease together; this would never expire
     lease = task.lease_until if trust_leases else None
     if not unclaimed and not owner_gone(task.worker_host, task.worker_pid,
                                         task.worker_pid_start, lease, me=me, now=now,
@@ -94,7 +98,7 @@ def _rescue_one(repo: Repository, task: Task, cfg: WorkerConfig, now: datetime, 
     getattr(report, outcome).append(task.id)
     log.warning("task=%d shard=%s:%s outcome=%s reason=%s attempt=%d", task.id,
                 task.worker_host, task.worker_pid, outcome,
-                "no-claim-token" if unclaimed else "worker-lost", task.attempts)
+                "no-claim-or-lease" if unclaimed else "worker-lost", task.attempts)
 
 
 def _outcome(task: Task, cfg: WorkerConfig, now: datetime) -> tuple[str, dict[str, object]]:

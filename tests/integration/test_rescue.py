@@ -486,3 +486,20 @@ def test_token_less_row_with_unreadable_attempts_is_still_rescued(
     assert report.errors == []
     assert task_id in report.retried + report.failed
     assert get(queue, task_id).status is not Status.RUNNING
+
+
+def test_other_host_row_with_a_token_but_no_lease_is_rescued(
+        queue: Queue, repo: Repository, cfg: Config) -> None:
+    """A claim sets token and lease together; a row of another host with a token and no lease
+    (inserted by hand) would otherwise never expire: 0.1.0 left it running forever."""
+    from sqlalchemy import text
+
+    with queue.engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO queue (taskscript, param, status, worker_host, worker_pid, claim_token,"
+            " started_at, attempts) VALUES ('ok.sh', '{}', 2, 'otherhost', 123, 'tok', "
+            "'2020-01-01 00:00:00', 1)"))
+        task_id = int(conn.execute(text("SELECT MAX(id) FROM queue")).scalar_one())
+    report = rescue(repo, cfg.worker, now_utc(), me=ME, alive=Alive(), server_uptime=long_up)
+    assert report.retried == [task_id]
+    assert get(queue, task_id).status is Status.PENDING
