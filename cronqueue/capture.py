@@ -1,12 +1,13 @@
-"""A task's output, bounded: the head on disk, the tail in memory, what was lost counted.
+"""A task's output, bounded: the head kept (in memory, then on disk), the tail in memory.
 
 The script's stdout and stderr are the write end of a pipe; the runner reads it while it waits
-(:meth:`Capture.pump`). The first ``head`` bytes go to an unnamed file (in log_dir); after that
-only the last ``tail`` bytes are kept, in memory. So what one task leaves on disk is bounded
-whatever it prints, and the script itself never meets a full disk: if the file cannot take a
-write (ENOSPC, EDQUOT, EIO, ...) the runner stops writing to it and keeps only the tail, and
-the runner records in the row how many bytes were lost and why. The day log then gets head, a
-marker line for what is missing, and tail.
+(:meth:`Capture.pump`). The first ``head`` bytes are kept: up to 64 KiB in memory (a small
+task's output never touches the disk until the day log), the rest in an unnamed file (in
+log_dir), made when first needed. After that only the last ``tail`` bytes are kept, in memory.
+So what one task leaves on disk is bounded whatever it prints, and the script itself never
+meets a full disk: if the file cannot be made or take a write (ENOSPC, EDQUOT, EIO, ...) the
+runner stops writing to it and keeps only the tail, and records in the row how many bytes were
+lost and why. The day log then gets head, a marker line for what is missing, and tail.
 """
 
 from __future__ import annotations
@@ -14,9 +15,14 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 _CHUNK = 1 << 16
+_IN_MEMORY = 1 << 16  # bytes of the head kept in memory before a file is made
+# After the script's exit, at most this many reads: what it wrote before exiting is at most a
+# pipe's worth; a daemon it left holding the pipe may write on and on.
+_DRAIN_READS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,11 +30,12 @@ class Captured:
     """What was kept of one task's output."""
 
     total: int  # bytes the script wrote
-    head: int  # bytes kept at the start (in ``fd``, from offset 0)
+    head: int  # bytes kept at the start: ``memory``, then the rest in ``fd`` from offset 0
+    memory: bytes
+    fd: int | None
     tail: bytes  # the last bytes (after the head), kept in memory
     not_kept: int  # bytes between head and tail, dropped
     disk_error: str  # why the head's file stopped taking output (strerror), "" if it did not
-    fd: int | None  # the head's file, or None
 
     def marker(self, max_bytes: int) -> bytes:
         """The line standing for what is missing between head and tail (b"" if nothing)."""
@@ -39,30 +46,46 @@ class Captured:
         return (f"\n[... {self.not_kept} more bytes not kept{why}: the first {self.head} and "
                 f"the last {len(self.tail)} bytes are kept ...]\n").encode()
 
+    def head_chunks(self, start: int = 0) -> Iterator[bytes]:
+        """The head from ``start``, in pieces of at most 1 MiB."""
+        if start < len(self.memory):
+            yield self.memory[start:]
+        offset = max(0, start - len(self.memory))
+        while self.fd is not None and offset < self.head - len(self.memory):
+            chunk = os.pread(self.fd, min(self.head - len(self.memory) - offset, 1 << 20),
+                             offset)
+            if not chunk:
+                return
+            yield chunk
+            offset += len(chunk)
+
     def last(self, size: int) -> bytes:
         """The last ``size`` bytes of what was kept (head, then tail), without the marker."""
         if size <= 0:
             return b""
-        if len(self.tail) >= size or self.fd is None or not self.head:
+        if len(self.tail) >= size or not self.head:
             return self.tail[-size:]
         start = max(0, self.head - (size - len(self.tail)))
-        return os.pread(self.fd, self.head - start, start) + self.tail
+        return b"".join(self.head_chunks(start)) + self.tail
 
 
 class Capture:
     """One task's output pipe and what is kept of it. ``write_fd`` goes to the script (the
-    caller closes its copy once the script is started: :meth:`started`)."""
+    caller closes its copy once the script is started: :meth:`started`). ``make_file`` gives
+    the file for the head beyond what is kept in memory (None: none could be made)."""
 
-    def __init__(self, file_fd: int | None, head: int, tail: int) -> None:
+    def __init__(self, make_file: Callable[[], int | None], head: int, tail: int) -> None:
         self.read_fd, self.write_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         os.set_blocking(self.write_fd, True)  # the script's end blocks as a file would
-        self.file_fd = file_fd
+        self.make_file = make_file
+        self.file_fd: int | None = None
         self.head_limit = head
         self.tail_limit = tail
         self.total = 0
         self.head = 0
         self.dropped = 0
-        self.disk_error = "" if file_fd is not None else "no file could be created"
+        self.disk_error = ""
+        self._memory = bytearray()
         self._tail = bytearray()
         self.eof = False
 
@@ -72,9 +95,11 @@ class Capture:
             os.close(self.write_fd)
             self.write_fd = -1
 
-    def pump(self) -> None:
+    def pump(self, max_reads: int | None = None) -> None:
         """Take what the pipe holds now (it is non-blocking)."""
-        while not self.eof:
+        reads = 0
+        while not self.eof and (max_reads is None or reads < max_reads):
+            reads += 1
             try:
                 chunk = os.read(self.read_fd, _CHUNK)
             except BlockingIOError:
@@ -89,7 +114,12 @@ class Capture:
     def _keep(self, chunk: bytes) -> None:
         self.total += len(chunk)
         if self.head < self.head_limit and not self.disk_error:
-            written = self._write(chunk[:self.head_limit - self.head])
+            part = chunk[:self.head_limit - self.head]
+            in_memory = part[:_IN_MEMORY - len(self._memory)]
+            self._memory += in_memory
+            written = len(in_memory)
+            if written < len(part):
+                written += self._write(part[written:])
             self.head += written
             chunk = chunk[written:]
         if chunk:  # past the head (or the file failed): the tail keeps the last bytes
@@ -100,7 +130,11 @@ class Capture:
                 self.dropped += excess
 
     def _write(self, data: bytes) -> int:
-        assert self.file_fd is not None
+        if self.file_fd is None:
+            self.file_fd = self.make_file()
+            if self.file_fd is None:
+                self.disk_error = "no file could be made for it"
+                return 0
         done = 0
         view = memoryview(data)
         while done < len(data):
@@ -117,11 +151,11 @@ class Capture:
         """Everything readable now (the script has exited), then what was kept. The read end
         is closed: a daemon the script left holding the write end gets EPIPE."""
         self.started()
-        self.pump()
+        self.pump(_DRAIN_READS)
         os.close(self.read_fd)
         self.read_fd = -1
-        return Captured(self.total, self.head, bytes(self._tail), self.dropped,
-                        self.disk_error, self.file_fd)
+        return Captured(self.total, self.head, bytes(self._memory), self.file_fd,
+                        bytes(self._tail), self.dropped, self.disk_error)
 
     def close(self) -> None:
         """Close what is still open (the head's file too)."""

@@ -62,7 +62,6 @@ _HIDDEN_ENV = ("CRONQUEUE_DB_URL",)
 _PR_SET_PDEATHSIG = 1
 _SMALL_OUTPUT = 64 * 1024  # bytes of output appended to the day log in a single write
 _TAIL_KEPT = 1 << 20  # bytes of the end of a long output kept in memory (at most)
-_DRAIN_READS = 16  # after the exit: at most this many pipe reads (a daemon may keep writing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +208,7 @@ class Runner:
         env[b"CRONQUEUE_TASK_ID"] = b"%d" % task.id
         env[b"CRONQUEUE_ATTEMPT"] = b"%d" % attempt
         env[b"CRONQUEUE_QUEUE"] = os.fsencode(task.queue)
-        capture = Capture(unnamed_file(self._log_dir_fd()), self._head_kept, self._tail_kept)
+        capture = Capture(self._head_file, self._head_kept, self._tail_kept)
         try:
             stdin = self._stdin_fd(task.secret)
             try:
@@ -349,6 +348,11 @@ class Runner:
 
     # -- output -------------------------------------------------------------------------------
 
+    def _head_file(self) -> int | None:
+        """An unnamed file for a long output's head: in log_dir, else in the temporary
+        directory, else None."""
+        return unnamed_file(self._log_dir_fd())
+
     def _log_dir_fd(self) -> int | None:
         """log_dir, open, or None (logged) if it is unusable: output is then kept only in
         the row (and in a temporary file while the task runs)."""
@@ -402,15 +406,13 @@ class Runner:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 if captured.head + len(captured.tail) <= _SMALL_OUTPUT:  # usual: one write
-                    body = (os.pread(captured.fd, captured.head, 0)
-                            if captured.fd is not None and captured.head else b"")
-                    body += marker + captured.tail
+                    body = b"".join(captured.head_chunks()) + marker + captured.tail
                     end = b"\n" if body and not body.endswith(b"\n") else b""
                     _write_all(fd, header + body + end)
                 else:
                     _write_all(fd, header)
-                    if captured.fd is not None:
-                        _copy(captured.fd, fd, captured.head)
+                    for chunk in captured.head_chunks():
+                        _write_all(fd, chunk)
                     last = captured.last(1)
                     _write_all(fd, marker + captured.tail
                                + (b"\n" if last != b"\n" else b""))
@@ -453,16 +455,6 @@ def _check_param(param: str) -> None:
     except RecursionError:
         raise ScriptError(f"param is nested too deeply to decode ({NESTING_HINT})",
                           permanent=True) from None
-
-
-def _copy(src: int, fd: int, limit: int) -> None:
-    offset = 0
-    while offset < limit:
-        chunk = os.pread(src, min(limit - offset, 1 << 20), offset)
-        if not chunk:
-            break
-        _write_all(fd, chunk)
-        offset += len(chunk)
 
 
 def _write_all(fd: int, data: bytes) -> None:
