@@ -2,8 +2,14 @@
 
 Two strategies, chosen by what the server can do (see README, "The claim"):
 
-* ``FOR UPDATE SKIP LOCKED`` (MySQL >= 8.0.1, MariaDB >= 10.6): the SELECT locks the rows it
-  returns and skips rows another claimer holds, so concurrent shards never wait on each other.
+* Row locks by primary key (MySQL >= 8.0.1, MariaDB >= 10.6): a plain consistent read of the
+  claim index finds this shard's first due rows, then ``SELECT ... WHERE id IN (...) FOR
+  UPDATE SKIP LOCKED`` locks exactly those (still pending and due) and the UPDATE takes them.
+  The scan takes no locks: a locking scan of the shared index locked every row it passed,
+  other shards' included, until commit, so their claimers skipped them and took
+  lower-priority rows instead (issue 11 #7). Only a row another transaction is writing at
+  that instant (a duplicate of this shard claiming it, a cancel) is skipped; the claim then
+  tops up past it, at most ``_ROUNDS`` reads.
 * Guarded update (SQLite, older servers): read candidates, then
   ``UPDATE ... SET status=running, claim_token=T WHERE id IN (...) AND status=pending`` and read
   back the rows carrying ``T``. The status guard makes the UPDATE the arbiter: a row that
@@ -30,6 +36,10 @@ from .db import supports_skip_locked, transaction
 from .decode import priority_key
 from .model import Status, Task
 from .proc import Owner
+
+# Lock-free reads per claim, at most, on a row-lock server: a row another transaction holds is
+# passed over and the rows after it read in its place (a duplicate of this shard racing us).
+_ROUNDS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,18 +82,12 @@ class Claimer:
         return transaction(self.engine, work, readonly=True)
 
     def _claim(self, conn: Connection, token: str, limit: int, now: datetime) -> list[Task]:
-        candidates: list[dict[str, Any]] = []
-        for queue in self.queues:
-            stmt = queries.claim_candidates(shard=self.shard, total=self.total, queue=queue,
-                                            now=now, limit=limit, skip_locked=self.skip_locked)
-            result = conn.execute(stmt)
-            keys = list(result.keys())
-            candidates.extend(dict(zip(keys, row, strict=True)) for row in result)
-        if not candidates:
+        if self.skip_locked:
+            chosen = self._lock_top(conn, limit, now)
+        else:
+            chosen = self._read_top(conn, limit, now)
+        if not chosen:
             return []
-        if len(self.queues) > 1:
-            candidates.sort(key=priority_key)  # never raises on a hand-written priority
-        chosen = candidates[:limit]
         lease_until = now + self.lease
         won = conn.execute(*queries.claim_rows(
             [row["id"] for row in chosen], token=token, host=self.owner.host,
@@ -100,3 +104,53 @@ class Claimer:
         if won == 0:
             return []
         return [Task.from_row(r) for r in conn.execute(queries.select_claimed(token)).mappings()]
+
+    def _read_top(self, conn: Connection, limit: int, now: datetime) -> list[dict[str, Any]]:
+        """SQLite and servers without SKIP LOCKED: the first due rows, read without locks (the
+        guarded UPDATE arbitrates)."""
+        candidates: list[dict[str, Any]] = []
+        for queue in self.queues:
+            stmt = queries.claim_candidates(shard=self.shard, total=self.total, queue=queue,
+                                            now=now, limit=limit, skip_locked=False)
+            result = conn.execute(stmt)
+            keys = list(result.keys())
+            candidates.extend(dict(zip(keys, row, strict=True)) for row in result)
+        if len(self.queues) > 1:
+            candidates.sort(key=priority_key)  # never raises on a hand-written priority
+        return candidates[:limit]
+
+    def _lock_top(self, conn: Connection, limit: int, now: datetime) -> list[dict[str, Any]]:
+        """Row-lock servers: find the first due rows of this shard without locking anything,
+        then lock exactly those by primary key. A row another transaction holds is passed
+        over and the next ones read in its place (bounded); rows that stopped being due or
+        pending in between are simply not taken."""
+        taken: list[dict[str, Any]] = []
+        passed: list[int] = []
+        for _ in range(_ROUNDS):
+            ids = self._top_ids(conn, limit - len(taken), now, passed)
+            if not ids:
+                break
+            stmt, params = queries.lock_claimable(ids, now)
+            result = conn.execute(stmt, params)
+            keys = list(result.keys())
+            rows = [dict(zip(keys, row, strict=True)) for row in result]
+            taken.extend(rows)
+            got = {row["id"] for row in rows}
+            held = [i for i in ids if i not in got]
+            if not held or len(taken) >= limit:
+                break
+            passed.extend(got)
+            passed.extend(held)
+        taken.sort(key=priority_key)
+        return taken
+
+    def _top_ids(self, conn: Connection, limit: int, now: datetime,
+                 passed: list[int]) -> list[int]:
+        tops: list[dict[str, Any]] = []
+        for queue in self.queues:
+            tops.extend({"id": row.id, "priority": row.priority} for row in conn.execute(
+                queries.claim_top(shard=self.shard, total=self.total, queue=queue, now=now,
+                                  limit=limit, passed=passed)))
+        if len(self.queues) > 1:
+            tops.sort(key=priority_key)
+        return [row["id"] for row in tops[:limit]]

@@ -171,6 +171,37 @@ def any_due(*, shard: int, total: int, queue: str | None, now: datetime) -> Exec
     return _due(select(q.c.id), shard=shard, total=total, queue=queue, now=now).limit(1)
 
 
+def claim_top(*, shard: int, total: int, queue: str | None, now: datetime, limit: int,
+              passed: Sequence[int]) -> Select[Any]:
+    """Row-lock servers, step 1 of the claim: the ids (and priorities) of the ``limit`` first
+    due rows of this shard, in claim order, by a plain consistent read of the claim index — no
+    locks taken, so no other shard's rows are locked (and skipped by their claimer) while we
+    scan past them, and none of ours skipped (issue 11 #7). ``passed``: ids to leave out
+    (rows we already took, rows another transaction holds)."""
+    stmt = _due(select(q.c.id, q.c.priority), shard=shard, total=total, queue=queue, now=now)
+    if passed:
+        stmt = stmt.where(q.c.id.not_in(passed))
+    return stmt.order_by(q.c.priority.desc(), q.c.id).limit(limit)
+
+
+def lock_claimable(ids: Sequence[int], now: datetime) -> tuple[Select[Any], dict[str, Any]]:
+    """Step 2: lock exactly these rows, by primary key, if they are still due and pending (the
+    latest committed version is checked), skipping a row another transaction holds (a
+    duplicate of this shard claiming it, a cancel). ``status + 0`` and the PRIMARY hint keep
+    the server off the status indexes: only these rows are ever locked."""
+    return _lock_claimable(), {"ids": list(ids), "now": now}
+
+
+@functools.cache
+def _lock_claimable() -> Select[Any]:
+    return (select(*_task_columns())
+            .with_hint(q, "FORCE INDEX (PRIMARY)", "mysql")
+            .with_hint(q, "FORCE INDEX (PRIMARY)", "mariadb")
+            .where(q.c.id.in_(_ids()), (q.c.status + 0) == int(Status.PENDING),
+                   q.c.run_at <= _bind("now", "run_at"))
+            .with_for_update(skip_locked=True))
+
+
 def _due(stmt: Select[Any], *, shard: int, total: int, queue: str | None,
          now: datetime) -> Select[Any]:
     """The rows shard ``shard`` of ``total`` may take now: pending, due, its ``id % total``."""
