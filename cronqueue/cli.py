@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .conceal import conceal_db_url
-from .config import MAX_BATCH, MAX_SHARDS, Config, load_config
+from .config import MAX_BATCH, MAX_INT32, MAX_SHARDS, Config, load_config
 from .config import parse_age as config_parse_age
 from .display import format_stats, format_table, format_task, format_workers, visible
 from .errors import ConfigError, CronqueueError, InvalidTask, TaskNotFound
@@ -87,6 +87,9 @@ def _upto(maximum: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+_id = _upto(2**63 - 1)  # a task or worker id: what a BIGINT holds
 
 
 def _flag(text: str | bool) -> bool:
@@ -167,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "never in argv")
 
     p = cmd("status", "show one task", cmd_status)
-    p.add_argument("id", type=_positive_int)
+    p.add_argument("id", type=_id)
     p.add_argument("--wait", action="store_true",
                    help="wait until it is finished; exit 0 if done, 1 otherwise")
     p.add_argument("--timeout", type=_seconds, help="with --wait: give up after this long")
@@ -176,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd("list", "list tasks, newest first", cmd_list)
     p.add_argument("--status", type=_status, help="pending, done, running, failed, cancelled")
     p.add_argument("--queue")
-    p.add_argument("--limit", type=_positive_int, default=50)
+    p.add_argument("--limit", type=_upto(MAX_INT32), default=50)
     p.add_argument("--json", action="store_true")
 
     p = cmd("stats", "counts by status and queue, due backlog", cmd_stats)
@@ -184,11 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = cmd("retry", "run a failed or cancelled task again", cmd_retry)
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("id", type=_positive_int, nargs="?")
+    which.add_argument("id", type=_id, nargs="?")
     which.add_argument("--failed", action="store_true", help="every failed task")
 
     p = cmd("cancel", "cancel a pending task", cmd_cancel)
-    p.add_argument("id", type=_positive_int)
+    p.add_argument("id", type=_id)
 
     p = cmd("purge", "delete finished tasks older than an age", cmd_purge)
     p.add_argument("--older-than", type=parse_age, required=True, metavar="AGE",
@@ -228,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd("workers", "running shards on every host; `workers stop` asks them to stop",
             cmd_workers)
     p.add_argument("action", nargs="?", choices=["list", "stop"], default="list")
-    p.add_argument("ids", nargs="*", type=_positive_int, help="with stop: worker ids")
+    p.add_argument("ids", nargs="*", type=_id, help="with stop: worker ids")
     p.add_argument("--entry", help="with stop: the shards of this mission entry")
     p.add_argument("--shard", type=_int, help="with stop --entry: only this shard index")
     p.add_argument("--all", action="store_true", help="with stop: every running shard")
@@ -241,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = cmd("demo", "the quickstart: a SQLite queue, example tasks, two shards", cmd_demo)
     p.add_argument("--dir", help="where to create the demo (default: a new temporary dir)")
-    p.add_argument("--tasks", type=_positive_int, default=30, help="messages to send (30)")
+    p.add_argument("--tasks", type=_upto(MAX_BATCH), default=30,
+                   help="messages to send (30)")
     return parser
 
 

@@ -135,3 +135,15 @@ def test_work_batch_env_is_bounded(monkeypatch: pytest.MonkeyPatch,
     assert run_main(["work"]) == 2
     assert "argument --batch: must be <=" in capsys.readouterr().err
     assert os.environ["CRONQUEUE_BATCH"] == str(10**20)
+
+
+@pytest.mark.parametrize("argv", [
+    ["status", str(10**20)], ["cancel", str(10**20)], ["retry", str(10**20)],
+    ["list", "--limit", str(10**20)], ["workers", "stop", str(10**20)],
+    ["demo", "--tasks", str(10**20)]])
+def test_id_and_count_flags_are_bounded(argv: list[str],
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """0.1.0: `cronqueue status 10**20` ended in an OverflowError traceback (SQLite)."""
+    assert run_main(argv) == 2
+    err = capsys.readouterr().err
+    assert ": must be <=" in err and "Traceback" not in err
