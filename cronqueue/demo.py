@@ -139,7 +139,7 @@ def _keep(children: list[subprocess.Popen[bytes]], launch: Launcher) -> Launcher
 
 
 def _table(tasks: list[Task]) -> str:
-    from .cli import format_columns
+    from .display import format_columns
 
     rows = [("ID", "SHARD", "PRIO", "SCRIPT", "STATUS", "TRIES", "LAST OUTPUT")]
     for t in tasks:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -20,9 +18,10 @@ from .config import Config, load_config
 from .db import make_engine
 from .errors import InvalidTask
 from .model import Status, Task, Worker
-from .proc import Owner, pid_alive
+from .proc import Owner
 from .repository import Repository
 from .rescue import owner_gone
+from .shardproof import signal_shard
 from .spec import build_spec, spec_from_item
 
 
@@ -133,23 +132,25 @@ class Queue:
                 for row in self.repo.worker_rows()]
 
     def stop_workers(self, ids: Iterable[int] | None = None, *, entry: str | None = None,
-                     shard: int | None = None) -> list[Worker]:
+                     shard: int | None = None) -> list[StoppedWorker]:
         """Ask shards to stop gracefully (finish the current task, release the rest): by id,
         or by mission entry (and shard index), or all when nothing is given. Works across
-        hosts through the database (seen within ``worker.heartbeat`` seconds); a shard on
-        this host also gets SIGTERM at once. Returns the shards asked."""
+        hosts through the database (seen within ``worker.heartbeat`` seconds). A process on
+        this host also gets SIGTERM at once, but only if it proves to be that shard (see
+        shardproof.py): a row naming an unrelated pid gets it no signal. Returns the shards
+        asked, each with ``signalled``."""
         wanted = set(ids) if ids is not None else None
         chosen = [w for w in self.workers() if w.alive
                   and (wanted is None or w.id in wanted)
                   and (entry is None or w.entry == entry)
                   and (shard is None or w.shard == shard)]
         self.repo.request_stop([w.id for w in chosen])
-        me = Owner.me()
-        for w in chosen:
-            if w.host == me.host and pid_alive(w.pid, w.pid_start):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(w.pid, signal.SIGTERM)
-        return chosen
+        here = Owner.me().host
+        return [StoppedWorker(**{f.name: getattr(w, f.name) for f in fields(Worker)},
+                              signalled=w.host == here and signal_shard(
+                                  self.config.log_dir, self.config.db_url, w.id, w.pid,
+                                  w.pid_start))
+                for w in chosen]
 
     def schedule(self, now: datetime | None = None) -> list[dict[str, Any]]:
         """The mission entries of the configuration: next runs, last run and outcome."""
@@ -202,6 +203,14 @@ class Queue:
             if end is not None and time.monotonic() >= end:
                 return task
             time.sleep(interval)
+
+
+@dataclass(frozen=True, slots=True)
+class StoppedWorker(Worker):
+    """A shard asked to stop: ``signalled`` if it also got SIGTERM at once (a process on this
+    host that proved to be that shard), else it stops at its next heartbeat."""
+
+    signalled: bool = False
 
 
 def _task_id(value: object) -> int:

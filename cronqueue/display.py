@@ -1,0 +1,138 @@
+"""Human output of the CLI: what reaches the operator's terminal.
+
+Task output, scripts, params, queue names, hosts and errors come from rows anyone who can write
+to the database may have filled by hand, or from task scripts. Shown raw, an ANSI/OSC escape
+would drive the operator's terminal (retitle it, hide text, write to the clipboard) and a
+newline in a queue name would forge table rows. So every value is shown with its control and
+other non-printable characters visible: a single-line value that has any is shown as its
+Python ``repr`` (quoted, unambiguous, as in the logs); output lines keep their text with each
+such character as an escape (``\\x1b``, ``\\r``, ``\\u202e``). ``--json`` output is exact and
+needs none of this (JSON escapes control characters itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from .model import Status, Task, Worker
+
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def visible(value: object) -> str:
+    """``value`` as text for one line or table cell: as is if printable, else its repr."""
+    text = value if isinstance(value, str) else str(value)
+    return text if text.isprintable() else repr(text)
+
+
+def visible_line(text: str) -> str:
+    """One line of task output: tabs kept, every other non-printable character escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == "\t" else _escape(c) for c in text)
+
+
+def _escape(char: str) -> str:
+    if char in _NAMED:
+        return _NAMED[char]
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def status_name(value: object) -> str:
+    """``pending`` ... ``cancelled``; a code outside 0..4 (a hand-written row) as
+    ``unknown(7)``, whether it comes as a ``Status`` stand-in or a plain int."""
+    if isinstance(value, Status):
+        name = value.name.lower()
+    elif isinstance(value, int) and not isinstance(value, bool):
+        try:
+            name = Status(value).name.lower()
+        except ValueError:
+            name = f"unknown({value})"
+    else:
+        name = f"unknown({value!r})"
+    return visible(name)
+
+
+def when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def format_task(task: Task) -> str:
+    param = task.param if len(task.param) < 200 else task.param[:197] + "..."
+    lines = [
+        f"task {task.id}: {status_name(task.status)}",
+        f"  script    {visible(task.taskscript)}  (queue {visible(task.queue)}, "
+        f"priority {task.priority})",
+        f"  param     {visible(param)}",
+        f"  attempts  {task.attempts}/{task.max_attempts or 'default'}"
+        f"  timeout {task.timeout or 'default'}",
+        f"  created   {when(task.ctime)}   run at {when(task.run_at)}",
+        f"  started   {when(task.started_at)}   finished {when(task.finished_at)}",
+    ]
+    if task.worker_host:
+        lines.append(f"  worker    {visible(task.worker_host)}:{task.worker_pid}")
+    if task.exit_code is not None:
+        lines.append(f"  exit code {task.exit_code}")
+    if task.error:
+        lines.append(f"  error     {visible(task.error)}")
+    if task.output:
+        lines.append("  output (tail):")
+        lines.extend("    " + visible_line(line)
+                     for line in task.output.rstrip("\n").split("\n")[-20:])
+    return "\n".join(lines)
+
+
+def format_table(tasks: Sequence[Task]) -> str:
+    rows = [("ID", "STATUS", "QUEUE", "PRIO", "TRIES", "SCRIPT", "RUN AT", "EXIT", "ERROR")]
+    for t in tasks:
+        rows.append((str(t.id), status_name(t.status), t.queue, str(t.priority),
+                     str(t.attempts), t.taskscript, when(t.run_at),
+                     "" if t.exit_code is None else str(t.exit_code),
+                     (t.error or "")[:50]))
+    return format_columns(rows)
+
+
+def format_columns(rows: Sequence[Sequence[str]]) -> str:
+    """Aligned columns; every cell shown with its non-printable characters visible."""
+    cells = [[visible(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in cells)
+
+
+def format_stats(stats: Mapping[str, Any]) -> str:
+    """Counts per queue and status, the totals and the due backlog."""
+    names = [s.name.lower() for s in Status]
+    queues: Mapping[str, Mapping[str, int]] = stats["queues"]
+    extra = sorted({k for counts in queues.values() for k in counts} - set(names))
+    columns = names + extra
+    rows = [("queue", *columns)]
+    rows += [(queue, *(str(counts.get(n, 0)) for n in columns))
+             for queue, counts in sorted(queues.items())]
+    rows.append(("(all)", *(str(stats.get(n, sum(c.get(n, 0) for c in queues.values())))
+                            for n in columns)))
+    cells = [[visible(c) for c in r] for r in rows]
+    first = max(20, *(len(r[0]) + 1 for r in cells))
+    widths = [max(10, *(len(r[i]) + 1 for r in cells)) for i in range(1, len(columns) + 1)]
+    lines = [f"{r[0]:<{first}}" + "".join(f"{c:>{w}}" for c, w in zip(r[1:], widths,
+                                                                      strict=True))
+             for r in cells]
+    lines.append(f"due now: {stats['due']}, oldest due waiting "
+                 f"{stats['oldest_due_seconds']:.1f}s")
+    return "\n".join(lines)
+
+
+def format_workers(workers: Iterable[Worker]) -> str:
+    rows = [("ID", "HOST", "PID", "ENTRY", "SHARD", "QUEUES", "STARTED", "TASK", "DONE",
+             "HEARTBEAT", "STATE")]
+    for w in workers:
+        state = ("stopping" if w.stop_requested else "running") if w.alive else "gone"
+        rows.append((str(w.id), w.host, str(w.pid), w.entry or "-", f"{w.shard}/{w.total}",
+                     w.queues or "*", when(w.started_at), str(w.current_task or "-"),
+                     str(w.tasks_done), when(w.heartbeat_at), state))
+    return format_columns(rows) if len(rows) > 1 else "no shard is running"

@@ -1,0 +1,83 @@
+"""Human CLI output never passes a row's control characters to the terminal (issue 11, item
+5): hand-written rows with ANSI/OSC escapes and newlines, through the real `cronqueue` command,
+on SQLite and MariaDB. ``--json`` stays exact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+
+from cronqueue import Queue
+from tests.conftest import run_cli
+
+# OSC 52 (write the clipboard), BEL, clear screen, colour, a C1 CSI, a bidi override, CR.
+HOSTILE = "\x1b]52;c;ZXZpbA==\x07\x1b[2J\x1b[31mred\x9b\u202eevil\rover"
+ROWS: list[dict[str, Any]] = [
+    {"taskscript": "ok.sh\x1b]0;pwned\x07", "param": '{"x": "\x1b[2J"}',
+     "queue": "evil\n2  done  forged", "output": "first\n" + HOSTILE + "\n", "error": HOSTILE,
+     "status": 1},
+    {"taskscript": "ok.sh", "param": "{}", "queue": "q\x1b[8m", "output": None,
+     "error": None, "status": 0},
+]
+CONTROL = [chr(c) for c in (*range(0x20), *range(0x7f, 0xa0)) if chr(c) != "\n"] + ["\u202e"]
+
+
+def _insert(q: Queue, rows: list[dict[str, Any]]) -> None:
+    with q.engine.begin() as conn:
+        for row in rows:
+            conn.execute(text("INSERT INTO queue (taskscript, param, queue, output, error, status)"
+                              " VALUES (:taskscript, :param, :queue, :output, :error, :status)"),
+                         row)
+
+
+def _cli(db_url: str, task_dir: Path, log_dir: Path, *args: str) -> str:
+    done = run_cli(*args, db_url=db_url, task_dir=task_dir, log_dir=log_dir)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _clean(out: str) -> bool:
+    return not any(c in out for c in CONTROL)
+
+
+def test_list_status_and_stats_show_control_characters_visibly(
+        queue: Queue, db_url: str, task_dir: Path, log_dir: Path) -> None:
+    _insert(queue, ROWS)
+    listing = _cli(db_url, task_dir, log_dir, "list")
+    assert _clean(listing), listing
+    assert len(listing.strip("\n").split("\n")) == 1 + len(ROWS)  # no forged row
+    assert "'evil\\n2  done  forged'" in listing
+
+    status = _cli(db_url, task_dir, log_dir, "status", "1")
+    assert _clean(status), status
+    assert "'ok.sh\\x1b]0;pwned\\x07'" in status
+    assert "    \\x1b]52;c;ZXZpbA==\\x07\\x1b[2J\\x1b[31mred\\x9b\\u202eevil\\rover" in status
+
+    stats = _cli(db_url, task_dir, log_dir, "stats")
+    assert _clean(stats), stats
+    assert len(stats.strip("\n").split("\n")) == 1 + len(ROWS) + 2  # header, queues, all, due
+
+
+def test_json_output_stays_exact(queue: Queue, db_url: str, task_dir: Path,
+                                 log_dir: Path) -> None:
+    _insert(queue, ROWS)
+    listed = json.loads(_cli(db_url, task_dir, log_dir, "list", "--json"))
+    by_id = {t["id"]: t for t in listed}
+    for task_id, row in enumerate(ROWS, 1):
+        for key in ("taskscript", "param", "queue", "output", "error"):
+            assert by_id[task_id][key] == row[key]
+    one = json.loads(_cli(db_url, task_dir, log_dir, "status", "1", "--json"))
+    assert one["output"] == ROWS[0]["output"] and one["queue"] == ROWS[0]["queue"]
+    stats = json.loads(_cli(db_url, task_dir, log_dir, "stats", "--json"))
+    assert set(stats["queues"]) == {r["queue"] for r in ROWS}
+
+
+def test_a_status_outside_0_to_4_is_shown_not_fatal(
+        queue: Queue, db_url: str, task_dir: Path, log_dir: Path) -> None:
+    _insert(queue, [{**ROWS[1], "queue": "default", "status": 7}])
+    listing = _cli(db_url, task_dir, log_dir, "list")
+    assert listing.split("\n")[1].split()[:2] == ["1", "unknown(7)"], listing
+    assert _cli(db_url, task_dir, log_dir, "status", "1").startswith("task 1: unknown(7)\n")
