@@ -31,13 +31,14 @@ def row_bytes(spec: TaskSpec) -> int:
             + sent_bytes(spec.secret))
 
 
-def check_fits(index: int, size: int, max_packet: int) -> None:
-    """Refuse a row that no statement can carry (``index`` counts from 0)."""
+def check_fits(index: int | None, size: int, max_packet: int) -> None:
+    """Refuse a row that no statement can carry (``index``: its place in an ``add_many``)."""
     if size + STATEMENT_OVERHEAD > max_packet:
+        which = "the task's row" if index is None else f"add_many item {index}: its row"
         raise InvalidTask(
-            f"task #{index + 1}: its row is about {size} bytes, more than the database "
-            f"server's max_allowed_packet ({max_packet} bytes): raise max_allowed_packet or "
-            "make its param/secret smaller")
+            f"{which} is about {size} bytes, more than the database server's "
+            f"max_allowed_packet ({max_packet} bytes): raise max_allowed_packet or make "
+            "its param/secret smaller")
 
 
 def split(indexes: Sequence[int], sizes: Sequence[int] | dict[int, int], budget: int,
