@@ -379,3 +379,15 @@ def test_mission_with_huge_retention_does_not_crash(tmp_path: Path,
     init_db(cfg, capsys)
     assert mission(cfg, "2026-11-23T10:00:00Z") == 0
     assert total_tasks(cfg) == 1
+
+
+def test_future_drill_is_refused_beyond_one_minute_only() -> None:
+    """`mission --now T`: up to a minute ahead is a normal tick (cron starts the mission a
+    little before or after the minute); more would record runs that real ticks then skip."""
+    from cronqueue.mission import refuse_future_drill
+
+    real = datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)
+    for ahead in (timedelta(0), timedelta(seconds=60), -timedelta(days=400)):
+        refuse_future_drill(real + ahead, real)
+    with pytest.raises(ConfigError, match=r"0:01:01 ahead of the clock .*--dry-run"):
+        refuse_future_drill(real + timedelta(seconds=61), real)
