@@ -62,6 +62,7 @@ class WorkerLock:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
                         self._fd = fd
+                        _sweep(self.path)
                         return True
                 except OSError:  # held, or unlinked meanwhile by a shard leaving: try again
                     pass
@@ -80,6 +81,31 @@ class WorkerLock:
                 os.unlink(self.path)  # while still held: a successor re-creates it
             os.close(self._fd)
             self._fd = -1
+
+
+def _sweep(mine: Path) -> None:
+    """Remove the lock files of this database's shards that died without removing theirs
+    (kill -9): those nobody holds. A shard between creating its file and locking it sees
+    the file unlinked and takes a new one (``acquire`` checks the inode)."""
+    prefix = mine.name.rsplit("-", 1)[0] + "-"
+    try:
+        names = [n for n in os.listdir(mine.parent) if n.startswith(prefix) and n != mine.name]
+    except OSError:
+        return
+    for name in names:
+        path = mine.parent / name
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                os.unlink(path)
+        except OSError:  # held by a live shard, or gone meanwhile
+            pass
+        finally:
+            os.close(fd)
 
 
 def flock_holders(path: str | Path) -> set[int]:
