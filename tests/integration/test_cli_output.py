@@ -5,6 +5,7 @@ on SQLite and MariaDB. ``--json`` stays exact."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +82,27 @@ def test_a_status_outside_0_to_4_is_shown_not_fatal(
     listing = _cli(db_url, task_dir, log_dir, "list")
     assert listing.split("\n")[1].split()[:2] == ["1", "unknown(7)"], listing
     assert _cli(db_url, task_dir, log_dir, "status", "1").startswith("task 1: unknown(7)\n")
+
+
+def test_schedule_and_workers_show_hand_written_rows_visibly(
+        queue: Queue, db_url: str, task_dir: Path, log_dir: Path, tmp_path: Path) -> None:
+    config = tmp_path / "cronqueue.toml"
+    config.write_text('[[mission]]\nname = "nightly"\ncron = "0 3 * * *"\n'
+                      'add = { taskscript = "ok.sh" }\n')
+    with queue.engine.begin() as conn:
+        conn.execute(text("INSERT INTO cronqueue_runs (entry, scheduled_at, host, outcome) "
+                          "VALUES ('nightly', :at, :host, :outcome)"),
+                     {"at": datetime(2030, 1, 1, 3, 0), "host": "h\x1b]0;x\x07",
+                      "outcome": "ok\n  last    forged"})
+        conn.execute(text("INSERT INTO cronqueue_workers (host, pid, entry, shard, total, "
+                          "queues, started_at, heartbeat_at) VALUES (:host, 1, :entry, 0, 1, "
+                          ":queues, :at, :at)"),
+                     {"host": "far\x1b[2J", "entry": "e\nforged", "queues": "q\r",
+                      "at": datetime(2030, 1, 1)})
+    schedule = _cli(db_url, task_dir, log_dir, "schedule", "--config", str(config))
+    assert _clean(schedule), schedule
+    assert "on 'h\\x1b]0;x\\x07': 'ok\\n  last    forged'" in schedule
+    workers = _cli(db_url, task_dir, log_dir, "workers")
+    assert _clean(workers), workers
+    assert len(workers.strip("\n").split("\n")) == 2
+    assert "'far\\x1b[2J'" in workers and "'e\\nforged'" in workers
