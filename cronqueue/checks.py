@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from .config import Config
-from .db import make_engine
+from .db import database_file_warning, make_engine
 from .errors import CronqueueError
 from .repository import Repository
 
@@ -66,6 +66,9 @@ def run_checks(cfg: Config, out: Callable[[str], None] = print,
                    ("schema present" if has else "no queue table: run `cronqueue init-db`"))
             for warning in shard_warnings(cfg, repo.auto_increment_step()):
                 out(f"WARN sharding  {warning}")
+            file_warning = database_file_warning(cfg.db_url)
+            if file_warning:
+                out(f"WARN secrets   {file_warning}")
             if has:
                 for warning in schedule_warnings(cfg, repo, now or datetime.now(UTC)):
                     out(f"WARN schedule  {warning}")

@@ -185,6 +185,28 @@ def _create_private(database: str | None) -> None:
         log.debug("cannot create %s: %s", database, exc)
 
 
+def database_file_warning(url: str) -> str | None:
+    """For ``cronqueue check``: an SQLite database file, ``-wal`` or ``-shm`` that other users
+    may read (e.g. created by 0.1.0, 0644): its rows hold task secrets."""
+    parsed = make_url(url)
+    path = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not path or path == ":memory:" \
+            or path.startswith("file:"):
+        return None
+    loose = []
+    for name in (path, path + "-wal", path + "-shm"):
+        try:
+            mode = os.stat(name).st_mode & 0o777
+        except OSError:
+            continue
+        if mode & 0o077:
+            loose.append(f"{name} (mode {mode:o})")
+    if not loose:
+        return None
+    return (f"{', '.join(loose)}: other users may read it, and rows hold task secrets: "
+            f"chmod 600 {path}*")
+
+
 def is_transient(exc: BaseException) -> bool:
     """Deadlocks, lock-wait timeouts and a busy SQLite file: safe to retry the transaction."""
     if not isinstance(exc, OperationalError):

@@ -33,7 +33,14 @@ from cronqueue.queries import SECRET_ELSEWHERE
 from cronqueue.repository import Flush
 from cronqueue.rescue import rescue
 from cronqueue.worker import Shard
-from tests.conftest import BACKENDS, MYSQL_ADMIN_URL, cronqueue_cmd, get_task, write_script
+from tests.conftest import (
+    BACKENDS,
+    MYSQL_ADMIN_URL,
+    cronqueue_cmd,
+    get_task,
+    run_cli,
+    write_script,
+)
 
 MiB = 1 << 20
 
@@ -72,6 +79,24 @@ def test_sqlite_database_wal_and_shm_are_created_owner_only(tmp_path: Path,
     finally:
         os.umask(old)
     assert modes == {"fresh.db": 0o600, "fresh.db-wal": 0o600, "fresh.db-shm": 0o600}
+
+
+def test_check_warns_about_a_database_file_others_can_read(tmp_path: Path, task_dir: Path,
+                                                          log_dir: Path) -> None:
+    """A file created by 0.1.0 keeps its 0644: ``cronqueue check`` says so (and how to fix)."""
+    path = tmp_path / "old.db"
+    q = Queue(f"sqlite:///{path}", task_dir=str(task_dir), log_dir=str(log_dir))
+    q.init_db()
+    q.close()
+    url = f"sqlite:///{path}"
+    ok = run_cli("check", db_url=url, task_dir=task_dir, log_dir=log_dir)
+    assert ok.returncode == 0 and "WARN" not in ok.stdout, ok.stdout
+    path.chmod(0o644)
+    loose = run_cli("check", db_url=url, task_dir=task_dir, log_dir=log_dir)
+    assert loose.returncode == 0, loose.stdout + loose.stderr
+    assert f"WARN secrets   {path} (mode 644)" in loose.stdout
+    assert "other users may read it, and rows hold task secrets" in loose.stdout
+    assert f"chmod 600 {path}*" in loose.stdout
 
 
 # -- a finished task keeps no secret ----------------------------------------------------------
