@@ -270,14 +270,6 @@ def supports_json_insert(dialect: Any) -> bool:
                 and tuple(version[:2]) >= (10, 6))
 
 
-def max_packet(conn: Connection) -> int | None:
-    """The server's ``max_allowed_packet`` in bytes (MySQL/MariaDB): no statement may be
-    larger. None on SQLite (no such limit)."""
-    if conn.dialect.name not in ("mysql", "mariadb"):
-        return None
-    return int(conn.exec_driver_sql("SELECT @@max_allowed_packet").scalar_one())
-
-
 def supports_skip_locked(engine: Engine) -> bool:
     """``FOR UPDATE SKIP LOCKED``: MySQL >= 8.0.1, MariaDB >= 10.6. Never on SQLite."""
     dialect = engine.dialect

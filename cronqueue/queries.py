@@ -82,6 +82,11 @@ def autoinc_settings() -> Executable:
     return text("SELECT @@innodb_autoinc_lock_mode, @@auto_increment_increment")
 
 
+def max_allowed_packet() -> Executable:
+    """MySQL/MariaDB: the largest statement the server accepts, in bytes."""
+    return text("SELECT @@max_allowed_packet")
+
+
 def insert_unique(dialect: str) -> Any:
     """Insert unless a pending/running task holds the same ``active_key`` (its unique index).
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # sqlalchemy.orm is a heavy import the queue does not need at
     from sqlalchemy.orm import Session
 
 from . import decode, packet, queries
-from .db import max_packet, supports_json_insert, transaction
+from .db import supports_json_insert, transaction
 from .errors import InvalidTransition, TaskNotFound
 from .model import Status, Task, status_of
 from .schema import ddl_metadata, queue_table
@@ -200,7 +200,9 @@ class Repository:
     def _max_packet(self, conn: Connection) -> int | None:
         """The server's max_allowed_packet, read once (None: SQLite, no such limit)."""
         if self._packet is None:
-            self._packet = (max_packet(conn) or 0,)
+            mysql = conn.dialect.name in ("mysql", "mariadb")
+            self._packet = (int(conn.execute(queries.max_allowed_packet()).scalar_one())
+                            if mysql else 0,)
         return self._packet[0] or None
 
     def _insert_unique(self, conn: Connection, spec: TaskSpec, now: datetime) -> int:
