@@ -25,7 +25,7 @@ from typing import TypeVar
 from .claim import Claimer
 from .config import Config
 from .db import is_unavailable, make_engine
-from .errors import DatabaseError, InternalError, InvalidRow
+from .errors import CronqueueError, DatabaseError, InternalError, InvalidRow
 from .guard import ShardGuard
 from .heartbeat import Heartbeat
 from .ledger import Ledger
@@ -46,6 +46,10 @@ T = TypeVar("T")
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class _StoppedWaiting(CronqueueError):
+    """A stop came while the shard, holding no task, waited for an unreachable database."""
 
 
 @dataclass
@@ -189,6 +193,11 @@ class Shard:
                      "released=%d lost=%d duration=%.3fs", self.label, r.ran, r.done, r.retried,
                      r.failed, r.returned, r.released, r.lost, time.monotonic() - started)
             return self.report
+        except _StoppedWaiting as exc:  # issue 11 #8: a first TERM/INT ends it at once
+            log.warning("shard=%s stopped while waiting for the database (%s); exiting "
+                        "after %.1fs, no task taken", self.label, exc,
+                        time.monotonic() - started)
+            return self.report
         finally:
             if self.runner is not None:
                 self.runner.close()
@@ -231,9 +240,11 @@ class Shard:
         """Run a database call, riding out an outage: while the database is unreachable, log
         once, retry with bounded backoff, log when it is back. Gives up (re-raises) after
         ``until`` (monotonic) or on a hard stop; ``until=None`` waits as long as it takes —
-        for outcomes that must not be lost."""
+        for outcomes that must not be lost. A call with ``until`` holds no task's outcome
+        (start-up, claim): a first stop ends the wait at once (``_StoppedWaiting``)."""
         down_since: float | None = None
         pause = 0.2
+        told = False  # that a stop waits for this call
         while True:
             try:
                 result = call()
@@ -245,7 +256,15 @@ class Shard:
                     down_since = time.monotonic()
                     log.error("shard=%s database unavailable during %s: %s; retrying",
                               self.label, what, str(exc).splitlines()[0])
-                self._sleep(pause)
+                if until is None and self._stop and not told:
+                    told = True
+                    log.warning("shard=%s stopping: waiting for the database to %s first "
+                                "(stop again to exit without)", self.label, what)
+                if until is not None and self._stop:
+                    raise _StoppedWaiting(f"during {what}") from exc
+                self._sleep(pause)  # a signal wakes it
+                if until is not None and self._stop:
+                    raise _StoppedWaiting(f"during {what}") from exc
                 pause = min(pause * 2, _MAX_OUTAGE_PAUSE)
                 continue
             if down_since is not None:
