@@ -80,6 +80,8 @@ def format_task(task: Task) -> str:
         lines.append(f"  exit code {task.exit_code}")
     if task.error:
         lines.append(f"  error     {visible(task.error)}")
+    if task.problem:  # a hand-written value that is not of its column's type (decode.py)
+        lines.append(f"  problem   {visible(task.problem)}")
     if task.output:
         lines.append("  output (tail):")
         lines.extend("    " + visible_line(line)

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from . import decode
+from .spec import queue_name_ok
 
 
 class Status(enum.IntEnum):
@@ -103,9 +104,12 @@ class Task:
         status = status_of(v["status"])
         if status < 0 and status.name.startswith("UNKNOWN('"):
             p.append(f"status is not an integer: {decode.show(v['status'])}")
+        queue = decode.text("queue", v["queue"], p)
+        if not queue_name_ok(queue):  # it reaches the script's environment
+            p.append(f"queue name {decode.show(queue)} is malformed")
         return cls(
             id=v["id"],
-            queue=decode.text("queue", v["queue"], p),
+            queue=queue,
             taskscript=decode.text("taskscript", v["taskscript"], p),
             param=decode.text("param", v["param"], p),
             status=status,

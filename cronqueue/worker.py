@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import TypeVar
 
+from . import decode
 from .claim import Claimer
 from .config import Config
 from .db import is_unavailable, make_engine
@@ -313,9 +314,14 @@ class Shard:
         started_at = self.clock()
         assert self.runner is not None
         try:
-            result = self.runner.run(self._with_secret(task), attempt=attempt, timeout=timeout,
-                                     abort=self._abort_task, wake_fd=self._wake_r,
-                                     label=self.label, tick=tick)
+            loaded = self._with_secret(task)
+            if loaded.problem is not None:  # a hand-written secret that is not text
+                error = InvalidRow(loaded.problem)
+                result = RunResult(None, 0.0, str(error), error, permanent=True)
+            else:
+                result = self.runner.run(loaded, attempt=attempt, timeout=timeout,
+                                         abort=self._abort_task, wake_fd=self._wake_r,
+                                         label=self.label, tick=tick)
         except Exception as exc:  # one task's fault, whatever it is, must not stop the shard
             result = self._crashed(task, exc)
         self.heartbeat.current_task = None
@@ -338,7 +344,10 @@ class Shard:
         database: a batch of them would sit in memory)."""
         if task.secret != SECRET_ELSEWHERE:
             return task
-        return replace(task, secret=self._db("secret", lambda: self.repo.secret(task.id)))
+        problems: list[str] = []
+        secret = decode.optional_text(
+            "secret", self._db("secret", lambda: self.repo.secret(task.id)), problems)
+        return replace(task, secret=secret, problem="; ".join(problems) or None)
 
     def _crashed(self, task: Task, exc: Exception) -> RunResult:
         """Whatever preparing or running one task raised (a bug, a file system fault): the

@@ -36,6 +36,9 @@ class AsText:
     def __init__(self, data: bytes) -> None:
         self.data = data
 
+    def __repr__(self) -> str:
+        return f"AsText({self.data!r})"
+
 
 def insert(q: Queue, **columns: Any) -> int:
     """A hand-written row: every value bound; column names are this test's own."""
@@ -82,15 +85,16 @@ def assert_failed_by_id(q: Queue, poison: int, reason: str, *, attempts: int) ->
 
 # -- values the databases accept: failed by id with the reason, the task behind runs --------
 
-BOTH = [
+BOTH: list[tuple[dict[str, Any], str, int]] = [
     ({"attempts": -1}, r"attempts -1 is out of range", -1),
     ({"attempts": INT_MAX}, r"attempts 2147483647 is out of range", INT_MAX),
     ({"timeout": 0}, r"timeout 0 is out of range \(1\.\.", 0),
     ({"timeout": -5}, r"timeout -5 is out of range", 0),
     ({"max_attempts": 0}, r"max_attempts 0 is out of range \(1\.\.", 0),
     ({"max_attempts": -3}, r"max_attempts -3 is out of range", 0),
+    ({"queue": "bad queue\n"}, r"queue name 'bad queue\\n' is malformed", 0),
 ]
-SQLITE_ONLY = [
+SQLITE_ONLY: list[tuple[dict[str, Any], str, int]] = [
     ({"param": AsText(b'"{\xff}"')}, re.escape("param is not valid UTF-8 (b'\"{\\xff}\"')"), 0),
     ({"taskscript": AsText(b"ok\xff.sh")}, r"taskscript is not valid UTF-8", 0),
     ({"queue": AsText(b"default\xff")}, r"queue is not valid UTF-8", 0),
@@ -105,7 +109,7 @@ SQLITE_ONLY = [
     ({"attempts": 2**40}, r"attempts 1099511627776 is out of range", 2**40),
     ({"timeout": b"\x01"}, r"timeout is not an integer: b'\\x01'", 0),
 ]
-MARIADB_ONLY = [
+MARIADB_ONLY: list[tuple[dict[str, Any], str, int]] = [
     ({"run_at": "0000-00-00 00:00:00"}, r"run_at is not a valid time: '0000-00-00 00:00:00",
      0),
     ({"run_at": "2020-00-15 00:00:00"}, r"run_at is not a valid time: '2020-00-15", 0),
@@ -154,6 +158,22 @@ def test_a_row_of_every_poison_at_once_fails_each_alone(
     assert all(get(queue, i).status is Status.DONE for i in behind)
     assert report.done == 3
     assert report.failed == len(poisons)
+
+
+def test_a_secret_that_is_not_text_fails_its_task(queue: Queue, backend: str, ok: Path,
+                                                   task_dir: Path, log_dir: Path) -> None:
+    """The secret is read when the task starts (not with the claim): refused then, by name,
+    with the attempt charged (its start was committed), not retried."""
+    if backend != "sqlite":
+        pytest.skip("MariaDB refuses text that is not UTF-8")
+    poison = insert(queue, taskscript="ok.sh", param="{}", secret=AsText(b'"\xff"'))
+    behind = queue.add("ok.sh", {}, secret={"k": 1})
+    report = shard(queue, task_dir, log_dir)
+    task = get(queue, poison)
+    assert (task.status, task.attempts) == (Status.FAILED, 1)
+    assert task.error == "InvalidRow: secret is not valid UTF-8 (b'\"\\xff\"')"
+    assert get(queue, behind).status is Status.DONE
+    assert report.outcomes == {poison: "failed", behind: "done"}
 
 
 def test_a_blob_holding_utf8_text_is_that_text(queue: Queue, backend: str, ok: Path,
