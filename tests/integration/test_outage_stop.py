@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from cronqueue import Queue
-from tests.conftest import wait_for
+from cronqueue import Queue, Status
+from tests.conftest import get_task as get
+from tests.conftest import wait_for, write_script
 
 # The helpers and fixtures of the outage tests (a real `cronqueue work`, a cuttable proxy).
 from tests.integration.test_outage import (  # noqa: F401 - fixtures
@@ -90,3 +91,31 @@ def test_first_stop_ends_a_polling_shard_during_an_outage(
     assert proc.returncode == 0, err.read_text()
     assert elapsed < WITHIN, f"{elapsed:.1f}s: {err.read_text()}"
     assert lines_with(err, "stopped while waiting for the database (during claim)")
+
+
+@NEEDS_MARIADB
+@ON_MARIADB
+def test_first_stop_still_waits_for_outcomes_it_holds(
+        queue: Queue, db_url: str, task_dir: Path, log_dir: Path, tmp_path: Path,
+        proxy: Proxy, procs: list[subprocess.Popen[bytes]]) -> None:  # noqa: F811
+    """What the first stop must not give up: a finished task's outcome not yet written. The
+    shard says it waits for it, writes it when the database is back, and the task ran once."""
+    write_script(task_dir, "nap.sh", "echo ran >> ledger.log\nsleep 1\n")
+    task_id = queue.add("nap.sh", max_attempts=3)
+    config = write_config(tmp_path, outage_wait=60)
+    proc, err = start_work(proxy.url(db_url), task_dir, log_dir, tmp_path, config, procs)
+    assert wait_for(lambda: (task_dir / "ledger.log").exists(), timeout=60), err.read_text()
+    proxy.pause()
+    assert wait_for(lambda: lines_with(err, "database unavailable during record"),
+                    timeout=60), err.read_text()
+    proc.send_signal(signal.SIGTERM)
+    assert wait_for(lambda: lines_with(err, "stopping: waiting for the database to record "
+                                            "first (stop again to exit without)"),
+                    timeout=30), err.read_text()
+    assert proc.poll() is None, err.read_text()
+    assert get(queue, task_id).status is Status.RUNNING
+    proxy.resume()
+    assert proc.wait(timeout=60) == 0, err.read_text()
+    task = get(queue, task_id)
+    assert task.status is Status.DONE and task.attempts == 1, (task, err.read_text())
+    assert (task_dir / "ledger.log").read_text() == "ran\n"
