@@ -70,9 +70,9 @@ class Claimer:
         return Claim(token, tasks)
 
     def any_due(self, now: datetime) -> bool:
-        """After an empty claim: was it really empty? ``SKIP LOCKED`` also skips rows that a
-        claimer of *another* shard has locked for an instant while scanning the shared index,
-        so an empty claim does not prove that nothing of ours is due."""
+        """After an empty claim: was it really empty? ``SKIP LOCKED`` also skips rows of ours
+        that another transaction holds for an instant (a copy of this shard claiming them, a
+        cancel), so an empty claim does not prove that nothing of ours is due."""
 
         def work(conn: Connection) -> bool:
             return any(conn.execute(queries.any_due(shard=self.shard, total=self.total,

@@ -158,7 +158,9 @@ def pending_summary(now: datetime) -> Executable:
 
 def claim_candidates(*, shard: int, total: int, queue: str | None, now: datetime, limit: int,
                      skip_locked: bool) -> Select[Any]:
-    """THE claim query: due pending rows of this shard, highest priority first, then oldest.
+    """The claim query of SQLite and of servers without SKIP LOCKED (row-lock servers read
+    ``claim_top`` and lock ``lock_claimable``): due pending rows of this shard, highest
+    priority first, then oldest.
 
     Served by ``ix_queue_claim (status, queue, priority DESC, id)`` for one queue and by
     ``ix_queue_claim_any (status, priority DESC, id)`` across queues: the index is read in

@@ -1,6 +1,7 @@
-"""SKIP LOCKED skips rows that other claimers lock for an instant while they scan the shared
-claim index. An empty claim therefore does not mean "nothing due": a burst shard must look
-again (without locks) before it exits, or it leaves due tasks behind until the next tick."""
+"""SKIP LOCKED skips rows of ours that another transaction holds for an instant (a copy of the
+same shard claiming them, a cancel; on 0.1.0 also another shard's locking scan). An empty claim
+therefore does not mean "nothing due": a burst shard must look again (without locks) before it
+exits, or it leaves due tasks behind until the next tick."""
 
 from __future__ import annotations
 
