@@ -99,16 +99,18 @@ def _add_urgent(queue: Queue, total: int) -> set[int]:
 
 @NEEDS_MARIADB
 @ON_MARIADB
-def test_a_claim_in_progress_hides_no_row_of_another_shard(queue: Queue, db_url: str) -> None:
+@pytest.mark.parametrize("queues", [["default"], None], ids=["queue", "any-queue"])
+def test_a_claim_in_progress_hides_no_row_of_another_shard(queue: Queue, db_url: str,
+                                                           queues: list[str] | None) -> None:
     """Deterministic: while shard 0's claim transaction is open, shard 1 still gets its own
     priority-9 row first (0.1.0: shard 0's scan held it locked, shard 1 skipped it and took
-    ten priority-0 rows)."""
+    ten priority-0 rows), with `--queue` (index ix_queue_claim) and without (ix_queue_claim_any)."""
     now = datetime.now(UTC) + timedelta(seconds=1)
     low = queue.add_many(("ok.sh", n) for n in range(40))
     urgent = _add_urgent(queue, 2)
     engine0, engine1 = make_engine(db_url), make_engine(db_url)
-    shard0 = Claimer(engine0, Owner.me(), shard=0, total=2, queues=["default"], lease=LEASE)
-    shard1 = Claimer(engine1, Owner.me(), shard=1, total=2, queues=["default"], lease=LEASE)
+    shard0 = Claimer(engine0, Owner.me(), shard=0, total=2, queues=queues, lease=LEASE)
+    shard1 = Claimer(engine1, Owner.me(), shard=1, total=2, queues=queues, lease=LEASE)
     try:
         with engine0.connect() as conn, conn.begin():
             held = shard0._claim(conn, "0" * 32, 10, now)  # open: its locks are held
