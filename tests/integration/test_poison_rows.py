@@ -92,7 +92,7 @@ BOTH: list[tuple[dict[str, Any], str, int]] = [
     ({"timeout": -5}, r"timeout -5 is out of range", 0),
     ({"max_attempts": 0}, r"max_attempts 0 is out of range \(1\.\.", 0),
     ({"max_attempts": -3}, r"max_attempts -3 is out of range", 0),
-    ({"queue": "bad queue\n"}, r"queue name 'bad queue\\n' is malformed", 0),
+    ({"queue": "bad\x00queue"}, r"queue name 'bad\\x00queue' holds a NUL byte", 0),
 ]
 SQLITE_ONLY: list[tuple[dict[str, Any], str, int]] = [
     ({"param": AsText(b'"{\xff}"')}, re.escape("param is not valid UTF-8 (b'\"{\\xff}\"')"), 0),

@@ -81,10 +81,11 @@ def test_show_shortens() -> None:
 def test_from_row_never_raises_and_names_every_problem() -> None:
     bad: dict[str, Any] = row(status="x", priority="high", run_at="0000-00-00 00:00:00",
                               ctime=None, attempts=-1, max_attempts=0, timeout=b"1",
-                              param=b"\xff", queue="bad queue")
+                              param=b"\xff", queue="bad\x00queue")
     task = Task.from_row(bad)
     assert task.problem == (
-        "status is not an integer: 'x'; queue name 'bad queue' is malformed; "
+        "status is not an integer: 'x'; queue name 'bad\\x00queue' holds a NUL byte, which "
+        "the script's environment cannot carry; "
         "param is not valid UTF-8 (b'\\xff'); priority is not an integer: 'high'; "
         "ctime is NULL; run_at is not a valid time: '0000-00-00 00:00:00'; "
         "attempts -1 is out of range (0..2147483646); "
