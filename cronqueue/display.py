@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from .model import Status, Task, Worker
+from .model import status_name as model_status_name
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -45,17 +46,9 @@ def _escape(char: str) -> str:
 
 def status_name(value: object) -> str:
     """``pending`` ... ``cancelled``; a code outside 0..4 (a hand-written row) as
-    ``unknown(7)``, whether it comes as a ``Status`` stand-in or a plain int."""
-    if isinstance(value, Status):
-        name = value.name.lower()
-    elif isinstance(value, int) and not isinstance(value, bool):
-        try:
-            name = Status(value).name.lower()
-        except ValueError:
-            name = f"unknown({value})"
-    else:
-        name = f"unknown({value!r})"
-    return visible(name)
+    ``unknown(7)``, whether it comes as a ``Status`` stand-in or a plain int (the model's
+    ``status_name``, as ``--json`` and ``stats`` name it), shown visibly."""
+    return visible(model_status_name(value))
 
 
 def when(value: datetime | None) -> str:

@@ -59,6 +59,12 @@ def status_of(value: object) -> Status:
     return Status.of(-1, decode.show(value))
 
 
+def status_name(value: object) -> str:
+    """A stored status as the commands name it: ``pending`` ... ``cancelled``, ``unknown(7)``
+    for a code outside 0..4, ``unknown('x')`` for a value that is not an integer."""
+    return status_of(value).name.lower()
+
+
 @dataclass(frozen=True, slots=True)
 class Task:
     """One row of the ``queue`` table. Attribute names are the column names.

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # sqlalchemy.orm is a heavy import the queue does not need at
 from . import decode, packet, queries
 from .db import supports_json_insert, transaction
 from .errors import InvalidTransition, TaskNotFound
-from .model import Status, Task, status_of
+from .model import Status, Task, status_name
 from .schema import ddl_metadata, queue_table
 from .spec import TaskSpec
 
@@ -240,7 +240,7 @@ class Repository:
             for queue, status, count in conn.execute(queries.count_by_queue_status()):
                 # Hand-written rows: a status outside 0..4 counts as ``unknown(7)``; a queue
                 # name that is not text is shown decoded (see decode.py).
-                name = status_of(status).name.lower()
+                name = status_name(status)
                 totals[name] = totals.get(name, 0) + count
                 counts = per_queue.setdefault(decode.optional_text("queue", queue, []) or "",
                                               {s.name.lower(): 0 for s in Status})
@@ -334,7 +334,7 @@ class Repository:
             row = conn.execute(queries.select_task(task_id)).mappings().first()
             if row is None:
                 raise TaskNotFound(f"no task with id {task_id}")
-            status = status_of(row["status"]).name.lower()
+            status = status_name(row["status"])
             raise InvalidTransition(f"task {task_id} is {status}; only pending tasks can be "
                                     "cancelled")
 
@@ -346,7 +346,7 @@ class Repository:
             if row is None:
                 raise TaskNotFound(f"no task with id {task_id}")
             if row["status"] not in (Status.FAILED, Status.CANCELLED):
-                status = status_of(row["status"]).name.lower()
+                status = status_name(row["status"])
                 raise InvalidTransition(
                     f"task {task_id} is {status}; only failed or cancelled tasks can be retried")
             if not self._retry_one(conn, task_id, now):
