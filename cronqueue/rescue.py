@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from .config import WorkerConfig
+from .display import visible
 from .errors import ProcessMissingError
 from .model import Status, Task
 from .proc import Owner, pid_alive
@@ -70,7 +71,7 @@ def rescue(repo: Repository, cfg: WorkerConfig, now: datetime, *, me: Owner | No
                         report=report)
         except Exception as exc:  # one row must not stop the rescue of the others
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            log.error("task=%s rescue failed: %s", task.id, reason)
+            log.error("task=%s rescue failed: %s", task.id, visible(reason))
             report.errors.append(f"task={task.id}: {reason}")
     dead = [w["id"] for w in repo.worker_rows()
             if owner_gone(w["host"], w["pid"], w["pid_start"],
@@ -96,8 +97,10 @@ def _rescue_one(repo: Repository, task: Task, cfg: WorkerConfig, now: datetime, 
     if not repo.settle(task, values):
         return  # its shard finished it after all, or another rescuer was first
     getattr(report, outcome).append(task.id)
+    # worker_host comes from the row: a hand-written newline or escape must not forge or
+    # drive the log (the mission's log, often mailed by cron or read on a terminal).
     log.warning("task=%d shard=%s:%s outcome=%s reason=%s attempt=%d", task.id,
-                task.worker_host, task.worker_pid, outcome,
+                visible(task.worker_host), task.worker_pid, outcome,
                 "no-claim-or-lease" if unclaimed else "worker-lost", task.attempts)
 
 

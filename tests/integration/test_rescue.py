@@ -453,6 +453,25 @@ def test_token_less_running_row_is_rescued_fenced_on_its_state(
     assert get(queue, task_id).status is Status.RUNNING
 
 
+def test_a_hand_written_worker_host_cannot_forge_the_rescue_log(
+        queue: Queue, repo: Repository, cfg: Config, caplog: pytest.LogCaptureFixture) -> None:
+    """worker_host comes from the row: a newline or an escape in it was logged raw by the
+    rescue (a forged line and terminal control in the mission's log)."""
+    from sqlalchemy import text
+
+    task_id = _token_less(queue)
+    with queue.engine.begin() as conn:
+        conn.execute(text("UPDATE queue SET worker_host = :h WHERE id = :i"),
+                     {"h": "evil\n2026-01-01 00:00:00 INFO forged\x1b[2J", "i": task_id})
+    with caplog.at_level("WARNING", logger="cronqueue.rescue"):
+        report = rescue(repo, cfg.worker, now_utc(), me=ME, alive=Alive(),
+                        server_uptime=long_up)
+    assert report.retried == [task_id]
+    lines = [r.getMessage() for r in caplog.records if f"task={task_id} " in r.getMessage()]
+    assert lines and all(line.isprintable() for line in lines), lines
+    assert "'evil\\n2026-01-01 00:00:00 INFO forged\\x1b[2J'" in lines[0]
+
+
 def test_one_row_that_cannot_be_rescued_does_not_stop_the_others(
         queue: Queue, repo: Repository, cfg: Config) -> None:
     first, second = _token_less(queue), _token_less(queue, started=False)
