@@ -23,7 +23,9 @@ _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def visible(value: object) -> str:
-    """``value`` as text for one line or table cell: as is if printable, else its repr."""
+    """``value`` as text for one line, table cell or log line: as is if printable, else its
+    repr (a hand-inserted row may hold newlines or control characters, which would forge or
+    break lines)."""
     text = value if isinstance(value, str) else str(value)
     return text if text.isprintable() else repr(text)
 

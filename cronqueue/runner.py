@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from .capture import Capture, Captured, unnamed_file
 from .child import Child, ExecChild, ForkedChild
 from .config import DEFAULT_INTERPRETERS
+from .display import visible
 from .errors import (
     InvalidTask,
     ProcessExitError,
@@ -216,7 +217,7 @@ class Runner:
             except OSError as exc:
                 self._watchdog.watch(0)
                 what = script.opened.path if len(script.argv) == 1 else script.argv[0]
-                msg = f"cannot start {printable(what)}: {exc.strerror or exc}"
+                msg = f"cannot start {visible(what)}: {exc.strerror or exc}"
                 return RunResult(None, time.monotonic() - started, msg, ScriptNotRunnable(msg))
             finally:
                 if stdin != self._devnull:
@@ -331,7 +332,7 @@ class Runner:
             code_fd = os.open(f"/proc/self/fd/{script.fd}", os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             log.warning("cannot reopen %s for the fork server (%s): running it the exec way",
-                        printable(script.opened.path), exc)
+                        visible(script.opened.path), exc)
             return None
         try:
             self._forkserver.start()
@@ -340,7 +341,7 @@ class Runner:
                 cwd=str(self.task_dir), stdin=stdin, stdout=out, script_fd=code_fd)
         except ForkServerError as exc:
             log.warning("python fork server unavailable (%s): running %s the exec way",
-                        exc, printable(script.opened.path))
+                        exc, visible(script.opened.path))
             return None
         finally:
             os.close(code_fd)
@@ -396,8 +397,8 @@ class Runner:
         exclusive ``flock`` (shards share the file). Returns why it could not ("" if done)."""
         now = datetime.now(UTC)
         header = (f"--- {now.isoformat(timespec='milliseconds')} task={task.id} "
-                  f"attempt={attempt} queue={printable(task.queue)} "
-                  f"script={printable(task.taskscript)} "
+                  f"attempt={attempt} queue={visible(task.queue)} "
+                  f"script={visible(task.taskscript)} "
                   f"shard={label} exit={returncode} duration={duration:.3f}s "
                   f"bytes={captured.total}\n").encode()
         marker = captured.marker(self.max_log_bytes)
@@ -465,12 +466,6 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def _decode(data: bytes) -> str:
     return data.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
-
-
-def printable(text: str) -> str:
-    """``text`` for a log line: as is if printable, else its repr (a hand-inserted row may
-    hold newlines or control characters, which would forge or break log lines)."""
-    return text if text.isprintable() else repr(text)
 
 
 def _drain(fd: int) -> None:

@@ -26,6 +26,7 @@ from . import decode
 from .claim import Claimer
 from .config import Config
 from .db import is_unavailable, make_engine
+from .display import visible
 from .errors import CronqueueError, DatabaseError, InternalError, InvalidRow
 from .guard import ShardGuard
 from .heartbeat import Heartbeat
@@ -34,7 +35,7 @@ from .model import Status, Task
 from .proc import Owner
 from .queries import SECRET_ELSEWHERE
 from .repository import Finish, Flush, Flushed, Repository
-from .runner import Runner, RunResult, printable
+from .runner import Runner, RunResult
 from .shardproof import WorkerLock
 
 log = logging.getLogger("cronqueue.worker")
@@ -332,7 +333,7 @@ class Shard:
         log_fn = log.info if outcome == "done" else log.warning
         log_fn("task=%d shard=%s outcome=%s attempt=%d/%d duration=%.3fs exit=%s script=%s%s",
                task.id, self.label, outcome, attempt, max_attempts, result.duration,
-               result.returncode, printable(task.taskscript),
+               result.returncode, visible(task.taskscript),
                f" error={values['error']!r}" if values.get("error") else "")
         setattr(self.report, outcome, getattr(self.report, outcome) + 1)
         self.heartbeat.tasks_done = self.report.ran
