@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from .conceal import conceal_db_url
-from .config import MAX_BATCH, MAX_INT32, MAX_SHARDS, Config, load_config
+from .config import MAX_BATCH, MAX_SHARDS, Config, load_config
 from .config import parse_age as config_parse_age
+from .decode import BIGINT_MAX, INT_MAX
 from .display import format_stats, format_table, format_task, format_workers, visible
 from .errors import ConfigError, CronqueueError, InvalidTask, TaskNotFound
 from .model import Status
@@ -89,7 +90,7 @@ def _upto(maximum: int) -> Callable[[str], int]:
     return parse
 
 
-_id = _upto(2**63 - 1)  # a task or worker id: what a BIGINT holds
+_id = _upto(BIGINT_MAX)  # a task or worker id: what a BIGINT holds
 
 
 def _flag(text: str | bool) -> bool:
@@ -179,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd("list", "list tasks, newest first", cmd_list)
     p.add_argument("--status", type=_status, help="pending, done, running, failed, cancelled")
     p.add_argument("--queue")
-    p.add_argument("--limit", type=_upto(MAX_INT32), default=50)
+    p.add_argument("--limit", type=_upto(INT_MAX), default=50)
     p.add_argument("--json", action="store_true")
 
     p = cmd("stats", "counts by status and queue, due backlog", cmd_stats)

@@ -20,6 +20,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .db import normalize_url, redact
+from .decode import INT_MAX
 from .errors import ConfigError, InvalidTask
 from .spec import build_spec, check_queue
 
@@ -43,7 +44,6 @@ MAX_AGE = 100 * 365 * 86400  # seconds; beyond it ``now - age`` leaves the datet
 MAX_SECONDS = 366 * 86400  # any duration setting: a year and a day
 MAX_SHARDS = 1024  # do_queue.total and `work --total`
 MAX_BATCH = 10_000  # worker.batch, do_queue.batch and `work --batch`
-MAX_INT32 = 2**31 - 1  # what an INTEGER column holds
 
 
 def parse_age(text: str | int | float) -> timedelta:
@@ -121,7 +121,7 @@ class WorkerConfig:
 
 
 WORKER_MAXIMA: dict[str, float] = {
-    "timeout": MAX_SECONDS, "max_attempts": MAX_INT32, "batch": MAX_BATCH,
+    "timeout": MAX_SECONDS, "max_attempts": INT_MAX, "batch": MAX_BATCH,
     "backoff": MAX_SECONDS, "backoff_max": MAX_SECONDS, "poll_interval": MAX_SECONDS,
     "lease": MAX_SECONDS, "outage_wait": MAX_SECONDS, "stop_grace": MAX_SECONDS,
     "kill_grace": MAX_SECONDS, "heartbeat": MAX_SECONDS // 3, "output_tail": 16 * 1024 * 1024,

@@ -16,8 +16,10 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-INT_MIN = -(2**31)
+# What the database's integer columns hold (the one place these bounds are written).
+INT_MIN = -(2**31)  # INTEGER
 INT_MAX = 2**31 - 1
+BIGINT_MAX = 2**63 - 1  # BIGINT: ids, pid start times
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _SHOW = 60  # characters of a bad value quoted in a reason
 

@@ -132,7 +132,7 @@ class Task:
             worker_host=decode.optional_text("worker_host", v["worker_host"], p),
             worker_pid=decode.optional_integer("worker_pid", v["worker_pid"], p),
             worker_pid_start=decode.optional_integer("worker_pid_start", v["worker_pid_start"],
-                                                     p, low=0, high=2**63 - 1),
+                                                     p, low=0, high=decode.BIGINT_MAX),
             claim_token=decode.optional_text("claim_token", v["claim_token"], p),
             lease_until=decode.time("lease_until", v["lease_until"], p),
             started_at=decode.time("started_at", v["started_at"], p),

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from .decode import INT_MAX, INT_MIN
 from .errors import InvalidTask
 
 # Linux caps one argv string at MAX_ARG_STRLEN = 32 pages = 131072 bytes, including its NUL.
@@ -120,7 +121,7 @@ def _int_field(name: str, value: object, *, minimum: int | None = None) -> int:
         raise InvalidTask(f"{name} must be an integer, got {value!r}")
     if minimum is not None and value < minimum:
         raise InvalidTask(f"{name} must be >= {minimum}, got {value}")
-    if not -(2**31) <= value < 2**31:
+    if not INT_MIN <= value <= INT_MAX:
         raise InvalidTask(f"{name} is out of range: {value}")
     return value
 
