@@ -211,8 +211,7 @@ def explain(url: str, backend: str, limit: int) -> tuple[str, str]:
     if supports_skip_locked(engine):  # the lock-free read; the chosen rows are then locked
         stmt = queries.claim_top(shard=0, total=2, queue=None, now=now, limit=limit, passed=[])
     else:
-        stmt = queries.claim_candidates(shard=0, total=2, queue=None, now=now, limit=limit,
-                                        skip_locked=False)
+        stmt = queries.claim_candidates(shard=0, total=2, queue=None, now=now, limit=limit)
     try:
         with engine.connect() as conn:
             text_, summary = _plan(conn, backend, stmt, analyze=True)

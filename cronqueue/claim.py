@@ -111,7 +111,7 @@ class Claimer:
         candidates: list[dict[str, Any]] = []
         for queue in self.queues:
             stmt = queries.claim_candidates(shard=self.shard, total=self.total, queue=queue,
-                                            now=now, limit=limit, skip_locked=False)
+                                            now=now, limit=limit)
             result = conn.execute(stmt)
             keys = list(result.keys())
             candidates.extend(dict(zip(keys, row, strict=True)) for row in result)

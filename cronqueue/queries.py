@@ -156,8 +156,8 @@ def pending_summary(now: datetime) -> Executable:
 
 # -- claim ------------------------------------------------------------------------------------
 
-def claim_candidates(*, shard: int, total: int, queue: str | None, now: datetime, limit: int,
-                     skip_locked: bool) -> Select[Any]:
+def claim_candidates(*, shard: int, total: int, queue: str | None, now: datetime,
+                     limit: int) -> Select[Any]:
     """The claim query of SQLite and of servers without SKIP LOCKED (row-lock servers read
     ``claim_top`` and lock ``lock_claimable``): due pending rows of this shard, highest
     priority first, then oldest.
@@ -167,10 +167,7 @@ def claim_candidates(*, shard: int, total: int, queue: str | None, now: datetime
     order, ``run_at`` and ``id % total`` filter as it goes, LIMIT stops it early.
     """
     stmt = _due(select(*_task_columns()), shard=shard, total=total, queue=queue, now=now)
-    stmt = stmt.order_by(q.c.priority.desc(), q.c.id).limit(limit)
-    if skip_locked:
-        stmt = stmt.with_for_update(skip_locked=True)
-    return stmt
+    return stmt.order_by(q.c.priority.desc(), q.c.id).limit(limit)
 
 
 def any_due(*, shard: int, total: int, queue: str | None, now: datetime) -> Executable:
