@@ -488,11 +488,6 @@ def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
     return run_demo(args.dir, messages=args.tasks)
 
 
-# -- output -----------------------------------------------------------------------------------
-
-# format_task, format_table, format_stats, format_workers: see display.py.
-
-
 # -- entry point ------------------------------------------------------------------------------
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")

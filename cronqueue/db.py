@@ -174,7 +174,7 @@ def _sqlite_engine(url: str) -> Engine:
 def _create_private(database: str | None) -> None:
     """Create a missing SQLite database file 0600 (owner only: rows hold task secrets). SQLite
     creates ``-wal`` and ``-shm`` with the database file's mode. An existing file keeps its
-    mode (see ``init_db``, which warns about one others can read)."""
+    mode (``cronqueue check`` warns about one others can read: ``database_file_warning``)."""
     if not database or database == ":memory:" or database.startswith("file:"):
         return
     try:

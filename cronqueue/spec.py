@@ -59,7 +59,7 @@ def _check_taskscript_text(taskscript: str) -> str:
 
 
 def check_queue(queue: object) -> str:
-    if not isinstance(queue, str) or not queue_name_ok(queue):
+    if not isinstance(queue, str) or not _queue_name_ok(queue):
         raise InvalidTask(
             f"queue name {queue!r} is malformed (1-64 of letters, digits and _.:-, "
             "starting with a letter or digit)"
@@ -68,7 +68,7 @@ def check_queue(queue: object) -> str:
 
 
 @functools.lru_cache(maxsize=256)  # a process uses a handful of queue names
-def queue_name_ok(queue: str) -> bool:
+def _queue_name_ok(queue: str) -> bool:
     return QUEUE_RE.fullmatch(queue) is not None
 
 
