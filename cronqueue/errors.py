@@ -81,3 +81,10 @@ class InvalidRow(TaskFailure):
 class InternalError(TaskFailure):
     """Preparing or running the task raised an unexpected error: recorded under its name,
     the attempt is charged and the retry policy applies; the shard goes on."""
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of its message``: a failed step, for a log line or a report (the
+    mission's steps, the rescue of one row)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"

@@ -34,7 +34,7 @@ from sqlalchemy import Engine
 
 from .config import Config, MissionEntry
 from .db import make_engine
-from .errors import ConfigError
+from .errors import ConfigError, one_line
 from .guard import is_locked_here, is_locked_in_db
 from .model import Status
 from .proc import Owner
@@ -147,7 +147,7 @@ class Mission:
         try:
             return step()
         except Exception as exc:
-            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            reason = one_line(exc)
             log.error("%s failed: %s (the rest of the tick goes on)", what, reason)
             log.debug("%s failed", what, exc_info=True)
             report.errors.append(f"{what}: {reason}")

@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 
 from .config import WorkerConfig
 from .display import visible
-from .errors import ProcessMissingError
+from .errors import ProcessMissingError, one_line
 from .model import Status, Task
 from .proc import Owner, pid_alive
 from .repository import Repository
@@ -70,7 +70,7 @@ def rescue(repo: Repository, cfg: WorkerConfig, now: datetime, *, me: Owner | No
             _rescue_one(repo, task, cfg, now, me=me, alive=alive, trust_leases=trust_leases,
                         report=report)
         except Exception as exc:  # one row must not stop the rescue of the others
-            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            reason = one_line(exc)
             log.error("task=%s rescue failed: %s", task.id, visible(reason))
             report.errors.append(f"task={task.id}: {reason}")
     dead = [w["id"] for w in repo.worker_rows()
