@@ -21,7 +21,14 @@ from .conceal import conceal_db_url
 from .config import MAX_BATCH, MAX_SHARDS, Config, load_config
 from .config import parse_age as config_parse_age
 from .decode import BIGINT_MAX, INT_MAX
-from .display import format_stats, format_table, format_task, format_workers, visible
+from .display import (
+    format_schedule,
+    format_stats,
+    format_table,
+    format_task,
+    format_workers,
+    visible,
+)
 from .errors import ConfigError, CronqueueError, InvalidTask, TaskNotFound
 from .model import Status
 
@@ -409,24 +416,9 @@ def cmd_schedule(args: argparse.Namespace, cfg: Config) -> int:
         return 0
     if not entries:
         print(f"no [[mission]] entries ({cfg.source or 'no config file'})")
-    for e in entries:
-        print(f"{visible(e['name'])}  [{visible(e['cron'])}]  {visible(e['description'])} "
-              f"({visible(e['timezone'])})")
-        print(f"  action  {visible(e['action'])}")
-        print(f"  next    {', '.join(_short(t) for t in e['next'])}")
-        if e["last_scheduled"]:
-            task = f" (task {e['last_task']})" if e["last_task"] else ""
-            print(f"  last    {_short(e['last_scheduled'])} on {visible(e['last_host'])}: "
-                  f"{visible(e['last_outcome'])}{task}")
-        else:
-            print("  last    never")
-        if e.get("warning"):
-            print(f"  WARNING {visible(e['warning'])}")
+    else:
+        print(format_schedule(entries))
     return 0
-
-
-def _short(iso: str) -> str:
-    return iso.replace("T", " ")[:16] + iso[-6:]
 
 
 def cmd_workers(args: argparse.Namespace, cfg: Config) -> int:

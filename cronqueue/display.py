@@ -133,3 +133,27 @@ def format_workers(workers: Iterable[Worker]) -> str:
                      w.queues or "*", when(w.started_at), str(w.current_task or "-"),
                      str(w.tasks_done), when(w.heartbeat_at), state))
     return format_columns(rows) if len(rows) > 1 else "no shard is running"
+
+
+def format_schedule(entries: Iterable[Mapping[str, Any]]) -> str:
+    """The mission entries as ``Queue.schedule()`` gives them: cron, action, next runs, last
+    run, and a warning if there is one."""
+    lines = []
+    for e in entries:
+        lines.append(f"{visible(e['name'])}  [{visible(e['cron'])}]  "
+                     f"{visible(e['description'])} ({visible(e['timezone'])})")
+        lines.append(f"  action  {visible(e['action'])}")
+        lines.append(f"  next    {', '.join(_short(t) for t in e['next'])}")
+        if e["last_scheduled"]:
+            task = f" (task {e['last_task']})" if e["last_task"] else ""
+            lines.append(f"  last    {_short(e['last_scheduled'])} on "
+                         f"{visible(e['last_host'])}: {visible(e['last_outcome'])}{task}")
+        else:
+            lines.append("  last    never")
+        if e.get("warning"):
+            lines.append(f"  WARNING {visible(e['warning'])}")
+    return "\n".join(lines)
+
+
+def _short(iso: str) -> str:
+    return iso.replace("T", " ")[:16] + iso[-6:]
