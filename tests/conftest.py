@@ -112,6 +112,30 @@ class Clock:
         return when
 
 
+class AsText:
+    """Bytes stored as TEXT (SQLite ``CAST(? AS TEXT)``): how invalid UTF-8 gets into a
+    text column; plain bytes are bound as a BLOB."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"AsText({self.data!r})"
+
+
+def insert_raw(q: Queue, row: dict[str, Any]) -> int:
+    """A hand-written ``queue`` row by raw SQL, as another language would insert it: every
+    value bound (``AsText`` cast to TEXT); no column at all is ``DEFAULT VALUES``."""
+    names = list(row)
+    values = ", ".join(f"CAST(:{n} AS TEXT)" if isinstance(row[n], AsText) else f":{n}"
+                       for n in names)
+    params = {n: v.data if isinstance(v, AsText) else v for n, v in row.items()}
+    sql = (f"INSERT INTO queue ({', '.join(names)}) VALUES ({values})" if names
+           else "INSERT INTO queue DEFAULT VALUES")
+    with q.engine.begin() as conn:
+        return int(conn.execute(text(sql), params).lastrowid)
+
+
 def get_task(q: Queue, task_id: int) -> Task:
     """``q.get()`` of a task that must exist."""
     task = q.get(task_id)

@@ -17,39 +17,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 
 from cronqueue import InvalidTask, Queue, Status, Task
 from cronqueue.config import load_config
 from cronqueue.runner import Runner
 from cronqueue.worker import Shard, ShardReport
-from tests.conftest import run_cli, write_script
+from tests.conftest import AsText, insert_raw, run_cli, write_script
 
 INT_MAX = 2**31 - 1
 DEEP = "[" * 60000 + "]" * 60000  # 120,000 bytes: fits argv, but 60,000 levels deep
 
 
-class AsText:
-    """Bytes stored as TEXT (SQLite ``CAST(? AS TEXT)``): how invalid UTF-8 gets into a
-    text column; plain bytes are bound as a BLOB."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def __repr__(self) -> str:
-        return f"AsText({self.data!r})"
-
-
 def insert(q: Queue, **columns: Any) -> int:
     """A hand-written row: every value bound; column names are this test's own."""
-    names = list(columns)
-    values = ", ".join(f"CAST(:{n} AS TEXT)" if isinstance(columns[n], AsText) else f":{n}"
-                       for n in names)
-    params = {n: v.data if isinstance(v, AsText) else v for n, v in columns.items()}
-    with q.engine.begin() as conn:
-        res = conn.execute(text(f"INSERT INTO queue ({', '.join(names)}) VALUES ({values})"),
-                           params)
-        return int(res.lastrowid)
+    return insert_raw(q, columns)
 
 
 def shard(q: Queue, task_dir: Path, log_dir: Path, **kw: Any) -> ShardReport:

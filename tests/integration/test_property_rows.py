@@ -33,20 +33,10 @@ from cronqueue import Queue, Status, Task
 from cronqueue.config import load_config
 from cronqueue.mission import Mission
 from cronqueue.worker import Shard
-from tests.conftest import run_main, write_script
+from tests.conftest import AsText, insert_raw, run_main, write_script
 
 EXAMPLES = int(os.environ.get("CRONQUEUE_PROPERTY_EXAMPLES", "30"))
 INT_MAX = 2**31 - 1
-
-
-class AsText:
-    """Bytes stored as TEXT (``CAST(? AS TEXT)``): invalid UTF-8 in a text column."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def __repr__(self) -> str:
-        return f"AsText({self.data!r})"
 
 
 TIMES = st.sampled_from([
@@ -112,15 +102,8 @@ ROWS = st.lists(hostile_row(), min_size=1, max_size=5)
 
 def insert(q: Queue, row: dict[str, Any]) -> int | None:
     """Raw SQL, every value bound. None if the database refuses the row."""
-    names = list(row)
-    values = ", ".join(f"CAST(:{n} AS TEXT)" if isinstance(row[n], AsText) else f":{n}"
-                       for n in names)
-    params = {n: v.data if isinstance(v, AsText) else v for n, v in row.items()}
-    sql = (f"INSERT INTO queue ({', '.join(names)}) VALUES ({values})" if names
-           else "INSERT INTO queue DEFAULT VALUES")
     try:
-        with q.engine.begin() as conn:
-            return int(conn.execute(text(sql), params).lastrowid)
+        return insert_raw(q, row)
     except (DBAPIError, StatementError):
         return None
 
