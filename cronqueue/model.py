@@ -71,8 +71,8 @@ class Task:
 
     Built from any row, whatever it holds (see decode.py): a value that is not of its
     column's type is replaced (None for times, 0 for integers, replacement characters in
-    text) and named in ``problem``. A task with a ``problem`` is never run: the shard fails
-    it with ``InvalidRow: <problem>``."""
+    text) and named in ``problem``, its column in ``bad_columns``. A task with a ``problem``
+    is never run: the shard fails it with ``InvalidRow: <problem>``."""
 
     id: int
     queue: str
@@ -99,20 +99,21 @@ class Task:
     output: str | None
     secret: str | None = field(default=None, repr=False)  # never shown: see as_dict()
     problem: str | None = None  # why the row cannot be run as stored (not a column)
+    bad_columns: frozenset[str] = frozenset()  # the columns ``problem`` is about (not one)
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> Task:
         """Never raises for what a row holds. Every column is required, except the optional
         ones added later (``secret``)."""
         v = dict(row)
-        p: list[str] = []
+        p = decode.Problems()
         status = status_of(v["status"])
         if status < 0 and status.name.startswith("UNKNOWN('"):
-            p.append(f"status is not an integer: {decode.show(v['status'])}")
+            p.add("status", f"status is not an integer: {decode.show(v['status'])}")
         queue = decode.text("queue", v["queue"], p)
         if "\x00" in queue:  # (other odd names run: the log shows them as repr)
-            p.append(f"queue name {decode.show(queue)} holds a NUL byte, which the script's "
-                     "environment cannot carry")
+            p.add("queue", f"queue name {decode.show(queue)} holds a NUL byte, which the "
+                  "script's environment cannot carry")
         return cls(
             id=v["id"],
             queue=queue,
@@ -142,6 +143,7 @@ class Task:
             output=decode.optional_text("output", v["output"], p),
             secret=decode.optional_text("secret", v.get("secret"), p),
             problem="; ".join(p) if p else None,  # evaluated last: after every converter
+            bad_columns=frozenset(p.columns),
         )
 
     @property
@@ -186,6 +188,8 @@ class Worker:
 def _as_dict(obj: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in fields(obj):
+        if f.name == "bad_columns":
+            continue  # ``problem`` names them, with the values
         value = getattr(obj, f.name)
         if isinstance(value, datetime):
             value = value.isoformat()

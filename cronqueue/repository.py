@@ -242,8 +242,8 @@ class Repository:
                 # name that is not text is shown decoded (see decode.py).
                 name = status_name(status)
                 totals[name] = totals.get(name, 0) + count
-                counts = per_queue.setdefault(decode.optional_text("queue", queue, []) or "",
-                                              {s.name.lower(): 0 for s in Status})
+                name_of_queue = decode.optional_text("queue", queue, decode.Problems()) or ""
+                counts = per_queue.setdefault(name_of_queue, {s.name.lower(): 0 for s in Status})
                 counts[name] = counts.get(name, 0) + count
             due, oldest = conn.execute(queries.pending_summary(now)).one()
             # (a hand-written run_at that is not a time is no age: failed when claimed)
@@ -393,10 +393,10 @@ class Repository:
     def settle(self, task: Task, values: dict[str, Any]) -> bool:
         """Write an outcome for a task claimed by someone else (the rescue), fenced by the
         claim token it was seen with: a shard that finishes meanwhile wins. A running row
-        without a token (no shard can own it) is fenced on its status and attempts (when they
-        were readable)."""
+        without a token (no shard can own it) is fenced on its status and attempts (unless
+        its attempts column was bad: not a number, or out of range)."""
         if task.claim_token is None:
-            attempts = None if task.problem and "attempts" in task.problem else task.attempts
+            attempts = None if "attempts" in task.bad_columns else task.attempts
             return transaction(self.engine, lambda conn: conn.execute(queries.finish_unclaimed(
                 task.id, attempts, _clearing_secret(values))).rowcount == 1)
         return self.record(Finish(task.id, task.claim_token, values))

@@ -345,10 +345,11 @@ class Shard:
         database: a batch of them would sit in memory)."""
         if task.secret != SECRET_ELSEWHERE:
             return task
-        problems: list[str] = []
+        problems = decode.Problems()
         secret = decode.optional_text(
             "secret", self._db("secret", lambda: self.repo.secret(task.id)), problems)
-        return replace(task, secret=secret, problem="; ".join(problems) or None)
+        return replace(task, secret=secret, problem="; ".join(problems) or None,
+                       bad_columns=frozenset(problems.columns))
 
     def _crashed(self, task: Task, exc: Exception) -> RunResult:
         """Whatever preparing or running one task raised (a bug, a file system fault): the

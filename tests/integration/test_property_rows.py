@@ -130,7 +130,7 @@ def defined(before: Task, after: Task | None, shard_time: datetime) -> str | Non
                 return None  # retried
             if before.run_at is not None and before.run_at > shard_time:
                 return None  # not due
-            if before.run_at is None and before.problem and "run_at" in before.problem:
+            if before.run_at is None and "run_at" in before.bad_columns:
                 return None  # never due: named in problem
             return "pending and due, but untouched"
         return f"pending became {after.status!r}"

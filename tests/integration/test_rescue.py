@@ -507,6 +507,24 @@ def test_token_less_row_with_unreadable_attempts_is_still_rescued(
     assert get(queue, task_id).status is not Status.RUNNING
 
 
+def test_token_less_row_with_a_bad_max_attempts_is_still_fenced_on_its_attempts(
+        queue: Queue, repo: Repository) -> None:
+    """Whether attempts were readable was decided by searching "attempts" in the problem
+    text, which a bad ``max_attempts`` matched: the fence then left attempts out, and a rescue
+    acting on an old view overwrote a row that had been run again meanwhile."""
+    from sqlalchemy import text
+
+    task_id = _token_less(queue)
+    with queue.engine.begin() as conn:
+        conn.execute(text("UPDATE queue SET max_attempts = 0 WHERE id = :i"), {"i": task_id})
+    seen = get(queue, task_id)
+    assert seen.bad_columns == {"max_attempts"} and seen.attempts == 1
+    with queue.engine.begin() as conn:
+        conn.execute(text("UPDATE queue SET attempts = 2 WHERE id = :i"), {"i": task_id})
+    assert not repo.settle(seen, {"status": int(Status.FAILED)})
+    assert get(queue, task_id).status is Status.RUNNING
+
+
 def test_other_host_row_with_a_token_but_no_lease_is_rescued(
         queue: Queue, repo: Repository, cfg: Config) -> None:
     """A claim sets token and lease together; a row of another host with a token and no lease

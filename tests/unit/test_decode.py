@@ -22,13 +22,13 @@ from tests.unit.test_model import row
     (12, "12", "x is not text: 12"),
 ])
 def test_text(value: object, expected: str, problem: str | None) -> None:
-    problems: list[str] = []
+    problems = decode.Problems()
     assert decode.text("x", value, problems) == expected
     assert problems == ([problem] if problem else [])
 
 
 def test_text_null() -> None:
-    problems: list[str] = []
+    problems = decode.Problems()
     assert decode.text("param", None, problems) == ""
     assert problems == ["param is NULL"]
     assert decode.optional_text("error", None, problems) is None
@@ -47,7 +47,7 @@ def test_text_null() -> None:
     (0, 0, "n 0 is out of range (1..2147483647)"),
 ])
 def test_optional_integer(value: object, expected: int | None, problem: str | None) -> None:
-    problems: list[str] = []
+    problems = decode.Problems()
     assert decode.optional_integer("n", value, problems, low=1) == expected
     assert problems == ([problem] if problem else [])
 
@@ -69,7 +69,7 @@ T = datetime(2020, 1, 1, tzinfo=UTC)
      "t is out of range: " + decode.show(datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1))))),
 ])
 def test_time(value: object, expected: datetime | None, problem: str | None) -> None:
-    problems: list[str] = []
+    problems = decode.Problems()
     assert decode.time("t", value, problems) == expected
     assert problems == ([problem] if problem else [])
 
@@ -92,7 +92,29 @@ def test_from_row_never_raises_and_names_every_problem() -> None:
         "max_attempts 0 is out of range (1..2147483647); timeout is not an integer: b'1'")
     assert (task.priority, task.attempts, task.run_at, task.ctime, task.timeout) == (
         0, -1, None, None, None)
+    assert task.bad_columns == {"status", "queue", "param", "priority", "ctime", "run_at",
+                                "attempts", "max_attempts", "timeout"}
     assert Task.from_row(row()).problem is None
+    assert Task.from_row(row()).bad_columns == frozenset()
+
+
+def test_bad_columns_name_the_column_not_a_word_in_the_reason() -> None:
+    """The rescue asked whether attempts were readable by searching "attempts" in the
+    problem text, which a bad max_attempts matched too."""
+    task = Task.from_row(row(max_attempts=0))
+    assert task.problem == "max_attempts 0 is out of range (1..2147483647)"
+    assert task.bad_columns == {"max_attempts"}
+    assert "attempts" not in task.bad_columns
+    assert "bad_columns" not in task.as_dict()  # the problem text names them, with values
+
+
+def test_problems_record_the_column_of_each_reason() -> None:
+    problems = decode.Problems()
+    decode.optional_integer("max_attempts", 0, problems, low=1)
+    decode.text("param", None, problems)
+    decode.optional_text("error", "fine", problems)
+    assert problems == ["max_attempts 0 is out of range (1..2147483647)", "param is NULL"]
+    assert problems.columns == {"max_attempts", "param"}
 
 
 def test_priority_key_puts_non_integers_first() -> None:
