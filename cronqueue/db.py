@@ -12,6 +12,7 @@ import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import unquote_plus
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -37,8 +38,9 @@ SUPPORTED = ("sqlite", "mysql", "mariadb")
 PING_AFTER_IDLE = 1.0  # seconds a pooled MySQL connection may idle before it is pinged
 
 
-# Where a password sits in URL text: ?password=X / ?passwd=X, and user:PASSWORD@host.
-_QUERY_SECRET_RE = re.compile(r"[?&](?:password|passwd)=([^&#]*)", re.IGNORECASE)
+# Where a password sits in URL text: ?password=X / ?passwd=X, and user:PASSWORD@host. A key
+# may be percent-encoded (``?pass%77ord=X``): SQLAlchemy decodes it, so the redaction must too.
+_QUERY_ARG_RE = re.compile(r"[?&]([^=&#]*)=([^&#]*)")
 _QUERY_SECRET_KEYS = ("password", "passwd")
 
 
@@ -47,7 +49,8 @@ def secret_spans(url: str) -> list[tuple[int, int]]:
     ``passwd=`` query arguments, and the password of ``user:password@``, which ends at the
     authority's *last* ``@`` (an unencoded ``@`` in a password is all covered). Errs on the side
     of covering too much."""
-    spans = [m.span(1) for m in _QUERY_SECRET_RE.finditer(url)]
+    spans = [m.span(2) for m in _QUERY_ARG_RE.finditer(url)
+             if unquote_plus(m.group(1)).lower() in _QUERY_SECRET_KEYS]
     begin = url.find("://")
     if begin < 0:
         return spans

@@ -26,6 +26,10 @@ FORMS = {
     "query-password": f"mysql+pymysql://cq@db/app?charset=utf8mb4&password={PW}",
     "query-passwd": f"mysql://cq@db/app?passwd={PW}",
     "query-upper": f"mysql://cq@db/app?PASSWORD={PW}&x=1",
+    # a percent-encoded key: SQLAlchemy decodes it and connects with that password, so
+    # `check` printed it in clear until the redaction decoded keys too
+    "query-encoded-key": f"mysql://cq@db/app?x=1&pass%77ord={PW}",
+    "query-encoded-passwd": f"mysql://cq@db/app?%50ASSWD={PW}",
 }
 
 
