@@ -99,7 +99,13 @@ def restart_mariadb(events: list[dict[str, Any]], t0: float) -> None:
                    "down_seconds": round(time.monotonic() - down, 2)})
 
 
-def children_running(script: str) -> list[int]:
+# Task scripts are executed as /proc/self/fd/N (the file checked is the file run), so their
+# command line does not name chaos.sh: each param carries this key, and only the script's own
+# process (not the `sleep` it starts) has the param in its argv.
+TASK_MARKER = b'"chaos_n"'
+
+
+def children_running(marker: bytes) -> list[int]:
     out = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -108,7 +114,7 @@ def children_running(script: str) -> list[int]:
             cmd = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        if script.encode() in cmd:
+        if marker in cmd:
             out.append(int(proc.name))
     return out
 
@@ -196,7 +202,7 @@ def children_of(parent: int) -> list[int]:
 
 
 def chaos_loop(stop: threading.Event, events: list[dict[str, Any]], t0: float,
-               script: str, shard_every: float, task_every: float, restarts: list[float],
+               shard_every: float, task_every: float, restarts: list[float],
                is_mysql: bool) -> None:
     rng = random.Random(1)
     next_shard = time.monotonic() + shard_every
@@ -218,10 +224,10 @@ def chaos_loop(stop: threading.Event, events: list[dict[str, Any]], t0: float,
                                    "children": children})
         if now >= next_task:
             next_task = now + task_every
-            pids = children_running(script)
+            pids = children_running(TASK_MARKER)
             if pids:
                 pid = rng.choice(pids)
-                if kill_exactly(pid, script.encode()):
+                if kill_exactly(pid, TASK_MARKER):
                     events.append({"t": round(now - t0, 2), "kind": "kill-task", "pid": pid})
 
 
@@ -306,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     q.init_db()
     ids: list[int] = []
     for start in range(0, args.tasks, 5000):
-        ids += q.add_many(("chaos.sh", {"n": n})
+        ids += q.add_many(("chaos.sh", {"chaos_n": n})
                           for n in range(start, min(args.tasks, start + 5000)))
     is_mysql = make_url(args.db).get_backend_name() != "sqlite"
 
@@ -314,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     t0 = time.monotonic()
     restarts = [5.0 + i * 12.0 for i in range(args.db_restarts)]
-    chaos = threading.Thread(target=chaos_loop, args=(stop, events, t0, str(script),
+    chaos = threading.Thread(target=chaos_loop, args=(stop, events, t0,
                                                       args.kill_shard_every,
                                                       args.kill_task_every, restarts,
                                                       is_mysql), daemon=True)
