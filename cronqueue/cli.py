@@ -15,11 +15,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, NoReturn
 
 from .conceal import conceal_db_url
 from .config import MAX_BATCH, MAX_SHARDS, Config, load_config
 from .config import parse_age as config_parse_age
+from .db import redact
 from .decode import BIGINT_MAX, INT_MAX
 from .display import (
     format_schedule,
@@ -36,6 +37,26 @@ log = logging.getLogger("cronqueue.cli")
 
 
 # -- argument helpers -------------------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    """argparse quotes a bad argument in its error: ``cronqueue --db URL check`` (the option
+    before the command) printed ``invalid choice: 'mysql://cq:PASSWORD@db/app'``, and a URL
+    given without ``--db`` ``unrecognized arguments: ...`` (to the terminal, or cron's mail).
+    Every argument that holds a URL is shown redacted in those messages."""
+
+    argv: ClassVar[list[str]] = []
+
+    def error(self, message: str) -> NoReturn:
+        super().error(_redact_args(message, self.argv))
+
+
+def _redact_args(message: str, argv: Sequence[str]) -> str:
+    for word in sorted({w for w in argv if "://" in w}, key=len, reverse=True):
+        flag, eq, value = word.partition("=") if word.startswith("-") else ("", "", word)
+        shown = flag + eq + redact(value)
+        message = message.replace(repr(word), repr(shown)).replace(word, shown)
+    return message
+
 
 class _EnvAppend(argparse.Action):
     """Repeatable flag; its first use on the command line replaces the env default list."""
@@ -141,7 +162,7 @@ def parse_time(text: str) -> datetime:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cronqueue",
         description="A cron-driven, database-backed batch queue.",
         epilog="Exit codes: 0 ok, 1 a task or command failed, 2 bad usage or config.")
@@ -495,6 +516,7 @@ def setup_logging(level: str | None, default: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    _Parser.argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if args.log_level is not None and args.log_level.lower() not in _LOG_LEVELS:
         parser.error(f"--log-level/CRONQUEUE_LOG_LEVEL: invalid choice {args.log_level!r} "

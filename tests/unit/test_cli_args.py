@@ -304,3 +304,19 @@ def test_print_ddl_is_the_schema_rendering(capsys: pytest.CaptureFixture[str]) -
     for dialect in ("sqlite", "mysql"):
         assert main(["init-db", "--print-ddl", "--dialect", dialect]) == 0
         assert capsys.readouterr().out == render_ddl(dialect)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--db", "mysql://cq:Zq@9Qv7Wk3pJx@db/app", "check"],  # the option before the command
+    ["check", "mysql://cq:Qv7Wk3pJx@db/app"],  # a URL without --db
+    ["list", "--limit", "mysql://cq@db/app?password=Qv7Wk3pJx"],  # a value of the wrong type
+    ["--db=mysql://cq@db/app?pass%77ord=Qv7Wk3pJx", "list"],
+])
+def test_a_usage_error_never_shows_a_password(argv: list[str],
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """0.1.0 and issue 11: argparse quoted the URL, password and all, in its error."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Qv7Wk3pJx" not in err and "***" in err, err
