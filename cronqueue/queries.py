@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -21,6 +21,7 @@ from sqlalchemy import (
     func,
     literal,
     null,
+    or_,
     select,
     text,
     update,
@@ -34,6 +35,7 @@ from .schema import runs_table as r
 from .schema import workers_table as w
 
 FINISHED = (int(Status.DONE), int(Status.FAILED), int(Status.CANCELLED))
+NEVER = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)  # the latest run_at there is
 
 
 # -- enqueue ----------------------------------------------------------------------------------
@@ -212,7 +214,10 @@ def _due(stmt: Select[Any], *, shard: int, total: int, queue: str | None,
     stmt = stmt.where(q.c.status == int(Status.PENDING))
     if queue is not None:
         stmt = stmt.where(q.c.queue == queue)
-    stmt = stmt.where(q.c.run_at <= now)
+    # A run_at that no clock reaches (SQLite text sorting after every time: 'zzz', a BLOB) is
+    # due at once, so that the claim fails the row with its reason (InvalidRow) instead of
+    # leaving it pending forever. No DATETIME can be later than NEVER: on MariaDB it is a no-op.
+    stmt = stmt.where(or_(q.c.run_at <= now, q.c.run_at > NEVER))
     if total > 1:
         stmt = stmt.where(q.c.id % total == shard)
     return stmt

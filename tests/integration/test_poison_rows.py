@@ -83,6 +83,9 @@ SQLITE_ONLY: list[tuple[dict[str, Any], str, int]] = [
     ({"taskscript": b"\x80ok.sh"}, r"taskscript is not valid UTF-8", 0),
     ({"run_at": "1"}, r"run_at is not a valid time: 1", 0),  # NUMERIC affinity: integer 1
     ({"run_at": "2020-13-45 00:00:00"}, r"run_at is not a valid time: '2020-13-45", 0),
+    # Text and BLOBs SQLite sorts after every time: due at once (else never due, pending forever).
+    ({"run_at": "zzz"}, r"run_at is not a valid time: 'zzz'", 0),
+    ({"run_at": b"\x00"}, r"run_at is not a valid time", 0),
     ({"ctime": "yesterday"}, r"ctime is not a valid time: 'yesterday'", 0),
     ({"priority": "high"}, r"priority is not an integer: 'high'", 0),
     ({"priority": 1.5}, r"priority is not an integer: 1\.5", 0),
@@ -310,6 +313,58 @@ def test_unknown_status_is_shown_not_raised(queue: Queue, db_url: str, task_dir:
     shard(queue, task_dir, log_dir)
     assert int(get(queue, odd).status) == 7
     assert get(queue, normal).status is Status.DONE
+
+
+def test_a_status_that_is_no_code_is_named_and_no_command_moves_it(
+        queue: Queue, backend: str, db_url: str, task_dir: Path, log_dir: Path,
+        ok: Path) -> None:
+    """A status that is not an integer 0..4 is a problem of that column (the REAL and BLOB
+    ones were not, and ``status --wait`` waited for them forever). Shards, the rescue and
+    purge never select it; cancel and retry refuse it; the read commands show it with the
+    reason, as stored; ``status --wait`` returns at once (exit 1)."""
+    import time
+    from datetime import UTC, datetime
+
+    from cronqueue.rescue import rescue
+
+    stored: dict[object, str] = {7: "status 7 is out of range (0..4)",
+                                 -1: "status -1 is out of range (0..4)"}
+    if backend == "sqlite":  # (MariaDB's integer column refuses the rest)
+        stored.update({0.5: "status is not an integer: 0.5",
+                       2.5: "status is not an integer: 2.5",
+                       b"\x00": "status is not an integer: b'\\x00'",
+                       "pending": "status is not an integer: 'pending'"})
+    odd = {insert(queue, taskscript="ok.sh", param="{}", status=value,
+                  finished_at="2020-01-01 00:00:00",
+                  worker_host="otherhost", lease_until="2020-01-01 00:00:00"): (value, why)
+           for value, why in stored.items()}
+    normal = queue.add("ok.sh", {})
+    for task_id, (value, why) in odd.items():
+        task = get(queue, task_id)
+        assert (task.problem, task.bad_columns) == (why, {"status"}), value
+    before = {task_id: get(queue, task_id) for task_id in odd}
+
+    shard(queue, task_dir, log_dir)
+    report = rescue(queue.repo, queue.config.worker, datetime.now(UTC),
+                    server_uptime=lambda: 10.0**9)
+    assert not set(odd) & set(report.retried + report.failed + report.released)
+    assert queue.purge(older_than=0) == 1  # the done normal task only
+    assert {task_id: get(queue, task_id) for task_id in odd} == before
+    for task_id in odd:
+        for act in (queue.cancel, queue.retry):
+            with pytest.raises(Exception, match=rf"task {task_id} is unknown\("):
+                act(task_id)
+
+    task_id, (value, why) = next(iter(odd.items()))
+    started = time.monotonic()
+    proc = run_cli("status", str(task_id), "--wait", "--timeout", "60", db_url=db_url,
+                   task_dir=task_dir, log_dir=log_dir)
+    assert proc.returncode == 1 and time.monotonic() - started < 30
+    assert f"problem   {why}" in proc.stdout
+    listed = json.loads(run_cli("list", "--json", db_url=db_url, task_dir=task_dir,
+                                log_dir=log_dir).stdout)
+    assert {t["id"]: t["problem"] for t in listed} == {i: w for i, (_, w) in odd.items()}
+    assert normal not in {t["id"] for t in listed}
 
 
 def test_the_cli_shard_survives_a_poison_row(queue: Queue, backend: str, db_url: str,

@@ -113,8 +113,8 @@ def defined(before: Task, after: Task | None, shard_time: datetime) -> str | Non
     None. ``before``: the row as read back right after its insert.
 
     A pending row ends done, failed with a reason, retried (pending, an attempt charged,
-    the reason recorded), or is not due: its run_at is later than the shard's clock, or is
-    not a time at all (named in ``problem``; SQLite compares such text after any time). A
+    the reason recorded), or is not due: its run_at is later than the shard's clock (a
+    run_at that is not a time at all is due at once, and so failed with its reason). A
     running row stays running (its owner may be alive: the rescue's rules) or is rescued
     (pending, or failed with the reason). Any other row keeps its status, or, finished long
     ago, was deleted by the retention."""
@@ -130,8 +130,6 @@ def defined(before: Task, after: Task | None, shard_time: datetime) -> str | Non
                 return None  # retried
             if before.run_at is not None and before.run_at > shard_time:
                 return None  # not due
-            if before.run_at is None and "run_at" in before.bad_columns:
-                return None  # never due: named in problem
             return "pending and due, but untouched"
         return f"pending became {after.status!r}"
     if before.status is Status.RUNNING:
