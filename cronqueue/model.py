@@ -59,10 +59,29 @@ def status_of(value: object) -> Status:
     return Status.of(-1, decode.show(value))
 
 
+def status_problem(value: object) -> str | None:
+    """Why a stored status is none of the codes 0..4, or None when it is one. No command
+    moves such a row (shards claim 0, the rescue takes 2, purge 1, 3 and 4): it stays as it
+    is, shown as ``unknown(...)`` with this reason, until an operator rewrites it."""
+    if value is None:
+        return "status is NULL"
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"status is not an integer: {decode.show(value)}"
+    try:
+        Status(int(value))  # (a stand-in passed back is no member either)
+    except ValueError:
+        return f"status {int(value)} is out of range ({min(Status)}..{max(Status)})"
+    return None
+
+
 def status_name(value: object) -> str:
     """A stored status as the commands name it: ``pending`` ... ``cancelled``, ``unknown(7)``
-    for a code outside 0..4, ``unknown('x')`` for a value that is not an integer."""
-    return status_of(value).name.lower()
+    for a code outside 0..4, ``unknown('x')`` for a value that is not an integer (shown
+    as stored: ``unknown('PENDING')`` is not ``pending``)."""
+    status = status_of(value)
+    if status_problem(value) is None:
+        return status.name.lower()
+    return "unknown" + status.name.removeprefix("UNKNOWN")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +127,8 @@ class Task:
         v = dict(row)
         p = decode.Problems()
         status = status_of(v["status"])
-        if status < 0 and status.name.startswith("UNKNOWN('"):
-            p.add("status", f"status is not an integer: {decode.show(v['status'])}")
+        if (bad_status := status_problem(v["status"])) is not None:
+            p.add("status", bad_status)
         queue = decode.text("queue", v["queue"], p)
         if "\x00" in queue:  # (other odd names run: the log shows them as repr)
             p.add("queue", f"queue name {decode.show(queue)} holds a NUL byte, which the "
@@ -194,6 +213,6 @@ def _as_dict(obj: Any) -> dict[str, Any]:
         if isinstance(value, datetime):
             value = value.isoformat()
         elif isinstance(value, Status):
-            value = value.name.lower()
+            value = status_name(value)
         out[f.name] = value
     return out

@@ -194,11 +194,12 @@ class Queue:
 
     def wait(self, task_id: int, timeout: float | None = None,
              interval: float = 0.2) -> Task | None:
-        """Poll until the task is finished (done, failed, cancelled) or ``timeout`` passes."""
+        """Poll until the task is finished (done, failed, cancelled) or ``timeout`` passes;
+        at once for a stored status that is none of the codes (no command ever moves it)."""
         end = None if timeout is None else time.monotonic() + timeout
         while True:
             task = self.get(task_id)
-            if task is None or task.status.finished:
+            if task is None or task.status.finished or "status" in task.bad_columns:
                 return task
             if end is not None and time.monotonic() >= end:
                 return task

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from cronqueue import queries, schema
-from cronqueue.model import Status, Task
+from cronqueue.model import Status, Task, status_name
 
 T0 = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
 
@@ -127,11 +127,32 @@ def test_from_row_keeps_an_unknown_status_code_visible() -> None:
     assert task.status.name == "UNKNOWN(9)"
     assert task.status not in list(Status)
     assert not task.status.finished
-    assert task.problem is None  # an odd status is shown, not a reason to fail the row
+    assert task.problem == "status 9 is out of range (0..4)"  # shown, and named
+    assert task.bad_columns == {"status"}
     assert task.as_dict()["status"] == "unknown(9)"
     text_status = Task.from_row(row(status="x"))
     assert text_status.status.name == "UNKNOWN('x')"
     assert text_status.problem == "status is not an integer: 'x'"
+
+
+@pytest.mark.parametrize(("stored", "problem", "shown"), [
+    (-1, "status -1 is out of range (0..4)", "unknown(-1)"),
+    (0.5, "status is not an integer: 0.5", "unknown(0.5)"),  # a REAL (SQLite)
+    (b"\x00", "status is not an integer: b'\\x00'", "unknown(b'\\x00')"),  # a BLOB
+    ("PENDING", "status is not an integer: 'PENDING'", "unknown('PENDING')"),
+    (None, "status is NULL", "unknown(None)"),
+])
+def test_every_status_that_is_no_code_is_a_problem_of_that_column(
+        stored: object, problem: str, shown: str) -> None:
+    """Only text statuses were named (by the prefix "UNKNOWN('" of the stand-in's name): a
+    REAL or a BLOB became the stand-in with no problem recorded."""
+    task = Task.from_row(row(status=stored))
+    assert (task.problem, task.bad_columns) == (problem, {"status"})
+    assert task.status not in list(Status) and not task.status.finished
+    assert task.as_dict()["status"] == shown  # as stored: not lower-cased into a name
+    assert status_name(stored) == shown
+    for code in Status:
+        assert Task.from_row(row(status=int(code))).problem is None
 
 
 def test_attribute_names_are_the_column_names() -> None:
