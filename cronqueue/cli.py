@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar, NoReturn
 
 from .conceal import conceal_db_url
-from .config import MAX_BATCH, MAX_SHARDS, Config, load_config
+from .config import MAX_BATCH, MAX_SECONDS, MAX_SHARDS, Config, load_config
 from .config import parse_age as config_parse_age
 from .db import redact
 from .decode import BIGINT_MAX, INT_MAX
@@ -151,6 +151,18 @@ def _seconds(text: str) -> float:
     return parse_age(text).total_seconds()
 
 
+def _max_seconds(text: str) -> float:
+    """``work --max-seconds``: the bounds of the config's ``do_queue.max_seconds`` (which the
+    mission passes as this flag): > 0 and <= MAX_SECONDS."""
+    try:
+        seconds = config_parse_age(text, MAX_SECONDS).total_seconds()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return seconds
+
+
 def parse_time(text: str) -> datetime:
     """ISO-8601; without an offset it is taken as UTC."""
     try:
@@ -236,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
          help="only this queue (repeatable; env: comma-separated; default: all)")
     _env(p, "--batch", env="CRONQUEUE_BATCH", type=_upto(MAX_BATCH),
          help="rows per claim (default: worker.batch)")
-    _env(p, "--max-seconds", env="CRONQUEUE_MAX_SECONDS", type=_seconds,
+    _env(p, "--max-seconds", env="CRONQUEUE_MAX_SECONDS", type=_max_seconds,
          help="keep polling for this long (default: drain what is due and exit)")
     _env(p, "--python-fork", env="CRONQUEUE_PYTHON_FORK", type=_flag, nargs="?", const=True,
          help="run .py task scripts in children forked from a warm interpreter "

@@ -46,9 +46,9 @@ MAX_SHARDS = 1024  # do_queue.total and `work --total`
 MAX_BATCH = 10_000  # worker.batch, do_queue.batch and `work --batch`
 
 
-def parse_age(text: str | int | float) -> timedelta:
-    """``90``, ``90s``, ``15m``, ``12h``, ``7d``, ``2w`` (a number alone is seconds).
-    Raises ``ValueError`` with a readable reason."""
+def parse_age(text: str | int | float, maximum: float = MAX_AGE) -> timedelta:
+    """``90``, ``90s``, ``15m``, ``12h``, ``7d``, ``2w`` (a number alone is seconds), at most
+    ``maximum`` seconds. Raises ``ValueError`` with a readable reason."""
     if isinstance(text, int | float) and not isinstance(text, bool) and text >= 0:
         seconds = float(text)
     else:
@@ -56,8 +56,9 @@ def parse_age(text: str | int | float) -> timedelta:
         if not match:
             raise ValueError(f"bad age {text!r} (examples: 3600, 15m, 12h, 7d)")
         seconds = float(match.group(1)) * _AGE_UNITS[match.group(2)]
-    if not seconds <= MAX_AGE:  # also inf
-        raise ValueError(f"age {text!r} is too large (at most 100 years)")
+    if not seconds <= maximum:  # also inf
+        bound = "100 years" if maximum == MAX_AGE else f"{maximum:.0f} seconds"
+        raise ValueError(f"age {text!r} is too large (at most {bound})")
     return timedelta(seconds=seconds)
 
 

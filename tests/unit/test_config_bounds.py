@@ -129,6 +129,37 @@ def test_work_total_and_batch_flags_are_bounded(argv: list[str],
     assert f"argument {argv[0]}: must be <=" in err
 
 
+@pytest.mark.parametrize("value", [str(MAX_SECONDS + 1), "367d", "53w", "100000d"])
+def test_work_max_seconds_has_the_configs_bound(value: str, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`work --max-seconds` allowed up to 100 years (parse_age's bound for ages) while the
+    config's do_queue.max_seconds, which the mission passes as that very flag, allows 366
+    days: one bound for both."""
+    assert run_main(["work", "--max-seconds", value]) == 2
+    err = capsys.readouterr().err
+    assert (f"argument --max-seconds: age {value!r} is too large (at most {MAX_SECONDS} "
+            "seconds)") in err, err
+    message = config_error(tmp_path, '[[mission]]\nname = "m"\ncron = "* * * * *"\n'
+                                     f'do_queue = {{ max_seconds = {MAX_SECONDS + 1}, '
+                                     'total = 1 }\n')
+    assert message == (f"mission 'm'.do_queue.max_seconds: must be a number > 0 and "
+                       f"<= {MAX_SECONDS}, got {MAX_SECONDS + 1}")
+
+
+def test_work_max_seconds_must_be_positive_like_the_configs(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_main(["work", "--max-seconds", "0"]) == 2
+    assert "argument --max-seconds: must be > 0, got '0'" in capsys.readouterr().err
+
+
+def test_work_max_seconds_accepts_the_configs_maximum() -> None:
+    from cronqueue.cli import build_parser
+
+    for value in (str(MAX_SECONDS), "366d", "0.5"):
+        assert build_parser().parse_args(["work", "--max-seconds", value]).max_seconds == (
+            MAX_SECONDS if value != "0.5" else 0.5)
+
+
 def test_work_batch_env_is_bounded(monkeypatch: pytest.MonkeyPatch,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("CRONQUEUE_BATCH", str(10**20))
