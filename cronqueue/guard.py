@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError
 
 from .db import redact
 from .errors import DatabaseError
+from .logfiles import open_in_log_dir
 
 
 def lock_path(log_dir: Path, entry: str, shard: int) -> Path:
@@ -69,6 +70,7 @@ class ShardGuard:
 
     def __init__(self, engine: Engine, log_dir: Path, entry: str, shard: int) -> None:
         self.engine = engine
+        self.log_dir = log_dir
         self.path = lock_path(log_dir, entry, shard)
         self.name = db_lock_name(engine, entry, shard)
         self.holder = ""  # where the running copy is, when acquire() fails
@@ -84,8 +86,10 @@ class ShardGuard:
                                 f"{type(exc.orig).__name__}: {exc.orig}") from exc
 
     def _acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "ab")  # noqa: SIM115 - held open for the shard's life
+        # Never through a link planted in log_dir (root would create and lock its target).
+        fd = open_in_log_dir(self.log_dir, self.path.relative_to(self.log_dir),
+                             os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        handle = os.fdopen(fd, "ab")  # held open for the shard's life
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -5,11 +5,14 @@ only if the link belongs to the shard's user or root (an operator's ``logs -> /v
 not a link planted in a shared parent). Day logs (``YYYY-MM-DD.log``) are opened relative to it
 with ``O_NOFOLLOW`` (a planted link is refused, never written through), created ``0600``, and
 used only if they are regular files of the shard's user or root with a single name (a planted
-hard link to another file is refused too).
+hard link to another file is refused too). The other files cronqueue keeps in log_dir (the
+mission's ``shards.log``, the lock files under ``locks/``) are opened the same way by
+``open_in_log_dir``: no component below log_dir is followed if it is a link.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
@@ -77,6 +80,63 @@ class LogDir:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def open_in_log_dir(log_dir: str | Path, relpath: str | Path, flags: int,
+                    mode: int = _DAY_MODE) -> int:
+    """``log_dir/relpath`` opened with ``flags`` (``O_CREAT`` creates it ``mode``), its
+    directories below log_dir created as needed; no component below log_dir is followed if it
+    is a link (a link someone planted in a shared log_dir would have root append to, create or
+    lock a file of their choice), and each must be a directory or regular file of the shard's
+    user or root (the file: with one name). log_dir itself is taken as ``LogDir`` takes it.
+    Returns a descriptor (blocking, close-on-exec). Raises OSError or LogFileRefused."""
+    top = LogDir(log_dir)
+    dir_fd = os.dup(top.fd())
+    top.close()
+    uid = os.geteuid()
+    parts = Path(relpath).parts
+    try:
+        for name in parts[:-1]:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o755, dir_fd=dir_fd)
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             dir_fd=dir_fd)
+            except OSError as exc:
+                if stat.S_ISLNK(_lmode(name, dir_fd)) or isinstance(exc, NotADirectoryError):
+                    raise LogFileRefused(f"{Path(log_dir) / relpath}: {name} is not a "
+                                         "directory (a symbolic link?): refused") from None
+                raise
+            os.close(dir_fd)
+            dir_fd = fd
+            owner = os.fstat(fd).st_uid
+            if owner not in (uid, 0):
+                raise LogFileRefused(f"{Path(log_dir) / relpath}: directory {name} is owned by "
+                                     f"uid {owner}, not by the shard's user or root: refused")
+        name = parts[-1]
+        try:
+            fd = os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC,
+                         mode, dir_fd=dir_fd)
+        except OSError:
+            if stat.S_ISLNK(_lmode(name, dir_fd)):
+                raise LogFileRefused(f"{Path(log_dir) / relpath} is a symbolic link: refused "
+                                     "(never written through a link)") from None
+            raise
+    finally:
+        os.close(dir_fd)
+    try:
+        st = os.fstat(fd)
+        why = ("not a regular file" if not stat.S_ISREG(st.st_mode)
+               else f"owned by uid {st.st_uid}" if st.st_uid not in (uid, 0)
+               else f"a file with {st.st_nlink} hard links" if st.st_nlink != 1
+               else "")
+        if why:
+            raise LogFileRefused(f"{Path(log_dir) / relpath} is {why}: refused")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _lmode(name: str, dir_fd: int | None) -> int:

@@ -36,6 +36,7 @@ from .config import Config, MissionEntry
 from .db import make_engine
 from .errors import ConfigError, one_line
 from .guard import is_locked_here, is_locked_in_db
+from .logfiles import LogFileRefused, open_in_log_dir
 from .model import Status
 from .proc import Owner
 from .repository import Repository
@@ -86,11 +87,17 @@ def detached_launcher(log_dir: Path) -> Launcher:
     """Start a shard in its own session, stdin closed, output appended to ``shards.log``."""
 
     def launch(argv: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
-        log_dir.mkdir(parents=True, exist_ok=True)
-        with open(log_dir / "shards.log", "ab") as out:
+        try:  # never through a link planted in log_dir (root would append to its target)
+            out = open_in_log_dir(log_dir, "shards.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        except (OSError, LogFileRefused) as exc:
+            log.error("shard output not kept: %s", exc)
+            out = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        try:
             return subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
                                     stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True, close_fds=True)
+        finally:
+            os.close(out)
 
     return launch
 

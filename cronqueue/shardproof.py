@@ -23,6 +23,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
 
+from .logfiles import LogFileRefused, open_in_log_dir
 from .proc import pid_start_ticks
 
 log = logging.getLogger("cronqueue.shardproof")
@@ -48,6 +49,7 @@ class WorkerLock:
     """Held by a running shard once it is registered as worker ``worker_id``."""
 
     def __init__(self, log_dir: str | Path, url: str | URL, worker_id: int) -> None:
+        self.log_dir = Path(log_dir)
         self.path = lock_path(log_dir, url, worker_id)
         self._fd = -1
 
@@ -55,9 +57,10 @@ class WorkerLock:
         """Take the lock; False (logged) if impossible: the shard is then stopped through the
         database only."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             for _ in range(3):
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                # never through a link planted in log_dir (root would create and lock its target)
+                fd = open_in_log_dir(self.log_dir, self.path.relative_to(self.log_dir),
+                                     os.O_RDWR | os.O_CREAT, 0o644)
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
@@ -67,7 +70,7 @@ class WorkerLock:
                 except OSError:  # held, or unlinked meanwhile by a shard leaving: try again
                     pass
                 os.close(fd)
-        except OSError as exc:
+        except (OSError, LogFileRefused) as exc:
             log.warning("cannot hold %s (%s): `workers stop` will reach this shard through "
                         "the database only", self.path, exc)
             return False
