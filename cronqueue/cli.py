@@ -9,7 +9,6 @@ import argparse
 import json
 import logging
 import os
-import socket
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -466,10 +465,8 @@ def cmd_workers(args: argparse.Namespace, cfg: Config) -> int:
             if w.signalled:
                 print(f"asked {who} to stop: sent SIGTERM")
             else:
-                why = ("a process on another host" if w.host != socket.gethostname() else
-                       f"pid {w.pid} did not prove to be that shard here, so no signal")
-                print(f"asked {who} to stop through the database only ({why}): it stops at "
-                      f"its next heartbeat, within {cfg.worker.heartbeat:g}s")
+                print(f"asked {who} to stop through the database only ({w.no_signal_reason}): "
+                      f"it stops at its next heartbeat, within {cfg.worker.heartbeat:g}s")
         if not asked:
             print("no running worker matched")
             return 1

@@ -138,7 +138,7 @@ class Queue:
         hosts through the database (seen within ``worker.heartbeat`` seconds). A process on
         this host also gets SIGTERM at once, but only if it proves to be that shard (see
         shardproof.py): a row naming an unrelated pid gets it no signal. Returns the shards
-        asked, each with ``signalled``."""
+        asked, each with ``signalled`` and, when it was not, ``no_signal_reason``."""
         wanted = set(ids) if ids is not None else None
         chosen = [w for w in self.workers() if w.alive
                   and (wanted is None or w.id in wanted)
@@ -147,10 +147,17 @@ class Queue:
         self.repo.request_stop([w.id for w in chosen])
         here = Owner.me().host
         return [StoppedWorker(**{f.name: getattr(w, f.name) for f in fields(Worker)},
-                              signalled=w.host == here and signal_shard(
-                                  self.config.log_dir, self.config.db_url, w.id, w.pid,
-                                  w.pid_start))
+                              no_signal_reason=self._signal_stop(w, here))
                 for w in chosen]
+
+    def _signal_stop(self, w: Worker, here: str) -> str | None:
+        """SIGTERM to the shard of row ``w`` if it proves to be here; None if sent, else why
+        not."""
+        if w.host != here:
+            return "a process on another host"
+        if signal_shard(self.config.log_dir, self.config.db_url, w.id, w.pid, w.pid_start):
+            return None
+        return f"pid {w.pid} did not prove to be that shard here, so no signal"
 
     def schedule(self, now: datetime | None = None) -> list[dict[str, Any]]:
         """The mission entries of the configuration: next runs, last run and outcome."""
@@ -206,12 +213,17 @@ class Queue:
             time.sleep(interval)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StoppedWorker(Worker):
     """A shard asked to stop: ``signalled`` if it also got SIGTERM at once (a process on this
-    host that proved to be that shard), else it stops at its next heartbeat."""
+    host that proved to be that shard), else it stops at its next heartbeat, and
+    ``no_signal_reason`` says why it got no signal."""
 
-    signalled: bool = False
+    no_signal_reason: str | None  # None: it was signalled
+
+    @property
+    def signalled(self) -> bool:
+        return self.no_signal_reason is None
 
 
 def _task_id(value: object) -> int:

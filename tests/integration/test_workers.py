@@ -240,3 +240,42 @@ def test_workers_judges_dead_and_reused_pids(cq: Queue) -> None:
         signal.signal(signal.SIGTERM, old)
     assert got == []
     assert not any(w.stop_requested for w in cq.workers())
+
+
+def test_stopped_workers_carry_why_they_got_no_signal(
+        cq: Queue, db_url: str, task_dir: Path, log_dir: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The reason was worked out again by the CLI (comparing the row's host with
+    socket.gethostname()); the one who decided not to signal now says why."""
+    from tests.conftest import run_main
+
+    repo = Repository(cq.engine)
+    now = datetime.now(UTC)
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        ticks = pid_start_ticks(bystander.pid)
+
+        def register(host: str, pid: int, pid_start: int | None) -> int:
+            return repo.register_worker(host=host, pid=pid, pid_start=pid_start, entry=None,
+                                        shard=0, total=1, queues="", started_at=now,
+                                        heartbeat_at=now)
+
+        far = register("some-other-host", 1, 1)
+        forged = register(socket.gethostname(), bystander.pid, ticks)
+        why = {far: "a process on another host",
+               forged: f"pid {bystander.pid} did not prove to be that shard here, so no signal"}
+        asked = cq.stop_workers()
+        assert {w.id: (w.signalled, w.no_signal_reason) for w in asked} == {
+            i: (False, reason) for i, reason in why.items()}
+
+        assert run_main(["workers", "stop", "--all", "--db", db_url, "--task-dir",
+                         str(task_dir), "--log-dir", str(log_dir)]) == 0
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert len(lines) == 2
+        for worker_id, reason in why.items():
+            line = next(x for x in lines if f"worker {worker_id} " in x)
+            assert f"through the database only ({reason}): it stops" in line
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
