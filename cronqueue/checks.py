@@ -33,16 +33,14 @@ def shard_warnings(cfg: Config, step: int) -> list[str]:
 def schedule_warnings(cfg: Config, repo: Repository, now: datetime) -> list[str]:
     """Entries whose last recorded run lies ahead of this host's clock (a clock that ran
     ahead): not binding for the ticks (see mission.py), but the operator should know."""
-    from .mission import AHEAD_TOLERANCE
+    from .mission import ahead_warning
 
     out = []
     for entry in cfg.missions:
         newest = repo.last_scheduled(entry.name)
-        if newest is not None and newest - now > AHEAD_TOLERANCE:
-            out.append(f"mission {entry.name!r}: last run recorded for "
-                       f"{newest:%Y-%m-%dT%H:%M}Z, ahead of this host's clock "
-                       f"({now:%Y-%m-%dT%H:%M}Z); ticks go on, but that time will not fire "
-                       "again: check the clocks of the hosts running the mission")
+        warning = None if newest is None else ahead_warning(newest, now)
+        if warning is not None:
+            out.append(f"mission {entry.name!r}: {warning}")
     return out
 
 

@@ -83,6 +83,19 @@ def _span(delta: timedelta) -> str:
     return str(timedelta(seconds=round(delta.total_seconds())))
 
 
+def ahead_warning(recorded: datetime, now: datetime) -> str | None:
+    """The one wording, for the tick's log, ``check`` and ``schedule``, of a run recorded
+    for ``recorded``, more than AHEAD_TOLERANCE ahead of the clock's ``now``; None when it
+    is not."""
+    if recorded - now <= AHEAD_TOLERANCE:
+        return None
+    return (f"a run is recorded for {recorded:%Y-%m-%dT%H:%M}Z, {_span(recorded - now)} "
+            f"ahead of the clock ({now:%Y-%m-%dT%H:%M:%S}Z): not binding, the entry goes on "
+            "by its runs up to now, and that time will not fire again (a host clock that ran "
+            "ahead, or a mission --now in the future? check the clocks of the hosts running "
+            "the mission)")
+
+
 def detached_launcher(log_dir: Path) -> Launcher:
     """Start a shard in its own session, stdin closed, output appended to ``shards.log``."""
 
@@ -168,13 +181,10 @@ class Mission:
         newest = repo.last_scheduled(entry.name)
         if newest is None or newest <= tick:
             return newest
-        if newest - now > AHEAD_TOLERANCE:
+        warning = ahead_warning(newest, now)
+        if warning is not None:
             report.ahead[entry.name] = newest
-            log.warning("mission=%s a run is recorded for %s, %s ahead of this tick's clock "
-                        "(%s): not binding, the entry goes on by its runs up to now (a host "
-                        "clock that ran ahead, or a mission --now in the future?)", entry.name,
-                        f"{newest:%Y-%m-%dT%H:%M}Z", _span(newest - now),
-                        f"{now:%Y-%m-%dT%H:%M:%S}Z")
+            log.warning("mission=%s %s", entry.name, warning)
         return repo.last_scheduled(entry.name, until=tick)
 
     def _entry(self, entry: MissionEntry, repo: Repository, engine: Engine, me: Owner,
@@ -318,10 +328,8 @@ def overview(config: Config, repo: Repository, now: datetime,
         except Exception as exc:  # one entry must not break the overview
             upcoming_runs = []
             warning = f"next runs cannot be computed: {type(exc).__name__}: {exc}"
-        if run and run["scheduled_at"] - now > AHEAD_TOLERANCE:
-            warning = (f"last run recorded for {run['scheduled_at']:%Y-%m-%dT%H:%M}Z is "
-                       f"{_span(run['scheduled_at'] - now)} ahead of the clock: not binding, "
-                       "ticks go on (a host clock that ran ahead?)")
+        if run:
+            warning = ahead_warning(run["scheduled_at"], now) or warning
         if entry.do_queue is not None:
             dq = entry.do_queue
             action = (f"do_queue total={dq.total} queues={','.join(dq.queues) or '*'}"

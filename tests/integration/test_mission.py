@@ -25,7 +25,7 @@ from cronqueue import Queue, Status
 from cronqueue.config import Config, load_config
 from cronqueue.db import make_engine
 from cronqueue.guard import ShardGuard
-from cronqueue.mission import Mission, TickReport
+from cronqueue.mission import Mission, TickReport, ahead_warning
 from cronqueue.repository import Repository
 from cronqueue.schema import runs_table
 from tests.conftest import write_script
@@ -861,7 +861,8 @@ def test_a_run_recorded_ahead_of_the_clock_does_not_stop_real_ticks(
             report = Mission(cfg, launcher=FakeLauncher(), clock=lambda n=now: n).tick()
         assert report.fired == {"every": at(10, minute)}, minute
         assert report.ahead == {"every": at(12, 0)}
-        assert any("ahead of this tick's clock" in r.getMessage() for r in caplog.records)
+        assert f"mission=every {ahead_warning(at(12, 0), now)}" in [
+            r.getMessage() for r in caplog.records]
     # catch-up still counts from the runs up to now: a missed minute is reported as such
     report = Mission(cfg, launcher=FakeLauncher(), clock=lambda: at(10, 5, 5)).tick()
     assert report.fired == {"every": at(10, 5)} and report.missed == {"every": 1}
@@ -871,10 +872,15 @@ def test_a_run_recorded_ahead_of_the_clock_does_not_stop_real_ticks(
 
     lines: list[str] = []
     assert run_checks(cfg, lines.append, now=real) == 0
-    assert any(line.startswith("WARN schedule") and "'every'" in line for line in lines), lines
+    # One wording (mission.ahead_warning) for the tick's log, `check` and `schedule`: they
+    # each had their own, three different texts for one situation.
+    warning = ahead_warning(at(12, 0), real)
+    assert warning is not None and "1:59:55 ahead of the clock" in warning
+    assert f"WARN schedule  mission 'every': {warning}" in lines, lines
     entry = q.schedule(real)[0]
-    assert entry["warning"] is not None and "ahead of the clock" in entry["warning"]
+    assert entry["warning"] == warning
     assert q.schedule(at(12, 0, 5))[0]["warning"] is None
+    assert ahead_warning(at(12, 0), at(11, 59)) is None  # within the tolerance
     q.close()
 
 
