@@ -370,6 +370,12 @@ def _mission(index: int, raw: Any) -> MissionEntry:
 
     if not isinstance(cron, str) or not croniter.is_valid(cron):
         raise ConfigError(f"{label}: invalid cron expression {cron!r}")
+    if not cron.strip().startswith("@") and len(cron.split()) != 5:
+        # croniter reads a 6th field as seconds (7th: years), but the mission ticks once a
+        # minute: "0 * * * * 30" passed check, then never fired with catch_up = "skip"
+        raise ConfigError(f"{label}: cron expression {cron!r} has {len(cron.split())} fields; "
+                          "give 5 (minute hour day-of-month month day-of-week): the mission "
+                          "runs once a minute, without seconds or years")
     from .schedule import never_fires
 
     if never_fires(cron):

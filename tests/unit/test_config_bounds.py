@@ -100,6 +100,25 @@ def test_never_firing_cron_is_refused_naming_the_entry(tmp_path: Path, cron: str
     assert message == f"mission 'leapday': cron expression '{cron}' never fires (no such date)"
 
 
+@pytest.mark.parametrize("cron", ["0 * * * * 30", "* * * * * * *", "0 3 * * * 0 2027"])
+def test_a_cron_with_seconds_or_years_is_refused_naming_the_entry(tmp_path: Path,
+                                                                  cron: str) -> None:
+    """croniter reads a 6th field as seconds: "0 * * * * 30" (hourly at :00:30) passed check
+    and schedule showed its next runs, but a mission ticking in the first seconds of each
+    minute never fired it with catch_up = "skip" (and a minute late otherwise)."""
+    message = config_error(tmp_path, f'[[mission]]\nname = "secs"\ncron = "{cron}"\n'
+                                     'add = { taskscript = "ok.sh" }\n')
+    assert message.startswith(f"mission 'secs': cron expression '{cron}' has ")
+    assert "give 5" in message
+
+
+def test_cron_macros_are_still_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "cq.toml"
+    path.write_text('[[mission]]\nname = "h"\ncron = "@hourly"\n'
+                    'add = { taskscript = "ok.sh" }\n', encoding="utf-8")
+    assert run_main(["check", "--config", str(path)]) in (0, 1)  # no config error (2)
+
+
 @pytest.mark.parametrize("cron", ["0 0 29 2 *", "0 0 30 2 1", "* * * * *", "0 0 31 * *"])
 def test_rare_but_real_dates_are_accepted(cron: str) -> None:
     assert not never_fires(cron)
