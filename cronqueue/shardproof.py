@@ -9,6 +9,12 @@ holding a lock on that file's device and inode. An unrelated process holds no su
 cannot be made to. The signal then goes through a pidfd opened *before* the proof, so a pid
 reused in between is never hit. Without proof (another host, another log_dir, no ``/proc``)
 only the database flag is set, which the shard reads at its next heartbeat.
+
+The lock directory and files are created ``0700``/``0600`` and reached as logfiles.py reaches
+its files: each component opened with ``O_NOFOLLOW`` relative to the directory above, the file
+used only if it is a regular file of the shard's user or root with one name. So a link planted
+at a lock path (to a file some unrelated process flocks, or one root would create) is neither
+created, locked, swept nor taken as proof.
 """
 
 from __future__ import annotations
@@ -19,11 +25,12 @@ import hashlib
 import logging
 import os
 import signal
+import stat
 from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
 
-from .logfiles import LogFileRefused, open_in_log_dir
+from .logfiles import LogFileRefused, file_refusal, open_dir_in_log_dir, open_file_at
 from .proc import pid_start_ticks
 
 log = logging.getLogger("cronqueue.shardproof")
@@ -42,7 +49,14 @@ def database_key(url: str | URL) -> str:
 
 
 def lock_path(log_dir: str | Path, url: str | URL, worker_id: int) -> Path:
-    return Path(log_dir) / "locks" / "workers" / f"{database_key(url)}-{worker_id}.lock"
+    return Path(log_dir) / LOCK_DIR / lock_name(url, worker_id)
+
+
+LOCK_DIR = Path("locks") / "workers"  # below log_dir
+
+
+def lock_name(url: str | URL, worker_id: int) -> str:
+    return f"{database_key(url)}-{worker_id}.lock"
 
 
 class WorkerLock:
@@ -51,60 +65,78 @@ class WorkerLock:
     def __init__(self, log_dir: str | Path, url: str | URL, worker_id: int) -> None:
         self.log_dir = Path(log_dir)
         self.path = lock_path(log_dir, url, worker_id)
+        self.name = lock_name(url, worker_id)
         self._fd = -1
+        self._dir_fd = -1  # the lock's directory, held with it: release unlinks in it
 
     def acquire(self) -> bool:
         """Take the lock; False (logged) if impossible: the shard is then stopped through the
         database only."""
         try:
+            dir_fd = open_dir_in_log_dir(self.log_dir, LOCK_DIR)
+        except (OSError, LogFileRefused) as exc:
+            return self._without(exc)
+        try:
             for _ in range(3):
-                # never through a link planted in log_dir (root would create and lock its target)
-                fd = open_in_log_dir(self.log_dir, self.path.relative_to(self.log_dir),
-                                     os.O_RDWR | os.O_CREAT, 0o644)
+                fd = open_file_at(dir_fd, self.name, os.O_RDWR | os.O_CREAT, 0o600,
+                                  shown=self.path)
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
-                        self._fd = fd
-                        _sweep(self.path)
+                    if os.fstat(fd).st_ino == _lstat_at(dir_fd, self.name).st_ino:
+                        self._fd, self._dir_fd = fd, dir_fd
+                        _sweep(dir_fd, self.name)
                         return True
                 except OSError:  # held, or unlinked meanwhile by a shard leaving: try again
                     pass
                 os.close(fd)
         except (OSError, LogFileRefused) as exc:
-            log.warning("cannot hold %s (%s): `workers stop` will reach this shard through "
-                        "the database only", self.path, exc)
-            return False
+            os.close(dir_fd)
+            return self._without(exc)
+        os.close(dir_fd)
         log.warning("cannot hold %s (held by another process): `workers stop` will reach "
                     "this shard through the database only", self.path)
+        return False
+
+    def _without(self, exc: Exception) -> bool:
+        log.warning("cannot hold %s (%s): `workers stop` will reach this shard through "
+                    "the database only", self.path, exc)
         return False
 
     def release(self) -> None:
         if self._fd >= 0:
             with contextlib.suppress(OSError):
-                os.unlink(self.path)  # while still held: a successor re-creates it
+                os.unlink(self.name, dir_fd=self._dir_fd)  # still held: a successor re-creates
             os.close(self._fd)
-            self._fd = -1
+            os.close(self._dir_fd)
+            self._fd = self._dir_fd = -1
 
 
-def _sweep(mine: Path) -> None:
+def _lstat_at(dir_fd: int, name: str) -> os.stat_result:
+    return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+
+
+def _sweep(dir_fd: int, mine: str) -> None:
     """Remove the lock files of this database's shards that died without removing theirs
     (kill -9): those nobody holds. A shard between creating its file and locking it sees
-    the file unlinked and takes a new one (``acquire`` checks the inode)."""
-    prefix = mine.name.rsplit("-", 1)[0] + "-"
+    the file unlinked and takes a new one (``acquire`` checks the inode). Links and files
+    that are not ours are left alone."""
+    prefix = mine.rsplit("-", 1)[0] + "-"
     try:
-        names = [n for n in os.listdir(mine.parent) if n.startswith(prefix) and n != mine.name]
+        names = [n for n in os.listdir(dir_fd) if n.startswith(prefix) and n != mine]
     except OSError:
         return
     for name in names:
-        path = mine.parent / name
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK,
+                         dir_fd=dir_fd)
         except OSError:
             continue
         try:
+            if file_refusal(os.fstat(fd)):
+                continue
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if os.fstat(fd).st_ino == os.stat(path).st_ino:
-                os.unlink(path)
+            if os.fstat(fd).st_ino == _lstat_at(dir_fd, name).st_ino:
+                os.unlink(name, dir_fd=dir_fd)
         except OSError:  # held by a live shard, or gone meanwhile
             pass
         finally:
@@ -112,9 +144,17 @@ def _sweep(mine: Path) -> None:
 
 
 def flock_holders(path: str | Path) -> set[int]:
-    """The pids holding an ``flock`` on ``path``, as ``/proc/locks`` lists them."""
+    """The pids holding an ``flock`` on the file at ``path``, as ``/proc/locks`` lists them;
+    none if ``path`` is a link (never followed) or not a regular file."""
     try:
-        st = os.stat(path)
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return set()
+    return _holders(st) if stat.S_ISREG(st.st_mode) else set()
+
+
+def _holders(st: os.stat_result) -> set[int]:
+    try:
         with open("/proc/locks") as fh:
             lines = fh.read().splitlines()
     except OSError:
@@ -131,11 +171,28 @@ def flock_holders(path: str | Path) -> set[int]:
     return holders
 
 
+def _lock_holders(log_dir: str | Path, url: str | URL, worker_id: int) -> set[int]:
+    """The holders of worker ``worker_id``'s lock file, reached without following a link
+    (nor creating anything); none unless it is a file a shard would have created (a regular
+    file of the shard's user or root, one name, in directories of theirs)."""
+    try:
+        dir_fd = open_dir_in_log_dir(log_dir, LOCK_DIR, create=False)
+    except (OSError, LogFileRefused):
+        return set()
+    try:
+        st = _lstat_at(dir_fd, lock_name(url, worker_id))
+    except OSError:
+        return set()
+    finally:
+        os.close(dir_fd)
+    return set() if file_refusal(st) else _holders(st)
+
+
 def is_that_shard(log_dir: str | Path, url: str | URL, worker_id: int, pid: int,
                   pid_start: int | None) -> bool:
     """Is local ``pid`` (started at ``pid_start``) the shard registered as ``worker_id``?"""
     return (pid > 0 and pid_start is not None and pid_start_ticks(pid) == pid_start
-            and pid in flock_holders(lock_path(log_dir, url, worker_id)))
+            and pid in _lock_holders(log_dir, url, worker_id))
 
 
 def signal_shard(log_dir: str | Path, url: str | URL, worker_id: int, pid: int,
