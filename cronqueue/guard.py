@@ -3,7 +3,8 @@
 Two locks, both released by the kernel or the server the moment their holder dies (kill -9
 included), so a crashed shard never blocks its successor:
 
-* this host: ``flock`` on ``log_dir/locks/<entry>.<shard>.lock``;
+* this host: ``flock`` on ``log_dir/locks/<database key>-<entry>.<shard>.lock`` (a lock an
+  older version holds at ``<entry>.<shard>.lock`` is honoured);
 * all hosts (MySQL/MariaDB): ``GET_LOCK`` on a connection the shard keeps open for its life.
   (SQLite is a single-host database: the file lock is the whole story there.)
 """
@@ -18,14 +19,25 @@ from pathlib import Path
 from typing import IO
 
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
 from .db import redact
 from .errors import DatabaseError
 from .logfiles import open_in_log_dir
+from .shardproof import database_key
 
 
-def lock_path(log_dir: Path, entry: str, shard: int) -> Path:
+def lock_path(log_dir: Path, entry: str, shard: int, url: str | URL) -> Path:
+    """The shard's file lock, named after its database too: two installations sharing a
+    log_dir (each with its own database) and an entry name would otherwise hold each other's
+    lock, and one's shards would never start ("already running on this host")."""
+    return log_dir / "locks" / f"{database_key(url)}-{entry}.{shard}.lock"
+
+
+def legacy_lock_path(log_dir: Path, entry: str, shard: int) -> Path:
+    """Where a shard of cronqueue before 0.2 held its lock: still honoured (only probed, never
+    taken), so that an upgrade never starts a second copy of a shard an older one runs."""
     return log_dir / "locks" / f"{entry}.{shard}.lock"
 
 
@@ -35,12 +47,16 @@ def db_lock_name(engine: Engine, entry: str, shard: int) -> str:
     return "cronqueue:" + hashlib.sha256(key.encode()).hexdigest()[:40]
 
 
-def is_locked_here(log_dir: Path, entry: str, shard: int) -> bool:
+def is_locked_here(log_dir: Path, entry: str, shard: int, url: str | URL) -> bool:
     """Does a live process on this host hold the shard's file lock? (Probe, then release.)"""
-    path = lock_path(log_dir, entry, shard)
+    return (_held(lock_path(log_dir, entry, shard, url))
+            or _held(legacy_lock_path(log_dir, entry, shard)))
+
+
+def _held(path: Path) -> bool:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:  # missing, or a link nobody of ours made
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -71,7 +87,8 @@ class ShardGuard:
     def __init__(self, engine: Engine, log_dir: Path, entry: str, shard: int) -> None:
         self.engine = engine
         self.log_dir = log_dir
-        self.path = lock_path(log_dir, entry, shard)
+        self.path = lock_path(log_dir, entry, shard, engine.url)
+        self.legacy_path = legacy_lock_path(log_dir, entry, shard)
         self.name = db_lock_name(engine, entry, shard)
         self.holder = ""  # where the running copy is, when acquire() fails
         self._file: IO[bytes] | None = None
@@ -92,6 +109,8 @@ class ShardGuard:
         handle = os.fdopen(fd, "ab")  # held open for the shard's life
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if _held(self.legacy_path):  # an older cronqueue's copy of this shard runs
+                raise BlockingIOError
         except BlockingIOError:
             handle.close()
             self.holder = "this host"

@@ -272,7 +272,7 @@ class Mission:
         env.update(CRONQUEUE_DB_URL=cfg.db_url, CRONQUEUE_TASK_DIR=str(cfg.task_dir),
                    CRONQUEUE_LOG_DIR=str(cfg.log_dir))
         for shard in range(dq.total):
-            if (is_locked_here(cfg.log_dir, entry.name, shard)
+            if (is_locked_here(cfg.log_dir, entry.name, shard, engine.url)
                     or is_locked_in_db(engine, entry.name, shard)):
                 running.append(shard)
                 continue

@@ -15,7 +15,14 @@ import pytest
 from sqlalchemy import Engine, create_engine
 
 from cronqueue.db import make_engine
-from cronqueue.guard import ShardGuard, db_lock_name, is_locked_here, is_locked_in_db, lock_path
+from cronqueue.guard import (
+    ShardGuard,
+    db_lock_name,
+    is_locked_here,
+    is_locked_in_db,
+    legacy_lock_path,
+    lock_path,
+)
 
 
 @pytest.fixture
@@ -50,7 +57,7 @@ def test_acquire_release_acquire(engine: Engine, log_dir: Path,
                                  guards: list[ShardGuard]) -> None:
     first = make(guards, engine, log_dir)
     assert first.acquire() is True
-    assert first.path == lock_path(log_dir, "drain", 0)
+    assert first.path == lock_path(log_dir, "drain", 0, engine.url)
     assert first.path.exists()
     second = make(guards, engine, log_dir)
     assert second.acquire() is False
@@ -82,16 +89,16 @@ def test_other_shards_and_entries_are_independent(engine: Engine, log_dir: Path,
 
 def test_is_locked_here_reflects_the_guard(engine: Engine, log_dir: Path,
                                            guards: list[ShardGuard]) -> None:
-    assert not is_locked_here(log_dir, "drain", 0)  # no lock file yet
+    assert not is_locked_here(log_dir, "drain", 0, engine.url)  # no lock file yet
     guard = make(guards, engine, log_dir)
     assert guard.acquire()
-    assert is_locked_here(log_dir, "drain", 0)
-    assert is_locked_here(log_dir, "drain", 0)  # the probe does not take the lock away
-    assert not is_locked_here(log_dir, "drain", 1)
-    assert not is_locked_here(log_dir, "other", 0)
+    assert is_locked_here(log_dir, "drain", 0, engine.url)
+    assert is_locked_here(log_dir, "drain", 0, engine.url)  # the probe does not take the lock away
+    assert not is_locked_here(log_dir, "drain", 1, engine.url)
+    assert not is_locked_here(log_dir, "other", 0, engine.url)
     guard.release()
     assert guard.path.exists()
-    assert not is_locked_here(log_dir, "drain", 0)  # a stale file is not a lock
+    assert not is_locked_here(log_dir, "drain", 0, engine.url)  # a stale file is not a lock
     # The probe itself must not leave the shard locked.
     assert make(guards, engine, log_dir).acquire()
 
@@ -131,14 +138,14 @@ def test_guard_of_a_killed_process_is_free_at_once(tmp_path: Path, engine: Engin
     try:
         assert child.stdout is not None
         assert child.stdout.readline().strip() == "acquired"
-        assert is_locked_here(log_dir, "drain", 0)
+        assert is_locked_here(log_dir, "drain", 0, engine.url)
         mine = make(guards, engine, log_dir)
         assert mine.acquire() is False
         assert mine.holder == "this host"
         assert make(guards, engine, log_dir, "drain", 1).acquire()  # other shard: free
         os.kill(child.pid, signal.SIGKILL)
         child.wait(timeout=5)
-        assert wait_until(lambda: not is_locked_here(log_dir, "drain", 0))
+        assert wait_until(lambda: not is_locked_here(log_dir, "drain", 0, engine.url))
         assert mine.acquire() is True
     finally:
         if child.poll() is None:
@@ -221,3 +228,33 @@ def test_db_lock_name_differs_between_sqlite_files(tmp_path: Path) -> None:
 def test_db_lock_name_does_not_contain_the_password() -> None:
     eng = mysql("mysql+pymysql://u:hunter2@h1/app")
     assert "hunter2" not in db_lock_name(eng, "drain", 0)
+
+
+def test_two_installations_sharing_a_log_dir_do_not_block_each_other(
+        tmp_path: Path, engine: Engine, log_dir: Path, guards: list[ShardGuard]) -> None:
+    """Before: the lock was log_dir/locks/<entry>.<shard>.lock whatever the database, so a
+    second installation (its own database) with the same log_dir and entry name never started
+    its shard while the first one's ran ("already running on this host")."""
+    other = make_engine("sqlite:///" + str(tmp_path / "other.db"))
+    try:
+        assert make(guards, engine, log_dir).acquire()
+        assert not is_locked_here(log_dir, "drain", 0, other.url)
+        assert make(guards, other, log_dir).acquire()
+        assert make(guards, engine, log_dir).acquire() is False  # the same database: held
+    finally:
+        other.dispose()
+
+
+def test_a_lock_held_by_an_older_version_is_honoured(engine: Engine, log_dir: Path,
+                                                     guards: list[ShardGuard]) -> None:
+    """An upgrade while a shard of the older version runs starts no second copy of it."""
+    import fcntl
+
+    path = legacy_lock_path(log_dir, "drain", 0)
+    path.parent.mkdir(parents=True)
+    with open(path, "ab") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert is_locked_here(log_dir, "drain", 0, engine.url)
+        assert make(guards, engine, log_dir).acquire() is False
+    assert not is_locked_here(log_dir, "drain", 0, engine.url)
+    assert make(guards, engine, log_dir).acquire()

@@ -80,8 +80,8 @@ def test_a_planted_lock_file_link_is_refused_by_the_shard_guard(
         tmp_path: Path, victim: Path, engine: Engine) -> None:
     log_dir = tmp_path / "logs"
     (log_dir / "locks").mkdir(parents=True)
-    (log_dir / "locks" / "drain.0.lock").symlink_to(victim / "created")
     guard = ShardGuard(engine, log_dir, "drain", 0)
+    guard.path.symlink_to(victim / "created")
     try:
         with pytest.raises(LogFileRefused, match="symbolic link"):
             guard.acquire()
