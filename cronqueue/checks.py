@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from .config import Config
 from .db import database_file_warning, make_engine
+from .display import visible_line
 from .errors import CronqueueError
 from .repository import Repository
 
@@ -44,9 +45,16 @@ def schedule_warnings(cfg: Config, repo: Repository, now: datetime) -> list[str]
     return out
 
 
+def _visible_lines(out: Callable[[str], None]) -> Callable[[str], None]:
+    return lambda line: out(visible_line(line))
+
+
 def run_checks(cfg: Config, out: Callable[[str], None] = print,
                now: datetime | None = None) -> int:
     failures = 0
+    # Paths, URLs and entry names come from the config, flags and environment: a newline or an
+    # escape in one must neither forge an "ok" line nor drive the operator's terminal.
+    out = _visible_lines(out)
 
     def report(ok: bool, what: str, detail: str) -> None:
         nonlocal failures
@@ -80,6 +88,9 @@ def run_checks(cfg: Config, out: Callable[[str], None] = print,
                                                             else " does not exist"))
     log_dir = cfg.log_dir
     parent = log_dir if log_dir.exists() else log_dir.parent
-    writable = os.access(parent, os.W_OK)
-    report(writable, "log_dir", f"{log_dir}" + ("" if writable else " is not writable"))
+    if parent.exists() and not parent.is_dir():  # log_dir = "/dev/null" passed as writable
+        report(False, "log_dir", f"{log_dir}: {parent} is not a directory")
+    else:
+        writable = os.access(parent, os.W_OK)
+        report(writable, "log_dir", f"{log_dir}" + ("" if writable else " is not writable"))
     return 1 if failures else 0

@@ -197,3 +197,26 @@ def test_id_and_count_flags_are_bounded(argv: list[str],
     assert run_main(argv) == 2
     err = capsys.readouterr().err
     assert ": must be <=" in err and "Traceback" not in err
+
+
+def test_check_shows_control_characters_in_paths_visibly(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A TOML escape put an ESC sequence or a newline (a forged "ok" line) into check's
+    output through task_dir/log_dir."""
+    path = tmp_path / "cq.toml"
+    path.write_text('task_dir = "t\\u001b]0;pwn\\u0007"\nlog_dir = "l\\nok   forged"\n'
+                    f'db_url = "sqlite:///{tmp_path}/q.db"\n', encoding="utf-8")
+    run_main(["check", "--config", str(path)])
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "t\\x1b]0;pwn\\x07 does not exist" in out
+    assert not any(line.startswith("ok   forged") for line in out.splitlines()), out
+
+
+def test_check_fails_a_log_dir_that_is_not_a_directory(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "cq.toml"
+    path.write_text(f'log_dir = "/dev/null"\ndb_url = "sqlite:///{tmp_path}/q.db"\n',
+                    encoding="utf-8")
+    assert run_main(["check", "--config", str(path)]) == 1
+    assert "FAIL log_dir   /dev/null: /dev/null is not a directory" in capsys.readouterr().out
