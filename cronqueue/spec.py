@@ -204,6 +204,11 @@ def build_spec(
             raise InvalidTask(f"unique_key must be a non-empty string, got {unique_key!r}")
         if len(unique_key) > MAX_UNIQUE_KEY_LEN:
             raise InvalidTask(f"unique_key longer than {MAX_UNIQUE_KEY_LEN} characters")
+        try:
+            unique_key.encode("utf-8")
+        except UnicodeEncodeError:  # was a UnicodeEncodeError from the driver, not InvalidTask
+            raise InvalidTask("unique_key holds a lone surrogate, which is not valid UTF-8"
+                              ) from None
     return TaskSpec(
         taskscript=check_taskscript(taskscript),
         param=serialize_param(param),

@@ -344,6 +344,12 @@ def test_empty_or_non_string_unique_key_is_refused(key: object) -> None:
         spec(unique_key=key)
 
 
+def test_unique_key_with_a_lone_surrogate_is_refused() -> None:
+    """Was a UnicodeEncodeError from deep in the insert instead of InvalidTask."""
+    with pytest.raises(InvalidTask, match="unique_key holds a lone surrogate"):
+        spec(unique_key="k\ud800")
+
+
 def test_too_long_unique_key_is_refused() -> None:
     with pytest.raises(InvalidTask, match="unique_key"):
         spec(unique_key="k" * (MAX_UNIQUE_KEY_LEN + 1))
