@@ -1,10 +1,54 @@
-"""Who a process is: host, pid and the pid's start time (so a reused pid is not mistaken)."""
+"""Who a process is: host identity, pid and the pid's start time (so a reused pid is not mistaken).
+
+A hostname does not name a pid space: containers sharing the host's hostname (``network_mode:
+host``, Kubernetes ``hostNetwork``, one ``hostname:`` in a compose file) each have their own pid
+namespace, where pid 4242 is another process or none. So the host a row records is
+``hostname#id``, the id a hash of the kernel's boot id and the pid namespace's inode: equal only
+for processes that see the same pids (same boot, same pid namespace). A pid is judged by
+``/proc`` only under an identity equal to ours; any other value (another host, a neighbour
+container, a row written before the id, by hand) is judged by its lease.
+
+Where the id cannot be known (no ``/proc``, or a ``/proc`` mounted for another pid namespace,
+where ``/proc/<pid>`` names someone else's process), the identity carries a token of this process
+instead: no other process equals it, so nothing is judged by pid and the lease decides.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import secrets
 import socket
 from dataclasses import dataclass
+
+HOST_ID_SEP = "#"
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+_unsure: dict[int, str] = {}  # pid -> this process's token when the host id is unknown
+
+
+def host_id() -> str | None:
+    """12 hex digits naming this boot and pid namespace; None when /proc cannot tell them
+    (or is not this pid namespace's /proc: /proc/self is then not our pid)."""
+    try:
+        with open(BOOT_ID, "rb") as fh:
+            boot = fh.read().strip()
+        ns = os.stat("/proc/self/ns/pid")
+        if int(os.readlink("/proc/self")) != os.getpid():
+            return None
+    except (OSError, ValueError):
+        return None
+    if not boot:
+        return None
+    ident = b"%s:%d:%d" % (boot, ns.st_dev, ns.st_ino)
+    return hashlib.sha256(ident).hexdigest()[:12]
+
+
+def host_identity() -> str:
+    """What this process records as its host: ``hostname#hostid``."""
+    hid = host_id()
+    if hid is None:
+        hid = "x" + _unsure.setdefault(os.getpid(), secrets.token_hex(8))
+    return f"{socket.gethostname()}{HOST_ID_SEP}{hid}"
 
 
 def pid_start_ticks(pid: int) -> int | None:
@@ -38,14 +82,18 @@ def pid_alive(pid: int, start_ticks: int | None) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Owner:
-    host: str
+    host: str  # the host identity, as recorded on rows (see host_identity)
     pid: int
     pid_start: int | None
 
     @classmethod
     def me(cls) -> Owner:
         pid = os.getpid()
-        return cls(host=socket.gethostname(), pid=pid, pid_start=pid_start_ticks(pid))
+        return cls(host=host_identity(), pid=pid, pid_start=pid_start_ticks(pid))
+
+    def same_host(self, host: str | None) -> bool:
+        """Is ``host`` (a recorded identity) this pid space, so its pids can be judged here?"""
+        return host is not None and host == self.host
 
     def __str__(self) -> str:
         return f"{self.host}:{self.pid}"

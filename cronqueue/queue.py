@@ -145,15 +145,15 @@ class Queue:
                   and (entry is None or w.entry == entry)
                   and (shard is None or w.shard == shard)]
         self.repo.request_stop([w.id for w in chosen])
-        here = Owner.me().host
+        here = Owner.me()
         return [StoppedWorker(**{f.name: getattr(w, f.name) for f in fields(Worker)},
                               no_signal_reason=self._signal_stop(w, here))
                 for w in chosen]
 
-    def _signal_stop(self, w: Worker, here: str) -> str | None:
+    def _signal_stop(self, w: Worker, here: Owner) -> str | None:
         """SIGTERM to the shard of row ``w`` if it proves to be here; None if sent, else why
         not."""
-        if w.host != here:
+        if not here.same_host(w.host):
             return "a process on another host"
         if signal_shard(self.config.log_dir, self.config.db_url, w.id, w.pid, w.pid_start):
             return None

@@ -1,10 +1,15 @@
 """The rescue: tasks whose shard died are noticed and returned to pending (or failed).
 
-A running row names its owner (host, pid, pid start time) and a lease. The owner is gone when
-- it ran on this host and its pid is dead or now belongs to another process (start time
-  differs) — noticed at once, at the next mission tick;
-- it ran on another host and its lease has expired (leases are extended by the shard's
+A running row names its owner (host identity, pid, pid start time) and a lease. The owner is
+gone when
+- it ran in this pid space (its recorded identity, ``hostname#id``, equals ours: same boot and
+  pid namespace, see proc.py) and its pid is dead or now belongs to another process (start
+  time differs) — noticed at once, at the next mission tick;
+- it ran anywhere else and its lease has expired (leases are extended by the shard's
   heartbeat; expiry is trusted once the database server has been up for a lease + 30 s).
+  "Anywhere else" includes a container sharing our hostname but not our pids, and a row whose
+  host is a bare hostname (written before the id, or by hand): not provably ours, so its pid
+  proves nothing here.
 A task that had started counts the attempt: pending again (after the usual backoff) while
 attempts remain, else failed, with ``ProcessMissingError`` recorded. A task that was claimed
 but never started goes straight back to pending. Each write is fenced by the claim token the
@@ -50,7 +55,7 @@ class RescueReport:
 def owner_gone(host: str | None, pid: int | None, pid_start: int | None,
                lease_until: datetime | None, *, me: Owner, now: datetime,
                alive: Callable[[int, int | None], bool] = pid_alive) -> bool:
-    if host == me.host and pid is not None:
+    if me.same_host(host) and pid is not None:
         return not alive(pid, pid_start)
     return lease_until is not None and lease_until < now
 
@@ -86,7 +91,7 @@ def _rescue_one(repo: Repository, task: Task, cfg: WorkerConfig, now: datetime, 
                 alive: Callable[[int, int | None], bool], trust_leases: bool,
                 report: RescueReport) -> None:
     unclaimed = task.claim_token is None  # no shard can own it
-    if task.lease_until is None and not (task.worker_host == me.host and task.worker_pid):
+    if task.lease_until is None and not (me.same_host(task.worker_host) and task.worker_pid):
         unclaimed = True  # a claim sets token and lease together; this would never expire
     lease = task.lease_until if trust_leases else None
     if not unclaimed and not owner_gone(task.worker_host, task.worker_pid,

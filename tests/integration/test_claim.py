@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from cronqueue import Queue, Status
 from cronqueue.claim import Claimer
 from cronqueue.db import make_engine
 from cronqueue.model import Task
-from cronqueue.proc import Owner
+from cronqueue.proc import Owner, host_identity
 from cronqueue.repository import Finish, Flush, Repository
 from cronqueue.schema import metadata
 
@@ -117,7 +116,7 @@ def test_claimed_row_is_marked(cq: Queue) -> None:
         assert t.id == task_id
         assert t.status is Status.RUNNING
         assert t.claim_token == claim.token
-        assert t.worker_host == socket.gethostname()
+        assert t.worker_host == host_identity()
         assert t.worker_pid == os.getpid()
         assert t.lease_until == NOW + LEASE
         assert t.started_at is None

@@ -26,6 +26,7 @@ from cronqueue.config import Config, load_config
 from cronqueue.db import make_engine
 from cronqueue.guard import ShardGuard
 from cronqueue.mission import Mission, TickReport, ahead_warning
+from cronqueue.proc import host_identity
 from cronqueue.repository import Repository
 from cronqueue.schema import runs_table
 from tests.conftest import write_script
@@ -698,7 +699,7 @@ def test_a_failing_entry_does_not_stop_the_others_the_rescue_or_the_retention(
         conn.execute(text("UPDATE queue SET status = 2, claim_token = 'tok', attempts = 1, "
                           "worker_host = :h, worker_pid = 4000000, started_at = :t, "
                           "lease_until = '2099-01-01 00:00:00' WHERE id = :i"),
-                     {"h": os.uname().nodename, "i": orphan,
+                     {"h": host_identity(), "i": orphan,
                       "t": (real - timedelta(minutes=5)).replace(tzinfo=None)})
     cfg = _entries(cfg,
                    MissionEntry("before", "* * * * *", add=AddAction("send.sh")),
@@ -788,7 +789,7 @@ def test_token_less_running_row_and_the_real_orphan_behind_it_are_rescued(
         conn.execute(text(
             "INSERT INTO queue (taskscript, param, status, worker_host, worker_pid, claim_token,"
             " lease_until, started_at, attempts) VALUES ('ok.sh', '{}', 2, :h, 4000000, 'tok', "
-            "'2099-01-01 00:00:00', '2020-01-01 00:00:00', 1)"), {"h": os.uname().nodename})
+            "'2099-01-01 00:00:00', '2020-01-01 00:00:00', 1)"), {"h": host_identity()})
         conn.execute(text(  # token-less, never started: straight back to pending
             "INSERT INTO queue (taskscript, param, status, worker_host, worker_pid) "
             "VALUES ('ok.sh', '{}', 2, 'otherhost', 5)"))

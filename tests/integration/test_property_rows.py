@@ -32,6 +32,7 @@ from sqlalchemy.exc import DBAPIError, StatementError
 from cronqueue import Queue, Status, Task
 from cronqueue.config import load_config
 from cronqueue.mission import Mission
+from cronqueue.proc import host_identity
 from cronqueue.worker import Shard
 from tests.conftest import AsText, insert_raw, run_main, write_script
 
@@ -73,7 +74,7 @@ TYPICAL: dict[str, st.SearchStrategy[Any]] = {
     "timeout": st.sampled_from([1, 5, 0, -1, INT_MAX]),
     "unique_key": st.text(max_size=5),
     "active_key": st.text(max_size=5),
-    "worker_host": st.sampled_from([socket.gethostname(), "elsewhere", ""]),
+    "worker_host": st.sampled_from([host_identity(), socket.gethostname(), "elsewhere", ""]),
     "worker_pid": st.sampled_from([1, os.getpid(), 4_000_000, 0, -1]),
     "worker_pid_start": INTS,
     "claim_token": st.sampled_from(["t" * 32, "tok", ""]),

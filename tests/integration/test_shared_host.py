@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cronqueue import Queue, Status
-from cronqueue.proc import pid_start_ticks
+from cronqueue.proc import host_identity, pid_start_ticks
 from cronqueue.repository import Repository
 from tests.conftest import cronqueue_cmd, get_task, process_gone, run_cli, wait_for, write_script
 
@@ -116,7 +115,7 @@ def test_a_dying_shard_never_kills_a_neighbour_installations_task(
 def _register(queue: Queue, pid: int, pid_start: int | None) -> int:
     now = datetime.now(UTC)
     return Repository(queue.engine).register_worker(
-        host=socket.gethostname(), pid=pid, pid_start=pid_start, entry=None, shard=0, total=1,
+        host=host_identity(), pid=pid, pid_start=pid_start, entry=None, shard=0, total=1,
         queues="", started_at=now, heartbeat_at=now)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +17,7 @@ import pytest
 from cronqueue import Queue, Status
 from cronqueue.config import load_config
 from cronqueue.model import Worker
-from cronqueue.proc import pid_start_ticks
+from cronqueue.proc import host_identity, pid_start_ticks
 from cronqueue.repository import Repository
 from tests.conftest import cronqueue_cmd, write_script
 
@@ -107,7 +106,7 @@ def test_registry_heartbeat_and_stop(cq: Queue, shards: Shards, task_dir: Path) 
     assert w is not None, shards.log(proc)
     assert w.alive
     assert (w.host, w.pid, w.shard, w.total, w.entry) == (
-        socket.gethostname(), proc.pid, 0, 1, None)
+        host_identity(), proc.pid, 0, 1, None)
     assert w.queues == "default"
     assert w.current_task is None and w.tasks_done == 0 and not w.stop_requested
     first_beat = w.heartbeat_at
@@ -202,7 +201,7 @@ def test_entry_guard_one_process_per_shard(cq: Queue, shards: Shards) -> None:
 
 def test_workers_judges_dead_and_reused_pids(cq: Queue) -> None:
     repo = Repository(cq.engine)
-    here = socket.gethostname()
+    here = host_identity()
     now = datetime.now(UTC)
     lease = cq.config.worker.lease
     gone = subprocess.Popen(["true"])
@@ -261,7 +260,7 @@ def test_stopped_workers_carry_why_they_got_no_signal(
                                         heartbeat_at=now)
 
         far = register("some-other-host", 1, 1)
-        forged = register(socket.gethostname(), bystander.pid, ticks)
+        forged = register(host_identity(), bystander.pid, ticks)
         why = {far: "a process on another host",
                forged: f"pid {bystander.pid} did not prove to be that shard here, so no signal"}
         asked = cq.stop_workers()

@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 
-from cronqueue.proc import Owner, pid_alive, pid_start_ticks
+from cronqueue.proc import Owner, host_identity, pid_alive, pid_start_ticks
 
 
 def test_pid_start_ticks_of_self_is_an_int() -> None:
@@ -85,6 +85,47 @@ def test_comm_with_spaces_and_parens_is_parsed() -> None:
 def test_owner_me() -> None:
     me = Owner.me()
     assert me.pid == os.getpid()
-    assert me.host == socket.gethostname()
+    assert me.host == host_identity()
+    assert me.host.startswith(socket.gethostname() + "#")
     assert me.pid_start == pid_start_ticks(os.getpid())
     assert str(me) == f"{me.host}:{me.pid}"
+
+
+def _identity_in(*unshare: str) -> tuple[str, str]:
+    """(Owner.me().host, hostname) of a python started under ``unshare ARGS``."""
+    code = ("import socket; from cronqueue.proc import Owner; "
+            "print(Owner.me().host); print(socket.gethostname())")
+    out = subprocess.run(["unshare", *unshare, sys.executable, "-c", code], check=True,
+                         capture_output=True, text=True, timeout=60).stdout.split("\n")
+    return out[0], out[1]
+
+
+def test_host_identity_is_hostname_plus_boot_and_pid_namespace() -> None:
+    """Issue 12.1: containers sharing a hostname (network_mode: host, hostNetwork) have their
+    own pid namespaces; the bare hostname made each judge the other's pids. The identity now
+    names the pid namespace: stable within it, different in another one under one hostname."""
+    me = host_identity()
+    assert me == host_identity() == Owner.me().host
+    name, _, hid = me.rpartition("#")
+    assert name == socket.gethostname() and len(hid) == 12 and int(hid, 16) >= 0
+    # A child in the same pid namespace is the same host.
+    same = subprocess.run([sys.executable, "-c",
+                           "from cronqueue.proc import host_identity; print(host_identity())"],
+                          check=True, capture_output=True, text=True, timeout=60).stdout.strip()
+    assert same == me
+    # Two pid namespaces (each with its own /proc) under our hostname: two identities.
+    first, first_name = _identity_in("--pid", "--fork", "--mount-proc")
+    second, second_name = _identity_in("--pid", "--fork", "--mount-proc")
+    assert first_name == second_name == socket.gethostname()
+    assert len({me, first, second}) == 3, (me, first, second)
+    assert Owner(first, 1, None).same_host(first)
+    assert not Owner(first, 1, None).same_host(second)
+    assert not Owner(first, 1, None).same_host(first_name)  # a bare hostname (older rows)
+
+
+def test_a_proc_of_another_pid_namespace_gives_no_host_id() -> None:
+    """A new pid namespace that kept the parent's /proc sees other pids there than its own:
+    /proc/<pid> would judge someone else's process. No id then, and an identity no other
+    process shares, so rows are judged by their lease only."""
+    ident, name = _identity_in("--pid", "--fork")
+    assert ident.startswith(name + "#x") and ident != host_identity()

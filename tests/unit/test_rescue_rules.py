@@ -110,3 +110,17 @@ def test_real_pid_alive_is_the_default() -> None:
     if me.pid_start is not None:
         assert owner_gone(me.host, os.getpid(), me.pid_start + 1, FUTURE, me=me,
                           now=NOW) is True
+
+
+@pytest.mark.parametrize("row_host", ["web1", "web1#b0b0b0b0b0b0", "web1#", "web1#x" + "7" * 16])
+def test_same_hostname_another_pid_namespace_is_judged_by_the_lease(row_host: str) -> None:
+    """Issue 12.1: a neighbour container under our hostname (its own pid namespace), or a row
+    naming the bare hostname (written before host ids, or by hand), is not provably ours: its
+    pid means nothing here, so a live lease keeps it and an expired one rescues it."""
+    me = Owner(host="web1#a1a1a1a1a1a1", pid=1000, pid_start=555)
+    alive = Alive(False)
+    assert owner_gone(row_host, 1, 777, FUTURE, me=me, now=NOW, alive=alive) is False
+    assert owner_gone(row_host, 1, 777, PAST, me=me, now=NOW, alive=alive) is True
+    assert alive.calls == []
+    assert owner_gone("web1#a1a1a1a1a1a1", 1, 777, FUTURE, me=me, now=NOW, alive=alive) is True
+    assert alive.calls == [(1, 777)]
