@@ -6,6 +6,7 @@ Every flag can also be set by the ``CRONQUEUE_*`` environment variable shown in 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -545,6 +546,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cronqueue: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        return 1
+    except BrokenPipeError:  # `cronqueue list | head`: the reader left; no traceback
+        with contextlib.suppress(OSError):  # and none again when Python flushes stdout
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
 
 

@@ -320,3 +320,27 @@ def test_a_usage_error_never_shows_a_password(argv: list[str],
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "error:" in err and "Qv7Wk3pJx" not in err and "***" in err, err
+
+
+def test_a_closed_pipe_ends_list_without_a_traceback(tmp_path: Path) -> None:
+    """`cronqueue list | head -1` printed a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    db = f"sqlite:///{tmp_path}/q.db"
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "ok.sh").write_text("echo ok\n")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("CRONQUEUE_")}
+    cq = [sys.executable, "-m", "cronqueue"]
+    subprocess.run([*cq, "init-db", "--db", db], check=True, env=env, capture_output=True)
+    code = (f"from cronqueue import Queue; q = Queue({db!r}, task_dir={str(tmp_path / 'tasks')!r})"
+            "; q.add_many([{'taskscript': 'ok.sh'}] * 3000)")
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+    proc = subprocess.Popen([*cq, "list", "--db", db, "--limit", "3000"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()  # the reader leaves, as `head -1` does
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=30)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
