@@ -118,9 +118,9 @@ def test_same_hostname_another_pid_namespace_is_judged_by_the_lease(row_host: st
     naming the bare hostname (written before host ids, or by hand), is not provably ours: its
     pid means nothing here, so a live lease keeps it and an expired one rescues it."""
     me = Owner(host="web1#a1a1a1a1a1a1", pid=1000, pid_start=555)
-    alive = Alive(False)
+    alive = Alive(True)  # even a live pid here with that start tick proves nothing
     assert owner_gone(row_host, 1, 777, FUTURE, me=me, now=NOW, alive=alive) is False
     assert owner_gone(row_host, 1, 777, PAST, me=me, now=NOW, alive=alive) is True
     assert alive.calls == []
-    assert owner_gone("web1#a1a1a1a1a1a1", 1, 777, FUTURE, me=me, now=NOW, alive=alive) is True
+    assert owner_gone("web1#a1a1a1a1a1a1", 1, 777, PAST, me=me, now=NOW, alive=alive) is False
     assert alive.calls == [(1, 777)]
