@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 from pathlib import Path
 from typing import IO
@@ -23,9 +24,11 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
 from .db import redact
-from .errors import DatabaseError
-from .logfiles import open_in_log_dir
+from .errors import CronqueueError, DatabaseError
+from .logfiles import LogFileRefused, open_in_log_dir
 from .shardproof import database_key
+
+log = logging.getLogger("cronqueue.guard")
 
 
 def lock_path(log_dir: Path, entry: str, shard: int, url: str | URL) -> Path:
@@ -103,18 +106,29 @@ class ShardGuard:
                                 f"{type(exc.orig).__name__}: {exc.orig}") from exc
 
     def _acquire(self) -> bool:
-        # Never through a link planted in log_dir (root would create and lock its target).
-        fd = open_in_log_dir(self.log_dir, self.path.relative_to(self.log_dir),
-                             os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        handle = os.fdopen(fd, "ab")  # held open for the shard's life
+        server_lock = self.engine.dialect.name in ("mysql", "mariadb")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if _held(self.legacy_path):  # an older cronqueue's copy of this shard runs
-                raise BlockingIOError
-        except BlockingIOError:
-            handle.close()
-            self.holder = "this host"
-            return False
+            # Never through a link planted in log_dir (root would create and lock its target).
+            fd = open_in_log_dir(self.log_dir, self.path.relative_to(self.log_dir),
+                                 os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except (OSError, LogFileRefused) as exc:  # a full log disk, a read-only one, a link
+            if not server_lock:
+                raise CronqueueError(
+                    f"shard lock {self.path}: cannot hold it ({exc}); on SQLite it alone keeps "
+                    "this shard from running twice on this host: not starting") from None
+            log.warning("shard lock %s: cannot hold it (%s); the database lock (GET_LOCK) "
+                        "alone keeps this shard from running twice", self.path, exc)
+            handle = None
+        else:
+            handle = os.fdopen(fd, "ab")  # held open for the shard's life
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if _held(self.legacy_path):  # an older cronqueue's copy of this shard runs
+                    raise BlockingIOError
+            except BlockingIOError:
+                handle.close()
+                self.holder = "this host"
+                return False
         self._file = handle
         if self.engine.dialect.name in ("mysql", "mariadb"):
             conn = self.engine.connect()
