@@ -114,6 +114,9 @@ class WorkerConfig:
             if f.type == "int" and not isinstance(value, int):
                 raise ConfigError(f"worker.{f.name}: expected an integer, got {value!r}")
             check_bounds(f"worker.{f.name}", value, WORKER_MAXIMA[f.name])
+            if value < WORKER_MINIMA.get(f.name, 0):
+                raise ConfigError(f"worker.{f.name}: must be at least "
+                                  f"{WORKER_MINIMA[f.name]:g}, got {value!r}")
         if self.backoff_max < self.backoff:
             raise ConfigError("worker.backoff_max: must be >= worker.backoff")
         if self.heartbeat * 3 > self.lease:
@@ -128,6 +131,12 @@ WORKER_MAXIMA: dict[str, float] = {
     "kill_grace": MAX_SECONDS, "heartbeat": MAX_SECONDS // 3, "output_tail": 16 * 1024 * 1024,
     "flush_every": MAX_BATCH, "flush_interval": MAX_SECONDS, "max_log_bytes": 2**40,
 }
+
+
+# Intervals of loops that write to or query the database: heartbeat = 1e-7 passed check and a
+# shard then updated its workers row in a busy loop (a CPU and the database server's time);
+# poll_interval the same with claims.
+WORKER_MINIMA: dict[str, float] = {"heartbeat": 0.01, "poll_interval": 0.01}
 
 
 def check_bounds(key: str, value: float, maximum: float) -> None:

@@ -59,6 +59,20 @@ def test_worker_numbers_out_of_bounds_name_the_key(tmp_path: Path, key: str,
     assert message.startswith(f"worker.{key}:"), message
 
 
+@pytest.mark.parametrize("key", ["heartbeat", "poll_interval"])
+def test_database_loop_intervals_have_a_floor(tmp_path: Path, key: str) -> None:
+    """heartbeat = 1e-7 passed check; the shard's heartbeat then wrote in a busy loop."""
+    message = config_error(tmp_path, f"[worker]\n{key} = 1e-7\n")
+    assert message == f"worker.{key}: must be at least 0.01, got 1e-07"
+    load_config(_write(tmp_path, f"[worker]\n{key} = 0.01\n"))
+
+
+def _write(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "ok.toml"
+    path.write_text(body, encoding="utf-8")
+    return path
+
+
 @pytest.mark.parametrize("key", NUMERIC)
 def test_worker_numbers_at_their_bound_are_accepted(tmp_path: Path, key: str) -> None:
     extra = "heartbeat = 1\n" if key == "lease" else ""
