@@ -163,6 +163,9 @@ def _max_seconds(text: str) -> float:
     return seconds
 
 
+TIME_YEARS = (1970, 9998)
+
+
 def parse_time(text: str) -> datetime:
     """ISO-8601; without an offset it is taken as UTC."""
     try:
@@ -170,7 +173,17 @@ def parse_time(text: str) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"bad time {text!r} (ISO-8601, e.g. 2026-11-23T15:00:00+01:00)") from None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    value = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    # Year 1 or 9999 overflows once shifted by a time zone or a cron step (each entry of a
+    # `mission --now 0001-01-01` tick failed with OverflowError); no real tick is out there.
+    try:
+        year = value.astimezone(UTC).year
+    except OverflowError:
+        year = 0
+    if not TIME_YEARS[0] <= year <= TIME_YEARS[1]:
+        raise argparse.ArgumentTypeError(
+            f"bad time {text!r}: the year must be within {TIME_YEARS[0]}..{TIME_YEARS[1]}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

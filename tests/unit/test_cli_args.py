@@ -344,3 +344,21 @@ def test_a_closed_pipe_ends_list_without_a_traceback(tmp_path: Path) -> None:
     err = proc.stderr.read().decode()
     proc.wait(timeout=30)
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+@pytest.mark.parametrize("text", ["0001-01-01T00:00:00", "0001-01-01T00:00:00+01:00",
+                                  "1969-12-31T23:59:59", "9999-12-31T23:59:59",
+                                  "9999-12-31T23:00:00-05:00"])
+def test_parse_time_rejects_years_no_tick_or_run_at_can_have(text: str) -> None:
+    """`mission --now 0001-01-01` failed each entry with OverflowError (a time zone or cron
+    step past the calendar's end); `add --at 9999-12-31T23:00-05:00` is past the last DATETIME."""
+    with pytest.raises(argparse.ArgumentTypeError, match=r"year must be within 1970\.\.9998"):
+        parse_time(text)
+
+
+def test_mission_now_in_year_one_is_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["mission", "--now", "0001-01-01T00:00"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "year must be within 1970..9998" in err and "Traceback" not in err
