@@ -13,6 +13,7 @@ from .db import database_file_warning, make_engine
 from .display import visible_line
 from .errors import CronqueueError
 from .repository import Repository
+from .scriptpath import strict_mode_problem
 
 
 def shard_warnings(cfg: Config, step: int) -> list[str]:
@@ -84,8 +85,12 @@ def run_checks(cfg: Config, out: Callable[[str], None] = print,
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         report(False, "database", f"{cfg.safe_db_url}: {first}")
     task_dir = cfg.task_dir
-    report(task_dir.is_dir(), "task_dir", f"{task_dir}" + ("" if task_dir.is_dir()
-                                                            else " does not exist"))
+    if not task_dir.is_dir():
+        report(False, "task_dir", f"{task_dir} does not exist")
+    else:  # the runner's StrictModes rule: a loose task_dir refuses every script
+        loose = strict_mode_problem(task_dir.stat(), os.geteuid())
+        report(loose is None, "task_dir",
+               f"{task_dir}" + (f" {loose}: every task would be refused" if loose else ""))
     log_dir = cfg.log_dir
     parent = log_dir if log_dir.exists() else log_dir.parent
     if parent.exists() and not parent.is_dir():  # log_dir = "/dev/null" passed as writable
@@ -93,4 +98,8 @@ def run_checks(cfg: Config, out: Callable[[str], None] = print,
     else:
         writable = os.access(parent, os.W_OK)
         report(writable, "log_dir", f"{log_dir}" + ("" if writable else " is not writable"))
+        loose = strict_mode_problem(parent.stat(), os.geteuid()) if writable else None
+        if loose:
+            out(f"WARN log_dir   {parent} {loose}: another user can plant files there (cronqueue "
+                "refuses links and others' files in it; make it writable by its owner only)")
     return 1 if failures else 0

@@ -134,15 +134,21 @@ def _beneath(root: str, target: str) -> str | None:
     return None
 
 
-def _strict(taskscript: str, where: str, st: os.stat_result, uid: int, what: str) -> None:
-    """sshd's StrictModes: owned by the shard's user or root, writable by its owner only."""
+def strict_mode_problem(st: os.stat_result, uid: int) -> str | None:
+    """sshd's StrictModes: owned by the shard's user or root, writable by its owner only.
+    What is wrong with ``st`` (to follow its path), or None."""
     if st.st_uid not in (uid, 0):
-        raise ScriptError(f"taskscript {taskscript!r} refused: {what} {where} is owned by uid "
-                          f"{st.st_uid}, not by the shard's user (uid {uid}) or root",
-                          permanent=True)
+        return f"is owned by uid {st.st_uid}, not by the shard's user (uid {uid}) or root"
     if st.st_mode & 0o022:
-        raise ScriptError(f"taskscript {taskscript!r} refused: {what} {where} is group- or "
-                          f"world-writable (mode {stat.S_IMODE(st.st_mode):o})", permanent=True)
+        return f"is group- or world-writable (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+def _strict(taskscript: str, where: str, st: os.stat_result, uid: int, what: str) -> None:
+    problem = strict_mode_problem(st, uid)
+    if problem:
+        raise ScriptError(f"taskscript {taskscript!r} refused: {what} {where} {problem}",
+                          permanent=True)
 
 
 def _os_error(taskscript: str, where: str, exc: OSError) -> ScriptError:

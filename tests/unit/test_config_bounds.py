@@ -234,3 +234,24 @@ def test_check_fails_a_log_dir_that_is_not_a_directory(
                     encoding="utf-8")
     assert run_main(["check", "--config", str(path)]) == 1
     assert "FAIL log_dir   /dev/null: /dev/null is not a directory" in capsys.readouterr().out
+
+
+def test_check_fails_a_loose_task_dir_and_warns_about_a_loose_log_dir(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The runner refuses every script of a group/world-writable task_dir (StrictModes), so
+    `check` must not say ok for it; a world-writable log_dir (1777) gets a warning."""
+    tasks, logs = tmp_path / "tasks", tmp_path / "logs"
+    tasks.mkdir(mode=0o755)
+    logs.mkdir()
+    logs.chmod(0o1777)
+    path = tmp_path / "cq.toml"
+    path.write_text(f'task_dir = "{tasks}"\nlog_dir = "{logs}"\n'
+                    f'db_url = "sqlite:///{tmp_path}/q.db"\n', encoding="utf-8")
+    run_main(["check", "--config", str(path)])
+    out = capsys.readouterr().out
+    assert f"ok   task_dir  {tasks}\n" in out
+    assert f"WARN log_dir   {logs} is group- or world-writable (mode 1777)" in out
+    tasks.chmod(0o777)
+    assert run_main(["check", "--config", str(path)]) == 1
+    assert (f"FAIL task_dir  {tasks} is group- or world-writable (mode 777): every task would "
+            "be refused") in capsys.readouterr().out
