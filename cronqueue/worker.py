@@ -29,6 +29,7 @@ from .db import is_unavailable, make_engine
 from .display import visible
 from .errors import CronqueueError, DatabaseError, InternalError, InvalidRow
 from .guard import ShardGuard
+from .handover import Handover
 from .heartbeat import Heartbeat
 from .ledger import Ledger
 from .model import Status, Task
@@ -93,6 +94,9 @@ class Shard:
         self._wake_r: int | None = None
         self._stop_at = 0.0
         self._lease_lost = False  # the heartbeat could not renew our lease: kill the task
+        self._deadline: float | None = None  # monotonic end of the budget (None: burst)
+        self._handover: Handover | None = None  # ticks that passed while we ran (budgeted)
+        self._overrun_until: float | None = None  # past the budget, waiting for the next tick
         self.runner: Runner | None = None
 
     # -- signals (handlers only set flags) ----------------------------------------------------
@@ -189,7 +193,13 @@ class Shard:
             log.info("shard=%s start queues=%s batch=%d budget=%s db=%s", self.label,
                      ",".join(self.queues) or "*", self.batch,
                      "burst" if deadline is None else f"{self.max_seconds:g}s", cfg.safe_db_url)
+            if deadline is not None and self.entry is not None:
+                entry, budget = self.entry, deadline - started
+                self._handover = self._db("look at the ticks", lambda: Handover(
+                    engine, entry, budget, self.clock), until=patience)
             self._loop(claimer, deadline)
+            while guard is not None and self._taken_back(guard):
+                self._loop(claimer, self._deadline)
             r = self.report
             log.info("shard=%s exit ran=%d done=%d retried=%d failed=%d returned=%d "
                      "released=%d lost=%d duration=%.3fs", self.label, r.ran, r.done, r.retried,
@@ -214,8 +224,11 @@ class Shard:
     def _loop(self, claimer: Claimer, deadline: float | None) -> None:
         cfg = self.config.worker
         contended = 0
-        while not self._stop and not _past(deadline):
-            patience = deadline if deadline is not None else time.monotonic() + cfg.outage_wait
+        self._deadline = deadline
+        while not self._stop and not self._spent():
+            deadline = self._deadline  # a tick that passed while we ran extends it
+            patience = (time.monotonic() + cfg.outage_wait if deadline is None
+                        else max(deadline, self._overrun_until or deadline))
             claim = self._db("claim", lambda: claimer.claim(self.batch, self.clock()),
                              until=patience)
             if not claim.tasks:
@@ -224,13 +237,67 @@ class Shard:
                     contended += 1  # rows of ours were locked for an instant: again
                     self._sleep(0.005 * contended)
                     continue
-                if deadline is None:
+                if deadline is None or _past(self._deadline):  # nothing due: budget's end
                     break
                 contended = 0
                 self._sleep(min(cfg.poll_interval, deadline - time.monotonic()))
                 continue
             contended = 0
             self._run_claim(claim.token, claim.tasks, deadline)
+
+    def _spent(self) -> bool:
+        """Is the budget spent? Past its end, a tick of our entry that fired since we last
+        looked (it found us running, so it started no copy of us) hands its budget over;
+        until one does, a shard with rows due keeps claiming (the loop ends at the first
+        empty claim), for at most one more budget (the mission may no longer run)."""
+        if not _past(self._deadline) or self._handover is None:
+            return _past(self._deadline)
+        newer = self._newer_tick()
+        if newer is not None and newer[1] > 0:
+            scheduled, left = newer
+            self._deadline = time.monotonic() + left
+            self._overrun_until = None
+            log.info("shard=%s tick scheduled=%s passed while running: carrying on for its "
+                     "budget, %.1fs more", self.label, f"{scheduled:%Y-%m-%dT%H:%M}Z", left)
+            return False
+        if self._stop:
+            return True
+        if self._overrun_until is None:
+            self._overrun_until = time.monotonic() + self._handover.max_seconds
+            log.info("shard=%s budget spent with rows due: claiming on until the next tick "
+                     "takes over", self.label)
+        return _past(self._overrun_until)
+
+    def _newer_tick(self) -> tuple[datetime, float] | None:
+        if self._handover is None or self._stop:
+            return None
+        try:
+            return self._handover.newer()
+        except DatabaseError as exc:  # best effort: the next tick starts the shard anyway
+            log.warning("shard=%s could not look for a newer tick: %s", self.label,
+                        str(exc).splitlines()[0])
+            return None
+
+    def _taken_back(self, guard: ShardGuard) -> bool:
+        """After the budget: release the guard, then look once more. A tick that fired in
+        between may have found the guard still held and started nobody: take it back and
+        carry on with its budget (False if there was none, or a new copy got the guard)."""
+        if self._handover is None or self._stop:
+            return False
+        guard.release()
+        newer = self._newer_tick()
+        if newer is None or newer[1] <= 0:
+            return False
+        try:
+            if not guard.acquire():
+                return False
+        except DatabaseError:
+            return False
+        scheduled, left = newer
+        log.info("shard=%s tick scheduled=%s came as the budget ended: carrying on for its "
+                 "budget, %.1fs more", self.label, f"{scheduled:%Y-%m-%dT%H:%M}Z", left)
+        self._deadline = time.monotonic() + left
+        return True
 
     def _stop_requested_remotely(self) -> None:
         if not self._stop:
@@ -283,7 +350,7 @@ class Shard:
         self.heartbeat.token = token
         try:
             for task in tasks:
-                if self._stop or _past(deadline):
+                if self._stop or self._spent():
                     break
                 if task.problem is not None:  # a row we cannot decode or use: never run
                     ledger.finish(task, self._reject(task, token))

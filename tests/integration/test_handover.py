@@ -1,0 +1,86 @@
+"""Issue 12 #3: no shard number sits idle between ticks while its rows are due.
+
+Real processes: the mission (in process, the detached launcher) ticks every few real seconds,
+each tick one simulated minute; the shards are ``cronqueue work`` processes. Before the fix a
+shard whose task crossed its budget was found running by the next tick, exited after it, and
+its number waited for the tick after (busy 60-85 % here, 21.5 s of every 40 s in the issue).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from bench.bench_handover import run
+from cronqueue.db import make_engine
+from cronqueue.handover import Handover
+from cronqueue.repository import Repository
+from cronqueue.schema import ddl_metadata
+
+
+def test_every_shard_number_is_busy_while_its_rows_are_due(db_url: str, tmp_path: Path) -> None:
+    # gap (interval - budget) 0.5 s; tasks of 1.2 s, longer than the gap, cross the budget
+    result = run(db_url, tmp_path, interval=3.0, budget=2.5, task_seconds=1.2, ticks=4)
+    for shard in result:
+        assert shard.overlaps == 0, shard  # never two copies of one shard number
+        assert shard.window > 8.0, shard  # it worked through the ticks
+        assert shard.busy >= 0.95, shard
+
+
+def test_handover_sees_each_newer_tick_once(db_url: str) -> None:
+    engine = make_engine(db_url)
+    try:
+        ddl_metadata().create_all(engine)
+        repo = Repository(engine)
+        now = datetime.now(UTC)
+        own = now - timedelta(hours=1)
+        repo.record_run("drain", own, host="h", pid=1, outcome="launching", now=now)
+        clock_now = now + timedelta(seconds=50)
+        handover = Handover(engine, "drain", 55.0, lambda: clock_now)
+        assert handover.newer() is None  # our own tick
+        repo.record_run("drain", own + timedelta(minutes=1), host="h2", pid=2,
+                        outcome="launching", now=now + timedelta(seconds=60))
+        newer = handover.newer()
+        assert newer is not None
+        assert newer[0] == own + timedelta(minutes=1)
+        assert newer[1] == 55.0  # 65 s by a mission clock 10 s ahead: capped at one budget
+        assert handover.newer() is None  # seen
+        repo.record_run("other", own + timedelta(minutes=2), host="h", pid=1,
+                        outcome="launching", now=now)
+        assert handover.newer() is None  # another entry's tick is not ours
+        clock_now = now + timedelta(seconds=100)
+        repo.record_run("drain", own + timedelta(minutes=2), host="h", pid=1,
+                        outcome="launching", now=now + timedelta(seconds=90))
+        assert handover.newer() == (own + timedelta(minutes=2), 45.0)  # its budget left
+    finally:
+        engine.dispose()
+
+
+def test_a_shard_past_its_budget_with_no_tick_stops_within_one_more_budget(
+        db_url: str, tmp_path: Path) -> None:
+    """Rows still due and no tick comes (the mission no longer runs): the shard claims on for
+    at most one more budget, then exits; the backlog stays pending, nothing is lost."""
+    from cronqueue import Queue, Status
+    from cronqueue.config import load_config
+    from cronqueue.worker import Shard
+
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "nap.sh").write_text("sleep 0.2\n")
+    cfg_path = tmp_path / "cronqueue.toml"
+    cfg_path.write_text(f'db_url = "{db_url}"\ntask_dir = "{tasks}"\n'
+                        f'log_dir = "{tmp_path / "logs"}"\n')
+    cfg = load_config(cfg_path)
+    q = Queue(config=cfg)
+    try:
+        q.init_db()
+        q.add_many([{"taskscript": "nap.sh", "param": i} for i in range(100)])
+        started = time.monotonic()
+        report = Shard(cfg, entry="drain", max_seconds=1.0).run()
+        took = time.monotonic() - started
+        assert 2.0 <= took < 2.0 + 3.0, took  # budget + one more budget (+ start, last task)
+        assert report.done >= 5
+        assert len(q.list(status=Status.PENDING, limit=1000)) == 100 - report.done
+    finally:
+        q.close()
