@@ -10,8 +10,9 @@ and the runner executes that very descriptor (``/proc/self/fd/N``), so swapping 
 directory for a link at any moment cannot make a file outside task_dir run.
 
 Like sshd's StrictModes and cron, a script is refused when it, or a directory from task_dir down
-to it (task_dir included), is owned by anyone but the shard's user or root, or is group- or
-world-writable: someone else could have rewritten what runs as the shard's user.
+to it (task_dir included), is owned by anyone but the shard's user or root, or is writable by
+anyone else (world-writable, or group-writable for a group with another member): someone else
+could have rewritten what runs as the shard's user.
 
 (``openat2(RESOLVE_BENEATH)`` would resolve in one call, but the walk gives each directory's
 ``fstat`` for the ownership check for free, costs about as much for the usual one- or
@@ -21,7 +22,10 @@ two-component names, and is one code path on every kernel.)
 from __future__ import annotations
 
 import errno
+import functools
+import grp
 import os
+import pwd
 import stat
 from dataclasses import dataclass
 
@@ -135,13 +139,32 @@ def _beneath(root: str, target: str) -> str | None:
 
 
 def strict_mode_problem(st: os.stat_result, uid: int) -> str | None:
-    """sshd's StrictModes: owned by the shard's user or root, writable by its owner only.
-    What is wrong with ``st`` (to follow its path), or None."""
+    """sshd's StrictModes: owned by the shard's user or root, and writable by nobody else.
+    Group-writable is accepted only for a group whose every member is that user or root (a
+    user-private group: the default umask 002 of Debian and Ubuntu user accounts makes such
+    directories). What is wrong with ``st`` (to follow its path), or None."""
     if st.st_uid not in (uid, 0):
         return f"is owned by uid {st.st_uid}, not by the shard's user (uid {uid}) or root"
-    if st.st_mode & 0o022:
+    if st.st_mode & 0o002 or (st.st_mode & 0o020 and not _private_group(st.st_gid, uid)):
         return f"is group- or world-writable (mode {stat.S_IMODE(st.st_mode):o})"
     return None
+
+
+@functools.lru_cache(maxsize=64)
+def _private_group(gid: int, uid: int) -> bool:
+    """Is every member of group ``gid`` (listed, or by primary group) ``uid`` or root?"""
+    allowed = {0, uid}
+    try:
+        names = grp.getgrgid(gid).gr_mem
+    except KeyError:
+        return False  # a group nobody can name: assume the worst
+    for name in names:
+        try:
+            if pwd.getpwnam(name).pw_uid not in allowed:
+                return False
+        except KeyError:
+            return False
+    return all(entry.pw_uid in allowed for entry in pwd.getpwall() if entry.pw_gid == gid)
 
 
 def _strict(taskscript: str, where: str, st: os.stat_result, uid: int, what: str) -> None:

@@ -104,6 +104,7 @@ def test_hand_inserted_hostile_rows_fail_cleanly_and_the_shard_goes_on(
     write_script(outside, "evil.sh", payload(canary, "evil-ran"), mode=0o755)
     (task_dir / "evil.sh").symlink_to(outside / "evil.sh")
     write_script(task_dir, "group_w.sh", payload(canary, "group-w-ran"), mode=0o775)
+    os.chown(task_dir / "group_w.sh", -1, 65534)  # a group with others in it (nobody's)
     write_script(task_dir, "world_w.sh", payload(canary, "world-w-ran"), mode=0o646)
     write_script(task_dir, "hello.php", "<?php touch('x');\n")
     big = json.dumps("p" * 300_000)

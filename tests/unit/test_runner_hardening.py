@@ -8,8 +8,10 @@ Every test here fails on 0.1.0 (96e2351).
 from __future__ import annotations
 
 import ctypes
+import grp
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -187,10 +189,29 @@ def test_script_in_a_loose_directory_is_refused(runner: Runner, task_dir: Path,
                                                 mode: int) -> None:
     write_script(task_dir, "shared/job.sh", "#!/bin/sh\ntouch ran.out\n", mode=0o755)
     (task_dir / "shared").chmod(mode)
+    if mode & 0o020 and not mode & 0o002:  # group-writable for a group with another member
+        if os.geteuid() != 0:
+            pytest.skip("needs root to give the directory nobody's group")
+        os.chown(task_dir / "shared", -1, NOBODY)
     result = run(runner, "shared/job.sh")
     assert refused(result, "group- or world-writable"), result
     assert "shared" in str(result.failure)
     assert not (task_dir / "ran.out").exists()
+
+
+def test_group_writable_directory_of_a_private_group_runs(runner: Runner, task_dir: Path) -> None:
+    """umask 002 (Debian/Ubuntu user accounts) makes directories group-writable for the user's
+    own group: nobody else can write there, so the script runs."""
+    write_script(task_dir, "mine/job.sh", "#!/bin/sh\ntouch ran.out\n", mode=0o755)
+    (task_dir / "mine").chmod(0o775)
+    os.chown(task_dir / "mine", -1, os.getegid())
+    members = [p.pw_uid for p in pwd.getpwall() if p.pw_gid == os.getegid()]
+    members += [pwd.getpwnam(n).pw_uid for n in grp.getgrgid(os.getegid()).gr_mem]
+    if set(members) - {0, os.geteuid()}:
+        pytest.skip("this user's primary group has other members")
+    result = run(runner, "mine/job.sh")
+    assert result.failure is None, result
+    assert (task_dir / "ran.out").exists()
 
 
 @needs_root
