@@ -18,6 +18,16 @@ start committed before it runs and its outcome right after — so a task that ki
 is charged exactly its own attempts, and at-most-once tasks are never run twice. A normal stop
 (TERM, end of budget) writes everything, and gives back the attempt of marked tasks that did
 not run.
+
+A marked task starts only while the claim still holds it: the window's first task is fenced
+by the mark itself; before each later one, the ledger reads which of the window's marked rows
+are still running under the claim's token (one statement for the whole window), unless such a
+read or the mark is less than ``FENCE_FRESH`` old. A rescue of the shard's rows (wrongful,
+early, or after an outage) thus stops the window at the task that was running, instead of
+starting up to a window of tasks whose results would be fenced out and which would run again.
+The freshness bound keeps trivial tasks at one read per ``FENCE_FRESH`` instead of one per task
+(a start always races a rescue that lands after its read; this widens that to 20 ms, far below
+any retry backoff, so a rescued task still never runs in two places at once).
 """
 
 from __future__ import annotations
@@ -29,13 +39,16 @@ from datetime import datetime
 from .model import Task
 from .repository import Finish, Flush, Flushed
 
+FENCE_FRESH = 0.02  # seconds a read of the claim's fence (or the window's mark) stays good
+
 
 class Ledger:
     def __init__(self, token: str, tasks: Sequence[Task], *, window: int, interval: float,
                  careful: Callable[[Task], bool], write: Callable[[Flush], Flushed],
                  try_write: Callable[[Flush], Flushed | None],
                  clock: Callable[[], datetime], lease_until: Callable[[datetime], datetime],
-                 on_lost: Callable[[Finish], None]) -> None:
+                 on_lost: Callable[[Finish], None],
+                 held: Callable[[Sequence[int]], set[int]]) -> None:
         self.token = token
         self.tasks = list(tasks)
         self.window = max(1, window)
@@ -46,11 +59,13 @@ class Ledger:
         self.clock = clock
         self.lease_until = lease_until
         self.on_lost = on_lost
+        self.held = held  # the fence read: which of these rows are running under our token
         self._index = {t.id: i for i, t in enumerate(self.tasks)}
         self._marked: set[int] = set()  # marked started, not run yet
         self._buffer: list[Finish] = []
         self._oldest = 0.0  # monotonic time of the oldest buffered outcome
         self._flush_next = False  # a careful task's outcome goes out with the next start
+        self._fenced = float("-inf")  # monotonic time the marked rows were last known ours
 
     def begin(self, task: Task) -> bool:
         """Before ``task`` runs: make sure its start is committed. False if the claim no longer
@@ -58,9 +73,12 @@ class Ledger:
         if task.id in self._marked:
             if self._flush_next or self._overdue():
                 self._commit(self._flush())
+            self._check_fence()
             return task.id in self._marked
+        marking = time.monotonic()
         flushed = self._commit(self._flush(mark=[t.id for t in self._window_from(task)]))
         self._marked |= flushed.marked
+        self._fenced = marking  # the mark is fenced: these rows were ours as it committed
         return task.id in self._marked
 
     def finish(self, task: Task, outcome: Finish) -> None:
@@ -93,6 +111,15 @@ class Ledger:
         return flushed.released
 
     # -- internals ----------------------------------------------------------------------------
+
+    def _check_fence(self) -> None:
+        """Drop the marked rows the claim no longer holds (rescued since the mark): they are
+        neither run nor given back. Read at most once per ``FENCE_FRESH``."""
+        now = time.monotonic()
+        if now - self._fenced < FENCE_FRESH:
+            return
+        self._marked &= self.held(sorted(self._marked, key=self._index.__getitem__))
+        self._fenced = now
 
     def _overdue(self) -> bool:
         return bool(self._buffer) and time.monotonic() - self._oldest >= self.interval

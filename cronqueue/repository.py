@@ -316,6 +316,19 @@ class Repository:
         return transaction(self.engine, lambda conn: conn.execute(queries.finish(
             finish.task_id, finish.token, _clearing_secret(finish.values))).rowcount == 1)
 
+    def still_held(self, task_ids: Sequence[int], token: str) -> set[int]:
+        """Which of these rows claim ``token`` still holds (running under that token): the
+        fence read before a marked task starts (``Ledger.begin``)."""
+        return transaction(self.engine, lambda conn: self._held_ids(conn, task_ids, token),
+                           readonly=True)
+
+    def _held_ids(self, conn: Connection, task_ids: Sequence[int], token: str) -> set[int]:
+        held: set[int] = set()
+        for start in range(0, len(task_ids), _CHUNK):
+            held.update(conn.execute(*queries.held(task_ids[start:start + _CHUNK], token,
+                                                   lock=False)).scalars())
+        return held
+
     def secret(self, task_id: int) -> str | None:
         """A task's secret, read when it starts (claims leave it in the database)."""
         return transaction(self.engine, lambda conn: conn.execute(

@@ -346,7 +346,9 @@ class Shard:
         ledger = Ledger(token, tasks, window=cfg.flush_every, interval=cfg.flush_interval,
                         careful=self._careful, write=self._write, try_write=self._try_write,
                         clock=self.clock, lease_until=self.heartbeat.lease_until,
-                        on_lost=self._on_lost)
+                        on_lost=self._on_lost,
+                        held=lambda ids: self._db("check its claim",
+                                                  lambda: self.repo.still_held(ids, token)))
         self.heartbeat.token = token
         try:
             for task in tasks:

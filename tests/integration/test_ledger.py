@@ -215,3 +215,39 @@ def test_every_window_size_drains_exactly_once(db_url: str, task_dir: Path, log_
                       flush_every=flush_every, batch=6)
     assert Shard(cfg).run().done == 20
     assert runs(task_dir) == Counter(dict.fromkeys(ids, 1))
+
+
+def test_a_window_rescued_while_it_runs_starts_none_of_the_rescued_tasks(
+        db_url: str, task_dir: Path, log_dir: Path, tmp_path: Path, queue: Queue) -> None:
+    """Issue 12 #2: a shard over 30 one-second tasks (one window) whose rows are rescued a
+    few seconds in (by another host that judged the lease expired) starts none of the
+    rescued tasks: only the one running at the rescue ran on, its result fenced out."""
+    write_script(task_dir, "slow.sh", 'echo "$CRONQUEUE_TASK_ID $CRONQUEUE_ATTEMPT" >> runs.txt\n'
+                                      "sleep 1\n")
+    ids = queue.add_many([("slow.sh", i) for i in range(30)])
+    cfg = config_file(tmp_path, db_url, task_dir, log_dir, flush_every=50,
+                      flush_interval=600.0)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRONQUEUE_")}
+    with (tmp_path / "shard.log").open("ab") as out:
+        proc = subprocess.Popen(cronqueue_cmd("work", "--config", str(cfg)), env=env,
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=tmp_path)
+    try:
+        assert wait_for(lambda: sum(runs(task_dir).values()) >= 3, timeout=60)
+        # Another host, whose clock is past the lease: every row of the window is rescued
+        # (pending again, run_at a lease ahead, so this burst shard cannot claim it again).
+        report = rescue(Repository(queue.engine), load_config(cfg).worker,
+                        datetime.now(UTC) + timedelta(seconds=120), me=Owner("elsewhere", 1, 1),
+                        server_uptime=lambda: 10.0**9)
+        ran = runs(task_dir)
+        assert sorted(report.retried) == ids, report
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = (tmp_path / "shard.log").read_text()
+    assert runs(task_dir) == ran, log  # no rescued task started after the rescue
+    assert 3 <= sum(ran.values()) <= 5 and max(ran.values()) == 1, ran
+    assert log.count("outcome=lost-claim") == 30 - len(ran), log
+    for task_id in ids:  # every result was fenced out: all pending, each for one re-run
+        assert get_task(queue, task_id).status is Status.PENDING

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
+from cronqueue import ledger as ledger_module
 from cronqueue.ledger import Ledger
 from cronqueue.repository import Finish, Flush, Flushed
 from tests.unit.test_runner import make_task
@@ -37,7 +40,8 @@ def ledger(db: FakeDb, tasks: list, window: int = 3, interval: float = 600.0,
                   careful=lambda t: t.attempts > 0 or t.max_attempts == 1,
                   write=db.write, try_write=db.try_write, clock=lambda: NOW,
                   lease_until=lambda now: now + timedelta(seconds=60),
-                  on_lost=(lost if lost is not None else []).append)
+                  on_lost=(lost if lost is not None else []).append,
+                  held=lambda ids: {i for i in ids if i not in db.lost})
 
 
 def fresh(i: int, **kw: object) -> object:
@@ -104,6 +108,44 @@ def test_a_row_taken_over_is_not_run_and_its_lost_outcome_is_reported() -> None:
     book.finish(tasks[2], done(3))
     book.close()
     assert [f.task_id for f in lost] == [3]
+
+
+def test_a_marked_task_rescued_before_its_start_is_not_started(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12 #2: begin() of an already-marked task reads the fence (for the whole rest of
+    the window); the window's first task needs no read (its mark was fenced)."""
+    monkeypatch.setattr(ledger_module, "FENCE_FRESH", 0.0)  # tasks longer than the bound
+    db = FakeDb()
+    tasks = [fresh(i) for i in range(1, 6)]
+    asked: list[list[int]] = []
+    book = ledger(db, tasks, window=5)
+    book.held = lambda ids: (asked.append(list(ids)), {i for i in ids if i not in db.lost})[1]
+    assert book.begin(tasks[0])
+    assert asked == []  # task 1 was fenced by its mark
+    book.finish(tasks[0], done(1))
+    assert book.begin(tasks[1])
+    assert asked == [[2, 3, 4, 5]]  # the rest of the window, in one read
+    db.lost |= {3, 4, 5}  # the rescue takes the window while task 2 runs
+    book.finish(tasks[1], done(2))
+    assert [book.begin(t) for t in tasks[2:]] == [False, False, False]
+    assert asked[1:] == [[3, 4, 5]]  # nothing left marked: no more reads
+    assert book.close() == 0
+    assert list(db.flushes[-1].unmark) == []  # rescued rows are not ours to give back
+
+
+def test_the_fence_is_read_at_most_once_per_freshness_bound(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ledger_module, "FENCE_FRESH", 3600.0)  # every start within the bound
+    db = FakeDb()
+    tasks = [fresh(i) for i in range(1, 6)]
+    asked: list[list[int]] = []
+    book = ledger(db, tasks, window=5)
+    book.held = lambda ids: (asked.append(list(ids)), {i for i in ids if i not in db.lost})[1]
+    for t in tasks:
+        assert book.begin(t)
+        book.finish(t, done(t.id))
+    assert asked == []  # the mark itself was fresh for the whole window
+    book.close()
 
 
 def test_overdue_outcomes_go_out_while_a_task_runs_and_survive_an_outage() -> None:
