@@ -13,13 +13,16 @@ needs none of this (JSON escapes control characters itself).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .model import Status, Task, Worker
 from .model import status_name as model_status_name
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+FAR_AHEAD = timedelta(days=1)  # a pending task's run_at further ahead than this is flagged
+AHEAD_HINT = ("run_at is UTC: a producer that wrote local time (NOW() in a session time zone) "
+              "delays its tasks; write UTC_TIMESTAMP() or leave run_at to its default")
 
 
 def visible(value: object) -> str:
@@ -57,7 +60,20 @@ def when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
 
-def format_task(task: Task) -> str:
+def far_ahead(task: Task, now: datetime | None = None) -> timedelta | None:
+    """How far ahead a pending task's ``run_at`` is, if more than ``FAR_AHEAD`` (issue 12 #5:
+    a hand-written row in local time, a mistyped year); else None."""
+    if task.status != Status.PENDING or not isinstance(task.run_at, datetime):
+        return None
+    ahead = task.run_at - (now or datetime.now(UTC))
+    return ahead if ahead > FAR_AHEAD else None
+
+
+def _ahead(delta: timedelta) -> str:
+    return f"{delta.total_seconds() / 86400:.1f} days ahead"
+
+
+def format_task(task: Task, now: datetime | None = None) -> str:
     param = task.param if len(task.param) < 200 else task.param[:197] + "..."
     lines = [
         f"task {task.id}: {status_name(task.status)}",
@@ -69,6 +85,9 @@ def format_task(task: Task) -> str:
         f"  created   {when(task.ctime)}   run at {when(task.run_at)}",
         f"  started   {when(task.started_at)}   finished {when(task.finished_at)}",
     ]
+    ahead = far_ahead(task, now)
+    if ahead is not None:
+        lines.append(f"  WARNING   pending, run at {_ahead(ahead)}; {AHEAD_HINT}")
     if task.worker_host:
         lines.append(f"  worker    {visible(task.worker_host)}:{task.worker_pid}")
     if task.exit_code is not None:
@@ -84,14 +103,24 @@ def format_task(task: Task) -> str:
     return "\n".join(lines)
 
 
-def format_table(tasks: Sequence[Task]) -> str:
+def format_table(tasks: Sequence[Task], now: datetime | None = None) -> str:
+    """One line per task; a pending task whose run_at is more than a day ahead has its RUN AT
+    marked ``(!)`` and a note below the table."""
+    now = now or datetime.now(UTC)
     rows = [("ID", "STATUS", "QUEUE", "PRIO", "TRIES", "SCRIPT", "RUN AT", "EXIT", "ERROR")]
+    flagged = 0
     for t in tasks:
+        ahead = far_ahead(t, now) is not None
+        flagged += ahead
         rows.append((str(t.id), status_name(t.status), t.queue, str(t.priority),
-                     str(t.attempts), t.taskscript, when(t.run_at),
+                     str(t.attempts), t.taskscript, when(t.run_at) + (" (!)" if ahead else ""),
                      "" if t.exit_code is None else str(t.exit_code),
                      (t.error or "")[:50]))
-    return format_columns(rows)
+    table = format_columns(rows)
+    if flagged:
+        table += (f"\n(!) {flagged} pending task(s) to run more than a day ahead; "
+                  f"{AHEAD_HINT}")
+    return table
 
 
 def format_columns(rows: Sequence[Sequence[str]]) -> str:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from cronqueue.display import (
+    far_ahead,
     format_columns,
     format_stats,
     format_table,
@@ -102,3 +103,21 @@ def test_stats_show_hostile_queue_names_and_unknown_statuses() -> None:
     assert len(lines) == 5  # header, two queues, (all), due
     assert lines[0].split() == ["queue", *names, "unknown(7)"]
     assert lines[1].split()[0] == "'evil\\n(all)'"
+
+
+def test_only_a_pending_task_more_than_a_day_ahead_is_flagged() -> None:
+    """Issue 12 #5: a hand-written run_at in local time or a wrong year is visible."""
+    day = timedelta(days=1)
+    second = timedelta(seconds=1)
+    assert far_ahead(_task(status=Status.PENDING, run_at=NOW + day + second), NOW) == day + second
+    assert far_ahead(_task(status=Status.PENDING, run_at=NOW + day), NOW) is None
+    assert far_ahead(_task(status=Status.DONE, run_at=NOW + 9 * day), NOW) is None
+    assert far_ahead(_task(status=7, run_at=NOW + 9 * day), NOW) is None
+    assert far_ahead(_task(status=Status.PENDING, run_at=None), NOW) is None
+    tasks = [_task(id=1, status=Status.PENDING, run_at=NOW + 2 * day),
+             _task(id=2, status=Status.PENDING, run_at=NOW)]
+    table = format_table(tasks, NOW).split("\n")
+    assert table[1].endswith("(!)") and not table[2].endswith("(!)")
+    assert table[3].startswith("(!) 1 pending task(s) to run more than a day ahead")
+    assert "  WARNING   pending, run at 2.0 days ahead; " in format_task(tasks[0], NOW)
+    assert "WARNING" not in format_task(tasks[1], NOW)
