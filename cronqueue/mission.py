@@ -6,6 +6,9 @@ each shard also guards itself, see guard.py), ``add`` enqueues the recurring tas
 (entry, scheduled time) is claimed through a unique key in ``cronqueue_runs`` first, so any
 number of concurrent missions, on one host or several, act on it once. Then it rescues the
 tasks of dead shards and purges by the retention settings: no other cron line is needed.
+Shards start last, once the rest of the tick is done (their start-up would compete with it for
+the CPU). Every mission logs which host and pid took each due entry and tick, whether it won
+the race or not; ``--log-level debug`` adds the time of each step (``TickReport.timings``).
 
 Each entry, the rescue and the retention run in isolation: one failing (a database error, an
 entry that cannot be computed) is logged naming it and makes the tick's exit status 1, and the
@@ -23,6 +26,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -30,10 +34,11 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from .config import Config, MissionEntry
 from .db import make_engine
+from .display import visible
 from .errors import ConfigError, one_line
 from .guard import is_locked_here, is_locked_in_db
 from .logfiles import LogFileRefused, open_in_log_dir
@@ -42,6 +47,7 @@ from .proc import Owner
 from .repository import Repository
 from .rescue import RescueReport, rescue
 from .schedule import MAX_SCAN, Schedule, decide, minute_floor
+from .schema import runs_table
 from .spec import build_spec
 
 log = logging.getLogger("cronqueue.mission")
@@ -68,6 +74,7 @@ class TickReport:
     ahead: dict[str, datetime] = field(default_factory=dict)  # entry -> run recorded ahead
     errors: list[str] = field(default_factory=list)  # what failed: "<what>: <reason>"
     plan: list[str] = field(default_factory=list)  # with plan(): what the tick would do
+    timings: dict[str, float] = field(default_factory=dict)  # step -> seconds it took
 
 
 def refuse_future_drill(now: datetime, real: datetime) -> None:
@@ -134,15 +141,20 @@ class Mission:
         return self._tick(now, dry_run=True)
 
     def _tick(self, now: datetime | None, *, dry_run: bool) -> TickReport:
+        began = time.perf_counter()
         now = now or self.clock()
         report = TickReport()
         engine = self._engine or make_engine(self.config.db_url)
         try:
             repo = Repository(engine)
             me = Owner.me()
+            # Shards start last: their start-up (an interpreter each) would compete for the
+            # CPU with the rest of the tick, which the mission then waits for.
+            starts: list[tuple[str, Callable[[], None]]] = []
             for entry in self.config.missions:
                 self._isolated(report, f"mission={entry.name}", functools.partial(
-                    self._entry, entry, repo, engine, me, now, report, dry_run=dry_run))
+                    self._entry, entry, repo, engine, me, now, report, starts,
+                    dry_run=dry_run))
             if dry_run:
                 report.plan.append("rescue and retention: not run (dry run)")
                 return report
@@ -155,15 +167,22 @@ class Mission:
                 report.errors += [f"rescue: {e}" for e in rescued.errors]
             purged = self._isolated(report, "retention", lambda: self._purge(repo, real))
             report.purged = purged or 0
+            for what, start in starts:
+                self._isolated(report, what, start)
             return report
         finally:
             if self._engine is None:
                 engine.dispose()
+            report.timings["tick"] = time.perf_counter() - began
+            log.debug("tick took %s", " ".join(f"{k}={v:.3f}s"
+                                               for k, v in report.timings.items()))
 
     @staticmethod
     def _isolated(report: TickReport, what: str, step: Callable[[], Any]) -> Any:
         """Run one step of the tick; a failure is logged naming the step and recorded in
-        ``report.errors``, and the tick goes on with the next step."""
+        ``report.errors``, and the tick goes on with the next step. Its time is kept in
+        ``report.timings`` (logged at debug level: what a tick waits for)."""
+        began = time.perf_counter()
         try:
             return step()
         except Exception as exc:
@@ -172,6 +191,9 @@ class Mission:
             log.debug("%s failed", what, exc_info=True)
             report.errors.append(f"{what}: {reason}")
             return None
+        finally:
+            report.timings[what] = (report.timings.get(what, 0.0)
+                                    + time.perf_counter() - began)
 
     def _last(self, entry: MissionEntry, repo: Repository, now: datetime,
               report: TickReport) -> datetime | None:
@@ -188,7 +210,9 @@ class Mission:
         return repo.last_scheduled(entry.name, until=tick)
 
     def _entry(self, entry: MissionEntry, repo: Repository, engine: Engine, me: Owner,
-               now: datetime, report: TickReport, *, dry_run: bool = False) -> None:
+               now: datetime, report: TickReport,
+               starts: list[tuple[str, Callable[[], None]]], *,
+               dry_run: bool = False) -> None:
         last = self._last(entry, repo, now, report)
         decision = decide(Schedule(entry.cron, self.tz), last, now, catch_up=entry.catch_up,
                           window=entry.catch_up_window)
@@ -208,6 +232,8 @@ class Mission:
             repo.record_run(entry.name, decision.skipped, host=me.host, pid=me.pid,
                             now=self.clock(), outcome="skipped: missed, outside catch_up_window")
         if decision.fire is None:
+            if last is not None and last == minute_floor(now):  # due now, taken already
+                self._log_taken(entry, engine, last)
             return
         scheduled = decision.fire
         spec = None
@@ -221,16 +247,22 @@ class Mission:
                                   spec=spec)
         if claimed is None:
             report.lost_race.append(entry.name)
-            log.info("mission=%s scheduled=%s already fired by another mission", entry.name,
-                     f"{scheduled:%Y-%m-%dT%H:%M}Z")
+            self._log_taken(entry, engine, scheduled)
             return
         report.fired[entry.name] = scheduled
         run_id, task_id = claimed
         if task_id is not None:
             report.added[entry.name] = task_id
-            log.info("mission=%s scheduled=%s outcome=added task=%d", entry.name,
-                     f"{scheduled:%Y-%m-%dT%H:%M}Z", task_id)
+            log.info("mission=%s scheduled=%s taken by host=%s pid=%d outcome=added task=%d",
+                     entry.name, f"{scheduled:%Y-%m-%dT%H:%M}Z", visible(me.host), me.pid,
+                     task_id)
             return
+        starts.append((f"mission={entry.name}", functools.partial(
+            self._start, entry, repo, engine, me, report, run_id, scheduled)))
+
+    def _start(self, entry: MissionEntry, repo: Repository, engine: Engine, me: Owner,
+               report: TickReport, run_id: int, scheduled: datetime) -> None:
+        """The shards of a ``do_queue`` entry whose tick this mission took."""
         started, running, failed = self._launch(entry, engine)
         report.launched += [(entry.name, i) for i in started]
         report.already_running += [(entry.name, i) for i in running]
@@ -238,8 +270,20 @@ class Mission:
             f"; still running {_ids(running)}" if running else "") + (
             f"; could not start {_ids(failed)}" if failed else "")
         repo.set_run_outcome(run_id, outcome)
-        log.info("mission=%s scheduled=%s outcome=%s", entry.name,
-                 f"{scheduled:%Y-%m-%dT%H:%M}Z", outcome)
+        log.info("mission=%s scheduled=%s taken by host=%s pid=%d outcome=%s", entry.name,
+                 f"{scheduled:%Y-%m-%dT%H:%M}Z", visible(me.host), me.pid, outcome)
+
+    @staticmethod
+    def _log_taken(entry: MissionEntry, engine: Engine, scheduled: datetime) -> None:
+        """This tick lost the race for (entry, scheduled): say which mission took it."""
+        r = runs_table.c
+        with engine.connect() as conn:
+            run = conn.execute(select(r.host, r.pid, r.outcome).where(
+                r.entry == entry.name, r.scheduled_at == scheduled)).first()
+        who = (f"host={visible(run.host)} pid={run.pid} outcome={visible(run.outcome)}"
+               if run is not None else "host=? (its run is gone)")
+        log.info("mission=%s scheduled=%s already taken by another mission: %s", entry.name,
+                 f"{scheduled:%Y-%m-%dT%H:%M}Z", who)
 
     @staticmethod
     def _describe(entry: MissionEntry, fire: datetime | None, missed: int,

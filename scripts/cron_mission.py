@@ -6,4 +6,5 @@ import sys
 from cronqueue.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["mission", *sys.argv[1:]]))
+    sys.argv.insert(1, "mission")  # main() reading sys.argv: a program, which may exit fast
+    sys.exit(main())

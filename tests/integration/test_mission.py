@@ -899,3 +899,87 @@ def test_schedule_overview_survives_an_entry_that_cannot_be_computed(make_config
     assert leapday["next"] == [] and "cannot be computed" in leapday["warning"]
     assert every["next"][0].startswith("2031-05-06T10:01") and every["warning"] is None
     q.close()
+
+
+# -- issue 12 #4: missions that say what they did, and return at once -------------------------
+
+
+def test_every_mission_says_which_host_took_each_entry_and_tick(
+        make_config: Any, task_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Before: a mission that lost the race mostly logged nothing (it read the winner's run
+    and found the entry not due); now each says, at info level, who took each entry."""
+    import logging
+
+    write_script(task_dir, "send.sh", "exit 0\n")
+    cfg = make_config(ONCE_CONFIG)
+    n = 6
+    barrier = threading.Barrier(n)
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            mission = Mission(cfg, launcher=FakeLauncher())
+            barrier.wait(timeout=30)
+            mission.tick(at(10, 0, i))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    caplog.set_level(logging.INFO, logger="cronqueue.mission")
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    # And one more, after all of them: it reads the run and finds the entry not due.
+    Mission(cfg, launcher=FakeLauncher()).tick(at(10, 0, 40))
+    lines = [r.getMessage() for r in caplog.records if r.name == "cronqueue.mission"]
+    for entry in ("drain", "nightly"):
+        won = [m for m in lines if m.startswith(f"mission={entry} scheduled=2031-05-06T10:00Z "
+                                                "taken by host=")]
+        lost = [m for m in lines if m.startswith(f"mission={entry} scheduled=2031-05-06T10:00Z "
+                                                 "already taken by another mission: host=")]
+        assert len(won) == 1, lines
+        assert len(lost) == n, lines
+        winner = won[0].split(" taken by ")[1].split(" outcome=")[0]  # host=... pid=...
+        assert all(f": {winner} outcome=" in m for m in lost), (winner, lost)
+
+
+def test_shards_start_after_the_rescue_and_the_retention(make_config: Any,
+                                                          task_dir: Path) -> None:
+    """A shard process starting competes for the CPU with what the tick still has to do:
+    the mission starts shards last (and a fresh shard finds the rescued rows)."""
+    write_script(task_dir, "send.sh", "exit 0\n")
+    cfg = make_config('[[mission]]\nname = "a"\ncron = "* * * * *"\n'
+                      'do_queue = { total = 1 }\n')
+    q = Queue(config=cfg)
+    now = at(12, 0, 0)
+    old = _finished(q, Status.DONE, now - timedelta(days=8))
+    seen: list[bool] = []
+
+    def launcher(argv: list[str], env: dict[str, str], cwd: Path) -> None:
+        seen.append(q.get(old) is None)  # retention already ran
+
+    report = Mission(cfg, launcher=launcher, clock=lambda: now).tick(now)
+    assert report.launched == [("a", 0)] and report.purged == 1
+    assert seen == [True]
+    assert set(report.timings) == {"mission=a", "rescue", "retention", "tick"}
+    q.close()
+
+
+def test_mission_as_a_program_exits_with_its_logs_written(make_config: Any, task_dir: Path,
+                                                          tmp_path: Path) -> None:
+    """`cronqueue mission` skips the interpreter's teardown (os._exit): its log lines, the
+    debug timings included, and its exit status must still come out."""
+    write_script(task_dir, "send.sh", "exit 0\n")
+    make_config('[[mission]]\nname = "a"\ncron = "* * * * *"\n'
+                'add = { taskscript = "send.sh" }\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRONQUEUE_")}
+    for script in (["-m", "cronqueue", "mission"], [str(Path(__file__).parents[2] / "scripts"
+                                                        / "cron_mission.py")]):
+        res = subprocess.run([sys.executable, *script, "--config",
+                              str(tmp_path / "cronqueue.toml"), "--log-level", "debug"],
+                             capture_output=True, text=True, timeout=60, env=env, check=False)
+        assert res.returncode == 0, res.stderr
+        assert "mission=a scheduled=" in res.stderr, res.stderr
+        assert "tick took mission=a=" in res.stderr, res.stderr
