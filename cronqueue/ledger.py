@@ -66,18 +66,23 @@ class Ledger:
         self._oldest = 0.0  # monotonic time of the oldest buffered outcome
         self._flush_next = False  # a careful task's outcome goes out with the next start
         self._fenced = float("-inf")  # monotonic time the marked rows were last known ours
+        self._gone: set[int] = set()  # marked rows the fence found taken over: never run
 
     def begin(self, task: Task) -> bool:
         """Before ``task`` runs: make sure its start is committed. False if the claim no longer
         holds it (it was rescued meanwhile): do not run it."""
+        if task.id in self._gone:
+            return False
         if task.id in self._marked:
             if self._flush_next or self._overdue():
                 self._commit(self._flush())
             self._check_fence()
             return task.id in self._marked
         marking = time.monotonic()
-        flushed = self._commit(self._flush(mark=[t.id for t in self._window_from(task)]))
+        window = [t.id for t in self._window_from(task)]
+        flushed = self._commit(self._flush(mark=window))
         self._marked |= flushed.marked
+        self._gone.update(i for i in window if i not in flushed.marked)  # rescued unstarted
         self._fenced = marking  # the mark is fenced: these rows were ours as it committed
         return task.id in self._marked
 
@@ -118,7 +123,9 @@ class Ledger:
         now = time.monotonic()
         if now - self._fenced < FENCE_FRESH:
             return
-        self._marked &= self.held(sorted(self._marked, key=self._index.__getitem__))
+        held = self.held(sorted(self._marked, key=self._index.__getitem__))
+        self._gone |= self._marked - held
+        self._marked &= held
         self._fenced = now
 
     def _overdue(self) -> bool:
@@ -133,7 +140,7 @@ class Ledger:
                 continue  # never run nor marked: the shard fails it by id (worker._reject)
             if len(window) >= self.window or self.careful(t):
                 break
-            if t.id not in self._marked:
+            if t.id not in self._marked and t.id not in self._gone:
                 window.append(t)
         return window
 

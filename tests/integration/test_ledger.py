@@ -247,7 +247,7 @@ def test_a_window_rescued_while_it_runs_starts_none_of_the_rescued_tasks(
             proc.wait()
     log = (tmp_path / "shard.log").read_text()
     assert runs(task_dir) == ran, log  # no rescued task started after the rescue
-    assert 3 <= sum(ran.values()) <= 5 and max(ran.values()) == 1, ran
+    assert 3 <= sum(ran.values()) <= 10 and max(ran.values()) == 1, ran
     assert log.count("outcome=lost-claim") == 30 - len(ran), log
     for task_id in ids:  # every result was fenced out: all pending, each for one re-run
         assert get_task(queue, task_id).status is Status.PENDING

@@ -102,6 +102,7 @@ def test_a_row_taken_over_is_not_run_and_its_lost_outcome_is_reported() -> None:
     book = ledger(db, tasks, lost=lost)
     assert book.begin(tasks[0])
     assert not book.begin(tasks[1])  # rescued before it started: not ours to run
+    assert len(db.flushes) == 1  # known from the window's mark: no second try to mark it
     assert book.begin(tasks[2])
     book.finish(tasks[0], done(1))
     db.lost.add(3)  # rescued while it ran
@@ -127,8 +128,10 @@ def test_a_marked_task_rescued_before_its_start_is_not_started(
     assert asked == [[2, 3, 4, 5]]  # the rest of the window, in one read
     db.lost |= {3, 4, 5}  # the rescue takes the window while task 2 runs
     book.finish(tasks[1], done(2))
+    count = len(db.flushes)
     assert [book.begin(t) for t in tasks[2:]] == [False, False, False]
     assert asked[1:] == [[3, 4, 5]]  # nothing left marked: no more reads
+    assert db.flushes[count:] == []  # nor tries to mark the taken rows again
     assert book.close() == 0
     assert list(db.flushes[-1].unmark) == []  # rescued rows are not ours to give back
 
