@@ -97,6 +97,7 @@ class Shard:
         self._deadline: float | None = None  # monotonic end of the budget (None: burst)
         self._handover: Handover | None = None  # ticks that passed while we ran (budgeted)
         self._overrun_until: float | None = None  # past the budget, waiting for the next tick
+        self._looked_at = float("-inf")  # when we last looked for a newer tick (monotonic)
         self.runner: Runner | None = None
 
     # -- signals (handlers only set flags) ----------------------------------------------------
@@ -268,9 +269,14 @@ class Shard:
                      "takes over", self.label)
         return _past(self._overrun_until)
 
-    def _newer_tick(self) -> tuple[datetime, float] | None:
+    def _newer_tick(self, *, now: bool = False) -> tuple[datetime, float] | None:
+        """A tick fired since we last looked; past the budget, a look per task at most
+        every ``poll_interval`` (``now``: look whatever the time)."""
         if self._handover is None or self._stop:
             return None
+        if not now and time.monotonic() - self._looked_at < self.config.worker.poll_interval:
+            return None
+        self._looked_at = time.monotonic()
         try:
             return self._handover.newer()
         except DatabaseError as exc:  # best effort: the next tick starts the shard anyway
@@ -285,7 +291,7 @@ class Shard:
         if self._handover is None or self._stop:
             return False
         guard.release()
-        newer = self._newer_tick()
+        newer = self._newer_tick(now=True)
         if newer is None or newer[1] <= 0:
             return False
         try:
