@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from bench.bench_handover import run
 from cronqueue.db import make_engine
@@ -82,5 +83,48 @@ def test_a_shard_past_its_budget_with_no_tick_stops_within_one_more_budget(
         assert 2.0 <= took < 2.0 + 3.0, took  # budget + one more budget (+ start, last task)
         assert report.done >= 5
         assert len(q.list(status=Status.PENDING, limit=1000)) == 100 - report.done
+    finally:
+        q.close()
+
+
+def test_a_tick_that_saw_the_guard_held_as_the_shard_exited_is_taken_back(
+        db_url: str, tmp_path: Path, monkeypatch: Any) -> None:
+    """The window between the shard's last look for a tick and the release of its guard: a
+    tick in it found the shard running and started nobody. The shard looks once more after
+    releasing and takes the guard (and the tick's budget) back: the task added then runs."""
+    from cronqueue import Queue, Status
+    from cronqueue.config import load_config
+    from cronqueue.guard import ShardGuard
+    from cronqueue.proc import Owner
+    from cronqueue.worker import Shard
+
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "ok.sh").write_text("exit 0\n")
+    cfg_path = tmp_path / "cronqueue.toml"
+    cfg_path.write_text(f'db_url = "{db_url}"\ntask_dir = "{tasks}"\n'
+                        f'log_dir = "{tmp_path / "logs"}"\n')
+    cfg = load_config(cfg_path)
+    q = Queue(config=cfg)
+    q.init_db()
+    late: list[int] = []
+    release = ShardGuard.release
+
+    def release_then_a_tick(guard: ShardGuard) -> None:
+        release(guard)
+        if not late:  # the first release: the shard's budget is over, the guard just freed
+            me = Owner.me()
+            Repository(q.engine).record_run(
+                "drain", datetime.now(UTC).replace(second=0, microsecond=0),
+                host=me.host, pid=me.pid, outcome="started no shard; still running 0",
+                now=datetime.now(UTC))
+            late.append(q.add("ok.sh"))
+
+    monkeypatch.setattr(ShardGuard, "release", release_then_a_tick)
+    try:
+        report = Shard(cfg, entry="drain", max_seconds=0.5).run()
+        assert late and report.done == 1, report
+        task = q.get(late[0])
+        assert task is not None and task.status is Status.DONE
     finally:
         q.close()
