@@ -63,11 +63,7 @@ class LogDir:
                                      "log is never written through a link)") from None
             raise exc from None
         try:
-            st = os.fstat(fd)
-            why = ("not a regular file" if not stat.S_ISREG(st.st_mode)
-                   else f"owned by uid {st.st_uid}" if st.st_uid not in (os.geteuid(), 0)
-                   else f"a file with {st.st_nlink} hard links" if st.st_nlink != 1
-                   else "")
+            why = file_refusal(os.fstat(fd))
             if why:
                 raise LogFileRefused(f"{self.path / name} is {why}: refused")
             os.set_blocking(fd, True)
