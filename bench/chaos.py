@@ -3,15 +3,18 @@
 (kill -9), killing task scripts (kill -9) and restarting the database, then account for every
 task in a ledger.
 
+    python bench/chaos.py --private-server --tasks 20000 --shards 6 --db-restarts 1
     python bench/chaos.py --db mysql+pymysql://root:@127.0.0.1/cq_chaos --tasks 20000 \
-        --shards 6 --db-restarts 1          # the database is dropped and created afresh
+        --shards 6                          # the database is dropped and created afresh
     python bench/chaos.py --db sqlite:////tmp/chaos.db --tasks 20000 --shards 6
 
 Each task script appends ``start ID ATTEMPT PID SHARD_PID`` and ``end ID PID`` to a ledger
 file. At the end every task must be done, failed or pending (none lost, none left running),
 and every second start of a task must be explained by a kill of its previous run (its script
 or its shard); no two runs of a task may overlap. Prints a JSON report; exits 1 on any
-violation. Only loopback databases; restarts use the local MariaDB service commands.
+violation. Only loopback databases. ``--private-server`` starts a throwaway MariaDB of its
+own (bench/private_mariadb.py: temp datadir, free port); database restarts
+(``--db-restarts``) are only done to that server, never to one this run did not start.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ from sqlalchemy.engine import make_url
 
 from cronqueue import Queue
 from cronqueue.config import load_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from private_mariadb import PrivateMariaDB, PrivateMariaDBError
 
 TASK = """#!/bin/sh
 echo "start $CRONQUEUE_TASK_ID $CRONQUEUE_ATTEMPT $$ $PPID" >> "{ledger}"
@@ -80,21 +86,14 @@ def fresh_database(url: str) -> None:
     admin.dispose()
 
 
-def restart_mariadb(events: list[dict[str, Any]], t0: float) -> None:
-    """Stop and start the local MariaDB server (loopback only), waiting until it answers."""
+def restart_mariadb(server: PrivateMariaDB, events: list[dict[str, Any]], t0: float) -> None:
+    """Stop (SIGTERM: a clean shutdown) and start again the private MariaDB server this run
+    started (same datadir and port), waiting until it answers. Never any other server."""
     began = time.monotonic()
-    subprocess.run(["mysqladmin", "--protocol=tcp", "-h127.0.0.1", "-uroot", "shutdown"],
-                   check=False, capture_output=True)
-    while subprocess.run(["mysqladmin", "--protocol=tcp", "-h127.0.0.1", "-uroot", "ping"],
-                         capture_output=True, check=False).returncode == 0:
-        time.sleep(0.2)
+    server.stop()
     down = time.monotonic()
     time.sleep(1.0)
-    subprocess.run(["start-stop-daemon", "--start", "--oknodo", "--background", "--exec",
-                    "/usr/sbin/mariadbd"], check=True)
-    while subprocess.run(["mysqladmin", "--protocol=tcp", "-h127.0.0.1", "-uroot", "ping"],
-                         capture_output=True, check=False).returncode != 0:
-        time.sleep(0.2)
+    server.start()
     events.append({"t": round(began - t0, 2), "kind": "db-restart",
                    "down_seconds": round(time.monotonic() - down, 2)})
 
@@ -203,16 +202,16 @@ def children_of(parent: int) -> list[int]:
 
 def chaos_loop(stop: threading.Event, events: list[dict[str, Any]], t0: float,
                shard_every: float, task_every: float, restarts: list[float],
-               is_mysql: bool) -> None:
+               server: PrivateMariaDB | None) -> None:
     rng = random.Random(1)
     next_shard = time.monotonic() + shard_every
     next_task = time.monotonic() + task_every
     pending_restarts = sorted(restarts)
     while not stop.wait(0.05):
         now = time.monotonic()
-        if pending_restarts and is_mysql and now - t0 >= pending_restarts[0]:
+        if pending_restarts and server is not None and now - t0 >= pending_restarts[0]:
             pending_restarts.pop(0)
-            restart_mariadb(events, t0)
+            restart_mariadb(server, events, t0)
         if now >= next_shard:
             next_shard = now + shard_every
             pids = shard_pids()
@@ -284,19 +283,41 @@ def _all_tasks(q: Queue) -> list[Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--db", required=True, help="database URL (recreated!)")
+    p.add_argument("--db", help="database URL (recreated!)")
+    p.add_argument("--private-server", action="store_true",
+                   help="start a throwaway MariaDB server of our own (temp datadir, free port) "
+                        "and run on it; required for --db-restarts")
     p.add_argument("--tasks", type=int, default=20000)
     p.add_argument("--shards", type=int, default=6)
     p.add_argument("--tick", type=float, default=2.0, help="seconds between mission ticks")
     p.add_argument("--kill-shard-every", type=float, default=3.0)
     p.add_argument("--kill-task-every", type=float, default=0.7)
-    p.add_argument("--db-restarts", type=int, default=1, help="MariaDB restarts (MySQL only)")
+    p.add_argument("--db-restarts", type=int, default=0,
+                   help="restarts of the private MariaDB server (needs --private-server)")
     p.add_argument("--chaos-seconds", type=float, default=0,
                    help="how long to inflict chaos (default: until 80%% of tasks are done)")
     p.add_argument("--max-seconds", type=float, default=1800)
     p.add_argument("--dir", help="work directory (default: a temporary one)")
     args = p.parse_args(argv)
+    if args.private_server == bool(args.db):
+        p.error("give exactly one of --db URL and --private-server")
+    if args.db_restarts > 0 and not args.private_server:
+        p.error("--db-restarts restarts only a MariaDB server this run started itself: "
+                "use --private-server (not --db), or --db-restarts 0")
+    if not args.private_server:
+        return run(args, args.db, None)
+    # SIGTERM ends the run through the with-block: the private server is shut down, its
+    # directory removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        with PrivateMariaDB() as server:
+            return run(args, server.url("cq_chaos"), server)
+    except PrivateMariaDBError as exc:
+        print(f"chaos.py: cannot start a private MariaDB server: {exc}", file=sys.stderr)
+        return 2
 
+
+def run(args: argparse.Namespace, db: str, server: PrivateMariaDB | None) -> int:
     root = Path(args.dir or tempfile.mkdtemp(prefix="cronqueue-chaos-")).resolve()
     shutil.rmtree(root, ignore_errors=True)
     (root / "tasks").mkdir(parents=True)
@@ -305,16 +326,15 @@ def main(argv: list[str] | None = None) -> int:
     script.write_text(TASK.format(ledger=ledger))
     script.chmod(0o755)
     config = root / "cronqueue.toml"
-    config.write_text(CONFIG.format(db=args.db, root=root, shards=args.shards,
+    config.write_text(CONFIG.format(db=db, root=root, shards=args.shards,
                                     max_seconds=args.tick * 2.5))
-    fresh_database(args.db)
+    fresh_database(db)
     q = Queue(config=load_config(config))
     q.init_db()
     ids: list[int] = []
     for start in range(0, args.tasks, 5000):
         ids += q.add_many(("chaos.sh", {"chaos_n": n})
                           for n in range(start, min(args.tasks, start + 5000)))
-    is_mysql = make_url(args.db).get_backend_name() != "sqlite"
 
     events: list[dict[str, Any]] = []
     stop = threading.Event()
@@ -323,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     chaos = threading.Thread(target=chaos_loop, args=(stop, events, t0,
                                                       args.kill_shard_every,
                                                       args.kill_task_every, restarts,
-                                                      is_mysql), daemon=True)
+                                                      server), daemon=True)
     chaos.start()
     # One simulated minute per tick, all in the past: `mission --now` more than a minute
     # ahead of the clock is refused (it would record runs that real ticks then skip).
@@ -351,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         if not chaos_over and ((args.chaos_seconds and time.monotonic() - t0
                                 >= args.chaos_seconds and len(events) >= len(restarts))
                                or (not args.chaos_seconds and progress >= 0.8 * len(ids)
-                                   and (not is_mysql or any(e["kind"] == "db-restart"
+                                   and (not restarts or any(e["kind"] == "db-restart"
                                                             for e in events)))):
             stop.set()
             chaos.join()
@@ -363,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     time.sleep(1)
     (root / "events.json").write_text(json.dumps(events, indent=1))
     report = analyse(ledger, q, ids, events)
-    report.update({"backend": make_url(args.db).get_backend_name(), "shards": args.shards,
+    report.update({"backend": make_url(db).get_backend_name(), "shards": args.shards,
+                   "private_server": server is not None,
                    "missions": missions, "seconds": round(elapsed, 1),
                    "dir": str(root)})
     ok = (report["accounted"] and report["lost"] == 0 and report["running"] == 0
