@@ -19,8 +19,7 @@ from pathlib import Path
 
 from .errors import CronqueueError
 
-_DAY_FLAGS = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
-              | os.O_NOCTTY | os.O_CLOEXEC)
+_DAY_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT  # open_file_at adds O_NOFOLLOW and the rest
 _DAY_MODE = 0o600
 
 
@@ -55,22 +54,7 @@ class LogDir:
     def open_day(self, day: str) -> int:
         """``log_dir/<day>.log`` for appending. Raises OSError or LogFileRefused."""
         name = f"{day}.log"
-        try:
-            fd = os.open(name, _DAY_FLAGS, _DAY_MODE, dir_fd=self.fd())
-        except OSError as exc:
-            if stat.S_ISLNK(_lmode(name, self._fd)):
-                raise LogFileRefused(f"{self.path / name} is a symbolic link: refused (a day "
-                                     "log is never written through a link)") from None
-            raise exc from None
-        try:
-            why = file_refusal(os.fstat(fd))
-            if why:
-                raise LogFileRefused(f"{self.path / name} is {why}: refused")
-            os.set_blocking(fd, True)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        return open_file_at(self.fd(), name, _DAY_FLAGS, _DAY_MODE, shown=self.path / name)
 
     def close(self) -> None:
         if self._fd is not None:
