@@ -14,10 +14,21 @@ from pathlib import Path
 from typing import Any
 
 from bench.bench_handover import run
+from cronqueue.config import Config, load_config
 from cronqueue.db import make_engine
 from cronqueue.handover import Handover
 from cronqueue.repository import Repository
 from cronqueue.schema import ddl_metadata
+from tests.conftest import write_script
+
+
+def _config(db_url: str, tmp_path: Path, script: str, body: str) -> Config:
+    """A config file in ``tmp_path`` on ``db_url`` with one task script."""
+    write_script(tmp_path / "tasks", script, body)
+    path = tmp_path / "cronqueue.toml"
+    path.write_text(f'db_url = "{db_url}"\ntask_dir = "{tmp_path / "tasks"}"\n'
+                    f'log_dir = "{tmp_path / "logs"}"\n')
+    return load_config(path)
 
 
 def test_every_shard_number_is_busy_while_its_rows_are_due(db_url: str, tmp_path: Path) -> None:
@@ -63,16 +74,9 @@ def test_a_shard_past_its_budget_with_no_tick_stops_within_one_more_budget(
     """Rows still due and no tick comes (the mission no longer runs): the shard claims on for
     at most one more budget, then exits; the backlog stays pending, nothing is lost."""
     from cronqueue import Queue, Status
-    from cronqueue.config import load_config
     from cronqueue.worker import Shard
 
-    tasks = tmp_path / "tasks"
-    tasks.mkdir()
-    (tasks / "nap.sh").write_text("sleep 0.2\n")
-    cfg_path = tmp_path / "cronqueue.toml"
-    cfg_path.write_text(f'db_url = "{db_url}"\ntask_dir = "{tasks}"\n'
-                        f'log_dir = "{tmp_path / "logs"}"\n')
-    cfg = load_config(cfg_path)
+    cfg = _config(db_url, tmp_path, "nap.sh", "sleep 0.2\n")
     q = Queue(config=cfg)
     try:
         q.init_db()
@@ -93,18 +97,11 @@ def test_a_tick_that_saw_the_guard_held_as_the_shard_exited_is_taken_back(
     tick in it found the shard running and started nobody. The shard looks once more after
     releasing and takes the guard (and the tick's budget) back: the task added then runs."""
     from cronqueue import Queue, Status
-    from cronqueue.config import load_config
     from cronqueue.guard import ShardGuard
     from cronqueue.proc import Owner
     from cronqueue.worker import Shard
 
-    tasks = tmp_path / "tasks"
-    tasks.mkdir()
-    (tasks / "ok.sh").write_text("exit 0\n")
-    cfg_path = tmp_path / "cronqueue.toml"
-    cfg_path.write_text(f'db_url = "{db_url}"\ntask_dir = "{tasks}"\n'
-                        f'log_dir = "{tmp_path / "logs"}"\n')
-    cfg = load_config(cfg_path)
+    cfg = _config(db_url, tmp_path, "ok.sh", "exit 0\n")
     q = Queue(config=cfg)
     q.init_db()
     late: list[int] = []
