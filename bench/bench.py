@@ -17,7 +17,7 @@ Sections (``--sections``, default all):
 * python    a trivial .py task via the exec path vs CRONQUEUE_PYTHON_FORK=1.
 * resources peak RSS and CPU of a draining shard; CPU of one ``cronqueue mission`` tick.
 * floors    what the missed targets are up against, in the same run: interpreter start-up CPU
-            (bare, ``import sqlalchemy``, ``import cronqueue.cli``); Python's own
+            (bare, ``import sqlalchemy``, ``import cronqueue.cli.main``); Python's own
             subprocess.run loop in two processes vs xargs; one-row INSERT + COMMIT with the
             bare driver; add_many split into server+driver and client; a fork running the
             trivial task's code vs an exec of ``python -c pass``. The report derives from

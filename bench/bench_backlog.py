@@ -29,13 +29,13 @@ from sqlalchemy import Engine, Update, bindparam, func, select, text, update
 from sqlalchemy.sql import visitors
 from sqlalchemy.sql.elements import BindParameter
 
-from cronqueue import queries
-from cronqueue.claim import Claimer
-from cronqueue.db import make_engine, supports_skip_locked
 from cronqueue.model import Status
-from cronqueue.proc import Owner
-from cronqueue.repository import Repository
-from cronqueue.schema import UTCDateTime, queue_table
+from cronqueue.process.identity import Owner
+from cronqueue.store import queries
+from cronqueue.store.claim import Claimer
+from cronqueue.store.engine import make_engine, supports_skip_locked
+from cronqueue.store.repository import Repository
+from cronqueue.store.schema import UTCDateTime, queue_table
 
 GEN_CHUNK = 250_000
 DRAIN_PRIORITY = 10  # above every backlog row (priority 0)

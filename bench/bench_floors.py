@@ -48,13 +48,13 @@ from sqlalchemy.engine import make_url
 INTERPRETERS = {
     "pass": "pass",
     "sqlalchemy": "import sqlalchemy",
-    "cli": "import cronqueue.cli",
+    "cli": "import cronqueue.cli.main",
 }
 MACHINE_VARIANTS = (*INTERPRETERS, "spawn", "limit", "fork", "exec")
 LABELS = {
     "pass": "interpreter: python -c pass",
     "sqlalchemy": "interpreter: import sqlalchemy",
-    "cli": "interpreter: import cronqueue.cli",
+    "cli": "interpreter: import cronqueue.cli.main",
     "spawn": "spawn loop (2 Python processes, subprocess.run, no queue)",
     "limit": "limit (xargs -P 2, same params)",
     "spawn/limit": "spawn loop/limit",
@@ -460,7 +460,7 @@ def _drain(results: Results, backend: str, t: Target, ratio: float) -> list[str]
         f"needs ≤ {need:.2f} s, {cq - need:.2f} s less.",
         f"start-up: importing SQLAlchemy costs {a - p:.3f} s CPU per shard process "
         f"(`import sqlalchemy` {a:.3f} s - `python -c pass` {p:.3f} s) = {(a - p) / limit:.0%} "
-        f"of the limit's whole run; all of `import cronqueue.cli` ({k:.3f} s) costs "
+        f"of the limit's whole run; all of `import cronqueue.cli.main` ({k:.3f} s) costs "
         f"{imports:.3f} s beyond a bare interpreter = {imports / limit:.0%}.",
         f"Python's own subprocess.run loop in two processes, no queue, same params: "
         f"{spawn:.2f} s vs xargs {flimit:.2f} s in the same repetitions: {spawn_ratio:.2f}x of "
@@ -609,7 +609,7 @@ def _fast_path(results: Results, backend: str, t: Target, ratio: float) -> list[
         lines.append(
             f"CPU per task (python section: the shards and all they reaped): exec "
             f"{cpu_exec:.2f} ms, fork {cpu_fork:.2f} ms; less the two shards' start-up spread "
-            f"over the {tasks:,} tasks (at least 2 x `import cronqueue.cli` = {start:.2f} ms "
+            f"over the {tasks:,} tasks (at least 2 x `import cronqueue.cli.main` = {start:.2f} ms "
             f"per task): exec {cpu_exec - start:.2f} ms, fork {cpu_fork - start:.2f} ms, a "
             f"CPU ratio of {(cpu_exec - start) / (cpu_fork - start):.1f}x, which the steady "
             f"throughput ratio follows while two shards keep both cores busy. Minor page "
@@ -630,7 +630,7 @@ def _mission(results: Results, backend: str, t: Target, cpu: float) -> list[str]
     a = _floor(results, "sqlalchemy", "startup_cpu_s")
     if k is None or a is None:
         return _missing("interpreter start-up")
-    lines = [f"imports: `python -c 'import cronqueue.cli'` costs {k:.3f} s CPU of the "
+    lines = [f"imports: `python -c 'import cronqueue.cli.main'` costs {k:.3f} s CPU of the "
              f"{cpu:.3f} s tick ({k / cpu:.0%}; `import sqlalchemy` alone {a:.3f} s); a tick "
              f"cannot cost less than its imports."]
     if k > t.bound:

@@ -27,11 +27,11 @@ from sqlalchemy import Engine, select
 
 from cronqueue import Queue
 from cronqueue.config import load_config
-from cronqueue.db import make_engine
-from cronqueue.guard import is_locked_here, is_locked_in_db
-from cronqueue.mission import Mission
-from cronqueue.schedule import minute_floor
-from cronqueue.schema import queue_table
+from cronqueue.mission.schedule import minute_floor
+from cronqueue.mission.tick import Mission
+from cronqueue.shard.guard import is_locked_here, is_locked_in_db
+from cronqueue.store.engine import make_engine
+from cronqueue.store.schema import queue_table
 
 
 @dataclass

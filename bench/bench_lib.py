@@ -32,7 +32,7 @@ from sqlalchemy.engine import make_url
 from cronqueue import Queue
 from cronqueue.config import Config, WorkerConfig
 from cronqueue.model import Status
-from cronqueue.schema import queue_table
+from cronqueue.store.schema import queue_table
 
 HERE = Path(__file__).resolve().parent
 BOTH_BACKENDS = ("sqlite", "mariadb")

@@ -50,7 +50,7 @@ from sqlalchemy.engine import make_url
 
 from cronqueue import Queue, Status
 from cronqueue.config import load_config
-from cronqueue.proc import host_identity
+from cronqueue.process.identity import host_identity
 
 HOSTNAMES = ["twin", "twin", "solo-a", "solo-b", "solo-c", "solo-d"]  # 0 and 1 share one
 TASK = """#!/bin/sh

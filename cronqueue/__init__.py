@@ -6,7 +6,7 @@ do not pay for SQLAlchemy at every start.
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
+from cronqueue.errors import (
     ConfigError,
     CronqueueError,
     DatabaseError,
@@ -15,10 +15,10 @@ from .errors import (
     ScriptError,
     TaskNotFound,
 )
-from .model import Status, Task
+from cronqueue.model import Status, Task
 
 if TYPE_CHECKING:
-    from .queue import Queue
+    from cronqueue.queue import Queue
 
 __version__ = "0.1.0"
 __all__ = [
@@ -38,7 +38,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "Queue":
-        from .queue import Queue
+        from cronqueue.queue import Queue
 
         return Queue
     raise AttributeError(f"module 'cronqueue' has no attribute {name!r}")

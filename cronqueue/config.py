@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .db import normalize_url, redact
-from .decode import INT_MAX
-from .errors import ConfigError, InvalidTask
-from .spec import build_spec, check_queue
+from cronqueue.decode import INT_MAX
+from cronqueue.errors import ConfigError, InvalidTask
+from cronqueue.spec import build_spec, check_queue
+from cronqueue.store.engine import normalize_url, redact
 
 # How a task script that is not executable itself is run, by extension.
 DEFAULT_INTERPRETERS: dict[str, list[str]] = {
@@ -385,7 +385,7 @@ def _mission(index: int, raw: Any) -> MissionEntry:
         raise ConfigError(f"{label}: cron expression {cron!r} has {len(cron.split())} fields; "
                           "give 5 (minute hour day-of-month month day-of-week): the mission "
                           "runs once a minute, without seconds or years")
-    from .schedule import never_fires
+    from cronqueue.mission.schedule import never_fires
 
     if never_fires(cron):
         raise ConfigError(f"{label}: cron expression {cron!r} never fires (no such date)")

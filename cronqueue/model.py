@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
-from . import decode
+from cronqueue import decode
 
 
 class Status(enum.IntEnum):

@@ -14,15 +14,15 @@ from sqlalchemy import Connection, Engine
 if TYPE_CHECKING:  # sqlalchemy.orm is a heavy import the queue does not need at run time
     from sqlalchemy.orm import Session
 
-from .config import Config, load_config
-from .db import make_engine
-from .errors import InvalidTask
-from .model import Status, Task, Worker
-from .proc import Owner
-from .repository import Repository
-from .rescue import owner_gone
-from .shardproof import signal_shard
-from .spec import build_spec, spec_from_item
+from cronqueue.config import Config, load_config
+from cronqueue.errors import InvalidTask
+from cronqueue.mission.rescue import owner_gone
+from cronqueue.model import Status, Task, Worker
+from cronqueue.process.identity import Owner
+from cronqueue.shard.proof import signal_shard
+from cronqueue.spec import build_spec, spec_from_item
+from cronqueue.store.engine import make_engine
+from cronqueue.store.repository import Repository
 
 
 def _utcnow() -> datetime:
@@ -161,7 +161,7 @@ class Queue:
 
     def schedule(self, now: datetime | None = None) -> list[dict[str, Any]]:
         """The mission entries of the configuration: next runs, last run and outcome."""
-        from .mission import overview
+        from cronqueue.mission.tick import overview
 
         return overview(self.config, self.repo, now or self.clock())
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .decode import INT_MAX, INT_MIN
-from .errors import InvalidTask
+from cronqueue.decode import INT_MAX, INT_MIN
+from cronqueue.errors import InvalidTask
 
 # Linux caps one argv string at MAX_ARG_STRLEN = 32 pages = 131072 bytes, including its NUL.
 MAX_PARAM_BYTES = 131072 - 1

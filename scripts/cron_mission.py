@@ -3,7 +3,7 @@
 
 import sys
 
-from cronqueue.cli import main
+from cronqueue.cli.main import main
 
 if __name__ == "__main__":
     sys.argv.insert(1, "mission")  # main() reading sys.argv: a program, which may exit fast

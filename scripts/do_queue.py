@@ -3,7 +3,7 @@
 
 import sys
 
-from cronqueue.cli import main
+from cronqueue.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["work", *sys.argv[1:]]))

@@ -176,7 +176,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 def run_main(argv: list[str]) -> int:
     """``cronqueue.cli.main``'s exit code, whether it returns or argparse exits."""
-    from cronqueue.cli import main
+    from cronqueue.cli.main import main
 
     try:
         return main(argv)

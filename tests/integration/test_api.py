@@ -12,11 +12,11 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from cronqueue import InvalidTask, InvalidTransition, Queue, Status, TaskNotFound
-from cronqueue.claim import Claimer
 from cronqueue.config import load_config
-from cronqueue.proc import Owner
-from cronqueue.schema import queue_table
-from cronqueue.worker import Shard
+from cronqueue.process.identity import Owner
+from cronqueue.shard.loop import Shard
+from cronqueue.store.claim import Claimer
+from cronqueue.store.schema import queue_table
 from tests.conftest import Clock, write_script
 
 T0 = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)

@@ -16,12 +16,12 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine
 
 from cronqueue import Queue, Status
-from cronqueue.claim import Claimer
-from cronqueue.db import make_engine
 from cronqueue.model import Task
-from cronqueue.proc import Owner, host_identity
-from cronqueue.repository import Finish, Flush, Repository
-from cronqueue.schema import metadata
+from cronqueue.process.identity import Owner, host_identity
+from cronqueue.store.claim import Claimer
+from cronqueue.store.engine import make_engine
+from cronqueue.store.repository import Finish, Flush, Repository
+from cronqueue.store.schema import metadata
 
 NOW = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
 LEASE = timedelta(minutes=5)

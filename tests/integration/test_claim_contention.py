@@ -14,8 +14,8 @@ from sqlalchemy import text
 
 from cronqueue import Queue, Status
 from cronqueue.config import load_config
-from cronqueue.db import make_engine
-from cronqueue.worker import Shard
+from cronqueue.shard.loop import Shard
+from cronqueue.store.engine import make_engine
 from tests.conftest import BACKENDS, write_script
 
 

@@ -18,9 +18,9 @@ import pytest
 from sqlalchemy import text
 
 from cronqueue import Queue, Status
-from cronqueue.claim import Claimer
-from cronqueue.db import make_engine
-from cronqueue.proc import Owner
+from cronqueue.process.identity import Owner
+from cronqueue.store.claim import Claimer
+from cronqueue.store.engine import make_engine
 from tests.conftest import BACKENDS, cronqueue_cmd, wait_for, write_script
 
 NEEDS_MARIADB = pytest.mark.skipif("mariadb" not in BACKENDS,

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from cronqueue.db import make_engine
 from cronqueue.errors import CronqueueError
-from cronqueue.guard import ShardGuard
+from cronqueue.shard.guard import ShardGuard
+from cronqueue.store.engine import make_engine
 
 
 def test_a_log_dir_that_cannot_hold_the_lock_file(db_url: str, backend: str,

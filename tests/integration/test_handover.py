@@ -15,10 +15,10 @@ from typing import Any
 
 from bench.bench_handover import run
 from cronqueue.config import Config, load_config
-from cronqueue.db import make_engine
-from cronqueue.handover import Handover
-from cronqueue.repository import Repository
-from cronqueue.schema import ddl_metadata
+from cronqueue.shard.handover import Handover
+from cronqueue.store.engine import make_engine
+from cronqueue.store.repository import Repository
+from cronqueue.store.schema import ddl_metadata
 from tests.conftest import write_script
 
 
@@ -74,7 +74,7 @@ def test_a_shard_past_its_budget_with_no_tick_stops_within_one_more_budget(
     """Rows still due and no tick comes (the mission no longer runs): the shard claims on for
     at most one more budget, then exits; the backlog stays pending, nothing is lost."""
     from cronqueue import Queue, Status
-    from cronqueue.worker import Shard
+    from cronqueue.shard.loop import Shard
 
     cfg = _config(db_url, tmp_path, "nap.sh", "sleep 0.2\n")
     q = Queue(config=cfg)
@@ -97,9 +97,9 @@ def test_a_tick_that_saw_the_guard_held_as_the_shard_exited_is_taken_back(
     tick in it found the shard running and started nobody. The shard looks once more after
     releasing and takes the guard (and the tick's budget) back: the task added then runs."""
     from cronqueue import Queue, Status
-    from cronqueue.guard import ShardGuard
-    from cronqueue.proc import Owner
-    from cronqueue.worker import Shard
+    from cronqueue.process.identity import Owner
+    from cronqueue.shard.guard import ShardGuard
+    from cronqueue.shard.loop import Shard
 
     cfg = _config(db_url, tmp_path, "ok.sh", "exit 0\n")
     q = Queue(config=cfg)

@@ -23,8 +23,8 @@ from sqlalchemy import func, select, text
 
 from cronqueue import InvalidTask, Queue, Status, Task
 from cronqueue.config import load_config
-from cronqueue.schema import queue_table
-from cronqueue.worker import Shard, ShardReport
+from cronqueue.shard.loop import Shard, ShardReport
+from cronqueue.store.schema import queue_table
 from tests.conftest import cronqueue_cmd, run_cli, write_script
 
 GOOD_SH = 'echo "$CRONQUEUE_TASK_ID" >> good.log\necho good\n'

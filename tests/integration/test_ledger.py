@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 
 from cronqueue import Queue, Status
-from cronqueue.claim import Claimer
 from cronqueue.config import load_config
-from cronqueue.proc import Owner
-from cronqueue.repository import Finish, Flush, Repository
-from cronqueue.rescue import rescue
-from cronqueue.worker import Shard
+from cronqueue.mission.rescue import rescue
+from cronqueue.process.identity import Owner
+from cronqueue.shard.loop import Shard
+from cronqueue.store.claim import Claimer
+from cronqueue.store.repository import Finish, Flush, Repository
 from tests.conftest import cronqueue_cmd, get_task, process_gone, wait_for, write_script
 
 # Each run appends "ID ATTEMPT" to runs.txt; "poison" kills its own shard.

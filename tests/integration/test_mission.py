@@ -23,12 +23,12 @@ from sqlalchemy.engine import make_url
 
 from cronqueue import Queue, Status
 from cronqueue.config import Config, load_config
-from cronqueue.db import make_engine
-from cronqueue.guard import ShardGuard
-from cronqueue.mission import Mission, TickReport, ahead_warning
-from cronqueue.proc import host_identity
-from cronqueue.repository import Repository
-from cronqueue.schema import runs_table
+from cronqueue.mission.tick import Mission, TickReport, ahead_warning
+from cronqueue.process.identity import host_identity
+from cronqueue.shard.guard import ShardGuard
+from cronqueue.store.engine import make_engine
+from cronqueue.store.repository import Repository
+from cronqueue.store.schema import runs_table
 from tests.conftest import write_script
 
 DAY = datetime(2031, 5, 6, tzinfo=UTC)
@@ -607,9 +607,9 @@ def test_run_retention_keeps_the_last_run_of_each_entry(make_config: Any,
 def test_simulated_now_does_not_expire_leases(make_config: Any) -> None:
     """`cronqueue mission --now LATER` (a catch-up drill) must not take running tasks away from
     live shards on other hosts: their leases are real time."""
-    from cronqueue.claim import Claimer
-    from cronqueue.proc import Owner
-    from cronqueue.repository import Flush
+    from cronqueue.process.identity import Owner
+    from cronqueue.store.claim import Claimer
+    from cronqueue.store.repository import Flush
 
     cfg = make_config("")
     q = Queue(config=cfg)
@@ -651,7 +651,7 @@ def test_shard_does_exactly_what_the_entry_says(make_config: Any,
     """Shard settings in the mission's own environment (CRONQUEUE_QUEUES, ...) must not leak
     into the shards it launches: an entry without queues drains every queue, without
     max_seconds it is a burst shard."""
-    from cronqueue.cli import build_parser
+    from cronqueue.cli.main import build_parser
 
     cfg = make_config('[[mission]]\nname = "all"\ncron = "* * * * *"\n'
                       'do_queue = { total = 2 }\n')
@@ -716,7 +716,7 @@ def test_a_failing_entry_does_not_stop_the_others_the_rescue_or_the_retention(
 
 def test_a_failing_rescue_does_not_stop_the_retention(make_config: Any, task_dir: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    import cronqueue.mission
+    import cronqueue.mission.tick
 
     write_script(task_dir, "send.sh", "exit 0\n")
     cfg = make_config('[[mission]]\nname = "a"\ncron = "* * * * *"\n'
@@ -728,7 +728,7 @@ def test_a_failing_rescue_does_not_stop_the_retention(make_config: Any, task_dir
     def broken(*_a: Any, **_k: Any) -> None:
         raise RuntimeError("rescue exploded")
 
-    monkeypatch.setattr(cronqueue.mission, "rescue", broken)
+    monkeypatch.setattr(cronqueue.mission.tick, "rescue", broken)
     report = Mission(cfg, launcher=FakeLauncher(), clock=lambda: real).tick(real)
     assert report.errors == ["rescue: RuntimeError: rescue exploded"]
     assert set(report.fired) == {"a"} and report.purged == 1 and q.get(old_done) is None
@@ -757,7 +757,7 @@ def test_a_launcher_crash_in_one_entry_does_not_stop_the_next(make_config: Any) 
 def test_mission_exit_status_is_1_when_a_step_failed_and_0_otherwise(
         make_config: Any, task_dir: Path, tmp_path: Path, db_url: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import cronqueue.mission
+    import cronqueue.mission.tick
     from tests.conftest import run_main
 
     write_script(task_dir, "send.sh", "exit 0\n")
@@ -769,7 +769,7 @@ def test_mission_exit_status_is_1_when_a_step_failed_and_0_otherwise(
     def broken(*_a: Any, **_k: Any) -> None:
         raise RuntimeError("retention exploded")
 
-    monkeypatch.setattr(cronqueue.mission.Mission, "_purge", broken)
+    monkeypatch.setattr(cronqueue.mission.tick.Mission, "_purge", broken)
     assert run_main(["mission", "--config", config]) == 1
 
 
@@ -845,7 +845,7 @@ def test_a_run_recorded_ahead_of_the_clock_does_not_stop_real_ticks(
     go on firing every minute, warning each time; `check` and `schedule` show it."""
     import logging
 
-    from cronqueue.checks import run_checks
+    from cronqueue.cli.checks import run_checks
 
     write_script(task_dir, "ok.sh", "exit 0\n")
     cfg = make_config('[[mission]]\nname = "every"\ncron = "* * * * *"\n'
@@ -889,7 +889,7 @@ def test_schedule_overview_survives_an_entry_that_cannot_be_computed(make_config
     """0.1.0: `cronqueue schedule` crashed on a never-firing entry (the loader now refuses it;
     an entry that still fails is shown with a warning, the others as usual)."""
     from cronqueue.config import AddAction, MissionEntry
-    from cronqueue.mission import overview
+    from cronqueue.mission.tick import overview
 
     cfg = _entries(make_config(""),
                    MissionEntry("leapday", "0 0 30 2 *", add=AddAction("send.sh")),

@@ -20,8 +20,8 @@ import pytest
 
 from cronqueue import InvalidTask, Queue, Status, Task
 from cronqueue.config import load_config
-from cronqueue.runner import Runner
-from cronqueue.worker import Shard, ShardReport
+from cronqueue.process.runner import Runner
+from cronqueue.shard.loop import Shard, ShardReport
 from tests.conftest import AsText, insert_raw, run_cli, write_script
 
 INT_MAX = 2**31 - 1
@@ -325,7 +325,7 @@ def test_a_status_that_is_no_code_is_named_and_no_command_moves_it(
     import time
     from datetime import UTC, datetime
 
-    from cronqueue.rescue import rescue
+    from cronqueue.mission.rescue import rescue
 
     stored: dict[object, str] = {7: "status 7 is out of range (0..4)",
                                  -1: "status -1 is out of range (0..4)"}

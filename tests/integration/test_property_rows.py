@@ -31,9 +31,9 @@ from sqlalchemy.exc import DBAPIError, StatementError
 
 from cronqueue import Queue, Status, Task
 from cronqueue.config import load_config
-from cronqueue.mission import Mission
-from cronqueue.proc import host_identity
-from cronqueue.worker import Shard
+from cronqueue.mission.tick import Mission
+from cronqueue.process.identity import host_identity
+from cronqueue.shard.loop import Shard
 from tests.conftest import AsText, insert_raw, run_main, write_script
 
 EXAMPLES = int(os.environ.get("CRONQUEUE_PROPERTY_EXAMPLES", "30"))

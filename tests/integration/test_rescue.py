@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 from cronqueue import Queue, Status, Task
-from cronqueue.claim import Claimer
 from cronqueue.config import Config
-from cronqueue.proc import Owner
-from cronqueue.repository import Finish, Flush, Repository
-from cronqueue.rescue import rescue
+from cronqueue.mission.rescue import rescue
+from cronqueue.process.identity import Owner
+from cronqueue.store.claim import Claimer
+from cronqueue.store.repository import Finish, Flush, Repository
 from tests.conftest import cronqueue_cmd, process_gone, write_script
 
 DEAD = Owner("thishost", 999999, 1)  # the shard that "died"

@@ -25,14 +25,14 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import make_url
 
 from cronqueue import Queue, Status
-from cronqueue.claim import Claimer
 from cronqueue.config import load_config
 from cronqueue.errors import DatabaseError, InvalidTask
-from cronqueue.proc import Owner
-from cronqueue.queries import SECRET_ELSEWHERE
-from cronqueue.repository import Flush
-from cronqueue.rescue import rescue
-from cronqueue.worker import Shard
+from cronqueue.mission.rescue import rescue
+from cronqueue.process.identity import Owner
+from cronqueue.shard.loop import Shard
+from cronqueue.store.claim import Claimer
+from cronqueue.store.queries import SECRET_ELSEWHERE
+from cronqueue.store.repository import Flush
 from tests.conftest import (
     BACKENDS,
     MYSQL_ADMIN_URL,

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from cronqueue import Queue, Status
-from cronqueue.proc import host_identity, pid_start_ticks
-from cronqueue.repository import Repository
+from cronqueue.process.identity import host_identity, pid_start_ticks
+from cronqueue.store.repository import Repository
 from tests.conftest import cronqueue_cmd, get_task, process_gone, run_cli, wait_for, write_script
 
 # The shard waits for this file, so the test decides when the task ends.

@@ -17,7 +17,7 @@ from sqlalchemy import text
 
 from cronqueue import Queue, Status, Task
 from cronqueue.config import load_config
-from cronqueue.worker import Shard, ShardReport
+from cronqueue.shard.loop import Shard, ShardReport
 from tests.conftest import Clock, cronqueue_cmd, write_script
 from tests.conftest import get_task as get
 from tests.conftest import process_gone as process_dead

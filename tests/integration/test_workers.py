@@ -17,8 +17,8 @@ import pytest
 from cronqueue import Queue, Status
 from cronqueue.config import load_config
 from cronqueue.model import Worker
-from cronqueue.proc import host_identity, pid_start_ticks
-from cronqueue.repository import Repository
+from cronqueue.process.identity import host_identity, pid_start_ticks
+from cronqueue.store.repository import Repository
 from tests.conftest import cronqueue_cmd, write_script
 
 HEARTBEAT = 0.5

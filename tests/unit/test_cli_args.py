@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cronqueue.cli import build_parser, main, parse_age, parse_time
-from cronqueue.schema import render_ddl
+from cronqueue.cli.main import build_parser, main, parse_age, parse_time
+from cronqueue.store.schema import render_ddl
 from tests.conftest import run_main as run
 
 pytestmark = pytest.mark.usefixtures("clean_env")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cronqueue import Queue
-from cronqueue.cli import build_parser, main
+from cronqueue.cli.main import build_parser, main
 from cronqueue.config import load_config
 from cronqueue.errors import ConfigError
 from tests.conftest import run_main as run
@@ -384,7 +384,7 @@ def test_mission_with_huge_retention_does_not_crash(tmp_path: Path,
 def test_future_drill_is_refused_beyond_one_minute_only() -> None:
     """`mission --now T`: up to a minute ahead is a normal tick (cron starts the mission a
     little before or after the minute); more would record runs that real ticks then skip."""
-    from cronqueue.mission import refuse_future_drill
+    from cronqueue.mission.tick import refuse_future_drill
 
     real = datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)
     for ahead in (timedelta(0), timedelta(seconds=60), -timedelta(days=400)):

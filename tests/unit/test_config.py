@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from cronqueue.config import DEFAULT_DB_URL, Config, load_config
-from cronqueue.db import normalize_url, redact
 from cronqueue.errors import ConfigError
+from cronqueue.store.engine import normalize_url, redact
 
 ENV_VARS = ("CRONQUEUE_DB_URL", "CRONQUEUE_CONFIG", "CRONQUEUE_TASK_DIR", "CRONQUEUE_LOG_DIR")
 

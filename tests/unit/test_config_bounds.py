@@ -19,7 +19,7 @@ from cronqueue.config import (
     load_config,
 )
 from cronqueue.errors import ConfigError
-from cronqueue.schedule import never_fires
+from cronqueue.mission.schedule import never_fires
 from tests.conftest import run_main
 
 NUMERIC = [f.name for f in fields(WorkerConfig)
@@ -186,7 +186,7 @@ def test_work_max_seconds_must_be_positive_like_the_configs(
 
 
 def test_work_max_seconds_accepts_the_configs_maximum() -> None:
-    from cronqueue.cli import build_parser
+    from cronqueue.cli.main import build_parser
 
     for value in (str(MAX_SECONDS), "366d", "0.5"):
         assert build_parser().parse_args(["work", "--max-seconds", value]).max_seconds == (

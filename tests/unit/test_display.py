@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from cronqueue.display import (
+from cronqueue.cli.display import (
     far_ahead,
     format_columns,
     format_stats,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from cronqueue.forkserver import Env, ForkServer, ForkServerError
+from cronqueue.forkserver.client import Env, ForkServer, ForkServerError
 from tests.conftest import process_gone, wait_for
 
 PYTHON = shlex.split(os.environ.get("CRONQUEUE_TEST_FORKSERVER_PYTHON", "")) or [sys.executable]
@@ -524,7 +524,7 @@ def test_server_terminated_kills_the_task_group(server: ForkServer, tmp_path: Pa
 
 CLIENT = """
 import json, os, signal, subprocess, sys, tempfile
-from cronqueue.forkserver import ForkServer
+from cronqueue.forkserver.client import ForkServer
 fs = ForkServer(json.loads(sys.argv[2]))
 fs.start()
 task = fs.spawn(sys.argv[1], [], env={"PATH": os.environ["PATH"]}, cwd="/", stdin=-3,

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine
 
-from cronqueue.db import make_engine
-from cronqueue.guard import (
+from cronqueue.shard.guard import (
     ShardGuard,
     db_lock_name,
     is_locked_here,
@@ -23,6 +22,7 @@ from cronqueue.guard import (
     legacy_lock_path,
     lock_path,
 )
+from cronqueue.store.engine import make_engine
 
 
 @pytest.fixture
@@ -112,8 +112,8 @@ def test_is_locked_in_db_is_false_on_sqlite(engine: Engine, log_dir: Path,
 CHILD = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from cronqueue.db import make_engine
-    from cronqueue.guard import ShardGuard
+    from cronqueue.store.engine import make_engine
+    from cronqueue.shard.guard import ShardGuard
     guard = ShardGuard(make_engine(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
     print("acquired" if guard.acquire() else "refused", flush=True)
     time.sleep(60)

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cronqueue import ledger as ledger_module
-from cronqueue.ledger import Ledger
-from cronqueue.repository import Finish, Flush, Flushed
+from cronqueue.shard import ledger as ledger_module
+from cronqueue.shard.ledger import Ledger
+from cronqueue.store.repository import Finish, Flush, Flushed
 from tests.unit.test_runner import make_task
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)

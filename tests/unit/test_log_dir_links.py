@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from cronqueue.db import make_engine
 from cronqueue.errors import CronqueueError
-from cronqueue.guard import ShardGuard
-from cronqueue.logfiles import LogFileRefused, open_in_log_dir
-from cronqueue.mission import detached_launcher
-from cronqueue.shardproof import WorkerLock
+from cronqueue.mission.tick import detached_launcher
+from cronqueue.process.logfiles import LogFileRefused, open_in_log_dir
+from cronqueue.shard.guard import ShardGuard
+from cronqueue.shard.proof import WorkerLock
+from cronqueue.store.engine import make_engine
 
 URL = "sqlite:////tmp/cq-links-test.db"
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from cronqueue import queries, schema
 from cronqueue.model import Status, Task, status_name
+from cronqueue.store import queries, schema
 
 T0 = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
 

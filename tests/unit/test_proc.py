@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 
-from cronqueue.proc import Owner, host_identity, pid_alive, pid_start_ticks
+from cronqueue.process.identity import Owner, host_identity, pid_alive, pid_start_ticks
 
 
 def test_pid_start_ticks_of_self_is_an_int() -> None:
@@ -93,7 +93,7 @@ def test_owner_me() -> None:
 
 def _identity_in(*unshare: str) -> tuple[str, str]:
     """(Owner.me().host, hostname) of a python started under ``unshare ARGS``."""
-    code = ("import socket; from cronqueue.proc import Owner; "
+    code = ("import socket; from cronqueue.process.identity import Owner; "
             "print(Owner.me().host); print(socket.gethostname())")
     out = subprocess.run(["unshare", *unshare, sys.executable, "-c", code], check=True,
                          capture_output=True, text=True, timeout=60).stdout.split("\n")
@@ -109,8 +109,8 @@ def test_host_identity_is_hostname_plus_boot_and_pid_namespace() -> None:
     name, _, hid = me.rpartition("#")
     assert name == socket.gethostname() and len(hid) == 12 and int(hid, 16) >= 0
     # A child in the same pid namespace is the same host.
-    same = subprocess.run([sys.executable, "-c",
-                           "from cronqueue.proc import host_identity; print(host_identity())"],
+    code = "from cronqueue.process.identity import host_identity; print(host_identity())"
+    same = subprocess.run([sys.executable, "-c", code],
                           check=True, capture_output=True, text=True, timeout=60).stdout.strip()
     assert same == me
     # Two pid namespaces (each with its own /proc) under our hostname: two identities.

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from cronqueue import packet
 from cronqueue.config import Config, load_config
-from cronqueue.db import normalize_url, redact
 from cronqueue.errors import ConfigError, InvalidTask
+from cronqueue.store import packet
+from cronqueue.store.engine import normalize_url, redact
 
 PW = "Qv7Wk3pJx"  # (a word no repr holds otherwise)
 FORMS = {
@@ -87,7 +87,7 @@ def test_config_repr_hides_the_password(form: str, tmp_path: Path,
 
 CONCEAL = """\
 import os, sys
-from cronqueue.conceal import conceal_db_url
+from cronqueue.process.conceal import conceal_db_url
 conceal_db_url((sys.argv[2],))
 out = [open(f"/proc/{os.getpid()}/environ", "rb").read(),
        open(f"/proc/{os.getpid()}/cmdline", "rb").read()]

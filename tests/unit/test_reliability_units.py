@@ -15,11 +15,11 @@ import pytest
 from sqlalchemy import Connection, create_engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from cronqueue.checks import shard_warnings
+from cronqueue.cli.checks import shard_warnings
 from cronqueue.config import Config, DoQueue, MissionEntry, WorkerConfig
-from cronqueue.db import is_unavailable, transaction
 from cronqueue.errors import ConfigError, DatabaseError
-from cronqueue.heartbeat import Heartbeat
+from cronqueue.shard.heartbeat import Heartbeat
+from cronqueue.store.engine import is_unavailable, transaction
 
 
 def mysql_error(code: int, message: str = "boom") -> OperationalError:

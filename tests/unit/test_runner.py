@@ -24,7 +24,7 @@ from cronqueue.errors import (
     ScriptNotRunnable,
 )
 from cronqueue.model import Status, Task
-from cronqueue.runner import Runner, RunResult
+from cronqueue.process.runner import Runner, RunResult
 
 T0 = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
 GRACE = 0.5

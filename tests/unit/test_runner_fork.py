@@ -21,7 +21,7 @@ from cronqueue.errors import (
     ProcessSignaledError,
     ProcessTimeoutError,
 )
-from cronqueue.runner import Runner, RunResult
+from cronqueue.process.runner import Runner, RunResult
 from tests.conftest import wait_for
 from tests.unit.test_runner import is_gone, make_task, write_script
 
@@ -154,7 +154,7 @@ def test_shard_killed_kills_forked_task(tmp_path: Path) -> None:
                                       "\ntime.sleep(300)\n")
     code = (
         "import sys\n"
-        "from cronqueue.runner import Runner\n"
+        "from cronqueue.process.runner import Runner\n"
         "from tests.unit.test_runner import make_task\n"
         f"r = Runner({str(task_dir)!r}, {str(tmp_path / 'logs')!r}, python_fork=True)\n"
         "r.run(make_task('hang.py'), attempt=1, timeout=None)\n")

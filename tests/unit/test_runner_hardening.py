@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from cronqueue.errors import ScriptNotRunnable
-from cronqueue.runner import Runner, RunResult
+from cronqueue.process.runner import Runner, RunResult
 from tests.conftest import wait_for
 from tests.unit.test_runner import GRACE, make_task, write_script
 
@@ -331,7 +331,7 @@ def test_long_output_keeps_head_and_tail_within_max_log_bytes(task_dir: Path,
 FULL_DISK = """\
 import json, sys
 sys.path.insert(0, {root!r})
-from cronqueue.runner import Runner
+from cronqueue.process.runner import Runner
 from tests.unit.test_runner import make_task
 runner = Runner({task_dir!r}, {log_dir!r}, kill_grace=0.5)
 result = runner.run(make_task("flood.py"), attempt=1, timeout=60)

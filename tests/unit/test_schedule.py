@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from croniter import croniter
 
-import cronqueue.schedule as schedule_module
-from cronqueue.schedule import Decision, Schedule, decide, describe, minute_floor
+import cronqueue.mission.schedule as schedule_module
+from cronqueue.mission.schedule import Decision, Schedule, decide, describe, minute_floor
 
 MINUTE = timedelta(minutes=1)
 BERLIN = ZoneInfo("Europe/Berlin")

@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.dialects import mysql, sqlite
 
-from cronqueue import schema
-from cronqueue.schema import UTCDateTime, queue_table, render_ddl
+from cronqueue.store import schema
+from cronqueue.store.schema import UTCDateTime, queue_table, render_ddl
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 

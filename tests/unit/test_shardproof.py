@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cronqueue.proc import pid_start_ticks
-from cronqueue.shardproof import (
+from cronqueue.process.identity import pid_start_ticks
+from cronqueue.shard.proof import (
     WorkerLock,
     database_key,
     flock_holders,

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from cronqueue.proc import pid_start_ticks
-from cronqueue.watchdog import _GROUP, RUN_VAR, Watchdog
+from cronqueue.process.identity import pid_start_ticks
+from cronqueue.process.watchdog import _GROUP, RUN_VAR, Watchdog
 
 
 def _run(task_id: int, attempt: int, token: bytes | None = None) -> subprocess.Popen[bytes]:

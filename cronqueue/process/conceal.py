@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 
-from .db import secret_spans
+from cronqueue.store.engine import secret_spans
 
 log = logging.getLogger("cronqueue.conceal")
 URL_VARIABLE = "CRONQUEUE_DB_URL"

@@ -17,7 +17,7 @@ import subprocess
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # forkserver is imported only by shards that use it
-    from .forkserver import ForkedTask
+    from cronqueue.forkserver.client import ForkedTask
 
 
 class Child(Protocol):
@@ -72,7 +72,7 @@ class ExecChild:
 
 class ForkedChild:
     def __init__(self, task: ForkedTask) -> None:
-        from .forkserver import ForkServerError
+        from cronqueue.forkserver.client import ForkServerError
 
         self._error = ForkServerError
         self.task = task

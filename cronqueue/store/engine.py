@@ -24,7 +24,7 @@ from sqlalchemy.exc import (
     OperationalError,
 )
 
-from .errors import ConfigError, DatabaseError
+from cronqueue.errors import ConfigError, DatabaseError
 
 log = logging.getLogger("cronqueue.db")
 T = TypeVar("T")

@@ -22,22 +22,22 @@ from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import TypeVar
 
-from . import decode
-from .claim import Claimer
-from .config import Config
-from .db import is_unavailable, make_engine
-from .display import visible
-from .errors import CronqueueError, DatabaseError, InternalError, InvalidRow
-from .guard import ShardGuard
-from .handover import Handover
-from .heartbeat import Heartbeat
-from .ledger import Ledger
-from .model import Status, Task
-from .proc import Owner
-from .queries import SECRET_ELSEWHERE
-from .repository import Finish, Flush, Flushed, Repository
-from .runner import Runner, RunResult
-from .shardproof import WorkerLock
+from cronqueue import decode
+from cronqueue.config import Config
+from cronqueue.errors import CronqueueError, DatabaseError, InternalError, InvalidRow
+from cronqueue.model import Status, Task
+from cronqueue.process.identity import Owner
+from cronqueue.process.runner import Runner, RunResult
+from cronqueue.shard.guard import ShardGuard
+from cronqueue.shard.handover import Handover
+from cronqueue.shard.heartbeat import Heartbeat
+from cronqueue.shard.ledger import Ledger
+from cronqueue.shard.proof import WorkerLock
+from cronqueue.store.claim import Claimer
+from cronqueue.store.engine import is_unavailable, make_engine
+from cronqueue.store.queries import SECRET_ELSEWHERE
+from cronqueue.store.repository import Finish, Flush, Flushed, Repository
+from cronqueue.text import visible
 
 log = logging.getLogger("cronqueue.worker")
 # Empty claims in a row, while rows of ours are due but locked by others, before we give up

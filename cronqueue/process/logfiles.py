@@ -17,7 +17,7 @@ import os
 import stat
 from pathlib import Path
 
-from .errors import CronqueueError
+from cronqueue.errors import CronqueueError
 
 _DAY_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT  # open_file_at adds O_NOFOLLOW and the rest
 _DAY_MODE = 0o600

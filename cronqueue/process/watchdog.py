@@ -40,7 +40,7 @@ import struct
 import subprocess
 import sys
 
-from .proc import pid_start_ticks
+from cronqueue.process.identity import pid_start_ticks
 
 log = logging.getLogger("cronqueue.watchdog")
 

@@ -8,12 +8,12 @@ import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from .config import Config
-from .db import database_file_warning, make_engine
-from .display import visible_line
-from .errors import CronqueueError
-from .repository import Repository
-from .scriptpath import strict_mode_problem
+from cronqueue.config import Config
+from cronqueue.errors import CronqueueError
+from cronqueue.process.scriptpath import strict_mode_problem
+from cronqueue.store.engine import database_file_warning, make_engine
+from cronqueue.store.repository import Repository
+from cronqueue.text import visible_line
 
 
 def shard_warnings(cfg: Config, step: int) -> list[str]:
@@ -35,7 +35,7 @@ def shard_warnings(cfg: Config, step: int) -> list[str]:
 def schedule_warnings(cfg: Config, repo: Repository, now: datetime) -> list[str]:
     """Entries whose last recorded run lies ahead of this host's clock (a clock that ran
     ahead): not binding for the ticks (see mission.py), but the operator should know."""
-    from .mission import ahead_warning
+    from cronqueue.mission.tick import ahead_warning
 
     out = []
     for entry in cfg.missions:

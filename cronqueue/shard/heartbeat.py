@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from .config import WorkerConfig
-from .proc import Owner
-from .repository import Repository
+from cronqueue.config import WorkerConfig
+from cronqueue.process.identity import Owner
+from cronqueue.store.repository import Repository
 
 log = logging.getLogger("cronqueue.heartbeat")
 

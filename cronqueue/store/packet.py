@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .errors import InvalidTask
-from .spec import TaskSpec
+from cronqueue.errors import InvalidTask
+from cronqueue.spec import TaskSpec
 
 # Bytes PyMySQL sends as two (backslash-escaped in a string literal).
 _ESCAPED = (b"\\", b"'", b'"', b"\0", b"\n", b"\r", b"\x1a")

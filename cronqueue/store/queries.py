@@ -29,10 +29,10 @@ from sqlalchemy import (
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import BindParameter, ColumnElement, TextClause
 
-from .model import Status
-from .schema import queue_table as q
-from .schema import runs_table as r
-from .schema import workers_table as w
+from cronqueue.model import Status
+from cronqueue.store.schema import queue_table as q
+from cronqueue.store.schema import runs_table as r
+from cronqueue.store.schema import workers_table as w
 
 FINISHED = (int(Status.DONE), int(Status.FAILED), int(Status.CANCELLED))
 NEVER = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)  # the latest run_at there is

@@ -21,8 +21,8 @@ from datetime import datetime
 
 from sqlalchemy import Engine, select
 
-from .db import transaction
-from .schema import runs_table
+from cronqueue.store.engine import transaction
+from cronqueue.store.schema import runs_table
 
 log = logging.getLogger("cronqueue.handover")
 Run = tuple[datetime, datetime]  # (scheduled_at, fired_at) of an entry's newest run

@@ -1,6 +1,6 @@
 """cronqueue's fork server: a warm Python interpreter that forks one child per task script.
 
-Started by ``cronqueue.forkserver.ForkServer`` only, as ``python THIS_FILE SOCKET_FD [MODULE ...]``,
+Started by ``forkserver.client.ForkServer`` only, as ``python THIS_FILE SOCKET_FD [MODULE ...]``,
 possibly with an interpreter where cronqueue is not installed: this file imports nothing but the
 standard library (Python >= 3.9, Linux). ``cronqueue/forkserver.py`` describes the protocol,
 what a task gets, and how that differs from ``python script.py``.

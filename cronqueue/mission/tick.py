@@ -36,19 +36,19 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine, select
 
-from .config import Config, MissionEntry
-from .db import make_engine
-from .display import visible
-from .errors import ConfigError, one_line
-from .guard import is_locked_here, is_locked_in_db
-from .logfiles import LogFileRefused, open_in_log_dir
-from .model import Status
-from .proc import Owner
-from .repository import Repository
-from .rescue import RescueReport, rescue
-from .schedule import MAX_SCAN, Schedule, decide, minute_floor
-from .schema import runs_table
-from .spec import build_spec
+from cronqueue.config import Config, MissionEntry
+from cronqueue.errors import ConfigError, one_line
+from cronqueue.mission.rescue import RescueReport, rescue
+from cronqueue.mission.schedule import MAX_SCAN, Schedule, decide, minute_floor
+from cronqueue.model import Status
+from cronqueue.process.identity import Owner
+from cronqueue.process.logfiles import LogFileRefused, open_in_log_dir
+from cronqueue.shard.guard import is_locked_here, is_locked_in_db
+from cronqueue.spec import build_spec
+from cronqueue.store.engine import make_engine
+from cronqueue.store.repository import Repository
+from cronqueue.store.schema import runs_table
+from cronqueue.text import visible
 
 log = logging.getLogger("cronqueue.mission")
 Launcher = Callable[[list[str], dict[str, str], Path], Any]
@@ -358,7 +358,7 @@ class Mission:
 def overview(config: Config, repo: Repository, now: datetime,
              upcoming: int = 3) -> list[dict[str, Any]]:
     """Each entry: its cron, a description, the next runs and the last run with its outcome."""
-    from .schedule import describe
+    from cronqueue.mission.schedule import describe
 
     tz = ZoneInfo(config.timezone)
     last = repo.latest_runs()

@@ -16,37 +16,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .model import Status, Task, Worker
-from .model import status_name as model_status_name
+from cronqueue.model import Status, Task, Worker
+from cronqueue.model import status_name as model_status_name
+from cronqueue.text import visible, visible_line
 
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+__all__ = ["visible", "visible_line"]  # re-exported for the CLI's formatting
+
 FAR_AHEAD = timedelta(days=1)  # a pending task's run_at further ahead than this is flagged
 AHEAD_HINT = ("run_at is UTC: a producer that wrote local time (NOW() in a session time zone) "
               "delays its tasks; write UTC_TIMESTAMP() or leave run_at to its default")
-
-
-def visible(value: object) -> str:
-    """``value`` as text for one line, table cell or log line: as is if printable, else its
-    repr (a hand-inserted row may hold newlines or control characters, which would forge or
-    break lines)."""
-    text = value if isinstance(value, str) else str(value)
-    return text if text.isprintable() else repr(text)
-
-
-def visible_line(text: str) -> str:
-    """One line of task output: tabs kept, every other non-printable character escaped."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() or c == "\t" else _escape(c) for c in text)
-
-
-def _escape(char: str) -> str:
-    if char in _NAMED:
-        return _NAMED[char]
-    code = ord(char)
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def status_name(value: object) -> str:

@@ -36,8 +36,8 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from .model import Task
-from .repository import Finish, Flush, Flushed
+from cronqueue.model import Task
+from cronqueue.store.repository import Finish, Flush, Flushed
 
 FENCE_FRESH = 0.02  # seconds a read of the claim's fence (or the window's mark) stays good
 

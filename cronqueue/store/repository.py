@@ -16,12 +16,13 @@ from sqlalchemy.exc import IntegrityError
 if TYPE_CHECKING:  # sqlalchemy.orm is a heavy import the queue does not need at run time
     from sqlalchemy.orm import Session
 
-from . import decode, packet, queries
-from .db import supports_json_insert, transaction
-from .errors import InvalidTransition, TaskNotFound
-from .model import Status, Task, status_name
-from .schema import ddl_metadata, queue_table
-from .spec import TaskSpec
+from cronqueue import decode
+from cronqueue.errors import InvalidTransition, TaskNotFound
+from cronqueue.model import Status, Task, status_name
+from cronqueue.spec import TaskSpec
+from cronqueue.store import packet, queries
+from cronqueue.store.engine import supports_json_insert, transaction
+from cronqueue.store.schema import ddl_metadata, queue_table
 
 log = logging.getLogger("cronqueue.repository")
 _CHUNK = 1000

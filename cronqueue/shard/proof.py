@@ -30,8 +30,13 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
 
-from .logfiles import LogFileRefused, file_refusal, open_dir_in_log_dir, open_file_at
-from .proc import pid_start_ticks
+from cronqueue.process.identity import pid_start_ticks
+from cronqueue.process.logfiles import (
+    LogFileRefused,
+    file_refusal,
+    open_dir_in_log_dir,
+    open_file_at,
+)
 
 log = logging.getLogger("cronqueue.shardproof")
 

@@ -33,11 +33,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .capture import Capture, Captured, unnamed_file
-from .child import Child, ExecChild, ForkedChild
-from .config import DEFAULT_INTERPRETERS
-from .display import visible
-from .errors import (
+from cronqueue.config import DEFAULT_INTERPRETERS
+from cronqueue.errors import (
     InvalidTask,
     ProcessExitError,
     ProcessInterruptedError,
@@ -47,14 +44,17 @@ from .errors import (
     ScriptNotRunnable,
     TaskFailure,
 )
-from .logfiles import LogDir, LogFileRefused
-from .model import Task
-from .scriptpath import OpenedScript, is_executable, open_beneath
-from .spec import NESTING_HINT, check_param_text, check_taskscript
-from .watchdog import RUN_VAR, Watchdog
+from cronqueue.model import Task
+from cronqueue.process.capture import Capture, Captured, unnamed_file
+from cronqueue.process.child import Child, ExecChild, ForkedChild
+from cronqueue.process.logfiles import LogDir, LogFileRefused
+from cronqueue.process.scriptpath import OpenedScript, is_executable, open_beneath
+from cronqueue.process.watchdog import RUN_VAR, Watchdog
+from cronqueue.spec import NESTING_HINT, check_param_text, check_taskscript
+from cronqueue.text import visible
 
 if TYPE_CHECKING:
-    from .forkserver import ForkServer
+    from cronqueue.forkserver.client import ForkServer
 
 log = logging.getLogger("cronqueue.runner")
 
@@ -321,7 +321,7 @@ class Runner:
         """Start ``script`` in the fork server (started on first use); None — logged — if the
         server cannot run it: the task then takes the exec path. The server's child reads the
         code from the checked file (a descriptor of it), never by name."""
-        from .forkserver import ForkServer, ForkServerError
+        from cronqueue.forkserver.client import ForkServer, ForkServerError
 
         if self._forkserver is None:
             interp = self.interpreters[".py"]

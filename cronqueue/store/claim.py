@@ -31,11 +31,11 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from . import queries
-from .db import supports_skip_locked, transaction
-from .decode import priority_key
-from .model import Status, Task
-from .proc import Owner
+from cronqueue.decode import priority_key
+from cronqueue.model import Status, Task
+from cronqueue.process.identity import Owner
+from cronqueue.store import queries
+from cronqueue.store.engine import supports_skip_locked, transaction
 
 # Lock-free reads per claim, at most, on a row-lock server: a row another transaction holds is
 # passed over and the rows after it read in its place (a duplicate of this shard racing us).

@@ -32,12 +32,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from .config import WorkerConfig
-from .display import visible
-from .errors import ProcessMissingError, one_line
-from .model import Status, Task
-from .proc import Owner, pid_alive
-from .repository import Repository
+from cronqueue.config import WorkerConfig
+from cronqueue.errors import ProcessMissingError, one_line
+from cronqueue.model import Status, Task
+from cronqueue.process.identity import Owner, pid_alive
+from cronqueue.store.repository import Repository
+from cronqueue.text import visible
 
 log = logging.getLogger("cronqueue.rescue")
 RESTART_GRACE = 30.0  # seconds after lease expiry a shard gets to reconnect and write

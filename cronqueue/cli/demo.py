@@ -19,10 +19,10 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from .config import load_config
-from .mission import Launcher, Mission, detached_launcher
-from .model import Task
-from .queue import Queue
+from cronqueue.config import load_config
+from cronqueue.mission.tick import Launcher, Mission, detached_launcher
+from cronqueue.model import Task
+from cronqueue.queue import Queue
 
 SHARDS = 2
 _CONFIG = """\
@@ -139,7 +139,7 @@ def _keep(children: list[subprocess.Popen[bytes]], launch: Launcher) -> Launcher
 
 
 def _table(tasks: list[Task]) -> str:
-    from .display import format_columns
+    from cronqueue.cli.display import format_columns
 
     rows = [("ID", "SHARD", "PRIO", "SCRIPT", "STATUS", "TRIES", "LAST OUTPUT")]
     for t in tasks:

@@ -29,7 +29,7 @@ import pwd
 import stat
 from dataclasses import dataclass
 
-from .errors import ScriptError
+from cronqueue.errors import ScriptError
 
 _MAX_LINKS = 40  # as the kernel's path walk (ELOOP beyond)
 _OPEN_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC

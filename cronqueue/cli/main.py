@@ -17,12 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn
 
-from .conceal import conceal_db_url
-from .config import MAX_BATCH, MAX_SECONDS, MAX_SHARDS, Config, load_config
-from .config import parse_age as config_parse_age
-from .db import redact
-from .decode import BIGINT_MAX, INT_MAX
-from .display import (
+from cronqueue.cli.display import (
     format_schedule,
     format_stats,
     format_table,
@@ -30,8 +25,13 @@ from .display import (
     format_workers,
     visible,
 )
-from .errors import ConfigError, CronqueueError, InvalidTask, TaskNotFound
-from .model import Status
+from cronqueue.config import MAX_BATCH, MAX_SECONDS, MAX_SHARDS, Config, load_config
+from cronqueue.config import parse_age as config_parse_age
+from cronqueue.decode import BIGINT_MAX, INT_MAX
+from cronqueue.errors import ConfigError, CronqueueError, InvalidTask, TaskNotFound
+from cronqueue.model import Status
+from cronqueue.process.conceal import conceal_db_url
+from cronqueue.store.engine import redact
 
 log = logging.getLogger("cronqueue.cli")
 
@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _entry_name(text: str) -> str:
-    from .config import MISSION_NAME_RE
+    from cronqueue.config import MISSION_NAME_RE
 
     if not MISSION_NAME_RE.fullmatch(text):
         raise argparse.ArgumentTypeError(f"bad entry name {text!r}")
@@ -319,7 +319,7 @@ def _status(text: str) -> Status:
 
 
 def _version() -> str:
-    from . import __version__
+    from cronqueue import __version__
 
     return f"cronqueue {__version__}"
 
@@ -327,7 +327,7 @@ def _version() -> str:
 # -- commands ---------------------------------------------------------------------------------
 
 def _queue(cfg: Config) -> Any:
-    from .queue import Queue
+    from cronqueue.queue import Queue
 
     return Queue(config=cfg)
 
@@ -336,7 +336,7 @@ def cmd_init_db(args: argparse.Namespace, cfg: Config) -> int:
     if args.print_ddl:
         from sqlalchemy.engine import make_url
 
-        from .schema import render_ddl
+        from cronqueue.store.schema import render_ddl
 
         dialect = args.dialect or make_url(cfg.db_url).get_backend_name()
         print(render_ddl("mysql" if dialect == "mariadb" else dialect), end="")
@@ -422,13 +422,13 @@ def cmd_purge(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_work(args: argparse.Namespace, cfg: Config) -> int:
-    from .worker import Shard
+    from cronqueue.shard.loop import Shard
 
     if not 0 <= args.shard < args.total:
         raise ConfigError(f"--shard must be in 0..{args.total - 1} for --total {args.total}, "
                           f"got {args.shard}")
     for name in args.queues or []:
-        from .spec import check_queue
+        from cronqueue.spec import check_queue
 
         check_queue(name)
     if args.python_fork is not None:
@@ -439,7 +439,7 @@ def cmd_work(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_mission(args: argparse.Namespace, cfg: Config) -> int:
-    from .mission import Mission, refuse_future_drill
+    from cronqueue.mission.tick import Mission, refuse_future_drill
 
     if args.now is not None and not args.dry_run:
         refuse_future_drill(args.now, datetime.now(UTC))
@@ -513,13 +513,13 @@ def cmd_crontab(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
-    from .checks import run_checks
+    from cronqueue.cli.checks import run_checks
 
     return run_checks(cfg)
 
 
 def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
-    from .demo import run_demo
+    from cronqueue.cli.demo import run_demo
 
     return run_demo(args.dir, messages=args.tasks)
 

@@ -23,10 +23,10 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
-from .db import redact
-from .errors import CronqueueError, DatabaseError
-from .logfiles import LogFileRefused, open_in_log_dir
-from .shardproof import database_key
+from cronqueue.errors import CronqueueError, DatabaseError
+from cronqueue.process.logfiles import LogFileRefused, open_in_log_dir
+from cronqueue.shard.proof import database_key
+from cronqueue.store.engine import redact
 
 log = logging.getLogger("cronqueue.guard")
 

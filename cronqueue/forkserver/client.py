@@ -145,7 +145,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import IO, Any, Protocol
 
-SERVER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_forkserver_main.py")
+SERVER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "server.py")
 # Never in the server's environment unless asked for: the queue's own credentials (the server's
 # start-up environment is readable in /proc/PID/environ by every task it forks).
 _HIDDEN_ENV = ("CRONQUEUE_DB_URL",)
