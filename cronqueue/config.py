@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import re
 import sys
 import tomllib
@@ -21,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronqueue.decode import INT_MAX
 from cronqueue.errors import ConfigError, InvalidTask
+from cronqueue.retry import RetryPolicy
 from cronqueue.spec import build_spec, check_queue
 from cronqueue.store.engine import normalize_url, redact
 
@@ -90,12 +90,14 @@ class WorkerConfig:
     python_fork: bool = False
     python_preload: tuple[str, ...] = ()
 
+    @property
+    def retry(self) -> RetryPolicy:
+        """The retry policy of these settings (the one place it is built from them)."""
+        return RetryPolicy(self.max_attempts, self.backoff, self.backoff_max)
+
     def backoff_delay(self, attempt: int) -> float:
-        """Seconds before retry number ``attempt``: doubling from ``backoff``, capped, with
-        0-25 % jitter so that a burst of failures does not come back all at once."""
-        exponent = min(max(attempt - 1, 0), 64)  # 10.0 * 2 ** 1100 overflows a float
-        delay = min(self.backoff_max, self.backoff * 2 ** exponent)
-        return float(delay * (1 + random.random() / 4))
+        """Seconds before retry number ``attempt`` (``RetryPolicy.delay``)."""
+        return self.retry.delay(attempt)
 
     def validate(self) -> None:
         if not isinstance(self.python_fork, bool):
