@@ -183,7 +183,7 @@ def sql_values(transition: Transition, table: Table, now: object = None,
     out: dict[str, Any] = values(transition, now, **given)
     change = attempts_change(transition)
     if change:
-        out["attempts"] = table.c.attempts + change
+        out["attempts"] = table.c.attempts + 1 if change > 0 else table.c.attempts - 1
     for column, write in transition.edge.writes.items():
         if write is Write.UNIQUE_KEY:
             out[column] = table.c.unique_key

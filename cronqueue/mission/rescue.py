@@ -32,10 +32,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from cronqueue import states
 from cronqueue.config import WorkerConfig
 from cronqueue.errors import ProcessMissingError, one_line
-from cronqueue.model import Status, Task
+from cronqueue.model import Task
 from cronqueue.process.identity import Owner, pid_alive
+from cronqueue.retry import RetryPolicy
+from cronqueue.states import Transition
 from cronqueue.store.repository import Repository
 from cronqueue.text import visible
 
@@ -98,7 +101,7 @@ def _rescue_one(repo: Repository, task: Task, cfg: WorkerConfig, now: datetime, 
                                         task.worker_pid_start, lease, me=me, now=now,
                                         alive=alive):
         return
-    outcome, values = _outcome(task, cfg, now)
+    outcome, values = _outcome(task, cfg.retry, now)
     if not repo.settle(task, values):
         return  # its shard finished it after all, or another rescuer was first
     getattr(report, outcome).append(task.id)
@@ -109,22 +112,29 @@ def _rescue_one(repo: Repository, task: Task, cfg: WorkerConfig, now: datetime, 
                 "no-claim-or-lease" if unclaimed else "worker-lost", task.attempts)
 
 
-def _outcome(task: Task, cfg: WorkerConfig, now: datetime) -> tuple[str, dict[str, object]]:
-    owner = f"{task.worker_host}:{task.worker_pid}"
+# The report's name of each edge the rescue takes (RescueReport fields, log lines).
+_OUTCOME = {Transition.RELEASED: "released", Transition.RESCUED: "retried",
+            Transition.RESCUE_FAILED: "failed"}
+
+
+def _outcome(task: Task, policy: RetryPolicy, now: datetime) -> tuple[str, dict[str, object]]:
+    """The edge a lost row takes (``cronqueue.states``): never started, it is released as
+    it is; started, its run (already counted by its start) is retried or failed by the one
+    decision the shard uses too."""
     if task.started_at is None:
-        return "released", {"status": int(Status.PENDING), "claim_token": None,
-                            "lease_until": None}
+        return _OUTCOME[Transition.RELEASED], states.values(Transition.RELEASED)
+    owner = f"{task.worker_host}:{task.worker_pid}"
     if task.claim_token is None:
         error = ProcessMissingError(f"running row without a claim token (owned by no shard; "
                                     f"worker {owner}) at attempt {task.attempts}").record()
     else:
         error = ProcessMissingError(f"worker {owner} was lost while running attempt "
                                     f"{task.attempts}").record()
-    values: dict[str, object] = {"claim_token": None, "lease_until": None, "error": error,
-                                 "exit_code": None}
-    if task.attempts < (task.max_attempts or cfg.max_attempts):
-        delay = cfg.backoff_delay(task.attempts)
-        values.update(status=int(Status.PENDING), run_at=now + timedelta(seconds=delay))
-        return "retried", values
-    values.update(status=int(Status.FAILED), finished_at=now, active_key=None)
-    return "failed", values
+    # The row was read after its start mark: its attempts already count the lost run.
+    verdict = states.after_failure(policy, attempt=task.attempts, max_attempts=task.max_attempts,
+                                   now=now, rescue=True)
+    if verdict.transition is Transition.RESCUED:
+        values = states.values(verdict.transition, error=error, run_at=verdict.run_at)
+    else:
+        values = states.values(verdict.transition, now, error=error)
+    return _OUTCOME[verdict.transition], values

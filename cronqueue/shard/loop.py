@@ -22,10 +22,10 @@ from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import TypeVar
 
-from cronqueue import decode
+from cronqueue import decode, states
 from cronqueue.config import Config
 from cronqueue.errors import CronqueueError, DatabaseError, InternalError, InvalidRow
-from cronqueue.model import Status, Task
+from cronqueue.model import Task
 from cronqueue.process.identity import Owner
 from cronqueue.process.runner import Runner, RunResult
 from cronqueue.shard.guard import ShardGuard
@@ -33,6 +33,7 @@ from cronqueue.shard.handover import Handover
 from cronqueue.shard.heartbeat import Heartbeat
 from cronqueue.shard.ledger import Ledger
 from cronqueue.shard.proof import WorkerLock
+from cronqueue.states import Transition
 from cronqueue.store.claim import Claimer
 from cronqueue.store.engine import is_unavailable, make_engine
 from cronqueue.store.queries import SECRET_ELSEWHERE
@@ -44,6 +45,9 @@ log = logging.getLogger("cronqueue.worker")
 # for this round (a duplicate of this shard may be holding them; they are not lost).
 _MAX_CONTENDED = 50
 _MAX_OUTAGE_PAUSE = 5.0  # seconds between retries while the database is unreachable
+# The report's name of each edge a run's outcome takes (ShardReport fields, log lines).
+_OUTCOME = {Transition.DONE: "done", Transition.RETRY: "retried", Transition.FAILED: "failed",
+            Transition.RETURNED: "returned"}
 T = TypeVar("T")
 
 
@@ -80,6 +84,7 @@ class Shard:
         if total < 1 or not 0 <= shard < total:
             raise ValueError(f"--shard must be in 0..{total - 1} for --total {total}")
         self.config = config
+        self.policy = config.worker.retry
         self.total = total
         self.shard = shard
         self.queues = list(queues or [])
@@ -378,14 +383,15 @@ class Shard:
 
     def _careful(self, task: Task) -> bool:
         """Run alone, start committed first? Tasks on a later attempt (the previous one may
-        have killed its shard) and at-most-once tasks (``max_attempts = 1``)."""
-        return task.attempts > 0 or (task.max_attempts or self.config.worker.max_attempts) <= 1
+        have killed its shard: ``attempts`` as claimed counts earlier claims' runs) and
+        at-most-once tasks (``max_attempts = 1``)."""
+        return task.attempts > 0 or self.policy.attempts_for(task.max_attempts) <= 1
 
     def _run_one(self, task: Task, token: str, tick: Callable[[], None]) -> Finish:
         """Run ``task`` (its start is committed) and return its outcome for the ledger."""
         cfg = self.config.worker
         timeout = task.timeout or cfg.timeout
-        attempt = task.attempts + 1
+        attempt = states.attempt_of_run(task)
         self.heartbeat.current_task = task.id
         started_at = self.clock()
         assert self.runner is not None
@@ -401,10 +407,9 @@ class Shard:
         except Exception as exc:  # one task's fault, whatever it is, must not stop the shard
             result = self._crashed(task, exc)
         self.heartbeat.current_task = None
-        outcome, values = self._decide(task, attempt, result)
-        if outcome != "returned":
-            values["started_at"] = started_at
-        max_attempts = task.max_attempts or cfg.max_attempts
+        transition, values = self._decide(task, attempt, result, started_at)
+        outcome = _OUTCOME[transition]
+        max_attempts = self.policy.attempts_for(task.max_attempts)
         log_fn = log.info if outcome == "done" else log.warning
         log_fn("task=%d shard=%s outcome=%s attempt=%d/%d duration=%.3fs exit=%s script=%s%s",
                task.id, self.label, outcome, attempt, max_attempts, result.duration,
@@ -442,9 +447,8 @@ class Shard:
                     task.id, self.label, error)
         self.report.failed += 1
         self.report.outcomes[task.id] = "failed"
-        return Finish(task.id, token, {
-            "status": int(Status.FAILED), "finished_at": self.clock(), "error": error,
-            "exit_code": None, "output": None, "lease_until": None, "active_key": None})
+        return Finish(task.id, token, states.values(Transition.REJECTED, self.clock(),
+                                                    error=error))
 
     def _write(self, flush: Flush) -> Flushed:
         # Outcomes are kept until the database takes them: a task is not run again just
@@ -467,28 +471,31 @@ class Shard:
         log.warning("task=%d shard=%s result not recorded: claim %s was taken over",
                     finish.task_id, self.label, finish.token)
 
-    def _decide(self, task: Task, attempt: int, result: RunResult) -> tuple[str, dict[str, object]]:
-        cfg = self.config.worker
+    def _decide(self, task: Task, attempt: int, result: RunResult,
+                started_at: datetime) -> tuple[Transition, dict[str, object]]:
+        """The edge a finished run takes, and its column values (``cronqueue.states``)."""
         now = self.clock()
-        values: dict[str, object] = {"exit_code": result.returncode, "output": result.output,
-                                     "lease_until": None}
+        run: dict[str, object] = {"exit_code": result.returncode, "output": result.output}
         if result.ok:
-            values.update(status=int(Status.DONE), finished_at=now, error=None, active_key=None)
-            return "done", values
+            return Transition.DONE, states.values(Transition.DONE, now, started_at=started_at,
+                                                  **run)
         assert result.failure is not None
-        values["error"] = result.failure.record()
-        if result.interrupted:
-            values.update(status=int(Status.PENDING), attempts=attempt - 1, run_at=now,
-                          claim_token=None)
-            return "returned", values
-        max_attempts = task.max_attempts or cfg.max_attempts
-        if not result.permanent and attempt < max_attempts:
-            delay = cfg.backoff_delay(attempt)
-            values.update(status=int(Status.PENDING), run_at=now + timedelta(seconds=delay),
-                          claim_token=None)
-            return "retried", values
-        values.update(status=int(Status.FAILED), finished_at=now, active_key=None)
-        return "failed", values
+        run["error"] = result.failure.record()
+        if result.interrupted:  # a hard stop killed it: not its fault, the attempt given back
+            values = states.values(Transition.RETURNED, now, **run)
+            # TODO(states): the group commit binds values only; until it writes the edge's
+            # relative ``attempts - 1`` itself, the give-back is spelled out here (the fence
+            # guarantees the row still holds this claim's count: attempt).
+            values["attempts"] = attempt - 1
+            return Transition.RETURNED, values
+        verdict = states.after_failure(self.policy, attempt=attempt,
+                                       max_attempts=task.max_attempts, now=now,
+                                       permanent=result.permanent)
+        if verdict.transition is Transition.RETRY:
+            return verdict.transition, states.values(verdict.transition, started_at=started_at,
+                                                     run_at=verdict.run_at, **run)
+        return verdict.transition, states.values(verdict.transition, now,
+                                                 started_at=started_at, **run)
 
 
 def _past(deadline: float | None) -> bool:
