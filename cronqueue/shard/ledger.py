@@ -3,9 +3,10 @@
 A commit per task is the cost that keeps table queues far from the cost of spawning processes
 (each commit is a durable log flush). The ledger writes in windows instead:
 
-* Before a window of tasks runs, one commit marks all of them started (``attempts + 1``,
-  ``started_at``): should the shard die, the rescue charges an attempt to every task of the
-  window whose outcome is not recorded, and runs it again.
+* Before a window of tasks runs, one commit marks all of them started (the ``started`` edge
+  of ``cronqueue.states``, the only one that counts an attempt): should the shard die, every
+  task of the window whose outcome is not recorded has had its attempt counted, and the rescue
+  runs it again (``rescued``) or fails it at its last attempt (``rescue_failed``).
 * Outcomes are buffered and written in one commit per window (``worker.flush_every`` tasks),
   at the latest ``worker.flush_interval`` seconds after the oldest one, and always before the
   shard exits or claims again.
@@ -16,8 +17,8 @@ work), after the usual retry backoff. A window only holds tasks on their first a
 may be retried: a task on a later attempt, or with ``max_attempts = 1``, runs alone, with its
 start committed before it runs and its outcome right after — so a task that kills its shard
 is charged exactly its own attempts, and at-most-once tasks are never run twice. A normal stop
-(TERM, end of budget) writes everything, and gives back the attempt of marked tasks that did
-not run.
+(TERM, end of budget) writes everything, gives back the attempt of marked tasks that did not
+run (``given_back``) and releases the claimed rows it never marked (``released``).
 
 A marked task starts only while the claim still holds it: the window's first task is fenced
 by the mark itself; before each later one, the ledger reads which of the window's marked rows
