@@ -53,7 +53,7 @@ content = "your digest" }} }}
 def examples_dir() -> Path:
     """The example task scripts: packaged in the wheel, or ``tasks/`` of a source checkout."""
     packaged = Path(str(importlib.resources.files("cronqueue"))) / "examples"
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "tasks"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "tasks"
 
 
 def run_demo(directory: str | None = None, *, messages: int = 30, seed: int = 7) -> int:

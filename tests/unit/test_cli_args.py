@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cronqueue.cli.main import build_parser, main, parse_age, parse_time
+from cronqueue.cli.args import parse_age, parse_time
+from cronqueue.cli.main import build_parser, main
 from cronqueue.store.schema import render_ddl
 from tests.conftest import run_main as run
 

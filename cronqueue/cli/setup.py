@@ -1,0 +1,73 @@
+"""The installation commands: ``init-db``, ``crontab``, ``check`` and ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from cronqueue.cli.args import AddCommand, upto
+from cronqueue.config import MAX_BATCH, Config
+
+
+def register(add: AddCommand) -> None:
+    p = add("init-db", "create the tables and indexes if absent (idempotent)", cmd_init_db)
+    p.add_argument("--print-ddl", action="store_true",
+                   help="print the DDL instead of running it (see sql/)")
+    p.add_argument("--dialect", choices=["sqlite", "mysql"],
+                   help="with --print-ddl: which dialect (default: the database's)")
+
+    add("crontab", "print the crontab line to install for this installation", cmd_crontab)
+
+    add("check", "validate the configuration, the database and task_dir; run nothing",
+        cmd_check)
+
+    p = add("demo", "the quickstart: a SQLite queue, example tasks, two shards", cmd_demo)
+    p.add_argument("--dir", help="where to create the demo (default: a new temporary dir)")
+    p.add_argument("--tasks", type=upto(MAX_BATCH), default=30, help="messages to send (30)")
+
+
+def cmd_init_db(args: argparse.Namespace, cfg: Config) -> int:
+    if args.print_ddl:
+        from sqlalchemy.engine import make_url
+
+        from cronqueue.store.schema import render_ddl
+
+        dialect = args.dialect or make_url(cfg.db_url).get_backend_name()
+        print(render_ddl("mysql" if dialect == "mariadb" else dialect), end="")
+        return 0
+    from cronqueue.queue import Queue
+
+    Queue(config=cfg).init_db()
+    print(f"initialized {cfg.safe_db_url}")
+    return 0
+
+
+def cmd_crontab(args: argparse.Namespace, cfg: Config) -> int:
+    exe = Path(sys.executable).parent / "cronqueue"
+    command = shlex.quote(str(exe)) if exe.exists() else \
+        f"{shlex.quote(sys.executable)} -m cronqueue"
+    where = cfg.source.parent if cfg.source else Path.cwd()
+    config = f" --config {shlex.quote(str(cfg.source))}" if cfg.source else ""
+    # The shell opens the log before cronqueue runs: the directory must exist already.
+    cfg.log_dir.mkdir(parents=True, exist_ok=True)
+    log_file = shlex.quote(str(cfg.log_dir / "mission.log"))
+    if cfg.source is None:
+        print("# no config file found: the mission will run with the defaults of "
+              f"{where} (write cronqueue.toml first, see README)")
+    print(f"* * * * * cd {shlex.quote(str(where))} && {command} mission{config} "
+          f">> {log_file} 2>&1")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
+    from cronqueue.cli.checks import run_checks
+
+    return run_checks(cfg)
+
+
+def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
+    from cronqueue.cli.demo import run_demo
+
+    return run_demo(args.dir, messages=args.tasks)

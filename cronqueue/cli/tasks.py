@@ -1,0 +1,158 @@
+"""The task commands: ``add``, ``status``, ``list``, ``stats``, ``retry``, ``cancel``,
+``purge`` — each through the public :class:`~cronqueue.queue.Queue`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TYPE_CHECKING
+
+from cronqueue.cli.args import (
+    AddCommand,
+    env_option,
+    integer,
+    parse_age,
+    parse_time,
+    positive_int,
+    seconds,
+    status,
+    task_id,
+    upto,
+)
+from cronqueue.cli.display import format_stats, format_table, format_task
+from cronqueue.config import Config
+from cronqueue.decode import INT_MAX
+from cronqueue.errors import InvalidTask, TaskNotFound
+from cronqueue.model import Status
+
+if TYPE_CHECKING:
+    from cronqueue.queue import Queue
+
+
+def register(add: AddCommand) -> None:
+    p = add("add", "enqueue a task; prints its id", cmd_add)
+    p.add_argument("taskscript", help="script path relative to task_dir")
+    p.add_argument("param", nargs="?", default="null", help="param as JSON text (default null)")
+    env_option(p, "--priority", env="CRONQUEUE_ADD_PRIORITY", type=integer, default=0,
+               help="higher runs sooner (default 0)")
+    env_option(p, "--queue", env="CRONQUEUE_ADD_QUEUE", default="default", help="queue name")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--delay", type=seconds, help="run after this long (30, 5m, 2h)")
+    when.add_argument("--at", type=parse_time, help="run at this ISO time (UTC if no offset)")
+    p.add_argument("--max-attempts", type=positive_int, help="default: worker.max_attempts")
+    p.add_argument("--timeout", type=positive_int, help="seconds; default: worker.timeout")
+    p.add_argument("--unique-key", help="while a task with this key is active, return its id")
+    p.add_argument("--secret-stdin", action="store_true",
+                   help="read a JSON secret from stdin; the script gets it on its stdin, "
+                        "never in argv")
+
+    p = add("status", "show one task", cmd_status)
+    p.add_argument("id", type=task_id)
+    p.add_argument("--wait", action="store_true",
+                   help="wait until it is finished; exit 0 if done, 1 otherwise")
+    p.add_argument("--timeout", type=seconds, help="with --wait: give up after this long")
+    p.add_argument("--json", action="store_true")
+
+    p = add("list", "list tasks, newest first", cmd_list)
+    p.add_argument("--status", type=status, help="pending, done, running, failed, cancelled")
+    p.add_argument("--queue")
+    p.add_argument("--limit", type=upto(INT_MAX), default=50)
+    p.add_argument("--json", action="store_true")
+
+    p = add("stats", "counts by status and queue, due backlog", cmd_stats)
+    p.add_argument("--json", action="store_true")
+
+    p = add("retry", "run a failed or cancelled task again", cmd_retry)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", type=task_id, nargs="?")
+    which.add_argument("--failed", action="store_true", help="every failed task")
+
+    p = add("cancel", "cancel a pending task", cmd_cancel)
+    p.add_argument("id", type=task_id)
+
+    p = add("purge", "delete finished tasks older than an age", cmd_purge)
+    p.add_argument("--older-than", type=parse_age, required=True, metavar="AGE",
+                   help="e.g. 7d, 12h, 3600")
+
+
+def open_queue(cfg: Config) -> Queue:
+    from cronqueue.queue import Queue  # SQLAlchemy's engine: only for the commands that use it
+
+    return Queue(config=cfg)
+
+
+def cmd_add(args: argparse.Namespace, cfg: Config) -> int:
+    try:
+        param = json.loads(args.param)
+    except ValueError as exc:
+        raise InvalidTask(f"PARAM_JSON is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidTask("PARAM_JSON is nested too deeply to decode") from None
+    secret = None
+    if args.secret_stdin:
+        try:
+            secret = json.loads(sys.stdin.read())
+        except ValueError as exc:
+            raise InvalidTask(f"--secret-stdin: stdin is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidTask("--secret-stdin: stdin is nested too deeply to decode") from None
+    new_id = open_queue(cfg).add(
+        args.taskscript, param, priority=args.priority, queue=args.queue, delay=args.delay,
+        run_at=args.at, max_attempts=args.max_attempts, timeout=args.timeout,
+        unique_key=args.unique_key, secret=secret)
+    print(new_id)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
+    q = open_queue(cfg)
+    task = q.wait(args.id, timeout=args.timeout) if args.wait else q.get(args.id)
+    if task is None:
+        raise TaskNotFound(f"no task with id {args.id}")
+    if args.json:
+        print(json.dumps(task.as_dict(), indent=2))
+    else:
+        print(format_task(task))
+    if args.wait:
+        return 0 if task.status is Status.DONE else 1
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, cfg: Config) -> int:
+    tasks = open_queue(cfg).list(status=args.status, queue=args.queue, limit=args.limit)
+    if args.json:
+        print(json.dumps([t.as_dict() for t in tasks], indent=2))
+        return 0
+    print(format_table(tasks))
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace, cfg: Config) -> int:
+    stats = open_queue(cfg).stats()
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    print(format_stats(stats))
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace, cfg: Config) -> int:
+    q = open_queue(cfg)
+    if args.failed:
+        print(f"retrying {q.retry_failed()} failed task(s)")
+    else:
+        q.retry(args.id)
+        print(f"task {args.id} is pending again")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace, cfg: Config) -> int:
+    open_queue(cfg).cancel(args.id)
+    print(f"task {args.id} cancelled")
+    return 0
+
+
+def cmd_purge(args: argparse.Namespace, cfg: Config) -> int:
+    print(f"purged {open_queue(cfg).purge(args.older_than)} finished task(s)")
+    return 0
