@@ -16,39 +16,9 @@ arguments to ``p`` (``args.env_option`` for a flag with a ``CRONQUEUE_*`` variab
 ``migrate.register`` in ``parser.COMMANDS``. Import heavy modules (SQLAlchemy's engine, the
 shard) inside the command function: every command pays for what ``parser`` imports.
 
-This package imports nothing at its top, so that ``cli.display`` (which ``demo`` uses) does
-not load the whole command line (``cli`` -> ``main`` -> ``demo`` -> ``cli`` was a cycle).
-``cronqueue.cli.main`` is the function, as before (the console script ``cronqueue.cli:main``
-and ``from cronqueue.cli import main``); its module is ``sys.modules["cronqueue.cli.main"]``,
-reached with ``from cronqueue.cli.main import ...``.
+``cronqueue.cli:main`` (the console script) is ``cronqueue.cli.main.main``.
 """
 
-from __future__ import annotations
-
-import sys
-import types
-from collections.abc import Sequence
-from typing import Any
+from cronqueue.cli.main import main
 
 __all__ = ["main"]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """The ``cronqueue`` command (``cronqueue.cli.main.main``)."""
-    from cronqueue.cli.main import main as run
-
-    return run(argv)
-
-
-class _Package(types.ModuleType):
-    """Importing the submodule ``main`` sets the package's attribute ``main`` to it; the
-    function stays (the console script, and any ``from cronqueue.cli import main`` after the
-    submodule was imported, must get the function)."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "main" and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
