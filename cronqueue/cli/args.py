@@ -4,12 +4,18 @@ argument types, and the signature of a command and of a command module's ``regis
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, NoReturn
 
-from cronqueue.config import MAX_SECONDS, MISSION_NAME_RE, Config
+from cronqueue.config import (
+    CONFIG_VARIABLE,
+    FILE_VARIABLES,
+    MAX_SECONDS,
+    MISSION_NAME_RE,
+    Config,
+    env_value,
+)
 from cronqueue.config import parse_age as config_parse_age
 from cronqueue.decode import BIGINT_MAX
 from cronqueue.model import Status
@@ -58,9 +64,14 @@ class _EnvAppend(argparse.Action):
 
 def env_option(parser: argparse._ActionsContainer, *flags: str, env: str, help: str,
                **kw: Any) -> None:
-    """A flag whose default comes from ``env``; the variable is shown in --help."""
+    """A flag that the ``CRONQUEUE_*`` variable ``env`` also sets (shown in --help). When
+    the config file can hold its setting too (``config.FILE_VARIABLES``, and ``--config``
+    itself), ``load_config`` layers flag > variable > file > default and the flag's own
+    default is None; otherwise
+    the variable (read by ``config.env_value``: empty is unset) is the flag's default."""
     fallback = kw.pop("default", None)
-    default: Any = os.environ.get(env)
+    layered = env == CONFIG_VARIABLE or env in FILE_VARIABLES.values()
+    default: Any = None if layered else env_value(env)
     if kw.get("action") == "append":
         kw["action"] = _EnvAppend
         if default is not None:
@@ -73,7 +84,7 @@ def common_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("common options")
     env_option(g, "--db", env="CRONQUEUE_DB_URL", metavar="URL",
                help="database URL (default: config file, else sqlite:///cronqueue.db)")
-    env_option(g, "--config", env="CRONQUEUE_CONFIG", metavar="FILE",
+    env_option(g, "--config", env=CONFIG_VARIABLE, metavar="FILE",
                help="TOML config file (default: ./cronqueue.toml if present)")
     env_option(g, "--task-dir", env="CRONQUEUE_TASK_DIR", metavar="DIR",
                help="directory task scripts are resolved in (default: tasks)")

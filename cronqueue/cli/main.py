@@ -6,6 +6,7 @@ Every flag can also be set by the ``CRONQUEUE_*`` environment variable shown in 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
@@ -15,11 +16,19 @@ from typing import NoReturn
 
 from cronqueue.cli.args import LOG_LEVELS, Parser
 from cronqueue.cli.parser import build_parser
-from cronqueue.config import load_config
+from cronqueue.config import Config, load_config
 from cronqueue.errors import ConfigError, CronqueueError, InvalidTask
 from cronqueue.process.conceal import conceal_db_url
 
-__all__ = ["build_parser", "main", "setup_logging"]
+__all__ = ["build_parser", "config_from_args", "main", "setup_logging"]
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The configuration with the flags as its top layer (``config.layers``: flag >
+    ``CRONQUEUE_*`` > file > default); a flag not given is None."""
+    return load_config(args.config, db_url=args.db, task_dir=args.task_dir,
+                       log_dir=args.log_dir, batch=getattr(args, "batch", None),
+                       python_fork=getattr(args, "python_fork", None))
 
 
 def setup_logging(level: str | None, default: int) -> None:
@@ -51,8 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     chatty = args.command in ("work", "demo", "mission")
     setup_logging(args.log_level, logging.INFO if chatty else logging.WARNING)
     try:
-        cfg = load_config(args.config, db_url=args.db, task_dir=args.task_dir,
-                          log_dir=args.log_dir)
+        cfg = config_from_args(args)
         if args.command in ("work", "mission"):  # ancestors of tasks: see conceal.py
             conceal_db_url((args.db,) if args.db else ())
         code = int(args.func(args, cfg))

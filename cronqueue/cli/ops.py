@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from dataclasses import replace
 from datetime import UTC, datetime
 
 from cronqueue.cli.args import (
@@ -78,9 +77,8 @@ def cmd_work(args: argparse.Namespace, cfg: Config) -> int:
                           f"got {args.shard}")
     for name in args.queues or []:
         check_queue(name)
-    if args.python_fork is not None:
-        cfg = replace(cfg, worker=replace(cfg.worker, python_fork=args.python_fork))
-    Shard(cfg, total=args.total, shard=args.shard, queues=args.queues, batch=args.batch,
+    # --batch and --python-fork are in cfg.worker (flag > env > file > default: main.py)
+    Shard(cfg, total=args.total, shard=args.shard, queues=args.queues, batch=cfg.worker.batch,
           max_seconds=args.max_seconds, entry=args.entry).run()
     return 0
 

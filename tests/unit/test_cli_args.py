@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cronqueue.cli.args import parse_age, parse_time
-from cronqueue.cli.main import build_parser, main
+from cronqueue.cli.main import build_parser, config_from_args, main
 from cronqueue.store.schema import render_ddl
 from tests.conftest import run_main as run
 
@@ -112,16 +112,20 @@ def test_work_env_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CRONQUEUE_QUEUES", "a,b")
     monkeypatch.setenv("CRONQUEUE_BATCH", "10")
     monkeypatch.setenv("CRONQUEUE_MAX_SECONDS", "55")
+    monkeypatch.setenv("CRONQUEUE_PYTHON_FORK", "yes")
     monkeypatch.setenv("CRONQUEUE_DB_URL", "sqlite:///env.db")
     monkeypatch.setenv("CRONQUEUE_TASK_DIR", "/srv/tasks")
     args = build_parser().parse_args(["work"])
     assert args.total == 4
     assert args.shard == 3
     assert args.queues == ["a", "b"]
-    assert args.batch == 10
     assert args.max_seconds == 55.0
-    assert args.db == "sqlite:///env.db"
-    assert args.task_dir == "/srv/tasks"
+    # The settings the config file can hold too are layered by the configuration.
+    assert (args.db, args.task_dir, args.batch, args.python_fork) == (None, None, None, None)
+    cfg = config_from_args(args)
+    assert cfg.db_url == "sqlite:///env.db"
+    assert cfg.task_dir == Path("/srv/tasks")
+    assert (cfg.worker.batch, cfg.worker.python_fork) == (10, True)
 
 
 @pytest.mark.parametrize(("var", "value"), [("CRONQUEUE_QUEUE", "emails"),

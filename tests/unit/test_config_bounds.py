@@ -197,7 +197,9 @@ def test_work_batch_env_is_bounded(monkeypatch: pytest.MonkeyPatch,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("CRONQUEUE_BATCH", str(10**20))
     assert run_main(["work"]) == 2
-    assert "argument --batch: must be <=" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "worker.batch: must be a number > 0 and <= 10000" in err
+    assert "(from CRONQUEUE_BATCH)" in err
     assert os.environ["CRONQUEUE_BATCH"] == str(10**20)
 
 
