@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from cronqueue.cli import ops, setup, tasks
+from cronqueue.cli import migrate, ops, setup, tasks
 from cronqueue.cli.args import Command, Parser, Register, common_options
 
 COMMANDS: tuple[Register, ...] = (
     setup.register,  # init-db, crontab, check, demo
     tasks.register,  # add, status, list, stats, retry, cancel, purge
     ops.register,  # work, mission, schedule, workers
+    migrate.register,  # migrate
 )
 """Each command module's ``register``, in the order ``--help`` lists their commands."""
 
