@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -14,7 +15,7 @@ from sqlalchemy import Connection, Engine
 if TYPE_CHECKING:  # sqlalchemy.orm is a heavy import the queue does not need at run time
     from sqlalchemy.orm import Session
 
-from cronqueue.config import Config, load_config
+from cronqueue.config import Config, describe, load_config
 from cronqueue.errors import InvalidTask
 from cronqueue.mission.rescue import owner_gone
 from cronqueue.model import Status, Task, Worker
@@ -24,6 +25,8 @@ from cronqueue.spec import build_spec, spec_from_item
 from cronqueue.store.engine import make_engine
 from cronqueue.store.repository import Repository
 
+log = logging.getLogger("cronqueue.queue")
+
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
@@ -32,9 +35,18 @@ def _utcnow() -> datetime:
 class Queue:
     """A handle on one cronqueue database.
 
-    ``url`` (else ``CRONQUEUE_DB_URL``, else the config file, else ``sqlite:///cronqueue.db``).
-    ``options``: ``config_file`` and any config key (``task_dir``, ``log_dir``, ``timeout``,
-    ``max_attempts``, ...), or ``config=`` a ready :class:`Config`.
+    Without ``config=``, the configuration is looked up as the command line does
+    (``cronqueue.config.layers``). The config file: ``config_file``, else the file
+    ``CRONQUEUE_CONFIG`` names, else ``cronqueue.toml`` in the working directory if there is
+    one, else none; a file named by either must exist. Each setting: the argument (``url``,
+    ``options``: any config key such as ``task_dir``, ``log_dir``, ``timeout``,
+    ``max_attempts``), else its ``CRONQUEUE_*`` variable if it has one (``CRONQUEUE_DB_URL``,
+    ``_TASK_DIR``, ``_LOG_DIR``, ``_BATCH``, ``_PYTHON_FORK``), else the file, else the
+    default. Without any of them the database is ``sqlite:///cronqueue.db``: a file in the
+    working directory, created on first use. One INFO line on the ``cronqueue.queue`` logger
+    says which file was read and how it was found, which database (password hidden) and from
+    which layer, and when the default database file does not exist yet. With ``config=`` a
+    ready :class:`Config` (``url`` still wins), nothing is looked up.
     The engine is created on first use, in the process that uses it.
     """
 
@@ -43,6 +55,7 @@ class Queue:
                  **options: Any) -> None:
         if config is None:
             config = load_config(config_file, db_url=url, **options)
+            log.info("%s", describe(config))
         elif url is not None:
             config = replace(config, db_url=url).validate()
         self.config = config
