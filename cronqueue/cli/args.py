@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar, NoReturn
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 from cronqueue.config import (
     CONFIG_VARIABLE,
@@ -15,11 +15,15 @@ from cronqueue.config import (
     MISSION_NAME_RE,
     Config,
     env_value,
+    parse_bool,
 )
 from cronqueue.config import parse_age as config_parse_age
 from cronqueue.decode import BIGINT_MAX
 from cronqueue.model import Status
 from cronqueue.store.engine import redact
+
+if TYPE_CHECKING:
+    from cronqueue.queue import Queue
 
 Command = Callable[[argparse.Namespace, Config], int]
 """A command: the parsed arguments and the configuration in, the exit code out."""
@@ -80,6 +84,14 @@ def env_option(parser: argparse._ActionsContainer, *flags: str, env: str, help: 
                         help=f"{help} [env: {env}]", **kw)
 
 
+def open_queue(cfg: Config) -> Queue:
+    """The commands' :class:`~cronqueue.queue.Queue` on ``cfg`` (imported here, not by the
+    parser: SQLAlchemy's engine only for the commands that use it)."""
+    from cronqueue.queue import Queue
+
+    return Queue(config=cfg)
+
+
 def common_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("common options")
     env_option(g, "--db", env="CRONQUEUE_DB_URL", metavar="URL",
@@ -124,12 +136,10 @@ task_id = upto(BIGINT_MAX)  # a task or worker id: what a BIGINT holds
 def flag(text: str | bool) -> bool:
     if isinstance(text, bool):
         return text
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off", ""):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    try:
+        return parse_bool(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def integer(text: str) -> int:

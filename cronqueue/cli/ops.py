@@ -15,6 +15,7 @@ from cronqueue.cli.args import (
     flag,
     integer,
     max_seconds,
+    open_queue,
     parse_time,
     task_id,
     upto,
@@ -101,9 +102,7 @@ def cmd_mission(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_schedule(args: argparse.Namespace, cfg: Config) -> int:
-    from cronqueue.queue import Queue
-
-    entries = Queue(config=cfg).schedule()
+    entries = open_queue(cfg).schedule()
     if args.json:
         print(json.dumps(entries, indent=2))
         return 0
@@ -115,9 +114,7 @@ def cmd_schedule(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_workers(args: argparse.Namespace, cfg: Config) -> int:
-    from cronqueue.queue import Queue
-
-    q = Queue(config=cfg)
+    q = open_queue(cfg)
     if args.action == "stop":
         if not (args.ids or args.entry or args.all):
             raise ConfigError("workers stop: give worker ids, --entry NAME or --all")

@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from cronqueue.cli.args import AddCommand, upto
+from cronqueue.cli.args import AddCommand, open_queue, upto
 from cronqueue.config import MAX_BATCH, Config
 
 
@@ -37,9 +37,7 @@ def cmd_init_db(args: argparse.Namespace, cfg: Config) -> int:
         dialect = args.dialect or make_url(cfg.db_url).get_backend_name()
         print(render_ddl("mysql" if dialect == "mariadb" else dialect), end="")
         return 0
-    from cronqueue.queue import Queue
-
-    Queue(config=cfg).init_db()
+    open_queue(cfg).init_db()
     print(f"initialized {cfg.safe_db_url}")
     return 0
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING
 
 from cronqueue.cli.args import (
     AddCommand,
     env_option,
     integer,
+    open_queue,
     parse_age,
     parse_time,
     positive_int,
@@ -25,9 +25,6 @@ from cronqueue.config import Config
 from cronqueue.decode import INT_MAX
 from cronqueue.errors import InvalidTask, TaskNotFound
 from cronqueue.model import Status
-
-if TYPE_CHECKING:
-    from cronqueue.queue import Queue
 
 
 def register(add: AddCommand) -> None:
@@ -74,12 +71,6 @@ def register(add: AddCommand) -> None:
     p = add("purge", "delete finished tasks older than an age", cmd_purge)
     p.add_argument("--older-than", type=parse_age, required=True, metavar="AGE",
                    help="e.g. 7d, 12h, 3600")
-
-
-def open_queue(cfg: Config) -> Queue:
-    from cronqueue.queue import Queue  # SQLAlchemy's engine: only for the commands that use it
-
-    return Queue(config=cfg)
 
 
 def cmd_add(args: argparse.Namespace, cfg: Config) -> int:

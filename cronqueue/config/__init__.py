@@ -16,6 +16,7 @@ from cronqueue.config.layers import (
     env_value,
     find_config_file,
     load_config,
+    parse_bool,
 )
 from cronqueue.config.settings import (
     CATCH_UP_POLICIES,
@@ -69,4 +70,5 @@ __all__ = [
     "find_config_file",
     "load_config",
     "parse_age",
+    "parse_bool",
 ]

@@ -42,7 +42,17 @@ FILE_VARIABLES: dict[str, str] = {
     "python_fork": "CRONQUEUE_PYTHON_FORK",  # worker.python_fork
 }
 _TOP = ("db_url", "task_dir", "log_dir", "timezone")  # the arguments that are not [worker] keys
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def parse_bool(text: str) -> bool:
+    """``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off`` (any case; empty is
+    false), else ``ValueError``."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
 
 
 def env_value(variable: str) -> str | None:
@@ -121,10 +131,10 @@ def _from_env(key: str, variable: str, raw: str) -> Any:
         except ValueError:
             raise ConfigError(f"{variable}: expected an integer, got {raw!r}") from None
     if key == "python_fork":
-        value = raw.strip().lower()
-        if value not in _TRUE + _FALSE:
-            raise ConfigError(f"{variable}: expected true or false, got {raw!r}")
-        return value in _TRUE
+        try:
+            return parse_bool(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{variable}: {exc}") from None
     return raw
 
 

@@ -126,18 +126,20 @@ def _write(path: Path, name: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("levels", [3, 2, 1, 0], ids=["flag", "env", "cwd", "none"])
-def test_the_config_file_each_place_beats_the_next(levels: int, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("levels", "file", "found_by", "db_url"), [
+    (3, "flag.toml", "argument", "sqlite:///flag.db"),
+    (2, "env.toml", "CRONQUEUE_CONFIG", "sqlite:///env.db"),
+    (1, "cronqueue.toml", "./cronqueue.toml", "sqlite:///cwd.db"),
+    (0, None, "none", DEFAULT_DB_URL),
+], ids=["flag", "env", "cwd", "none"])
+def test_the_config_file_each_place_beats_the_next(
+        levels: int, file: str | None, found_by: str, db_url: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     if levels >= 1:
         _write(tmp_path / "cronqueue.toml", "cwd")
     if levels >= 2:
         monkeypatch.setenv("CRONQUEUE_CONFIG", str(_write(tmp_path / "env.toml", "env")))
     argv = ["--config", str(_write(tmp_path / "flag.toml", "flag"))] if levels >= 3 else []
     cfg = _config(argv)
-    expected = {3: ("flag", "argument"), 2: ("env", "CRONQUEUE_CONFIG"),
-                1: ("cwd", "./cronqueue.toml"), 0: (None, "none")}[levels]
-    assert (cfg.source.stem if cfg.source else None, cfg.origin.file) == (
-        expected[0] if expected[0] != "cwd" else "cronqueue", expected[1])
-    name = expected[0]
-    assert cfg.db_url == (f"sqlite:///{name}.db" if name else DEFAULT_DB_URL)
+    assert cfg.source == (tmp_path / file if file else None)
+    assert (cfg.origin.file, cfg.db_url) == (found_by, db_url)
