@@ -71,8 +71,8 @@ def env_option(parser: argparse._ActionsContainer, *flags: str, env: str, help: 
     """A flag that the ``CRONQUEUE_*`` variable ``env`` also sets (shown in --help). When
     the config file can hold its setting too (``config.FILE_VARIABLES``, and ``--config``
     itself), ``load_config`` layers flag > variable > file > default and the flag's own
-    default is None; otherwise
-    the variable (read by ``config.env_value``: empty is unset) is the flag's default."""
+    default is None; otherwise the variable (read by ``config.env_value``: empty is unset)
+    is the flag's default."""
     fallback = kw.pop("default", None)
     layered = env == CONFIG_VARIABLE or env in FILE_VARIABLES.values()
     default: Any = None if layered else env_value(env)
