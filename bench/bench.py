@@ -2,43 +2,22 @@
 """cronqueue benchmarks: one command, one process tree, SQLite and MariaDB interleaved.
 
     python bench/bench.py                              # everything, 5 repetitions
-    python bench/bench.py --write docs/benchmarks.md --json /tmp/bench.json
+    python bench/bench.py --out /tmp/bench.md --json /tmp/bench.json
     python bench/bench.py --backends sqlite --sections drain --repeat 3
-    python bench/bench.py --quick                      # tiny sizes: a smoke test (< 1 min)
+    python bench/bench.py --quick                      # tiny sizes: a smoke test
 
-Sections (``--sections``, default all):
+Sections (``--sections``, default all): drain, enqueue, backlog, latency, python, resources,
+floors; docs/benchmarks.md says what each measures and analyses a run. Repetition r of a
+section starts at its r-th variant (rotating order), so drift in the machine's load hits all
+variants alike; ratios are paired per repetition. A run that loses or fails a task is an error
+(exit 1). Databases are ``cq_bench_*`` on the MariaDB server of ``--mysql-url`` and SQLite
+files in a temporary directory, all removed at the end; CRONQUEUE_* variables of the caller are
+ignored. Progress goes to stderr; the tables (Markdown) to stdout. Every process of the run is a
+descendant of this one (a child subreaper: a mission's detached shards are reaped here too).
 
-* drain     2,000 /bin/true tasks drained by two burst shards, against the limit (xargs -P 2
-            running the same processes) and a naive table queue (bench/naive_worker.py).
-* enqueue   add() one by one (calls/s) and add_many() of 100,000 rows in one call (rows/s).
-* backlog   claim time and drain rate on 10k pending rows vs 1M pending + 1M done rows, and
-            the claim query's plan (EXPLAIN, ANALYZE FORMAT=JSON on MariaDB).
-* latency   enqueue-to-start p50/p99 with one shard polling (--max-seconds).
-* python    a trivial .py task via the exec path vs CRONQUEUE_PYTHON_FORK=1.
-* resources peak RSS and CPU of a draining shard; CPU of one ``cronqueue mission`` tick.
-* floors    what the missed targets are up against, in the same run: interpreter start-up CPU
-            (bare, ``import sqlalchemy``, ``import cronqueue.cli.main``); Python's own
-            subprocess.run loop in two processes vs xargs; one-row INSERT + COMMIT with the
-            bare driver; add_many split into server+driver and client; a fork running the
-            trivial task's code vs an exec of ``python -c pass``. The report derives from
-            them, for each missed target, its gap and what blocks it ("What blocks the missed
-            targets").
-
-Every variant of a section runs ``--repeat`` times, interleaved: repetition r starts at the
-r-th variant (rotating order), so drift in the machine's load hits all variants alike. Tables
-show min/median/max; ratios are paired per repetition. A run that loses or fails a task is an
-error (exit 1, shown in the report). Databases are ``cq_bench_*`` on the MariaDB server of
-``--mysql-url`` and SQLite files in a temporary directory, all removed at the end. Progress
-goes to stderr, the tables to stdout. CRONQUEUE_* variables of the caller are ignored.
-
-Every process of the run is a descendant of this one: children are reaped with ``os.wait4``
-(rusage), and this process is a child subreaper, so the shards a mission launches detached
-are reaped here too. Timing numbers on a shared machine drift: compare medians of one run.
-
-Modules: bench_lib.py (sizes, backends, processes, statistics), bench_sections.py (drain,
-enqueue, latency, python, resources), bench_backlog.py (backlog), bench_floors.py (floors, and
-the "what blocks it" lines), bench_report.py (tables, targets, Markdown), naive_worker.py (the
-naive baseline's worker process), spawn_loop.py (the floors' queue-less child processes).
+Modules: common.py (what every bench script shares), bench_lib.py (the harness),
+driver_clock.py (driver vs client time), bench_sections.py, bench_backlog.py, bench_floors.py,
+bench_report.py (the tables), naive_worker.py and spawn_loop.py (child processes).
 """
 
 from __future__ import annotations
@@ -46,35 +25,31 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_backlog import backlog
-from bench_floors import floors, what_blocks
+from bench_floors import floors
 from bench_lib import (
     BOTH_BACKENDS,
     FULL,
     QUICK,
     Backend,
-    BenchError,
     Ctx,
-    Procs,
     SectionResult,
-    become_subreaper,
     install_tasks,
 )
-from bench_report import console, judge, machine, markdown, summary_rows
+from bench_report import judge, render, section_table
 from bench_sections import drain, enqueue_section, latency, python_section, resources
+from common import BenchError, Procs, become_subreaper, load_average, run_header
 
 SECTIONS: dict[str, Callable[[Ctx], SectionResult]] = {
     "drain": drain,
@@ -100,7 +75,7 @@ def _csv(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0],
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backends", type=_csv(BOTH_BACKENDS), default=list(BOTH_BACKENDS),
                    help="sqlite,mariadb (default both)")
@@ -111,13 +86,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"{','.join(SECTIONS)} (default all)")
     p.add_argument("--repeat", type=int, help="repetitions (default 5; 1 with --quick)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, no numbers")
-    p.add_argument("--write", type=Path, metavar="FILE.md", help="write a Markdown report")
-    p.add_argument("--json", type=Path, metavar="FILE", help="write the raw results as JSON")
+    p.add_argument("--out", type=Path, metavar="FILE.md", help="also write the tables here")
+    p.add_argument("--json", type=Path, metavar="FILE", help="write the raw samples as JSON")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = p.parse_args(argv)
     if args.repeat is not None and args.repeat < 1:
         p.error("--repeat must be >= 1")
-    for out in (args.write, args.json):
+    for out in (args.out, args.json):
         if out is not None and not out.resolve().parent.is_dir():
             p.error(f"{out}: no such directory")  # found now, not after the run
     return args
@@ -141,57 +116,27 @@ def run_sections(ctx: Ctx, names: list[str]) -> tuple[dict[str, SectionResult], 
     return results, errors
 
 
-def build_report(args: argparse.Namespace, ctx: Ctx, info: dict[str, str],
-                 results: dict[str, SectionResult], errors: dict[str, str],
-                 started: datetime, elapsed: float) -> dict[str, Any]:
-    sections = {
-        name: {"notes": r.notes, "labels": r.labels, "extras": r.extras, "flags": r.flags,
-               "rows": summary_rows(r.samples, r.labels, args.backends),
-               "samples": [asdict(s) for s in r.samples]}
-        for name, r in results.items()
-    }
-    info["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    targets = judge(results, errors, args.backends)
-    return {
-        "date": started.strftime("%Y-%m-%d %H:%M UTC"),
-        "command": shlex.join(["python", *sys.argv]),
-        "machine": info,
-        "backends": args.backends,
-        "repeat": ctx.repeat,
-        "quick": ctx.quick,
-        "sizes": asdict(ctx.sizes),
-        "elapsed_s": elapsed,
-        "order": [n for n in args.sections if n in sections or n in errors],
-        "sections": sections,
-        "errors": errors,
-        "targets": targets,
-        # only when the floors section ran: a missed target's gap and what blocks it
-        "blockers": what_blocks(results, targets) if "floors" in results else None,
-    }
-
-
-def check_backends(backends: dict[str, Backend]) -> None:
-    for b in backends.values():
+def check_backends(backends: dict[str, Backend]) -> dict[str, str]:
+    versions = {}
+    for name, b in backends.items():
         try:
-            b.version()
+            versions[name] = b.version()
         except Exception as exc:
             raise BenchError(f"{b.kind} is not usable: {exc}") from exc
+    return versions
 
 
 def compile_package() -> str:
     """Byte-compile cronqueue as an installation would (``pip install`` writes the .pyc
     files). In a source checkout run with PYTHONDONTWRITEBYTECODE set, no .pyc is ever
-    written and every shard and mission start would compile cronqueue from source — about
+    written and every shard and mission start would compile cronqueue from source: about
     0.1 s of CPU per process that no installed copy pays."""
     import compileall
 
     import cronqueue
 
-    package = Path(cronqueue.__file__).parent
-    ok = compileall.compile_dir(package, quiet=1, workers=1)
-    how = "compiled by the bench" if ok else "compile FAILED: start-up includes compiling"
-    env = " (PYTHONDONTWRITEBYTECODE set)" if sys.flags.dont_write_bytecode else ""
-    return f"{how}{env}: {package}"
+    ok = compileall.compile_dir(Path(cronqueue.__file__).parent, quiet=1, workers=1)
+    return "compiled by the bench" if ok else "compile FAILED: start-up includes compiling"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,21 +144,18 @@ def main(argv: list[str] | None = None) -> int:
     for var in [v for v in os.environ if v.startswith("CRONQUEUE_")]:
         del os.environ[var]  # the caller's settings must not leak into the measurements
     become_subreaper()
-    bytecode = compile_package()
+    header = run_header()
+    header["machine"]["cronqueue bytecode"] = compile_package()
     sizes = QUICK if args.quick else FULL
     root = Path(tempfile.mkdtemp(prefix="cq_bench_")).resolve()
-    (root / "logs").mkdir()
-    (root / "procs").mkdir()
+    for sub in ("logs", "procs"):
+        (root / sub).mkdir()
     install_tasks(root / "tasks")
     backends = {b: Backend(b, root, args.mysql_url) for b in args.backends}
     ctx = Ctx(sizes=sizes, repeat=args.repeat or (1 if args.quick else 5), root=root,
-              backends=backends, procs=Procs(root / "procs", sizes.process_timeout),
-              quick=args.quick)
-    started = datetime.now(UTC)
+              backends=backends, procs=Procs(root / "procs", sizes.process_timeout))
     try:
-        check_backends(backends)
-        info = machine(backends)
-        info["cronqueue bytecode"] = bytecode
+        header["machine"].update(check_backends(backends))
         results, errors = run_sections(ctx, args.sections)
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
@@ -229,16 +171,29 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: kept {root}", file=sys.stderr)
         else:
             shutil.rmtree(root, ignore_errors=True)
-    report = build_report(args, ctx, info, results, errors, started,
-                          time.monotonic() - ctx.t0)
-    print(console(report))
-    if args.write:
-        args.write.write_text(markdown(report))
-        print(f"wrote {args.write}", file=sys.stderr)
+    header["machine"]["load average at end"] = load_average()
+    report = build_report(args, ctx, header, results, errors)
+    text = render(report)
+    print(text, end="")
+    if args.out:
+        args.out.write_text(text)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1, default=str))
-        print(f"wrote {args.json}", file=sys.stderr)
     return 1 if errors else 0
+
+
+def build_report(args: argparse.Namespace, ctx: Ctx, header: dict[str, Any],
+                 results: dict[str, SectionResult], errors: dict[str, str]) -> dict[str, Any]:
+    sections = {}
+    for name, r in results.items():
+        columns, rows = section_table(r.samples, r.labels, args.backends)
+        sections[name] = {"header": columns, "rows": rows, "extras": r.extras,
+                          "flags": r.flags, "samples": [asdict(s) for s in r.samples]}
+    return {**header, "backends": args.backends, "repeat": ctx.repeat, "quick": args.quick,
+            "sizes": asdict(ctx.sizes), "elapsed_s": time.monotonic() - ctx.t0,
+            "order": [n for n in args.sections if n in sections or n in errors],
+            "sections": sections, "errors": errors,
+            "targets": judge(results, errors, args.backends)}
 
 
 if __name__ == "__main__":

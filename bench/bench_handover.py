@@ -1,14 +1,18 @@
+#!/usr/bin/env python3
 """Shard busy time across ticks (issue 12 #3): is a shard number ever idle while its rows are due?
 
 One ``do_queue`` entry of ``--total`` shards with ``max_seconds = --budget``; a backlog of tasks
-of ``--task-seconds`` each (longer than the gap, interval - budget) that outlasts the run; the
-mission ticks ``--ticks`` times, every ``--interval`` real seconds, each tick one simulated
-minute (``now`` in the past, as ``cronqueue mission --now`` would). Then the backlog is
-cancelled and the shards let finish. For each shard number, from its tasks' ``started_at`` and
-``finished_at``: busy = 1 - (gaps between one task's end and the next's start) / (first start to
-last start). Real processes throughout (the detached launcher, ``cronqueue work``).
+of ``--task-seconds`` each (longer than the gap, interval - budget) that outlasts the run;
+``cronqueue mission --now T`` runs ``--ticks`` times, every ``--interval`` real seconds, each
+tick one simulated minute. Then the backlog is cancelled and the shards let finish. For each
+shard number, from its tasks' ``started_at`` and ``finished_at``: busy = 1 - (gaps between one
+task's end and the next's start) / (first start to last start). Real processes throughout.
 
     python bench/bench_handover.py --db sqlite:////tmp/h.db [--interval 6 --budget 5 ...]
+
+Prints the run's date, command and machine, and a table a row per shard (``--json``: the same
+as JSON); exits 1 if a shard ran fewer than two tasks, was busy less than 95 % of its window or ran
+two tasks at once.
 """
 
 from __future__ import annotations
@@ -16,22 +20,29 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import Engine, select
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cronqueue import Queue
-from cronqueue.config import load_config
-from cronqueue.mission.schedule import minute_floor
-from cronqueue.mission.tick import Mission
-from cronqueue.shard.guard import is_locked_here, is_locked_in_db
-from cronqueue.store.engine import make_engine
-from cronqueue.store.schema import queue_table
+from common import (
+    clean_env,
+    fresh_database,
+    past_minute,
+    run_header,
+    table,
+    toml_str,
+    wait_until,
+    write_script,
+)
+from sqlalchemy import text
+
+from cronqueue import Queue, Status
 
 
 @dataclass
@@ -48,52 +59,37 @@ class ShardBusy:
 
 
 def run(db_url: str, work: Path, *, interval: float, budget: float, task_seconds: float,
-        ticks: int, total: int = 2, entry: str = "drain") -> list[ShardBusy]:
-    tasks, logs = work / "tasks", work / "logs"
-    tasks.mkdir(parents=True, exist_ok=True)
-    (tasks / "nap.sh").write_text(f"sleep {task_seconds}\n")
+        ticks: int, total: int = 2) -> list[ShardBusy]:
+    write_script(work / "tasks" / "nap.sh", f"#!/bin/sh\nsleep {task_seconds}\n")
     config = work / "cronqueue.toml"
     config.write_text(
-        f"db_url = {json.dumps(db_url)}\ntask_dir = {json.dumps(str(tasks))}\n"
-        f"log_dir = {json.dumps(str(logs))}\n\n[[mission]]\nname = \"{entry}\"\n"
+        f"db_url = {toml_str(db_url)}\ntask_dir = {toml_str(work / 'tasks')}\n"
+        f"log_dir = {toml_str(work / 'logs')}\n\n[[mission]]\nname = \"drain\"\n"
         f"cron = \"* * * * *\"\ndo_queue = {{ total = {total}, max_seconds = {budget}, "
         "batch = 2 }\n")
-    cfg = load_config(config)
-    q = Queue(config=cfg)
-    engine = make_engine(db_url)
-    try:
+    fresh_database(db_url)
+    with Queue(config_file=str(config)) as q:
         q.init_db()
         backlog = int(ticks * interval / task_seconds + 4) * total
         q.add_many([{"taskscript": "nap.sh", "param": i} for i in range(backlog)])
-        mission = Mission(cfg)
-        first = minute_floor(datetime.now(UTC)) - timedelta(hours=1)
+        first = past_minute(60)
         start = time.monotonic()
         for k in range(ticks):
-            mission.tick(first + timedelta(minutes=k))
+            subprocess.run([sys.executable, "-m", "cronqueue", "mission", "--config",
+                            str(config), "--now", (first + timedelta(minutes=k)).isoformat(),
+                            "--log-level", "warning"],
+                           env=clean_env(), check=True)
             time.sleep(max(0.0, start + (k + 1) * interval - time.monotonic()))
-        with engine.begin() as conn:  # the backlog ends: the shards finish their task, exit
-            conn.execute(queue_table.update().where(queue_table.c.status == 0)
-                         .values(status=4))
-        end = time.monotonic() + budget + task_seconds + 60
-        while time.monotonic() < end and any(
-                is_locked_here(logs, entry, i, engine.url) or is_locked_in_db(engine, entry, i)
-                for i in range(total)):
-            time.sleep(0.1)
-        return _busy(engine_rows(engine), total)
-    finally:
-        engine.dispose()
-        q.close()
+        with q.engine.begin() as conn:  # the backlog ends: the shards finish their task, exit
+            conn.execute(text("UPDATE queue SET status = 4 WHERE status = 0"))
+        wait_until(lambda: not any(w.alive for w in q.workers()),
+                   budget + task_seconds + 60, "the shards to exit", interval=0.1)
+        return busy([(t.id, t.started_at, t.finished_at)
+                     for t in q.list(status=Status.DONE, limit=10**6)
+                     if t.started_at is not None and t.finished_at is not None], total)
 
 
-def engine_rows(engine: Engine) -> list[tuple[int, datetime, datetime]]:
-    c = queue_table.c
-    with engine.connect() as conn:
-        return [(int(r[0]), r[1], r[2]) for r in conn.execute(
-            select(c.id, c.started_at, c.finished_at).where(c.started_at.is_not(None),
-                                                             c.finished_at.is_not(None)))]
-
-
-def _busy(rows: list[tuple[int, datetime, datetime]], total: int) -> list[ShardBusy]:
+def busy(rows: list[tuple[int, datetime, datetime]], total: int) -> list[ShardBusy]:
     out = []
     for shard in range(total):
         mine = sorted((s, f) for i, s, f in rows if i % total == shard)
@@ -109,22 +105,29 @@ def _busy(rows: list[tuple[int, datetime, datetime]], total: int) -> list[ShardB
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--db", required=True, help="an empty database (its tables are created)")
+    ap.add_argument("--db", required=True, help="database URL (dropped and created afresh)")
     ap.add_argument("--interval", type=float, default=6.0, help="real seconds between ticks")
     ap.add_argument("--budget", type=float, default=5.0, help="do_queue.max_seconds")
     ap.add_argument("--task-seconds", type=float, default=2.0)
     ap.add_argument("--ticks", type=int, default=6)
     ap.add_argument("--total", type=int, default=2)
+    ap.add_argument("--json", action="store_true", help="print the result as JSON")
     args = ap.parse_args(argv)
+    header = run_header()
     with tempfile.TemporaryDirectory() as tmp:
         result = run(args.db, Path(tmp), interval=args.interval, budget=args.budget,
                      task_seconds=args.task_seconds, ticks=args.ticks, total=args.total)
-    print(f"interval={args.interval:g}s budget={args.budget:g}s gap="
-          f"{args.interval - args.budget:g}s task={args.task_seconds:g}s ticks={args.ticks}")
-    for s in result:
-        print(f"shard {s.shard}: {s.tasks} tasks, busy {s.busy:.1%} of {s.window:.1f}s "
-              f"(idle {s.idle:.2f}s), overlaps {s.overlaps}")
-    return 0 if all(s.busy >= 0.95 and not s.overlaps for s in result) else 1
+    ok = all(s.tasks > 1 and s.busy >= 0.95 and not s.overlaps for s in result)
+    if args.json:
+        print(json.dumps({**header, "shards": [asdict(s) | {"busy": s.busy} for s in result],
+                          "ok": ok}))
+    else:
+        print(f"{header['date']}, `{header['command']}`\n\n"
+              + table(["", ""], list(header["machine"].items())) + "\n\n"
+              + table(["shard", "tasks", "window s", "idle s", "busy", "overlaps"],
+                      [[str(s.shard), str(s.tasks), f"{s.window:.1f}", f"{s.idle:.2f}",
+                        f"{s.busy:.1%}", str(s.overlaps)] for s in result]))
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

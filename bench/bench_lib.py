@@ -1,10 +1,10 @@
-"""Plumbing shared by the benchmark sections: sizes, backends (fresh databases), child
-processes (reaped with ``wait4`` for their rusage), samples and statistics. See bench.py."""
+"""bench.py's harness: sizes, backends (fresh databases), the run's context (shards, queues),
+samples and repetitions. Talks to cronqueue through ``Queue``, the CLI and the queue table as
+the README documents it."""
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import itertools
 import json
@@ -12,36 +12,34 @@ import math
 import os
 import re
 import secrets
-import select as fdselect
 import shutil
-import signal
-import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, func, select, text
+from common import (
+    BenchError,
+    Finished,
+    Procs,
+    as_utc,
+    clean_env,
+    toml_str,
+    write_script,
+)
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from cronqueue import Queue
-from cronqueue.config import Config, WorkerConfig
-from cronqueue.model import Status
-from cronqueue.store.schema import queue_table
+from cronqueue import Queue, Status
 
 HERE = Path(__file__).resolve().parent
 BOTH_BACKENDS = ("sqlite", "mariadb")
+NO_DB = "no db"  # the "backend" of a measurement that uses no database (process floors)
 T = TypeVar("T")
-_PR_SET_CHILD_SUBREAPER = 36
-
-
-class BenchError(Exception):
-    """A run that cannot be trusted: a lost or failed task, a process that failed or hung."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +51,7 @@ class Sizes:
     add_many_rows: int = 100_000
     backlog_small: int = 10_000  # pending rows
     backlog_big: int = 1_000_000  # pending rows, plus as many done rows
-    claims: int = 40  # timed Claimer.claim() calls per repetition (plus one warm-up)
+    claims: int = 40  # timed claims per repetition (plus one warm-up)
     claim_limit: int = 100
     backlog_drain: int = 2000
     latency_tasks: int = 200
@@ -70,7 +68,6 @@ QUICK = Sizes(drain=100, add_calls=200, add_many_rows=5000, backlog_small=2000,
               backlog_big=20_000, claims=5, backlog_drain=100, latency_tasks=15,
               python_tasks=30, mission_ticks=2, floor_runs=3, fork_loops=100, exec_loops=10,
               process_timeout=180.0)
-NO_DB = "no db"  # the "backend" of a measurement that uses no database (process floors)
 
 
 @dataclass
@@ -87,9 +84,8 @@ class Sample:
 @dataclass
 class SectionResult:
     samples: list[Sample] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)  # variant -> display name
-    extras: dict[str, str] = field(default_factory=dict)  # title -> preformatted text
+    extras: dict[str, str] = field(default_factory=dict)  # title -> preformatted output
     flags: dict[str, Any] = field(default_factory=dict)  # facts the targets look at
 
 
@@ -110,14 +106,14 @@ class Backend:
             server = make_url(mysql_url)
             if server.drivername in ("mysql", "mariadb"):
                 server = server.set(drivername="mysql+pymysql")
-            self._server = server.set(database=None)
+            self._server = server._replace(database=None)  # .set(database=None) keeps it
 
     def fresh(self, label: str) -> str:
         """The URL of a new empty database (no tables yet)."""
         name = f"{re.sub(r'[^a-z0-9]', '', label.lower())[:20]}{next(self._counter)}"
         if self.kind == "sqlite":
             path = self.root / f"{name}.db"
-            self._remove_files(path)
+            _remove_sqlite(path)
             url = f"sqlite:///{path}"
         else:
             db = f"cq_bench_{self._token}_{name}"
@@ -130,7 +126,7 @@ class Backend:
     def drop(self, url: str) -> None:
         """Drop a database of ours; forgotten only once gone (drop_all retries the rest)."""
         if self.kind == "sqlite":
-            self._remove_files(Path(make_url(url).database or ""))
+            _remove_sqlite(Path(make_url(url).database or ""))
         else:
             db = make_url(url).database
             assert db and db.startswith(f"cq_bench_{self._token}_"), db
@@ -184,14 +180,16 @@ class Backend:
 
             return f"SQLite {sqlite3.sqlite_version}"
         with self.admin().connect() as conn:
-            version = conn.execute(text("SELECT VERSION()")).scalar()
-            pool = conn.execute(text("SELECT @@innodb_buffer_pool_size")).scalar()
-            flush = conn.execute(text("SELECT @@innodb_flush_log_at_trx_commit")).scalar()
+            version, pool, flush, sync_binlog, log_bin = conn.execute(text(
+                "SELECT VERSION(), @@innodb_buffer_pool_size, @@innodb_flush_log_at_trx_commit,"
+                " @@sync_binlog, @@log_bin")).one()
         return (f"MariaDB {version} (innodb_buffer_pool_size={int(pool or 0) >> 20} MiB, "
-                f"innodb_flush_log_at_trx_commit={flush})")
+                f"innodb_flush_log_at_trx_commit={flush}, sync_binlog={sync_binlog}, "
+                f"log_bin={log_bin})")
 
-    def naive_target(self, url: str) -> dict[str, Any]:
-        """Connection parameters for naive_worker.py (plain sqlite3 / pymysql)."""
+    def driver_params(self, url: str) -> dict[str, Any]:
+        """Connection parameters for a bare driver (sqlite3 / PyMySQL): the floors and the
+        naive queue's workers connect without SQLAlchemy."""
         parsed = make_url(url)
         if self.kind == "sqlite":
             return {"backend": "sqlite", "path": parsed.database}
@@ -199,186 +197,10 @@ class Backend:
                 "port": parsed.port or 3306, "user": parsed.username or "root",
                 "password": parsed.password or "", "database": parsed.database}
 
-    @staticmethod
-    def _remove_files(path: Path) -> None:
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
 
-
-# -- child processes --------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Finished:
-    returncode: int
-    rusage: Any  # resource.struct_rusage of the child and the children it reaped
-    seconds: float  # from start() to the reap
-
-    @property
-    def cpu_s(self) -> float:
-        return float(self.rusage.ru_utime + self.rusage.ru_stime)
-
-    @property
-    def maxrss_kib(self) -> int:
-        return int(self.rusage.ru_maxrss)
-
-
-class Procs:
-    """Every child the benchmark starts, so that an error or Ctrl-C ends them (by pid)."""
-
-    def __init__(self, log_dir: Path, timeout: float) -> None:
-        self.log_dir = log_dir
-        self.timeout = timeout
-        self.live: dict[int, tuple[subprocess.Popen[bytes], float, Path]] = {}
-        self._seq = itertools.count(1)
-
-    def start(self, argv: Sequence[str], *, name: str, env: dict[str, str] | None = None,
-              cwd: Path | None = None, stdin: IO[bytes] | None = None
-              ) -> subprocess.Popen[bytes]:
-        out = self.log_dir / f"{next(self._seq):04d}-{name}.log"
-        with open(out, "wb") as fh:
-            proc = subprocess.Popen(list(argv), env=env, cwd=cwd, stdout=fh,
-                                    stderr=subprocess.STDOUT,
-                                    stdin=stdin if stdin is not None else subprocess.DEVNULL)
-        self.live[proc.pid] = (proc, time.perf_counter(), out)
-        return proc
-
-    def wait(self, proc: subprocess.Popen[bytes], timeout: float | None = None,
-             check: bool = True) -> Finished:
-        """Reap ``proc`` with ``wait4`` (its own rusage); kill it if it overruns."""
-        _, began, out = self.live[proc.pid]
-        try:
-            status, usage = wait_rusage(proc.pid, timeout or self.timeout)
-        except TimeoutError:
-            self.kill(proc)
-            raise BenchError(f"{proc.args!r} ran past {timeout or self.timeout:g}s; killed."
-                             f"{self.tail(out)}") from None
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        del self.live[proc.pid]
-        done = Finished(proc.returncode, usage, time.perf_counter() - began)
-        if check and done.returncode != 0:
-            raise BenchError(f"{_short_argv(proc.args)} exited {done.returncode}."
-                             f"{self.tail(out)}")
-        return done
-
-    def signal(self, proc: subprocess.Popen[bytes], sig: int) -> None:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, sig)
-
-    def kill(self, proc: subprocess.Popen[bytes]) -> None:
-        self.signal(proc, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError, TimeoutError):
-            wait_rusage(proc.pid, 10)
-        proc.returncode = -9
-        self.live.pop(proc.pid, None)
-
-    def kill_all(self) -> None:
-        for proc, _, _ in list(self.live.values()):
-            self.kill(proc)
-        for pid in orphan_children(set()):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError, TimeoutError):
-                wait_rusage(pid, 5)
-
-    @staticmethod
-    def tail(path: Path, size: int = 1500) -> str:
-        try:
-            data = path.read_bytes()[-size:].decode("utf-8", "replace").strip()
-        except OSError:
-            return ""
-        return f"\n--- {path.name} (tail) ---\n{data}" if data else ""
-
-
-def has_exited(proc: subprocess.Popen[bytes]) -> bool:
-    """Has the child exited? Leaves it unreaped (``Popen.poll`` would reap it and lose the
-    rusage that ``Procs.wait`` reads)."""
-    if proc.returncode is not None:
-        return True
-    try:
-        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:
-        return True
-
-
-def _short_argv(argv: Any) -> str:
-    parts = [str(a) for a in argv] if isinstance(argv, list | tuple) else [str(argv)]
-    return " ".join(Path(p).name if p.startswith("/") else p for p in parts)
-
-
-def wait_rusage(pid: int, timeout: float) -> tuple[int, Any]:
-    """``wait4`` with a timeout: a pidfd tells when the child exits (no polling delay)."""
-    deadline = time.monotonic() + timeout
-    try:
-        fd: int | None = os.pidfd_open(pid)
-    except OSError:
-        fd = None
-    try:
-        while True:
-            got, status, usage = os.wait4(pid, os.WNOHANG)
-            if got == pid:
-                return status, usage
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(pid)
-            if fd is not None:
-                fdselect.select([fd], [], [], left)
-            else:
-                time.sleep(min(left, 0.002))
-    finally:
-        if fd is not None:
-            os.close(fd)
-
-
-def become_subreaper() -> bool:
-    """Orphans of our tree (the shards a mission launches detached) are re-parented to us, so
-    that we can reap them: the whole run stays one process tree."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
-    except (OSError, AttributeError):
-        return False
-
-
-def orphan_children(known: set[int]) -> list[int]:
-    """Our children that no Popen of ours owns (re-parented orphans)."""
-    me = os.getpid()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) in known:
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()
-        if len(fields) > 1 and int(fields[1]) == me:
-            found.append(int(entry.name))
-    return found
-
-
-def reap_orphans(known: set[int], timeout: float) -> int:
-    """Wait for (up to ``timeout``) and reap every orphan child; returns how many."""
-    reaped = 0
-    deadline = time.monotonic() + timeout
-    while True:
-        pids = orphan_children(known)
-        if not pids:
-            return reaped
-        for pid in pids:
-            left = max(deadline - time.monotonic(), 0.0)
-            try:
-                wait_rusage(pid, left)
-                reaped += 1
-            except ChildProcessError:
-                continue
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                with contextlib.suppress(ChildProcessError, TimeoutError):
-                    wait_rusage(pid, 5)
-                raise BenchError(f"orphan process {pid} still running after {timeout:g}s; "
-                                 "killed") from None
+def _remove_sqlite(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 # -- the benchmark context --------------------------------------------------------------------
@@ -390,7 +212,6 @@ class Ctx:
     root: Path
     backends: dict[str, Backend]
     procs: Procs
-    quick: bool
     t0: float = field(default_factory=time.monotonic)
 
     @property
@@ -401,34 +222,29 @@ class Ctx:
     def log_dir(self) -> Path:
         return self.root / "logs"
 
+    @property
+    def config_file(self) -> Path:
+        """task_dir and log_dir; the URL comes with each Queue or shard."""
+        path = self.root / "cronqueue.toml"
+        if not path.exists():
+            path.write_text(f"task_dir = {toml_str(self.task_dir)}\n"
+                            f"log_dir = {toml_str(self.log_dir)}\n")
+        return path
+
     def log(self, message: str) -> None:
         print(f"[{time.monotonic() - self.t0:7.1f}s] {message}", file=sys.stderr, flush=True)
 
-    def config(self, url: str) -> Config:
-        """A Config built in code: no cronqueue.toml or CRONQUEUE_* is read."""
-        return Config(db_url=url, task_dir=self.task_dir, log_dir=self.log_dir,
-                      worker=WorkerConfig()).validate()
-
     def queue(self, url: str) -> Queue:
-        return Queue(config=self.config(url))
-
-    def env(self, url: str | None = None, **extra: str) -> dict[str, str]:
-        """The environment of a cronqueue child: the caller's minus every CRONQUEUE_*."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CRONQUEUE_")}
-        if url is not None:
-            env["CRONQUEUE_DB_URL"] = url  # the URL travels in the environment, not argv
-        env.update(extra)
-        return env
+        return Queue(url, config_file=str(self.config_file))
 
     def shard_argv(self, total: int, shard: int, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "cronqueue", "work", "--task-dir", str(self.task_dir),
-                "--log-dir", str(self.log_dir), "--total", str(total), "--shard", str(shard),
-                "--log-level", "warning", *extra]
+        return [sys.executable, "-m", "cronqueue", "work", "--config", str(self.config_file),
+                "--total", str(total), "--shard", str(shard), "--log-level", "warning", *extra]
 
     def start_shards(self, url: str, total: int, *extra: str,
                      env: dict[str, str] | None = None) -> list[subprocess.Popen[bytes]]:
         return [self.procs.start(self.shard_argv(total, i, *extra), name=f"shard{i}",
-                                 env=self.env(url, **(env or {})), cwd=self.root)
+                                 env=clean_env(url, **(env or {})), cwd=self.root)
                 for i in range(total)]
 
     def run_shards(self, url: str, total: int = 2,
@@ -448,9 +264,9 @@ def enqueue(ctx: Ctx, url: str, items: Iterable[dict[str, Any]]) -> list[int]:
 
 
 def reader(url: str) -> Engine:
-    """An engine for the benchmark's own reads. Not cronqueue's make_engine: on SQLite that
-    opens every transaction with BEGIN IMMEDIATE, and a poll must not take the write lock
-    from the shards it is watching."""
+    """An engine for the benchmark's own raw reads of the queue table. A plain engine: on
+    SQLite cronqueue opens every transaction with BEGIN IMMEDIATE, and a poll must not take
+    the write lock from the shards it is watching."""
     return create_engine(url, pool_pre_ping=True)
 
 
@@ -458,10 +274,9 @@ def status_counts(url: str, first_id: int = 0, last_id: int = 2**62) -> dict[str
     engine = reader(url)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(
-                select(queue_table.c.status, func.count())
-                .where(queue_table.c.id.between(first_id, last_id))
-                .group_by(queue_table.c.status)).all()
+            rows = conn.execute(text(
+                "SELECT status, COUNT(*) FROM queue WHERE id BETWEEN :a AND :b GROUP BY status"),
+                {"a": first_id, "b": last_id}).all()
     finally:
         engine.dispose()
     return {Status(s).name.lower(): int(n) for s, n in rows}
@@ -475,32 +290,26 @@ def require_done(url: str, expected: int, what: str, first_id: int = 0,
         raise BenchError(f"{what}: expected {expected} tasks done, found {counts}")
 
 
-def steady_rate(url: str) -> float:
-    """Tasks per second between the first and the last finish of the done rows: the rate
-    once the shards are up (their interpreter start-up excluded)."""
+def run_times(url: str) -> tuple[int, datetime, datetime, datetime]:
+    """Of the done rows: how many, the first start, the first and the last finish."""
     engine = reader(url)
     try:
         with engine.connect() as conn:
-            n, first, last = conn.execute(
-                select(func.count(), func.min(queue_table.c.finished_at),
-                       func.max(queue_table.c.finished_at))
-                .where(queue_table.c.status == int(Status.DONE))).one()
+            n, started, first, last = conn.execute(text(
+                "SELECT COUNT(*), MIN(started_at), MIN(finished_at), MAX(finished_at) "
+                "FROM queue WHERE status = 1")).one()
     finally:
         engine.dispose()
-    span = (last - first).total_seconds() if n > 1 else 0.0
-    return (n - 1) / span if span > 0 else math.inf
+    if not n:
+        raise BenchError("no task is done")
+    return int(n), as_utc(started), as_utc(first), as_utc(last)
 
 
-def merge_samples(samples: list[Sample]) -> list[Sample]:
-    """One sample per (backend, variant, rep), the metrics of all merged."""
-    merged: dict[tuple[str, str, int], Sample] = {}
-    for sample in samples:
-        key = (sample.backend, sample.variant, sample.rep)
-        if key in merged:
-            merged[key].metrics.update(sample.metrics)
-        else:
-            merged[key] = sample
-    return list(merged.values())
+def steady_rate(n: int, first: datetime, last: datetime) -> float:
+    """Tasks per second between the first and the last finish: the rate once the shards are
+    up (their interpreter start-up excluded)."""
+    span = (last - first).total_seconds()
+    return (n - 1) / span if n > 1 and span > 0 else math.inf
 
 
 def drain_params(n: int) -> list[dict[str, Any]]:
@@ -512,7 +321,7 @@ def param_text(param: Any) -> str:
     return json.dumps(param, ensure_ascii=False, separators=(",", ":"))
 
 
-# -- repetitions and statistics ---------------------------------------------------------------
+# -- repetitions ------------------------------------------------------------------------------
 
 def rotated(items: Sequence[T], rep: int) -> list[T]:
     """Repetition ``rep`` runs the variants starting at a different one each time, so that
@@ -539,9 +348,9 @@ def run_rotated(ctx: Ctx, section: str, variants: Sequence[tuple[str, str]],
 def measure_guarded(ctx: Ctx, backend: str,
                     measure: Callable[[], dict[str, float]]) -> dict[str, float]:
     """Run one measurement; if the MariaDB server restarted meanwhile (someone else's test
-    may restart the shared server), the numbers are void: wait for it and measure again,
-    once. Shards ride out an outage by design, so a restart would otherwise only show up as
-    a slow run. A measurement without a database (backend ``NO_DB``) runs once, unguarded."""
+    may restart a shared server), the numbers are void: wait for it and measure again, once.
+    Shards ride out an outage by design, so a restart would otherwise only show up as a slow
+    run. A measurement without a database (backend ``NO_DB``) runs once, unguarded."""
     if backend == NO_DB:
         return measure()
     b = ctx.backends[backend]
@@ -562,32 +371,6 @@ def measure_guarded(ctx: Ctx, backend: str,
     raise AssertionError("unreachable")
 
 
-class HwmSampler:
-    """Polls the peak resident set (VmHWM) of some processes from /proc while they run: the
-    process's own peak, unlike wait4's ru_maxrss, which is the largest of the process and
-    every descendant it reaped."""
-
-    def __init__(self, pids: Sequence[int], interval: float = 0.02) -> None:
-        self.peaks = dict.fromkeys(pids, 0)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
-        self._thread.start()
-
-    def _run(self, interval: float) -> None:
-        while not self._stop.wait(interval):
-            for pid in self.peaks:
-                with contextlib.suppress(OSError, ValueError, IndexError):
-                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                        if line.startswith("VmHWM:"):
-                            self.peaks[pid] = max(self.peaks[pid], int(line.split()[1]))
-
-    def stop(self) -> dict[int, int]:
-        """KiB per pid (0 if never read)."""
-        self._stop.set()
-        self._thread.join()
-        return self.peaks
-
-
 def paired_ratios(samples: Sequence[Sample], section: str, num: str, den: str, metric: str,
                   variant: str, key: str = "ratio") -> list[Sample]:
     """Per backend and repetition: metric of ``num`` / metric of ``den`` (a paired ratio)."""
@@ -598,31 +381,30 @@ def paired_ratios(samples: Sequence[Sample], section: str, num: str, den: str, m
         if name != num or (backend, den, rep) not in by:
             continue
         base = by[(backend, den, rep)]
-        ratio = value / base if base else math.inf
-        out.append(Sample(section, backend, variant, rep, {key: ratio}))
+        out.append(Sample(section, backend, variant, rep,
+                          {key: value / base if base else math.inf}))
     return out
 
 
-def spread(values: Sequence[float]) -> tuple[float, float, float]:
-    return min(values), statistics.median(values), max(values)
-
-
-def percentile(values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(pct / 100 * len(ordered)))
-    return ordered[rank - 1]
+def merge_samples(samples: list[Sample]) -> list[Sample]:
+    """One sample per (backend, variant, rep), the metrics of all merged."""
+    merged: dict[tuple[str, str, int], Sample] = {}
+    for sample in samples:
+        key = (sample.backend, sample.variant, sample.rep)
+        if key in merged:
+            merged[key].metrics.update(sample.metrics)
+        else:
+            merged[key] = sample
+    return list(merged.values())
 
 
 def install_tasks(task_dir: Path) -> None:
     """``true`` (a copy of /bin/true, mode 755) and the Python task (mode 644: run by the
     interpreter, the path CRONQUEUE_PYTHON_FORK speeds up)."""
     task_dir.mkdir(parents=True, exist_ok=True)
-    true = shutil.which("true") or "/bin/true"
-    shutil.copyfile(os.path.realpath(true), task_dir / "true")
+    shutil.copyfile(os.path.realpath(shutil.which("true") or "/bin/true"), task_dir / "true")
     (task_dir / "true").chmod(0o755)
-    (task_dir / "pytask.py").write_text(PYTHON_TASK)
-    (task_dir / "pytask.py").chmod(0o644)
+    write_script(task_dir / "pytask.py", PYTHON_TASK, mode=0o644)
 
 
 # The probe (first task only) tells whether the script ran in a fresh interpreter (exec path:
@@ -641,7 +423,3 @@ if "probe" in param:
     with open(param["probe"], "w") as out:
         out.write("fork" if preloaded or not own else "exec")
 '''
-
-
-def lease() -> timedelta:
-    return timedelta(seconds=WorkerConfig().lease)

@@ -31,17 +31,27 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from cronqueue import Queue
-from cronqueue.config import load_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (
+    children_of,
+    clean_env,
+    fresh_database,
+    past_minute,
+    pids,
+    proc_cmdline,
+    proc_stat,
+    run_header,
+    toml_str,
+    write_script,
+)
 from private_mariadb import PrivateMariaDB, PrivateMariaDBError
 
 TASK = """#!/bin/sh
@@ -50,9 +60,9 @@ sleep 0.0$(( CRONQUEUE_TASK_ID % 4 ))
 echo "end $CRONQUEUE_TASK_ID $$" >> "{ledger}"
 """
 CONFIG = """
-db_url = "{db}"
-task_dir = "{root}/tasks"
-log_dir = "{root}/logs"
+db_url = {db}
+task_dir = {tasks}
+log_dir = {logs}
 
 [worker]
 max_attempts = 6       # a task may be killed several times and still finish
@@ -68,22 +78,6 @@ name = "chaos"
 cron = "* * * * *"
 do_queue = {{ total = {shards}, max_seconds = {max_seconds} }}
 """
-
-
-def fresh_database(url: str) -> None:
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        path = Path(parsed.database or "")
-        for suffix in ("", "-wal", "-shm"):
-            Path(str(path) + suffix).unlink(missing_ok=True)
-        return
-    name = parsed.database
-    assert name and name.replace("_", "").isalnum(), "database name: letters, digits, _"
-    admin = create_engine(parsed.set(database="mysql"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
-        conn.execute(text(f"CREATE DATABASE {name} CHARACTER SET utf8mb4"))
-    admin.dispose()
 
 
 def restart_mariadb(server: PrivateMariaDB, events: list[dict[str, Any]], t0: float) -> None:
@@ -105,31 +99,16 @@ TASK_MARKER = b'"chaos_n"'
 
 
 def children_running(marker: bytes) -> list[int]:
-    out = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if marker in cmd:
-            out.append(int(proc.name))
-    return out
+    return [pid for pid in pids() if marker in proc_cmdline(pid)]
 
 
 def shard_pids() -> list[int]:
     out = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if state != "Z" and b"work" in cmd and b"--entry" in cmd and b"chaos" in cmd:
-            out.append(int(proc.name))
+    for pid in pids():
+        cmd = proc_cmdline(pid).split(b"\0")
+        stat = proc_stat(pid)
+        if stat and stat[0] != "Z" and b"work" in cmd and b"--entry" in cmd and b"chaos" in cmd:
+            out.append(pid)
     return out
 
 
@@ -143,7 +122,7 @@ def kill_exactly(pid: int, marker: bytes) -> bool:
     except OSError:
         return False
     try:
-        if marker not in Path(f"/proc/{pid}/cmdline").read_bytes():
+        if marker not in proc_cmdline(pid):
             return False
         signal.pidfd_send_signal(fd, signal.SIGKILL)
         return True
@@ -164,11 +143,11 @@ def kill_shard(pid: int) -> list[int] | None:
     except OSError:
         return None
     try:
-        if b"--entry\0chaos" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+        if b"--entry\0chaos" not in proc_cmdline(pid):
             return None
         signal.pidfd_send_signal(fd, signal.SIGSTOP)
         deadline = time.monotonic() + 1.0
-        while _state(pid) not in ("T", "t", None) and time.monotonic() < deadline:
+        while (stat := proc_stat(pid)) and stat[0] not in "Tt" and time.monotonic() < deadline:
             time.sleep(0.001)
         children = children_of(pid)
         signal.pidfd_send_signal(fd, signal.SIGKILL)
@@ -177,27 +156,6 @@ def kill_shard(pid: int) -> list[int] | None:
         return None
     finally:
         os.close(fd)
-
-
-def _state(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
-
-
-def children_of(parent: int) -> list[int]:
-    out = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == parent:
-            out.append(int(proc.name))
-    return out
 
 
 def chaos_loop(stop: threading.Event, events: list[dict[str, Any]], t0: float,
@@ -318,18 +276,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, db: str, server: PrivateMariaDB | None) -> int:
+    header = run_header()
     root = Path(args.dir or tempfile.mkdtemp(prefix="cronqueue-chaos-")).resolve()
     shutil.rmtree(root, ignore_errors=True)
-    (root / "tasks").mkdir(parents=True)
     ledger = root / "ledger.txt"
-    script = root / "tasks" / "chaos.sh"
-    script.write_text(TASK.format(ledger=ledger))
-    script.chmod(0o755)
+    write_script(root / "tasks" / "chaos.sh", TASK.format(ledger=ledger))
     config = root / "cronqueue.toml"
-    config.write_text(CONFIG.format(db=db, root=root, shards=args.shards,
+    config.write_text(CONFIG.format(db=toml_str(db), tasks=toml_str(root / "tasks"),
+                                    logs=toml_str(root / "logs"), shards=args.shards,
                                     max_seconds=args.tick * 2.5))
     fresh_database(db)
-    q = Queue(config=load_config(config))
+    q = Queue(config_file=str(config))
     q.init_db()
     ids: list[int] = []
     for start in range(0, args.tasks, 5000):
@@ -347,9 +304,8 @@ def run(args: argparse.Namespace, db: str, server: PrivateMariaDB | None) -> int
     chaos.start()
     # One simulated minute per tick, all in the past: `mission --now` more than a minute
     # ahead of the clock is refused (it would record runs that real ticks then skip).
-    tick = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(
-        minutes=int(args.max_seconds / args.tick) + 2)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRONQUEUE_")}
+    tick = past_minute(int(args.max_seconds / args.tick) + 2)
+    env = clean_env()
     missions = 0
     chaos_over = False
     while time.monotonic() - t0 < args.max_seconds:
@@ -382,7 +338,7 @@ def run(args: argparse.Namespace, db: str, server: PrivateMariaDB | None) -> int
     elapsed = time.monotonic() - t0
     time.sleep(1)
     (root / "events.json").write_text(json.dumps(events, indent=1))
-    report = analyse(ledger, q, ids, events)
+    report = {**header, **analyse(ledger, q, ids, events)}
     report.update({"backend": make_url(db).get_backend_name(), "shards": args.shards,
                    "private_server": server is not None,
                    "missions": missions, "seconds": round(elapsed, 1),

@@ -40,16 +40,26 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from chaos import fresh_database
+from common import (
+    as_utc,
+    fresh_database,
+    past_minute,
+    pids,
+    run_header,
+    toml_str,
+    write_script,
+)
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from cronqueue import Queue, Status
-from cronqueue.config import load_config
+
+# The identity a shard writes into worker_host (hostname + machine id): no public API gives
+# it, and the report needs it to tell the killed host's rows from the others'.
 from cronqueue.process.identity import host_identity
 
 HOSTNAMES = ["twin", "twin", "solo-a", "solo-b", "solo-c", "solo-d"]  # 0 and 1 share one
@@ -83,10 +93,6 @@ name = "every"
 cron = "* * * * *"
 add = {{ taskscript = "rec.sh" }}
 """
-
-
-def _q(value: object) -> str:
-    return json.dumps(str(value))  # a TOML basic string
 
 
 # -- one host: the init of its namespaces ----------------------------------------------------
@@ -131,7 +137,7 @@ def _reap() -> None:
 
 
 def _others() -> bool:
-    return any(p.isdigit() and int(p) != os.getpid() for p in os.listdir("/proc"))
+    return any(pid != os.getpid() for pid in pids())
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -170,25 +176,16 @@ def _namespace_init(unshare_pid: int) -> int | None:
     return int(kids[0]) if kids else None
 
 
-def _utc(value: Any) -> datetime:
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    assert isinstance(value, datetime)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    header = run_header()
     root = Path(args.dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    (root / "tasks").mkdir(exist_ok=True)
     ledger = root / "ledger.txt"
     ledger.unlink(missing_ok=True)
     stop = root / "stop"
     stop.unlink(missing_ok=True)
     for name, seconds in (("t.sh", args.task_seconds), ("rec.sh", 0.05)):
-        script = root / "tasks" / name
-        script.write_text(TASK.format(ledger=ledger, seconds=seconds))
-        script.chmod(0o755)
+        write_script(root / "tasks" / name, TASK.format(ledger=ledger, seconds=seconds))
     fresh_database(args.db)
     sqlite = make_url(args.db).get_backend_name() == "sqlite"
     configs = []
@@ -196,19 +193,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log_dir = root / ("logs" if sqlite else f"logs-{i}")
         log_dir.mkdir(exist_ok=True)
         cfg = root / f"host-{i}.toml"
-        cfg.write_text(CONFIG.format(db=_q(args.db), task_dir=_q(root / "tasks"),
-                                     log_dir=_q(log_dir), heartbeat=args.heartbeat,
+        cfg.write_text(CONFIG.format(db=toml_str(args.db), task_dir=toml_str(root / "tasks"),
+                                     log_dir=toml_str(log_dir), heartbeat=args.heartbeat,
                                      lease=args.lease, shards=args.shards,
                                      max_seconds=args.shard_seconds))
         configs.append(cfg)
-    q = Queue(config=load_config(configs[0]))
+    q = Queue(config_file=str(configs[0]))
     q.init_db()
     q.add_many([("t.sh", {"n": n}) for n in range(args.tasks)])
-    now = datetime.now(UTC).replace(second=0, microsecond=0)
     # The hosts tick on after --ticks while the backlog drains (cron never stops), at most
     # --drain-seconds more; every T_k is in the past.
     max_ticks = args.ticks + int(args.drain_seconds / args.tick_seconds) + 1
-    t0 = now - timedelta(minutes=max_ticks + 2)
+    t0 = past_minute(max_ticks + 2)
     start = time.time() + 3.0  # the hosts' python start before the first tick
     poller = Poller(args.db)
     poller.start()
@@ -263,8 +259,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     poller.halt.set()
     poller.join()
     identities = [json.loads((root / f"host-{i}.json").read_text()) for i in range(args.hosts)]
-    report = analyse(args, q, ledger, poller, identities[victim], killed_at,
-                     (start, end_of_ticks))
+    report = {**header, **analyse(args, q, ledger, poller, identities[victim], killed_at,
+                                  (start, end_of_ticks))}
     report["hosts"] = [i["identity"] for i in identities]
     report["killed_at_tick"] = round((killed_at - start) / args.tick_seconds, 2)
     report["drain_seconds"] = round(drained_at - start, 1)
@@ -329,7 +325,7 @@ def analyse(args: argparse.Namespace, q: Queue, ledger: Path, poller: Poller,
     rec_ids = {int(r["id"]) for r in rows if r["taskscript"] == "rec.sh"}
     per_time: dict[datetime, int] = defaultdict(int)
     for r in every:
-        per_time[_utc(r["scheduled_at"])] += 1
+        per_time[as_utc(r["scheduled_at"])] += 1
     rec_runs = [len(starts.get(int(r["task_id"]), [])) for r in every if r["task_id"]]
     # Shards: two live processes registered for one (entry, shard) in one snapshot. The
     # killed host's rows stay registered (dead) until the rescue forgets them: not live.
@@ -349,7 +345,7 @@ def analyse(args: argparse.Namespace, q: Queue, ledger: Path, poller: Poller,
             in_window += 1
             for key in seen:
                 busy[key] += 1
-        mine = {int(r["id"]): _utc(r["lease_until"]) for r in running
+        mine = {int(r["id"]): as_utc(r["lease_until"]) for r in running
                 if r["worker_host"] == killed["identity"] and r["lease_until"] is not None}
         if when >= killed_at:
             if not held_at_kill and mine:

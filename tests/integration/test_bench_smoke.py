@@ -1,12 +1,17 @@
-"""Smoke test of the benchmark harness: ``bench/bench.py --quick`` runs every section on the
-backend under test (the same selection as every other test: CRONQUEUE_TEST_BACKENDS) and writes
-a report that has them all. It asserts nothing about speed: that is what the full run reports.
+"""Smoke tests of the benchmark scripts, short sizes, on the backend under test
+(CRONQUEUE_TEST_BACKENDS): ``bench/bench.py --quick`` runs every section and
+``bench/bench_handover.py`` a few ticks. Each must exit cleanly and produce its numbers: a
+script that crashes, or a section or shard without figures, fails. Nothing is asserted about
+speed; the full runs are in docs/benchmarks.md. (``bench/chaos.py`` and ``bench/multihost.py``
+run in tests/acceptance/test_chaos.py and test_multihost.py.)
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,34 +22,73 @@ from tests.conftest import MYSQL_ADMIN_URL
 
 ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = ("drain", "enqueue", "backlog", "latency", "python", "resources", "floors")
+NUMBER = re.compile(r"^-?[\d,]+(\.\d+)?%?( \(.*\))?$")
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("CRONQUEUE_")}
 
 
 @pytest.mark.slow
 def test_bench_quick_runs_every_section(backend: str, tmp_path: Path) -> None:
-    report, raw = tmp_path / "bench.md", tmp_path / "bench.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRONQUEUE_")}
+    tables, raw = tmp_path / "bench.md", tmp_path / "bench.json"
     res = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "bench.py"), "--quick", "--backends", backend,
-         "--mysql-url", MYSQL_ADMIN_URL, "--write", str(report), "--json", str(raw)],
-        capture_output=True, text=True, timeout=900, check=False, env=env, cwd=tmp_path)
+         "--mysql-url", MYSQL_ADMIN_URL, "--out", str(tables), "--json", str(raw)],
+        capture_output=True, text=True, timeout=900, check=False, env=_env(), cwd=tmp_path)
     assert res.returncode == 0, f"{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
     data = json.loads(raw.read_text())
     assert data["errors"] == {}
     assert data["backends"] == [backend]
+    assert data["date"] and data["command"].startswith("python bench/bench.py --quick")
+    assert data["machine"]["cores"] and data["machine"][backend]
     assert set(data["sections"]) == set(SECTIONS)
     for name in SECTIONS:
-        assert data["sections"][name]["rows"], name
-    text = report.read_text()
-    for heading in ("## Machine", "## Targets", *(f"\n## {name} " for name in SECTIONS)):
+        section = data["sections"][name]
+        samples = section["samples"]
+        assert samples, name
+        for sample in samples:  # every measurement gave finite numbers
+            assert sample["metrics"], (name, sample)
+            assert all(math.isfinite(v) for v in sample["metrics"].values()), (name, sample)
+        assert section["rows"], name
+        for row in section["rows"]:  # a table row: backend, variant, then figures
+            assert any(NUMBER.match(cell) for cell in row[2:]), (name, row)
+    # what the sections promise, each with a figure
+    metrics = {(s["variant"], m) for name in SECTIONS
+               for s in data["sections"][name]["samples"] for m in s["metrics"]}
+    for wanted in [("cronqueue", "tasks_per_s"), ("cronqueue", "steady_per_s"),
+                   ("cronqueue", "first_task_s"), ("cronqueue", "machine_cpu_ms_per_task"),
+                   ("limit", "tasks_per_s"), ("naive", "tasks_per_s"),
+                   ("cronqueue/limit", "ratio"), ("naive/limit", "ratio"),
+                   ("add", "calls_per_s"), ("add", "driver_ms_per_call"),
+                   ("add raw", "calls_per_s"), ("add_many", "rows_per_s"),
+                   ("add_many raw", "rows_per_s"), ("big/small", "claim_ratio"),
+                   ("one shard", "p99_s"), ("fork/exec", "steady_ratio"),
+                   ("shard", "own_hwm_mb"), ("mission", "cpu_s"),
+                   ("cli", "startup_cpu_s"), ("exec/fork", "ratio")]:
+        assert wanted in metrics, wanted
+    assert all(t[-1] != "not measured" for t in data["targets"]), data["targets"]
+    text = tables.read_text()
+    assert text == res.stdout
+    for heading in ("## Machine", "## Targets", *(f"\n## {name}: " for name in SECTIONS)):
         assert heading in text, heading
-    for name in SECTIONS:
-        assert f"== {name} " in res.stdout, name
-    # The floors section ran, so every missed target gets its gap and what blocks it.
-    assert "## What blocks the missed targets" in text
-    assert "== what blocks the missed targets" in res.stdout
-    missed = {(t["target"], t["backend"]) for t in data["targets"] if t["status"] == "MISSED"}
-    explained = {(b["target"], b["backend"]) for b in data["blockers"]}
-    assert explained == missed
-    for item in data["blockers"]:
-        assert item["gap"] and item["lines"], item
-        assert f"**{item['target']}** ({item['backend']})" in text, item
+    plans = data["sections"]["backlog"]["extras"]  # the claim's statements, explained
+    assert len(plans) == 2, plans
+    for body in plans.values():
+        assert "-- SELECT" in body and ("possible_keys" in body or "SEARCH" in body), body
+
+
+@pytest.mark.slow
+def test_bench_handover_reports_each_shard(db_url: str, tmp_path: Path) -> None:
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_handover.py"), "--db", db_url,
+         "--interval", "3", "--budget", "2", "--task-seconds", "1", "--ticks", "3", "--json"],
+        capture_output=True, text=True, timeout=300, check=False, env=_env(), cwd=tmp_path)
+    assert res.stdout, f"exit {res.returncode}: {res.stderr[-3000:]}"
+    report = json.loads(res.stdout)
+    assert report["date"] and report["machine"]
+    assert [s["shard"] for s in report["shards"]] == [0, 1]
+    for shard in report["shards"]:
+        assert shard["tasks"] > 1 and shard["window"] > 0, shard
+        assert shard["overlaps"] == 0, shard
+    assert res.returncode == (0 if report["ok"] else 1)
