@@ -2,9 +2,17 @@
 fresh database of its own.
 
 MariaDB: ``CRONQUEUE_TEST_MYSQL_URL`` (default ``mysql+pymysql://root:@127.0.0.1:3306/test``) is
-an account that may CREATE/DROP DATABASE; each test gets ``cq_t_<random>``. If the server does
-not answer, those tests FAIL (never skip). ``CRONQUEUE_TEST_BACKENDS=sqlite`` narrows the run
-explicitly, for a laptop without MariaDB.
+an account that may CREATE/DROP DATABASE; each test gets ``cq_t_<random>`` and drops it. Nothing
+else on that server is touched: no test stops, restarts or reconfigures it (the chaos test
+restarts a private mariadbd of its own). If the server does not answer, those tests FAIL (never
+skip). ``CRONQUEUE_TEST_BACKENDS=sqlite`` narrows the run explicitly, for a laptop without
+MariaDB.
+
+A test whose behaviour does not depend on the database (the runner, the CLI's parsing, a
+refusal before any statement) is marked ``any_backend``: it runs once, on the first backend of
+``CRONQUEUE_TEST_BACKENDS``, not once per backend.
+
+Plain helpers (waits, processes, environment, scripts) live in ``tests/helpers.py``.
 """
 
 from __future__ import annotations
@@ -12,23 +20,38 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from cronqueue import Queue, Task
+from cronqueue.store.engine import make_engine
+from tests import helpers
+from tests.helpers import Procs, cronqueue_cmd
+
+# Transitional: until every test imports these from tests.helpers.
+from tests.helpers import process_gone as process_gone
+from tests.helpers import write_script as write_script
 
 MYSQL_ADMIN_URL = os.environ.get("CRONQUEUE_TEST_MYSQL_URL",
                                  "mysql+pymysql://root:@127.0.0.1:3306/test")
 BACKENDS = [b for b in os.environ.get("CRONQUEUE_TEST_BACKENDS", "sqlite,mariadb").split(",")
             if b]
+
+
+@pytest.hookimpl(tryfirst=True)  # before the fixture's own params apply
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``any_backend``: the first backend only (the database plays no part in what it tests)."""
+    if metafunc.definition.get_closest_marker("any_backend") is not None \
+            and "backend" in metafunc.fixturenames:
+        # As a parametrize mark, which the fixture's own params then give way to.
+        metafunc.definition.add_marker(
+            pytest.mark.parametrize("backend", BACKENDS[:1], indirect=True))
 
 
 def _mariadb_database() -> Iterator[str]:
@@ -85,15 +108,6 @@ def queue(db_url: str, task_dir: Path, log_dir: Path) -> Iterator[Queue]:
     q.close()
 
 
-def write_script(task_dir: Path, name: str, body: str, mode: int = 0o644) -> Path:
-    """Write a task script (``mode`` 0o755 makes it run directly, via its shebang)."""
-    path = task_dir / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(body)
-    path.chmod(mode)
-    return path
-
-
 class Clock:
     """A settable clock, injected into Queue, Shard and Mission (no patching of time)."""
 
@@ -143,35 +157,42 @@ def get_task(q: Queue, task_id: int) -> Task:
     return task
 
 
-def process_gone(pid: int) -> bool:
-    """Gone, or a zombie waiting for a reaper (PID 1 in this sandbox may not reap)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            stat = fh.read()
-    except FileNotFoundError:
-        return True
-    return stat[stat.rfind(")") + 2:].split()[0] in ("Z", "X")
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    """A SQLite engine on a file of the test's own, no tables (the guard, lock files)."""
+    eng = make_engine("sqlite:///" + str(tmp_path / "g.db"))
+    yield eng
+    eng.dispose()
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 30.0,
-             interval: float = 0.05) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout`` seconds pass."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
+@pytest.fixture
+def procs() -> Iterator[Procs]:
+    """Start the test's processes with ``procs.start``; those still running at its end are
+    killed."""
+    started = Procs()
+    yield started
+    started.kill_leftovers()
 
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No CRONQUEUE_* from the caller; cwd in tmp_path (the default SQLite file lands there)."""
+    """This process without the caller's CRONQUEUE_* (``helpers.clean_env`` is the same for a
+    child's environment); cwd in tmp_path (the default SQLite file lands there)."""
     for var in [v for v in os.environ if v.startswith("CRONQUEUE_")]:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("COLUMNS", "100")
     return tmp_path
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0,
+             interval: float = 0.05) -> bool:
+    """Transitional (tests not yet on ``helpers.wait_until``): true once ``predicate`` is."""
+    try:
+        helpers.wait_until(predicate, timeout, interval=interval)
+    except AssertionError:
+        return False
+    return True
 
 
 def run_main(argv: list[str]) -> int:
@@ -184,16 +205,11 @@ def run_main(argv: list[str]) -> int:
         return int(exc.code or 0)
 
 
-def cronqueue_cmd(*args: str) -> list[str]:
-    """argv that runs the installed ``cronqueue`` CLI with this interpreter."""
-    return [sys.executable, "-m", "cronqueue", *args]
-
-
 def run_cli(*args: str, db_url: str, task_dir: Path, log_dir: Path, timeout: float = 120,
             env: dict[str, str] | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, **(env or {})}
-    full_env.pop("CRONQUEUE_CONFIG", None)
+    """``cronqueue ARGS --db … --task-dir … --log-dir …`` in a clean environment (plus ``env``)."""
     return subprocess.run(
         cronqueue_cmd(*args, "--db", db_url, "--task-dir", str(task_dir), "--log-dir",
                       str(log_dir)),
-        capture_output=True, text=True, timeout=timeout, env=full_env, check=False, **kw)
+        capture_output=True, text=True, timeout=timeout, env=helpers.clean_env(**(env or {})),
+        check=False, **kw)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 
 from cronqueue import Queue, Status
-from tests.conftest import run_cli, write_script
+from tests.conftest import run_cli
+from tests.helpers import clean_env, cronqueue_cmd, write_script
 
 
 def test_add_work_status_round_trip(db_url: str, task_dir: Path, log_dir: Path) -> None:
@@ -56,6 +56,7 @@ def test_add_work_status_round_trip(db_url: str, task_dir: Path, log_dir: Path) 
     assert json.loads(cli("stats", "--json").stdout)["total"] == 0
 
 
+@pytest.mark.any_backend  # refused before any statement
 def test_bad_usage_exits_2_with_one_line(db_url: str, task_dir: Path, log_dir: Path) -> None:
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return run_cli(*args, db_url=db_url, task_dir=task_dir, log_dir=log_dir)
@@ -99,10 +100,9 @@ def test_hand_inserted_row_runs(queue: Queue, db_url: str, task_dir: Path,
 
 
 def test_demo_runs_offline(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRONQUEUE_")}
-    res = subprocess.run([sys.executable, "-m", "cronqueue", "demo", "--dir",
-                          str(tmp_path / "demo")], capture_output=True, text=True, timeout=120,
-                         env=env, cwd=tmp_path, check=False)
+    res = subprocess.run(cronqueue_cmd("demo", "--dir", str(tmp_path / "demo")),
+                         capture_output=True, text=True, timeout=120, env=clean_env(),
+                         cwd=tmp_path, check=False)
     assert res.returncode == 0, res.stdout + res.stderr
     assert re.search(r"\d+ done, 1 failed, 0 pending, 0 running", res.stdout)
     assert (tmp_path / "demo" / "demo.db").exists()

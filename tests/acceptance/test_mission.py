@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 
 from cronqueue import Queue, Status
 from cronqueue.config import load_config
-from tests.conftest import wait_for, write_script
+from tests.helpers import clean_env, cronqueue_cmd, holds_for, wait_gone, wait_until, write_script
 
 TOTAL = 3
 
@@ -48,10 +47,10 @@ add = {{ taskscript = "record.sh", param = {{ recurring = true }}, priority = 9 
 
 
 def _mission(config: Path, now: datetime) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRONQUEUE_")}
-    return subprocess.Popen([sys.executable, "-m", "cronqueue", "mission", "--config",
-                             str(config), "--now", now.isoformat()],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(cronqueue_cmd("mission", "--config", str(config), "--now",
+                                          now.isoformat()),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=clean_env())
 
 
 def _starts(log_dir: Path) -> Counter[str]:
@@ -79,7 +78,8 @@ def test_ten_concurrent_missions_start_each_shard_once(db_url: str, task_dir: Pa
     for m in missions:
         _out, err = m.communicate(timeout=60)
         assert m.returncode == 0, err
-    assert wait_for(lambda: q.stats()["pending"] == 0 and not _alive_workers(q), 60)
+    wait_until(lambda: q.stats()["pending"] == 0 and not _alive_workers(q), 60,
+               lambda: f"drained, no shard alive: {q.stats()}")
 
     starts = _starts(log_dir)
     assert starts == {f"drain:{i}": 1 for i in range(TOTAL)}, starts
@@ -105,38 +105,39 @@ def test_running_shard_is_not_started_again_and_kill_9_frees_it(
 
     first = _mission(config, tick)
     assert first.wait(timeout=60) == 0
-    assert wait_for(lambda: _alive_workers(q) == list(range(TOTAL)))
+    wait_until(lambda: _alive_workers(q) == list(range(TOTAL)), 30, "every shard alive")
 
     second = _mission(config, tick + timedelta(minutes=1))
     _out, err = second.communicate(timeout=60)
     assert second.returncode == 0
     assert "still running 0,1,2" in err
-    time.sleep(1)
-    assert _starts(log_dir) == {f"drain:{i}": 1 for i in range(TOTAL)}
+    # No second start of any shard: nothing may happen for a while.
+    holds_for(lambda: _starts(log_dir) == {f"drain:{i}": 1 for i in range(TOTAL)}, 1.0,
+              lambda: f"each shard started once: {_starts(log_dir)}")
 
     victim = next(w for w in q.workers() if w.shard == 1)
     os.kill(victim.pid, signal.SIGKILL)
-    assert wait_for(lambda: not Path(f"/proc/{victim.pid}").exists()
-                     or "Z" in Path(f"/proc/{victim.pid}/stat").read_text().split(")")[-1][:3])
+    wait_gone(victim.pid, 30, "the killed shard gone")
 
     third = _mission(config, tick + timedelta(minutes=2))
     _out, err = third.communicate(timeout=60)
     assert third.returncode == 0
     assert "started shards 1; still running 0,2" in err, err
-    assert wait_for(lambda: _starts(log_dir)["drain:1"] == 2)
+    wait_until(lambda: _starts(log_dir)["drain:1"] == 2, 30, "shard 1 started again")
     assert {w.shard for w in q.workers() if w.alive} == {0, 1, 2}
     q.stop_workers()
-    assert wait_for(lambda: not _alive_workers(q), 30)
+    wait_until(lambda: not _alive_workers(q), 30, "every shard stopped")
 
 
 @pytest.mark.slow
+@pytest.mark.any_backend  # what it adds is cron running the line; missions: tests above
 def test_real_cron_daemon_drains_tasks(db_url: str, task_dir: Path, log_dir: Path,
                                        tmp_path: Path) -> None:
     cron = shutil.which("cron") or "/usr/sbin/cron"
     if not os.path.exists(cron):
         pytest.fail("the cron daemon is not installed (apt-get install cron; .ci/run does)")
     if subprocess.run(["pgrep", "-x", "cron"], capture_output=True, check=False).returncode:
-        subprocess.run([cron], check=True)
+        subprocess.run([cron], check=True)  # none runs: start one (it is never stopped)
     ledger = tmp_path / "ran.txt"
     write_script(task_dir, "record.sh", f'echo "$CRONQUEUE_TASK_ID" >> "{ledger}"\n')
     config = _config(tmp_path, db_url, task_dir, log_dir, max_seconds=20)
@@ -149,16 +150,20 @@ def test_real_cron_daemon_drains_tasks(db_url: str, task_dir: Path, log_dir: Pat
     line = next(x for x in line.splitlines() if not x.startswith("#"))
     # The line `cronqueue crontab` prints is crontab.example with this installation's paths.
     assert line.startswith("* * * * * cd ") and " mission --config " in line
+    # The user's own crontab keeps its lines meanwhile (ours is added), and comes back as it was.
     saved = subprocess.run(["crontab", "-l"], capture_output=True, text=True, check=False)
+    mine = saved.stdout if saved.returncode == 0 else ""
+    mine += "" if mine.endswith("\n") or not mine else "\n"
+    (tmp_path / "crontab.saved").write_text(mine)  # should the test be killed half-way
     try:
-        subprocess.run(["crontab", "-"], input=line + "\n", text=True, check=True)
-        assert wait_for(lambda: ledger.exists() and set(map(int, ledger.read_text().split()))
-                         >= set(ids), timeout=150), (log_dir / "mission.log").read_text()
+        subprocess.run(["crontab", "-"], input=mine + line + "\n", text=True, check=True)
+        wait_until(lambda: ledger.exists() and set(map(int, ledger.read_text().split()))
+                   >= set(ids), 150, lambda: (log_dir / "mission.log").read_text())
     finally:
         if saved.returncode == 0:
             subprocess.run(["crontab", "-"], input=saved.stdout, text=True, check=True)
         else:
             subprocess.run(["crontab", "-r"], check=False)
     q.stop_workers()
-    assert wait_for(lambda: not _alive_workers(q), 30)
+    wait_until(lambda: not _alive_workers(q), 30, "every shard stopped")
     assert "mission=drain" in (log_dir / "mission.log").read_text()

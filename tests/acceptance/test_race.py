@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cronqueue import Queue, Status
-from tests.conftest import cronqueue_cmd, write_script
+from tests.helpers import clean_env, cronqueue_cmd, write_script
 
 TASKS = 2000
 TOTAL = 4
@@ -37,7 +37,7 @@ def test_racing_shards_run_every_task_exactly_once(queue: Queue, db_url: str, ta
             cronqueue_cmd("work", "--total", str(TOTAL), "--shard", str(shard), "--batch", "25",
                           "--db", db_url, "--task-dir", str(task_dir), "--log-dir",
                           str(log_dir)),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
         for shard in SHARDS
     ]
     outputs = [p.communicate(timeout=600) for p in procs]

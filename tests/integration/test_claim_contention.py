@@ -16,7 +16,8 @@ from cronqueue import Queue, Status
 from cronqueue.config import load_config
 from cronqueue.shard.loop import Shard
 from cronqueue.store.engine import make_engine
-from tests.conftest import BACKENDS, write_script
+from tests.conftest import BACKENDS
+from tests.helpers import write_script
 
 
 @pytest.mark.skipif("mariadb" not in BACKENDS, reason="CRONQUEUE_TEST_BACKENDS excludes it")
@@ -32,6 +33,8 @@ def test_burst_shard_waits_out_a_row_locked_by_another_claimer(
     conn.execute(text("SELECT id FROM queue WHERE id = :id FOR UPDATE"), {"id": task_id})
 
     def release_soon() -> None:
+        # The lock is held for a while (no event to wait for: the shard's first claim must
+        # find the row locked and skip it), then released.
         time.sleep(0.3)
         tx.rollback()
 

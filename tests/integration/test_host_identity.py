@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from cronqueue import Queue, Status
-from tests.conftest import cronqueue_cmd, get_task, process_gone, wait_for, write_script
+from tests.conftest import get_task
+from tests.helpers import clean_env, cronqueue_cmd, wait_gone, wait_until, write_script
 
 NS = ["unshare", "--pid", "--fork", "--mount-proc"]
 
@@ -23,7 +24,7 @@ def _in_namespace(*args: str, db_url: str, task_dir: Path, log_dir: Path,
                   config: Path | None = None) -> subprocess.Popen[str]:
     """``cronqueue ARGS`` as pid 1 of a new pid namespace (a "host" sharing our hostname)."""
     extra = ["--config", str(config)] if config else []
-    env = {k: v for k, v in os.environ.items() if k != "CRONQUEUE_CONFIG"}
+    env = clean_env()
     return subprocess.Popen(
         [*NS, *cronqueue_cmd(*args, "--db", db_url, "--task-dir", str(task_dir), "--log-dir",
                              str(log_dir), *extra)],
@@ -65,7 +66,7 @@ def test_a_neighbour_namespace_under_our_hostname_does_not_rescue_live_shards(
     ids = [queue.add("t.sh", {"n": i}) for i in range(20)]
     host_a = _in_namespace("work", db_url=db_url, task_dir=task_dir, log_dir=log_dir)
     try:
-        assert wait_for(lambda: _runs(ledger), timeout=60), host_a.stderr
+        wait_until(lambda: _runs(ledger), 60, "host A ran a task")
         rescues = []
         while host_a.poll() is None:  # host B's mission ticks while A works
             rescues += [line for line in _mission(db_url=db_url, task_dir=task_dir,
@@ -96,19 +97,20 @@ def test_a_killed_namespace_is_rescued_by_its_lease(
     host_a = _in_namespace("work", db_url=db_url, task_dir=task_dir, log_dir=log_dir,
                            config=config)
     try:
-        assert wait_for(lambda: get_task(queue, task_id).started_at is not None, timeout=60)
+        wait_until(lambda: get_task(queue, task_id).started_at is not None, 60,
+                   "the task started")
         init = _namespace_init(host_a.pid)
         assert init is not None
         os.kill(init, signal.SIGKILL)  # the whole "host" dies
         host_a.communicate(timeout=30)
-        assert wait_for(lambda: process_gone(init), timeout=10)
+        wait_gone(init, 10, "the namespace's init gone")
         lease_until = get_task(queue, task_id).lease_until
         assert lease_until is not None
         kw = {"db_url": db_url, "task_dir": task_dir, "log_dir": log_dir, "config": config}
         assert "outcome=" not in _mission(**kw)  # its lease still runs
         task = get_task(queue, task_id)
         assert task.status is Status.RUNNING and task.lease_until == lease_until
-        assert wait_for(lambda: datetime.now(UTC) > lease_until, timeout=30)
+        wait_until(lambda: datetime.now(UTC) > lease_until, 30, "the lease run out")
         rescued_at = datetime.now(UTC)
         log = _mission(**kw)
         assert f"task={task_id} " in log and "outcome=retried" in log, log

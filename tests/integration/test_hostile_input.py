@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,8 @@ from cronqueue import InvalidTask, Queue, Status, Task
 from cronqueue.config import load_config
 from cronqueue.shard.loop import Shard, ShardReport
 from cronqueue.store.schema import queue_table
-from tests.conftest import cronqueue_cmd, run_cli, write_script
+from tests.conftest import run_cli
+from tests.helpers import clean_env, cronqueue_cmd, kill_leftovers, process_gone, write_script
 
 GOOD_SH = 'echo "$CRONQUEUE_TASK_ID" >> good.log\necho good\n'
 
@@ -53,20 +53,6 @@ def insert_row(q: Queue, taskscript: str, param: str) -> int:
         res = conn.execute(text("INSERT INTO queue (taskscript, param) VALUES (:t, :p)"),
                            {"t": taskscript, "p": param})
         return int(res.lastrowid)
-
-
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("CRONQUEUE_")}
-
-
-def pid_alive(pid: int) -> bool:
-    """Alive and not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            stat = fh.read()
-    except FileNotFoundError:
-        return False
-    return stat[stat.rfind(")") + 2:].split()[0] not in ("Z", "X")
 
 
 # -- hand-inserted rows -----------------------------------------------------------------------
@@ -190,6 +176,7 @@ HOSTILE_TASKSCRIPTS = ["../../bin/sh", "../" * 12 + "bin/sh", "/bin/sh", "x;id",
                        "", "a/", "a//b.sh"]
 
 
+@pytest.mark.any_backend  # refused before any statement
 @pytest.mark.parametrize("taskscript", HOSTILE_TASKSCRIPTS,
                          ids=[repr(t) for t in HOSTILE_TASKSCRIPTS])
 def test_add_refuses_hostile_taskscripts(queue: Queue, taskscript: str) -> None:
@@ -204,6 +191,7 @@ def test_add_refuses_hostile_taskscripts(queue: Queue, taskscript: str) -> None:
     assert count_rows(queue) == 0
 
 
+@pytest.mark.any_backend  # refused before any statement
 @pytest.mark.parametrize("param", [
     "p" * 300_000, "h" * 7_000_000, {"blob": "x" * 131_070}, float("nan"), {1, 2}, object(),
     "lone \ud800 surrogate",
@@ -294,10 +282,11 @@ def daemon_pid_file(task_dir: Path) -> Iterator[Path]:
     path = task_dir / "daemon.pid"
     yield path
     if path.exists():
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(path.read_text()), signal.SIGKILL)
+        with contextlib.suppress(ValueError):
+            kill_leftovers([int(path.read_text())])
 
 
+@pytest.mark.any_backend  # the runner's
 def test_task_that_leaves_a_daemon_behind(queue: Queue, db_url: str, task_dir: Path,
                                           log_dir: Path, daemon_pid_file: Path) -> None:
     write_script(task_dir, "daemon.py", DAEMON_PY)
@@ -307,7 +296,7 @@ def test_task_that_leaves_a_daemon_behind(queue: Queue, db_url: str, task_dir: P
     report = burst(db_url, task_dir, log_dir)
     # The shard is back before the daemon's 30 s are over: it did not wait for it.
     daemon_pid = int(daemon_pid_file.read_text())
-    assert pid_alive(daemon_pid)
+    assert not process_gone(daemon_pid)
     assert report.outcomes == {daemon: "done", good: "done"}
     task = get(queue, daemon)
     assert task.status is Status.DONE and task.exit_code == 0

@@ -8,12 +8,10 @@ database on the real port."""
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,9 +20,9 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from cronqueue import DatabaseError, Queue, Status, Task
-from tests.conftest import BACKENDS, cronqueue_cmd, wait_for, write_script
+from tests.conftest import BACKENDS
 from tests.conftest import get_task as get
-from tests.conftest import process_gone as pid_dead
+from tests.helpers import Procs, cronqueue_cmd, holds_for, process_gone, wait_until, write_script
 
 NEEDS_MARIADB = pytest.mark.skipif("mariadb" not in BACKENDS,
                                    reason="CRONQUEUE_TEST_BACKENDS excludes it")
@@ -127,20 +125,6 @@ def proxy(db_url: str) -> Iterator[Proxy]:
     p.close()
 
 
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-
-
-
-
 def write_config(tmp_path: Path, **worker: float) -> Path:
     path = tmp_path / "cronqueue.toml"
     path.write_text("[worker]\n" + "".join(f"{k} = {v!r}\n" for k, v in worker.items()))
@@ -148,16 +132,12 @@ def write_config(tmp_path: Path, **worker: float) -> Path:
 
 
 def start_work(url: str, task_dir: Path, log_dir: Path, tmp_path: Path, config: Path,
-               procs: list[subprocess.Popen[bytes]], *extra: str,
+               procs: Procs, *extra: str,
                name: str = "work") -> tuple[subprocess.Popen[bytes], Path]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRONQUEUE_")}
     err = tmp_path / f"{name}.stderr"
-    proc = subprocess.Popen(
-        cronqueue_cmd("work", "--db", url, "--task-dir", str(task_dir), "--log-dir",
-                      str(log_dir), "--config", str(config), *extra),
-        stdin=subprocess.DEVNULL, stdout=err.open("wb"), stderr=subprocess.STDOUT, env=env,
-        cwd=tmp_path)
-    procs.append(proc)
+    proc = procs.start(cronqueue_cmd("work", "--db", url, "--task-dir", str(task_dir),
+                                     "--log-dir", str(log_dir), "--config", str(config), *extra),
+                       log=err, cwd=tmp_path)
     return proc, err
 
 
@@ -168,7 +148,7 @@ def wait_running(q: Queue, task_id: int, proc: subprocess.Popen[bytes], err: Pat
         task = get(q, task_id)
         return task.status is Status.RUNNING and task.started_at is not None
 
-    assert wait_for(started, timeout=60), err.read_text()
+    wait_until(started, 60, lambda: f"task {task_id} running: {err.read_text()}")
     return get(q, task_id)
 
 
@@ -183,7 +163,7 @@ def lines_with(err: Path, words: str) -> list[str]:
 @ON_MARIADB
 def test_outcome_written_once_the_database_is_back(
         queue: Queue, db_url: str, task_dir: Path, log_dir: Path, tmp_path: Path,
-        proxy: Proxy, procs: list[subprocess.Popen[bytes]]) -> None:
+        proxy: Proxy, procs: Procs) -> None:
     write_script(task_dir, "nap.sh", "echo ran >> ledger.log\nsleep 2\ntouch finished\n")
     task_id = queue.add("nap.sh", max_attempts=3)
     config = write_config(tmp_path, outage_wait=60)
@@ -191,9 +171,10 @@ def test_outcome_written_once_the_database_is_back(
     wait_running(queue, task_id, proc, err)
     proxy.pause()
     # The task finishes during the outage; the shard cannot write its outcome.
-    assert wait_for(lambda: (task_dir / "finished").exists(), timeout=30)
-    time.sleep(1.0)
-    assert proc.poll() is None, err.read_text()  # waiting, not giving up
+    wait_until(lambda: (task_dir / "finished").exists(), 30, "the task finished")
+    wait_until(lambda: lines_with(err, "database unavailable"), 30, err.read_text)
+    # Waiting, not giving up: nothing may happen for a while.
+    holds_for(lambda: proc.poll() is None, 1.0, err.read_text)
     assert get(queue, task_id).status is Status.RUNNING
     proxy.resume()
     assert proc.wait(timeout=60) == 0, err.read_text()
@@ -213,7 +194,7 @@ def test_outcome_written_once_the_database_is_back(
 @ON_MARIADB
 def test_burst_shard_gives_up_after_outage_wait_and_loses_nothing(
         queue: Queue, db_url: str, task_dir: Path, log_dir: Path, tmp_path: Path,
-        proxy: Proxy, procs: list[subprocess.Popen[bytes]]) -> None:
+        proxy: Proxy, procs: Procs) -> None:
     write_script(task_dir, "ok.sh", 'echo "$CRONQUEUE_TASK_ID" >> ledger.log\n')
     ids = [queue.add("ok.sh", i) for i in range(3)]
     config = write_config(tmp_path, outage_wait=2)
@@ -246,7 +227,7 @@ def test_burst_shard_gives_up_after_outage_wait_and_loses_nothing(
 @ON_MARIADB
 def test_heartbeat_extends_the_lease_and_stops_the_task_before_it_runs_out(
         queue: Queue, db_url: str, task_dir: Path, log_dir: Path, tmp_path: Path,
-        proxy: Proxy, procs: list[subprocess.Popen[bytes]]) -> None:
+        proxy: Proxy, procs: Procs) -> None:
     lease, heartbeat = 3, 0.5
     write_script(task_dir, "long.sh", "echo ran >> ledger.log\nsleep 30 &\n"
                                       "echo $! > sleep.pid\nwait\n")
@@ -255,22 +236,23 @@ def test_heartbeat_extends_the_lease_and_stops_the_task_before_it_runs_out(
     proc, err = start_work(proxy.url(db_url), task_dir, log_dir, tmp_path, config, procs)
     running = wait_running(queue, task_id, proc, err)
     assert running.started_at is not None and running.lease_until is not None
-    assert wait_for(lambda: (task_dir / "sleep.pid").exists(), timeout=30)
+    wait_until(lambda: (task_dir / "sleep.pid").exists(), 30, "sleep.pid written")
     sleep_pid = int((task_dir / "sleep.pid").read_text())
+    procs.track(sleep_pid)
 
     # The lease keeps moving forward, past what the claim alone gave.
     first = get(queue, task_id).lease_until
     assert first is not None
-    assert wait_for(lambda: get(queue, task_id).lease_until > first,  # type: ignore[operator]
-                    timeout=10)
+    wait_until(lambda: get(queue, task_id).lease_until > first,  # type: ignore[operator]
+               10, "the lease extended")
     initial_end = running.started_at + timedelta(seconds=lease)
-    assert wait_for(lambda: get(queue, task_id).lease_until  # type: ignore[operator]
-                    > initial_end + timedelta(seconds=1), timeout=10)
-    assert not pid_dead(sleep_pid)
+    wait_until(lambda: get(queue, task_id).lease_until  # type: ignore[operator]
+               > initial_end + timedelta(seconds=1), 10, "the lease past the claim's")
+    assert not process_gone(sleep_pid)
 
     # The database goes away: the shard kills its task before its lease can run out.
     proxy.pause()
-    assert wait_for(lambda: pid_dead(sleep_pid), timeout=30, interval=0.02), err.read_text()
+    wait_until(lambda: process_gone(sleep_pid), 30, err.read_text)
     killed_at = datetime.now(UTC)
     # Before the lease the row shows (its last extension) ran out, so before anyone else could
     # rescue the task: it never runs in two places.
@@ -279,9 +261,9 @@ def test_heartbeat_extends_the_lease_and_stops_the_task_before_it_runs_out(
     assert task.lease_until is not None and killed_at < task.lease_until, \
         (killed_at, task.lease_until, err.read_text())
 
-    # The outcome (killed, back to pending) waits for the database, however long it is away.
-    time.sleep(2)
-    assert proc.poll() is None, err.read_text()
+    # The outcome (killed, back to pending) waits for the database, however long it is away:
+    # nothing may happen for a while.
+    holds_for(lambda: proc.poll() is None, 2.0, err.read_text)
     proxy.resume()
     assert proc.wait(timeout=60) == 0, err.read_text()
     task = get(queue, task_id)
@@ -324,7 +306,7 @@ def test_add_through_an_outage_raises_database_error_and_inserts_nothing(
 
 def test_stop_grace_kills_and_returns_the_task(
         queue: Queue, db_url: str, task_dir: Path, log_dir: Path, tmp_path: Path,
-        procs: list[subprocess.Popen[bytes]]) -> None:
+        procs: Procs) -> None:
     write_script(task_dir, "long.sh", "echo ran >> ledger.log\nsleep 30 &\n"
                                       "echo $! > sleep.pid\nwait\n")
     task_id = queue.add("long.sh", max_attempts=3)
@@ -332,12 +314,13 @@ def test_stop_grace_kills_and_returns_the_task(
     config = write_config(tmp_path, stop_grace=1)
     proc, err = start_work(db_url, task_dir, log_dir, tmp_path, config, procs)
     wait_running(queue, task_id, proc, err)
-    assert wait_for(lambda: (task_dir / "sleep.pid").exists(), timeout=30)
+    wait_until(lambda: (task_dir / "sleep.pid").exists(), 30, "sleep.pid written")
     sleep_pid = int((task_dir / "sleep.pid").read_text())
+    procs.track(sleep_pid)
     proc.send_signal(signal.SIGTERM)  # once
     # stop_grace is 1 s; the task would need 30 s: the shard does not wait for it.
     assert proc.wait(timeout=20) == 0, err.read_text()
-    assert pid_dead(sleep_pid)
+    assert process_gone(sleep_pid)
     task = get(queue, task_id)
     assert task.status is Status.PENDING, (task, err.read_text())
     assert task.attempts == 0

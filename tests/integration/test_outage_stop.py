@@ -14,7 +14,7 @@ import pytest
 
 from cronqueue import Queue, Status
 from tests.conftest import get_task as get
-from tests.conftest import wait_for, write_script
+from tests.helpers import Procs, wait_until, write_script
 
 # The helpers and fixtures of the outage tests (a real `cronqueue work`, a cuttable proxy).
 from tests.integration.test_outage import (  # noqa: F401 - fixtures
@@ -22,7 +22,6 @@ from tests.integration.test_outage import (  # noqa: F401 - fixtures
     ON_MARIADB,
     Proxy,
     lines_with,
-    procs,
     proxy,
     start_work,
     write_config,
@@ -58,15 +57,14 @@ def _stop_and_time(proc: subprocess.Popen[bytes], err: Path, sig: signal.Signals
 ], ids=["mariadb", "mariadb-entry", "sqlite"])
 def test_first_stop_ends_a_shard_whose_database_is_down_at_start(
         down: str, extra: tuple[str, ...], sig: signal.Signals, tmp_path: Path,
-        procs: list[subprocess.Popen[bytes]]) -> None:  # noqa: F811
+        procs: Procs) -> None:
     url = (f"mysql+pymysql://root@127.0.0.1:{_unused_port()}/cq" if down == "mariadb"
            else f"sqlite:///{tmp_path / 'missing' / 'queue.db'}")
     task_dir = tmp_path / "tasks"
     task_dir.mkdir()
     proc, err = start_work(url, task_dir, tmp_path / "logs", tmp_path, write_config(tmp_path),
                            procs, "--total", "2", "--shard", "1", *extra)
-    assert wait_for(lambda: lines_with(err, "database unavailable during"), timeout=60), \
-        err.read_text()
+    wait_until(lambda: lines_with(err, "database unavailable during"), 60, err.read_text)
     elapsed = _stop_and_time(proc, err, sig)
     assert proc.returncode == 0, err.read_text()
     assert elapsed < WITHIN, f"{elapsed:.1f}s: {err.read_text()}"
@@ -77,16 +75,15 @@ def test_first_stop_ends_a_shard_whose_database_is_down_at_start(
 @ON_MARIADB
 def test_first_stop_ends_a_polling_shard_during_an_outage(
         queue: Queue, db_url: str, task_dir: Path, log_dir: Path, tmp_path: Path,
-        proxy: Proxy, procs: list[subprocess.Popen[bytes]]) -> None:  # noqa: F811
+        proxy: Proxy, procs: Procs) -> None:  # noqa: F811
     """The database goes away while a shard with a budget polls an empty queue: its claim
     waits for the database (on 0.1.0 until the budget ran out), a first TERM ends it."""
     config = write_config(tmp_path, poll_interval=0.05)
     proc, err = start_work(proxy.url(db_url), task_dir, log_dir, tmp_path, config, procs,
                            "--max-seconds", "600")
-    assert wait_for(lambda: lines_with(err, "start queues="), timeout=60), err.read_text()
+    wait_until(lambda: lines_with(err, "start queues="), 60, err.read_text)
     proxy.pause()
-    assert wait_for(lambda: lines_with(err, "database unavailable during claim"),
-                    timeout=60), err.read_text()
+    wait_until(lambda: lines_with(err, "database unavailable during claim"), 60, err.read_text)
     elapsed = _stop_and_time(proc, err, signal.SIGTERM)
     assert proc.returncode == 0, err.read_text()
     assert elapsed < WITHIN, f"{elapsed:.1f}s: {err.read_text()}"
@@ -97,21 +94,19 @@ def test_first_stop_ends_a_polling_shard_during_an_outage(
 @ON_MARIADB
 def test_first_stop_still_waits_for_outcomes_it_holds(
         queue: Queue, db_url: str, task_dir: Path, log_dir: Path, tmp_path: Path,
-        proxy: Proxy, procs: list[subprocess.Popen[bytes]]) -> None:  # noqa: F811
+        proxy: Proxy, procs: Procs) -> None:  # noqa: F811
     """What the first stop must not give up: a finished task's outcome not yet written. The
     shard says it waits for it, writes it when the database is back, and the task ran once."""
     write_script(task_dir, "nap.sh", "echo ran >> ledger.log\nsleep 1\n")
     task_id = queue.add("nap.sh", max_attempts=3)
     config = write_config(tmp_path, outage_wait=60)
     proc, err = start_work(proxy.url(db_url), task_dir, log_dir, tmp_path, config, procs)
-    assert wait_for(lambda: (task_dir / "ledger.log").exists(), timeout=60), err.read_text()
+    wait_until(lambda: (task_dir / "ledger.log").exists(), 60, err.read_text)
     proxy.pause()
-    assert wait_for(lambda: lines_with(err, "database unavailable during record"),
-                    timeout=60), err.read_text()
+    wait_until(lambda: lines_with(err, "database unavailable during record"), 60, err.read_text)
     proc.send_signal(signal.SIGTERM)
-    assert wait_for(lambda: lines_with(err, "stopping: waiting for the database to record "
-                                            "first (stop again to exit without)"),
-                    timeout=30), err.read_text()
+    wait_until(lambda: lines_with(err, "stopping: waiting for the database to record first "
+                                       "(stop again to exit without)"), 30, err.read_text)
     assert proc.poll() is None, err.read_text()
     assert get(queue, task_id).status is Status.RUNNING
     proxy.resume()

@@ -34,7 +34,8 @@ from cronqueue.config import load_config
 from cronqueue.mission.tick import Mission
 from cronqueue.process.identity import host_identity
 from cronqueue.shard.loop import Shard
-from tests.conftest import AsText, insert_raw, run_main, write_script
+from tests.conftest import AsText, insert_raw, run_main
+from tests.helpers import write_script
 
 EXAMPLES = int(os.environ.get("CRONQUEUE_PROPERTY_EXAMPLES", "30"))
 INT_MAX = 2**31 - 1

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,17 +17,11 @@ from sqlalchemy import text
 from cronqueue import Queue, Status, Task
 from cronqueue.config import load_config
 from cronqueue.shard.loop import Shard, ShardReport
-from tests.conftest import Clock, cronqueue_cmd, write_script
+from tests.conftest import Clock
 from tests.conftest import get_task as get
-from tests.conftest import process_gone as process_dead
+from tests.helpers import Procs, cronqueue_cmd, holds_for, process_gone, wait_until, write_script
 
 T0 = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
-
-
-
-
-
-
 
 
 def make_shard(db_url: str, task_dir: Path, log_dir: Path, clock: Any = None, *,
@@ -150,6 +143,7 @@ sleep 30
 """
 
 
+@pytest.mark.any_backend  # the runner's kill; the row as for any failure
 def test_timeout_kills_the_process_group(db_url: str, task_dir: Path, log_dir: Path,
                                          cq: Queue, clock: Clock) -> None:
     write_script(task_dir, "slow.sh", TIMEOUT_SH)
@@ -162,7 +156,7 @@ def test_timeout_kills_the_process_group(db_url: str, task_dir: Path, log_dir: P
     assert task.exit_code != 0
     assert "started" in (task.output or "")
     grandchild = int((task_dir / "grandchild.pid").read_text())
-    assert process_dead(grandchild)
+    assert process_gone(grandchild)
 
     clock.set(task.run_at)
     report = make_shard(db_url, task_dir, log_dir, clock, kill_grace=0.5).run()
@@ -170,9 +164,10 @@ def test_timeout_kills_the_process_group(db_url: str, task_dir: Path, log_dir: P
     task = get(cq, task_id)
     assert task.status is Status.FAILED and task.attempts == 2
     assert (task.error or "").startswith("ProcessTimeoutError")
-    assert process_dead(int((task_dir / "grandchild.pid").read_text()))
+    assert process_gone(int((task_dir / "grandchild.pid").read_text()))
 
 
+@pytest.mark.any_backend  # the runner's kill
 def test_timeout_kills_a_script_that_ignores_term(db_url: str, task_dir: Path, log_dir: Path,
                                                   cq: Queue, clock: Clock) -> None:
     write_script(task_dir, "stubborn.sh",
@@ -183,7 +178,7 @@ def test_timeout_kills_a_script_that_ignores_term(db_url: str, task_dir: Path, l
     task = get(cq, task_id)
     assert task.status is Status.FAILED
     assert (task.error or "").startswith("ProcessTimeoutError")
-    assert process_dead(int((task_dir / "grandchild.pid").read_text()))
+    assert process_gone(int((task_dir / "grandchild.pid").read_text()))
 
 
 # -- output -----------------------------------------------------------------------------------
@@ -234,6 +229,7 @@ def test_script_sees_param_env_and_cwd(db_url: str, task_dir: Path, log_dir: Pat
 # -- scripts that cannot run ------------------------------------------------------------------
 
 
+@pytest.mark.any_backend  # the runner's refusal
 def test_symlink_out_of_task_dir_fails_at_once(db_url: str, task_dir: Path, log_dir: Path,
                                                tmp_path: Path, cq: Queue, clock: Clock) -> None:
     outside = tmp_path / "outside"
@@ -269,6 +265,7 @@ def test_missing_script_is_retried(db_url: str, task_dir: Path, log_dir: Path, c
     assert get(cq, task_id).status is Status.DONE
 
 
+@pytest.mark.any_backend  # the runner's
 def test_how_scripts_are_started(db_url: str, task_dir: Path, log_dir: Path, cq: Queue,
                                  clock: Clock) -> None:
     write_script(task_dir, "direct.job", "#!/bin/sh\necho direct\n", mode=0o755)
@@ -372,15 +369,12 @@ def test_delayed_tasks_wait(db_url: str, task_dir: Path, log_dir: Path, cq: Queu
 # -- the real command: stopping and time budgets ----------------------------------------------
 
 
-def start_worker(db_url: str, task_dir: Path, log_dir: Path, tmp_path: Path,
+def start_worker(procs: Procs, db_url: str, task_dir: Path, log_dir: Path, tmp_path: Path,
                  *extra: str) -> tuple[subprocess.Popen[bytes], Path]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRONQUEUE_")}
     err = tmp_path / "worker.stderr"
-    proc = subprocess.Popen(
-        cronqueue_cmd("work", "--db", db_url, "--task-dir", str(task_dir), "--log-dir",
-                      str(log_dir), "--batch", "10", *extra),
-        stdin=subprocess.DEVNULL, stdout=err.open("wb"), stderr=subprocess.STDOUT, env=env,
-        cwd=tmp_path)
+    proc = procs.start(cronqueue_cmd("work", "--db", db_url, "--task-dir", str(task_dir),
+                                     "--log-dir", str(log_dir), "--batch", "10", *extra),
+                       log=err, cwd=tmp_path)
     return proc, err
 
 
@@ -392,36 +386,24 @@ def wait_for_running(q: Queue, proc: subprocess.Popen[bytes], err: Path, task_di
     """The task whose script is running now (``started_at`` is set for a whole window of
     tasks before the first one runs: the scripts themselves tell)."""
     marker = task_dir / "started.txt"
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        if marker.exists() and (lines := marker.read_text().split()):
-            task = q.get(int(lines[-1]))
-            assert task is not None and task.status is Status.RUNNING
-            return task
+
+    def started() -> list[str]:
         if proc.poll() is not None:
             pytest.fail(f"worker exited early ({proc.returncode}): {err.read_text()}")
-        time.sleep(0.02)
-    proc.kill()
-    pytest.fail(f"no task started: {err.read_text()}")
+        return marker.read_text().split() if marker.exists() else []
 
-
-@pytest.fixture
-def reaper() -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    lines = wait_until(started, limit, lambda: f"a task started: {err.read_text()}")
+    task = q.get(int(lines[-1]))
+    assert task is not None and task.status is Status.RUNNING
+    return task
 
 
 def test_sigterm_finishes_current_task_and_releases_the_rest(
         db_url: str, task_dir: Path, log_dir: Path, tmp_path: Path, queue: Queue,
-        reaper: list[subprocess.Popen[bytes]]) -> None:
+        procs: Procs) -> None:
     write_script(task_dir, "nap.sh", STARTED + "sleep 2\n")
     ids = [queue.add("nap.sh", i) for i in range(4)]
-    proc, err = start_worker(db_url, task_dir, log_dir, tmp_path)
-    reaper.append(proc)
+    proc, err = start_worker(procs, db_url, task_dir, log_dir, tmp_path)
     running = wait_for_running(queue, proc, err, task_dir)
     assert running.id == ids[0]
     proc.send_signal(signal.SIGTERM)
@@ -443,17 +425,17 @@ def test_sigterm_finishes_current_task_and_releases_the_rest(
 
 def test_second_sigterm_kills_and_returns_the_task(
         db_url: str, task_dir: Path, log_dir: Path, tmp_path: Path, queue: Queue,
-        reaper: list[subprocess.Popen[bytes]]) -> None:
+        procs: Procs) -> None:
     write_script(task_dir, "long.sh", STARTED + "sleep 30 &\necho $! > sleep.pid\nwait\n")
     task_id = queue.add("long.sh", max_attempts=3)
     other = queue.add("long.sh")
-    proc, err = start_worker(db_url, task_dir, log_dir, tmp_path)
-    reaper.append(proc)
+    proc, err = start_worker(procs, db_url, task_dir, log_dir, tmp_path)
     running = wait_for_running(queue, proc, err, task_dir)
     assert running.id == task_id
     proc.send_signal(signal.SIGTERM)
-    time.sleep(0.3)  # two signals delivered at once would be handled as one
-    assert proc.poll() is None  # the first TERM waits for the task
+    # Two signals delivered at once would be handled as one, and the first TERM shows nothing
+    # to wait for: it waits for the task, so nothing may happen for a while.
+    holds_for(lambda: proc.poll() is None, 0.3, err.read_text)
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=20)
     task = get(queue, task_id)
@@ -461,17 +443,16 @@ def test_second_sigterm_kills_and_returns_the_task(
     assert task.attempts == 0
     assert task.claim_token is None
     assert (task.error or "").startswith("ProcessInterruptedError")
-    assert process_dead(int((task_dir / "sleep.pid").read_text()))
+    assert process_gone(int((task_dir / "sleep.pid").read_text()))
     task = get(queue, other)
     assert task.status is Status.PENDING and task.attempts == 0 and task.claim_token is None
 
 
 def test_sigterm_while_idle_polling_exits_cleanly(
         db_url: str, task_dir: Path, log_dir: Path, tmp_path: Path, queue: Queue,
-        reaper: list[subprocess.Popen[bytes]]) -> None:
+        procs: Procs) -> None:
     write_script(task_dir, "ok.sh", "echo ok\n")
-    proc, err = start_worker(db_url, task_dir, log_dir, tmp_path, "--max-seconds", "120")
-    reaper.append(proc)
+    proc, err = start_worker(procs, db_url, task_dir, log_dir, tmp_path, "--max-seconds", "120")
     # Wait until the shard is up and polling: it runs a first task.
     first = queue.add("ok.sh")
     assert queue.wait(first, timeout=60).status is Status.DONE  # type: ignore[union-attr]
@@ -482,13 +463,12 @@ def test_sigterm_while_idle_polling_exits_cleanly(
 
 
 def test_max_seconds_keeps_polling(db_url: str, task_dir: Path, log_dir: Path, tmp_path: Path,
-                                   queue: Queue, reaper: list[subprocess.Popen[bytes]]) -> None:
+                                   queue: Queue, procs: Procs) -> None:
     write_script(task_dir, "ok.sh", "echo ok\n")
     started = time.monotonic()
-    proc, err = start_worker(db_url, task_dir, log_dir, tmp_path, "--max-seconds", "3")
-    reaper.append(proc)
-    time.sleep(1)
-    assert proc.poll() is None, err.read_text()
+    proc, err = start_worker(procs, db_url, task_dir, log_dir, tmp_path, "--max-seconds", "3")
+    # Idle, it keeps polling: nothing may happen for a while.
+    holds_for(lambda: proc.poll() is None, 1.0, err.read_text)
     task_id = queue.add("ok.sh")
     assert proc.wait(timeout=30) == 0, err.read_text()
     elapsed = time.monotonic() - started

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from cronqueue.forkserver.client import Env, ForkServer, ForkServerError
-from tests.conftest import process_gone, wait_for
+from tests.helpers import process_gone, wait_until
 
 PYTHON = shlex.split(os.environ.get("CRONQUEUE_TEST_FORKSERVER_PYTHON", "")) or [sys.executable]
 TIMEOUT = 10.0
@@ -82,7 +82,7 @@ def alive(pid: int) -> bool:
 
 def read_pids(path: Path, count: int) -> list[int]:
     """Pids a task writes to ``path``, one a line, once it has written ``count`` of them."""
-    assert wait_for(lambda: path.exists() and len(path.read_text().split()) >= count, 5.0)
+    assert wait_until(lambda: path.exists() and len(path.read_text().split()) >= count, 5.0)
     return [int(x) for x in path.read_text().split()]
 
 
@@ -354,7 +354,7 @@ def test_group_kill_on_timeout_kills_grandchildren(server: ForkServer, tmp_path:
         task.signal_group(signal.SIGTERM)
         assert task.wait(TIMEOUT) == -signal.SIGTERM
     # the leader died of TERM: what was left of its group got KILL before it was reaped
-    assert wait_for(lambda: process_gone(term_dies) and process_gone(term_ignored), 2.0)
+    assert wait_until(lambda: process_gone(term_dies) and process_gone(term_ignored), 2.0)
     task.signal_group(signal.SIGKILL)  # reaped: a no-op, never a signal to a reused pgid
 
 
@@ -368,7 +368,7 @@ def test_leader_ignoring_term_gets_kill(server: ForkServer, tmp_path: Path) -> N
     with tempfile.TemporaryFile() as out:
         task = server.spawn(str(path), [], env=task_env(), cwd=str(tmp_path), stdin=-3,
                             stdout=out)
-        assert wait_for(lambda: os.pread(out.fileno(), 10, 0) == b"ready\n", 5.0)
+        assert wait_until(lambda: os.pread(out.fileno(), 10, 0) == b"ready\n", 5.0)
         task.signal_group(signal.SIGTERM)
         with pytest.raises(subprocess.TimeoutExpired):
             task.wait(0.2)
@@ -385,7 +385,7 @@ def test_leftovers_of_a_finished_task_are_killed(server: ForkServer, tmp_path: P
         """)
     assert run_fork(server, path) == (0, "")
     (leftover,) = read_pids(pids, 1)
-    assert wait_for(lambda: process_gone(leftover), 2.0)
+    assert wait_until(lambda: process_gone(leftover), 2.0)
 
 
 def test_fileno_becomes_readable_when_the_task_exits(server: ForkServer,
@@ -462,7 +462,7 @@ def test_close_kills_a_running_task_group(tmp_path: Path) -> None:
     fs.spawn(str(path), [], env=task_env(), cwd=str(tmp_path), stdin=-3, stdout=1)
     leader, grandchild = read_pids(pids, 2)
     fs.close()
-    assert wait_for(lambda: process_gone(leader) and process_gone(grandchild), 2.0)
+    assert wait_until(lambda: process_gone(leader) and process_gone(grandchild), 2.0)
 
 
 def test_preload_failure_is_a_start_error() -> None:
@@ -487,7 +487,7 @@ def test_server_killed_task_lost_and_dies(server: ForkServer, tmp_path: Path) ->
     with tempfile.TemporaryFile() as out:
         task = server.spawn(str(path), [], env=task_env(), cwd=str(tmp_path), stdin=-3,
                             stdout=out)
-        assert wait_for(lambda: os.pread(out.fileno(), 3, 0) == b"up\n", 5.0)
+        assert wait_until(lambda: os.pread(out.fileno(), 3, 0) == b"up\n", 5.0)
         old_pid = server.pid
         assert old_pid is not None
         os.kill(old_pid, signal.SIGKILL)
@@ -496,7 +496,7 @@ def test_server_killed_task_lost_and_dies(server: ForkServer, tmp_path: Path) ->
             task.wait(TIMEOUT)
         with pytest.raises(ForkServerError):
             task.signal_group(signal.SIGTERM)
-    assert wait_for(lambda: process_gone(task.pid), 2.0)  # PR_SET_PDEATHSIG
+    assert wait_until(lambda: process_gone(task.pid), 2.0)  # PR_SET_PDEATHSIG
     assert not server.running
     with pytest.raises(ForkServerError, match="died"):
         server.spawn(str(path), [], env=task_env(), cwd=str(tmp_path), stdin=-3, stdout=1)
@@ -519,7 +519,7 @@ def test_server_terminated_kills_the_task_group(server: ForkServer, tmp_path: Pa
     os.kill(server.pid, signal.SIGTERM)  # a stop, not a crash: it cleans up
     with pytest.raises(ForkServerError, match="lost"):
         task.wait(TIMEOUT)
-    assert wait_for(lambda: process_gone(leader) and process_gone(grandchild), 2.0)
+    assert wait_until(lambda: process_gone(leader) and process_gone(grandchild), 2.0)
 
 
 CLIENT = """
@@ -562,7 +562,7 @@ def test_client_killed_kills_task_and_server(tmp_path: Path) -> None:
     assert all(alive(pid) for pid in (server_pid, task_pid, grandchild))
     client.kill()
     client.wait()
-    assert wait_for(lambda: all(process_gone(pid) for pid in (server_pid, task_pid,
+    assert wait_until(lambda: all(process_gone(pid) for pid in (server_pid, task_pid,
                                                                grandchild)), 2.0)
 
 
@@ -571,6 +571,7 @@ def test_signals_to_the_shard_group_miss_server_and_task(tmp_path: Path) -> None
     try:
         os.killpg(client.pid, signal.SIGINT)
         os.killpg(client.pid, signal.SIGTERM)
+        # The signals must miss them: nothing may happen for a while.
         time.sleep(0.3)
         assert client.poll() is None
         assert all(alive(pid) for pid in (server_pid, task_pid, grandchild))
@@ -579,7 +580,7 @@ def test_signals_to_the_shard_group_miss_server_and_task(tmp_path: Path) -> None
         assert client.stdin is not None
         client.stdin.close()  # the client closes the fork server: task group killed
         client.wait(TIMEOUT)
-    assert wait_for(lambda: all(process_gone(pid) for pid in (server_pid, task_pid,
+    assert wait_until(lambda: all(process_gone(pid) for pid in (server_pid, task_pid,
                                                                grandchild)), 2.0)
 
 
@@ -613,7 +614,7 @@ def aged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp_path = tmp_path_factory.mktemp("aged")
     paths = {name: script(tmp_path, body, f"{name.replace('-', '_')}.py")
              for name, (body, _) in CACHED.items()}
-    time.sleep(2.1)
+    time.sleep(2.1)  # a wait on the clock itself (ctime cannot be set back): no event to watch
     return paths
 
 
@@ -675,25 +676,25 @@ def waiting_children(fs: ForkServer) -> list[int]:
 def test_children_wait_ahead_and_die_with_the_server(tmp_path: Path) -> None:
     fs = ForkServer(PYTHON, env=task_env())
     fs.start()
-    assert wait_for(lambda: len(waiting_children(fs)) == 2, 5.0)
+    assert wait_until(lambda: len(waiting_children(fs)) == 2, 5.0)
     children = waiting_children(fs)
     for pid in children:
         assert os.getsid(pid) == pid  # set up ahead: own session, nothing of the shard's
     fs.close()
-    assert wait_for(lambda: all(process_gone(pid) for pid in children), 2.0)
+    assert wait_until(lambda: all(process_gone(pid) for pid in children), 2.0)
 
     fs.start()
-    assert wait_for(lambda: len(waiting_children(fs)) == 2, 5.0)
+    assert wait_until(lambda: len(waiting_children(fs)) == 2, 5.0)
     children = waiting_children(fs)
     assert fs.pid is not None
     os.kill(fs.pid, signal.SIGKILL)
-    assert wait_for(lambda: all(process_gone(pid) for pid in children), 2.0)  # PDEATHSIG
+    assert wait_until(lambda: all(process_gone(pid) for pid in children), 2.0)  # PDEATHSIG
     fs.close()
 
 
 def test_waiting_children_killed_are_replaced(server: ForkServer, tmp_path: Path) -> None:
     path = script(tmp_path, "import os; print('ran')")
-    assert wait_for(lambda: len(waiting_children(server)) == 2, 5.0)
+    assert wait_until(lambda: len(waiting_children(server)) == 2, 5.0)
     for pid in waiting_children(server):
         os.kill(pid, signal.SIGKILL)
     assert run_fork(server, path) == (0, "ran\n")

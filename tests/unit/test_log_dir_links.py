@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,16 +18,8 @@ from cronqueue.mission.tick import detached_launcher
 from cronqueue.process.logfiles import LogFileRefused, open_in_log_dir
 from cronqueue.shard.guard import ShardGuard
 from cronqueue.shard.proof import WorkerLock
-from cronqueue.store.engine import make_engine
 
 URL = "sqlite:////tmp/cq-links-test.db"
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    eng = make_engine("sqlite:///" + str(tmp_path / "g.db"))
-    yield eng
-    eng.dispose()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ URL, the config's repr, a process's /proc files); statements are cut to the serv
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from cronqueue.config import Config, load_config
 from cronqueue.errors import ConfigError, InvalidTask
 from cronqueue.store import packet
 from cronqueue.store.engine import normalize_url, redact
+from tests.helpers import clean_env
 
 PW = "Qv7Wk3pJx"  # (a word no repr holds otherwise)
 FORMS = {
@@ -104,8 +104,8 @@ print("still-usable" if same else "")
 def test_conceal_overwrites_the_url_in_the_process_start_memory(tmp_path: Path) -> None:
     """What /proc/PID/environ and /proc/PID/cmdline show (to a task reading its parent's)."""
     url = f"mysql://cq:p@ss@{PW}@db/app?passwd={PW}"
-    env = {**os.environ, "CRONQUEUE_DB_URL": f"mysql://cq:{PW}@db/app",
-           "URL_SHA256": hashlib.sha256(url.encode()).hexdigest()}
+    env = clean_env(CRONQUEUE_DB_URL=f"mysql://cq:{PW}@db/app",
+                    URL_SHA256=hashlib.sha256(url.encode()).hexdigest())
     res = subprocess.run([sys.executable, "-c", CONCEAL, "--db", url], env=env,
                          capture_output=True, timeout=60, check=True)
     out = res.stdout.decode("utf-8", "replace")

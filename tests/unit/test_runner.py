@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from cronqueue.errors import (
 )
 from cronqueue.model import Status, Task
 from cronqueue.process.runner import Runner, RunResult
+from tests.helpers import Procs, wait_gone, write_script
 
 T0 = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
 GRACE = 0.5
@@ -39,36 +39,6 @@ def make_task(taskscript: str, param: str = "null", *, task_id: int = 7,
         unique_key=None, active_key=None, worker_host="testhost", worker_pid=os.getpid(),
         worker_pid_start=None, claim_token="t" * 32, lease_until=T0, started_at=T0,
         finished_at=None, exit_code=None, error=None, output=None)
-
-
-def write_script(task_dir: Path, name: str, body: str, mode: int = 0o644) -> Path:
-    path = task_dir / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(body, encoding="utf-8")
-    path.chmod(mode)
-    return path
-
-
-def is_gone(pid: int) -> bool:
-    """No such process, or only a zombie left for its reaper (it runs no more)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
-
-
-def wait_gone(pid: int, limit: float = 5.0) -> bool:
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        if is_gone(pid):
-            return True
-        time.sleep(0.05)
-    return is_gone(pid)
 
 
 def read_pid(path: Path) -> int:
@@ -89,17 +59,6 @@ def command(runner: Runner, taskscript: str) -> list[str]:
 @pytest.fixture
 def runner(task_dir: Path, log_dir: Path) -> Runner:
     return Runner(task_dir, log_dir, kill_grace=GRACE)
-
-
-@pytest.fixture
-def reap() -> Iterator[list[int]]:
-    """Pids to SIGKILL at teardown if a failing test left them running."""
-    pids: list[int] = []
-    yield pids
-    for pid in pids:
-        if not is_gone(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, 9)
 
 
 def run(runner: Runner, taskscript: str, param: str = "null", *, timeout: float | None = 60,
@@ -218,7 +177,15 @@ def test_exit_0_is_ok(runner: Runner, task_dir: Path) -> None:
     assert not result.permanent
     assert not result.interrupted
     assert result.output == "fine\n"
-    assert result.duration >= 0
+
+
+def test_duration_is_the_scripts_run_time(runner: Runner, task_dir: Path) -> None:
+    write_script(task_dir, "nap.sh", "sleep 0.3\n")
+    started = time.monotonic()
+    result = run(runner, "nap.sh")
+    elapsed = time.monotonic() - started
+    assert result.ok, result
+    assert 0.3 <= result.duration <= elapsed, (result.duration, elapsed)
 
 
 def test_exit_3_is_a_process_exit_failure(runner: Runner, task_dir: Path) -> None:
@@ -242,12 +209,12 @@ def test_killed_by_signal_is_a_signaled_failure(runner: Runner, task_dir: Path) 
 
 
 def test_timeout_kills_the_whole_process_group(runner: Runner, task_dir: Path,
-                                               reap: list[int]) -> None:
+                                               procs: Procs) -> None:
     write_script(task_dir, "slow.sh",
                  "echo before\nsleep 300 &\necho $! > child.pid\nwait\necho never\n")
     result = run(runner, "slow.sh", timeout=2)
     child = read_pid(task_dir / "child.pid")
-    reap.append(child)
+    procs.track(child)
     assert isinstance(result.failure, ProcessTimeoutError)
     assert not result.ok
     assert not result.permanent
@@ -255,44 +222,44 @@ def test_timeout_kills_the_whole_process_group(runner: Runner, task_dir: Path,
     assert result.returncode != 0
     assert "before" in result.output
     assert "never" not in result.output
-    assert wait_gone(child), f"grandchild {child} survived the timeout"
+    wait_gone(child, 5, f"grandchild {child} gone after the timeout")
 
 
 def test_timeout_escalates_to_kill_when_term_is_ignored(runner: Runner, task_dir: Path,
-                                                        reap: list[int]) -> None:
+                                                        procs: Procs) -> None:
     write_script(task_dir, "stubborn.sh",
                  "trap '' TERM\nsleep 300 &\necho $! > child.pid\nwait\nwait\n")
     result = run(runner, "stubborn.sh", timeout=2)
     child = read_pid(task_dir / "child.pid")
-    reap.append(child)
+    procs.track(child)
     assert isinstance(result.failure, ProcessTimeoutError)
     assert result.returncode == -9
-    assert wait_gone(child), f"grandchild {child} survived SIGKILL of the group"
+    wait_gone(child, 5, f"grandchild {child} gone with the SIGKILL of the group")
 
 
 def test_background_child_does_not_hang_the_runner_and_is_killed(
-        runner: Runner, task_dir: Path, reap: list[int]) -> None:
+        runner: Runner, task_dir: Path, procs: Procs) -> None:
     write_script(task_dir, "daemon.sh",
                  "sleep 300 &\necho $! > child.pid\necho launched\nexit 0\n")
     result = run(runner, "daemon.sh", timeout=30)
     child = read_pid(task_dir / "child.pid")
-    reap.append(child)
+    procs.track(child)
     assert result.ok, result  # a hang would have ended in ProcessTimeoutError
     assert result.output == "launched\n"
-    assert wait_gone(child), f"leftover child {child} of the script's group still runs"
+    wait_gone(child, 5, f"leftover child {child} of the script's group gone")
 
 
-def test_abort_interrupts_the_script(runner: Runner, task_dir: Path, reap: list[int]) -> None:
+def test_abort_interrupts_the_script(runner: Runner, task_dir: Path, procs: Procs) -> None:
     write_script(task_dir, "long.sh",
                  "sleep 300 &\necho $! > child.pid\ntouch started\nwait\n")
     started = task_dir / "started"
     result = run(runner, "long.sh", timeout=60, abort=started.exists)
     child = read_pid(task_dir / "child.pid")
-    reap.append(child)
+    procs.track(child)
     assert result.interrupted
     assert isinstance(result.failure, ProcessInterruptedError)
     assert not result.ok
-    assert wait_gone(child)
+    wait_gone(child, 5, f"child {child} gone after the abort")
 
 
 # -- output ------------------------------------------------------------------------------------

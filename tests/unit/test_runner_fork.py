@@ -22,8 +22,8 @@ from cronqueue.errors import (
     ProcessTimeoutError,
 )
 from cronqueue.process.runner import Runner, RunResult
-from tests.conftest import wait_for
-from tests.unit.test_runner import is_gone, make_task, write_script
+from tests.helpers import wait_gone, wait_until, write_script
+from tests.unit.test_runner import make_task
 
 MODES = ["exec", "fork"]
 
@@ -104,7 +104,7 @@ def test_timeout_kills_the_whole_group(runner: Runner) -> None:
     assert isinstance(result.failure, ProcessTimeoutError)
     assert time.monotonic() - started < 10
     child = int((runner.task_dir / "child.pid").read_text())
-    assert wait_for(lambda: is_gone(child), timeout=5)
+    wait_gone(child, 5, "the task's child gone after the timeout")
 
 
 def test_abort_interrupts(runner: Runner) -> None:
@@ -160,11 +160,11 @@ def test_shard_killed_kills_forked_task(tmp_path: Path) -> None:
         "r.run(make_task('hang.py'), attempt=1, timeout=None)\n")
     shard = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[2])
     pid_file = task_dir / "pid"
-    assert wait_for(lambda: pid_file.exists() and pid_file.read_text(), timeout=30)
+    wait_until(lambda: pid_file.exists() and pid_file.read_text(), 30, "the task started")
     task_pid = int(pid_file.read_text())
     os.kill(shard.pid, signal.SIGKILL)
     shard.wait()
-    assert wait_for(lambda: is_gone(task_pid), timeout=10)
+    wait_gone(task_pid, 10, "the forked task gone with its shard")
 
 
 def test_executable_py_with_shebang_takes_the_exec_path(tmp_path: Path) -> None:

@@ -24,8 +24,8 @@ import pytest
 
 from cronqueue.errors import ScriptNotRunnable
 from cronqueue.process.runner import Runner, RunResult
-from tests.conftest import wait_for
-from tests.unit.test_runner import GRACE, make_task, write_script
+from tests.helpers import wait_until, write_script
+from tests.unit.test_runner import GRACE, make_task
 
 ROOT = Path(__file__).resolve().parents[2]
 NOBODY = 65534
@@ -111,7 +111,8 @@ def test_racer_swapping_a_directory_for_a_link_out_never_wins(
     (task_dir / "dl").symlink_to(tmp_path / "out" / "d")
     racer = subprocess.Popen([sys.executable, "-c", RACER, str(task_dir)])
     try:
-        wait_for(lambda: (task_dir / "racer.started").exists() or racer.poll() is not None)
+        wait_until(lambda: (task_dir / "racer.started").exists() or racer.poll() is not None,
+                   30, "the racer started")
         assert racer.poll() is None, "racer died"
         # 300 runs, and on until each state was met 10 times (most walks meet the link: a
         # refusal is quick, and the racer may sit in one state while the machine is loaded).

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
-from collections.abc import Iterator
-
-import pytest
 
 from cronqueue.process.identity import pid_start_ticks
 from cronqueue.process.watchdog import _GROUP, RUN_VAR, Watchdog
+from tests.helpers import Procs, wait_until
 
 
 def _run(task_id: int, attempt: int, token: bytes | None = None) -> subprocess.Popen[bytes]:
@@ -31,27 +28,13 @@ def _shard_dies(wd: Watchdog) -> None:
     wd._proc.wait(timeout=10)
 
 
-def _gone(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            return True
-        time.sleep(0.01)
-    return False
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+def _gone(proc: subprocess.Popen[bytes]) -> bool:
+    """It exits (reaped here, its parent), within 5 s."""
+    return wait_until(lambda: proc.poll() is not None, 5, f"pid {proc.pid} gone")
 
 
 def test_a_run_started_but_not_yet_watched_dies_with_the_shard(
-        procs: list[subprocess.Popen[bytes]]) -> None:
+        procs: Procs) -> None:
     """The shard died between spawning the script and writing its group to the slot: the
     processes carrying the run's token die, and only they."""
     wd = Watchdog()
@@ -60,7 +43,9 @@ def test_a_run_started_but_not_yet_watched_dies_with_the_shard(
     run = _run(4242, 3, token)
     earlier = _run(4242, 2)  # an older run of the same task (e.g. orphaned elsewhere): not ours
     other = _run(4243, 3)
-    procs += [run, earlier, other]
+    procs.track(run)
+    procs.track(earlier)
+    procs.track(other)
     _shard_dies(wd)
     assert _gone(run)
     assert run.returncode == -9
@@ -68,7 +53,7 @@ def test_a_run_started_but_not_yet_watched_dies_with_the_shard(
 
 
 def test_a_neighbours_run_with_the_same_task_id_and_attempt_survives(
-        procs: list[subprocess.Popen[bytes]]) -> None:
+        procs: Procs) -> None:
     """Another installation on the host runs its own task 4242, attempt 3 (0.1.0 killed it:
     it matched on CRONQUEUE_TASK_ID and CRONQUEUE_ATTEMPT)."""
     wd, theirs = Watchdog(), Watchdog()
@@ -77,7 +62,9 @@ def test_a_neighbours_run_with_the_same_task_id_and_attempt_survives(
     run = _run(4242, 3, token)
     neighbour = _run(4242, 3, theirs.arm())
     bare = _run(4242, 3)
-    procs += [run, neighbour, bare]
+    procs.track(run)
+    procs.track(neighbour)
+    procs.track(bare)
     wd.watch(run.pid)
     _shard_dies(wd)
     assert _gone(run)
@@ -86,25 +73,25 @@ def test_a_neighbours_run_with_the_same_task_id_and_attempt_survives(
     assert _gone(neighbour)
 
 
-def test_a_watched_group_dies_with_the_shard(procs: list[subprocess.Popen[bytes]]) -> None:
+def test_a_watched_group_dies_with_the_shard(procs: Procs) -> None:
     wd = Watchdog()
     assert wd.start()
     wd.arm()
     run = subprocess.Popen(["sleep", "60"], start_new_session=True)  # no token to find
-    procs.append(run)
+    procs.track(run)
     wd.watch(run.pid)
     _shard_dies(wd)
     assert _gone(run)
 
 
-def test_a_reused_group_id_is_left_alone(procs: list[subprocess.Popen[bytes]]) -> None:
+def test_a_reused_group_id_is_left_alone(procs: Procs) -> None:
     """The slot names a group whose leader is now another process (its pid was reused: the
     start time differs) and which does not carry the token: not ours."""
     wd = Watchdog()
     assert wd.start()
     wd.arm()
     stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
-    procs.append(stranger)
+    procs.track(stranger)
     ticks = pid_start_ticks(stranger.pid)
     assert ticks is not None and wd._slot is not None
     _GROUP.pack_into(wd._slot, 0, stranger.pid, ticks - 1)
@@ -112,12 +99,12 @@ def test_a_reused_group_id_is_left_alone(procs: list[subprocess.Popen[bytes]]) -
     assert stranger.poll() is None
 
 
-def test_nothing_is_killed_once_the_run_is_over(procs: list[subprocess.Popen[bytes]]) -> None:
+def test_nothing_is_killed_once_the_run_is_over(procs: Procs) -> None:
     wd = Watchdog()
     assert wd.start()
     token = wd.arm()
     run = _run(99, 1, token)
-    procs.append(run)
+    procs.track(run)
     wd.watch(run.pid)
     wd.watch(0)  # reaped, as far as the shard knows: the slot is cleared
     _shard_dies(wd)
