@@ -20,23 +20,20 @@ The migrations are the SQL files of ``store/migrations/`` (see its docstring); t
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import socket
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, inspect, select, text, update
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy import Connection, Engine, inspect, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateTable
 
 from cronqueue.errors import ConfigError, DatabaseError
 from cronqueue.store.engine import redact, transaction
+from cronqueue.store.migrate_lock import Session, locked
 from cronqueue.store.migrations import Migration, load, newest, set_for
 from cronqueue.store.migrations.shape import Placement, place
 from cronqueue.store.schema import UtcNow, ddl_metadata, migrations_table, record_sql
@@ -158,8 +155,10 @@ def read_state(conn: Connection) -> State:
                        str(row["applied_by"]), int(row["statements_done"]),
                        bool(int(row["complete"])))
         except (TypeError, ValueError):
+            r = None
+        if r is None or r.version < 1:
             raise SchemaVersionError(f"cronqueue_migrations: a row that is not a migration "
-                                     f"record (version {row['version']!r})") from None
+                                     f"record (version {row['version']!r})")
         records[r.version] = r
     return State(migrations, records, None if records else place(conn))
 
@@ -247,11 +246,11 @@ def require_current(engine: Engine) -> int:
 
 
 def explain_failed_write(engine: Engine, exc: BaseException) -> None:
-    """After a write failed on a missing column or table: raise the ``SchemaVersionError`` that
-    says why, when the schema is not current. Returns otherwise (the caller re-raises)."""
+    """After a write failed on a missing column (one added by a migration the database lacks):
+    raise the ``SchemaVersionError`` that says why, when the schema is not current. Returns
+    otherwise (the caller re-raises); a missing table stays the database error it is."""
     cause = exc if isinstance(exc, DBAPIError) else exc.__cause__
-    if not isinstance(cause, DBAPIError) or not (
-            _missing(cause, "column") or _missing(cause, "table")):
+    if not isinstance(cause, DBAPIError) or not _missing(cause, "column"):
         return
     try:
         require_current(engine)
@@ -273,24 +272,10 @@ def _missing(exc: DBAPIError, what: str) -> bool:
 
 # -- applying ---------------------------------------------------------------------------------
 
-@dataclass
-class _Session:
-    """A connection that holds the migration lock. ``atomic``: one transaction for it all
-    (SQLite); else each step is committed as it completes (MySQL/MariaDB DDL commits anyway)."""
-
-    conn: Connection
-    atomic: bool
-    who: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
-
-    def checkpoint(self) -> None:
-        if not self.atomic:
-            self.conn.commit()
-
-
 def upgrade(engine: Engine, to: int | None = None) -> Outcome:
     """Bring the database to version ``to`` (default: the newest); see the module docstring."""
     def run() -> Outcome:
-        with _locked(engine) as s:
+        with locked(engine) as s:
             state = read_state(s.conn)
             target = state.target(to)  # refused before anything is written
             if state.records is None:
@@ -319,13 +304,13 @@ def _bootstrapped() -> Any:
     return mt
 
 
-def _record(s: _Session, m: Migration, done: int, *, complete: bool, by: str) -> None:
+def _record(s: Session, m: Migration, done: int, *, complete: bool, by: str) -> None:
     s.conn.execute(mt.insert().values(version=m.version, name=m.name, checksum=m.checksum,
                                       applied_by=by[:255], statements_done=done,
                                       complete=int(complete)))
 
 
-def _apply(s: _Session, m: Migration, interrupted: Record | None) -> None:
+def _apply(s: Session, m: Migration, interrupted: Record | None) -> None:
     began = time.monotonic()
     resume = interrupted if interrupted is not None and interrupted.version == m.version else None
     start = resume.statements_done if resume is not None else 0
@@ -361,77 +346,6 @@ def _already_done(exc: DBAPIError) -> bool:
     orig = exc.orig
     code = orig.args[0] if orig is not None and orig.args else None
     return code in _DONE_CODES or any(t in str(orig).lower() for t in _DONE_TEXTS)
-
-
-@contextmanager
-def _locked(engine: Engine) -> Iterator[_Session]:
-    with engine.connect() as conn:
-        if engine.dialect.name == "sqlite":
-            _begin_immediate(conn)
-            try:
-                yield _Session(conn, atomic=True)
-                conn.commit()
-            except BaseException:
-                conn.rollback()
-                raise
-            return
-        name = lock_name(conn)
-        _get_lock(conn, name)
-        try:
-            yield _Session(conn, atomic=False)
-            conn.commit()
-        finally:
-            with suppress(DBAPIError):
-                conn.rollback()
-                conn.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": name})
-                conn.commit()
-
-
-def lock_name(conn: Connection) -> str:
-    """The MySQL/MariaDB named lock of one database's migrations (names are server-wide,
-    at most 64 characters): the same from every host, whatever name it uses for the server."""
-    database = conn.execute(text("SELECT DATABASE()")).scalar()
-    conn.commit()
-    return "cronqueue:migrate:" + hashlib.sha256(str(database).encode()).hexdigest()[:40]
-
-
-def _get_lock(conn: Connection, name: str) -> None:
-    wait = 0
-    while True:
-        got = conn.execute(text("SELECT GET_LOCK(:name, :wait)"),
-                           {"name": name, "wait": wait}).scalar()
-        conn.commit()
-        if got == 1:
-            return
-        if got is None:
-            raise DatabaseError("GET_LOCK failed for the migration lock")
-        if wait == 0:
-            log.info("waiting for the migration lock: another `cronqueue migrate` is running "
-                     "on this database")
-        wait = 5
-
-
-def _begin_immediate(conn: Connection) -> None:
-    """SQLite: take the write lock (``BEGIN IMMEDIATE``, by the engine's begin hook), saying
-    once that it waits for another writer."""
-    raw: Any = conn.connection.dbapi_connection
-    before = raw.execute("PRAGMA busy_timeout").fetchone()[0]
-    raw.execute("PRAGMA busy_timeout = 1000")
-    told = False
-    try:
-        while True:
-            try:
-                conn.begin()
-                return
-            except OperationalError as exc:
-                if "locked" not in str(exc.orig).lower() and "busy" not in str(exc.orig).lower():
-                    raise
-                if not told:
-                    log.info("waiting for the migration lock: another `cronqueue migrate` (or a "
-                             "writer) holds the database")
-                    told = True
-    finally:
-        raw.execute(f"PRAGMA busy_timeout = {int(before)}")
 
 
 def _wrap(engine: Engine, call: Callable[[], T]) -> T:
