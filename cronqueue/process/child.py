@@ -4,8 +4,9 @@ timeout and kill logic.
 * :class:`ExecChild` — a ``subprocess.Popen`` child (its own session and process group). Exit
   is seen through a pidfd and left unreaped (``WNOWAIT``) until the rest of the group has been
   killed, so a process group id the runner signals is never another process's.
-* :class:`ForkedChild` — a child of the Python fork server (forkserver.py), which applies the
-  same rule on its side: signals go through it and it reaps only after the group kill.
+* :class:`ForkedChild` — a child of the Python fork server (cronqueue/forkserver/), which
+  applies the same rule on its side: signals go through it and it reaps only after the group
+  kill.
 """
 
 from __future__ import annotations
@@ -102,6 +103,4 @@ class ForkedChild:
                 return self.task.wait()
         except self._error as exc:
             self.lost = str(exc)
-        finally:
-            self.task.close()
         return -int(signal.SIGKILL)  # the server's death took the task (PR_SET_PDEATHSIG)

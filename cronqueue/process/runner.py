@@ -111,7 +111,9 @@ class Runner:
         self.kill_grace = kill_grace
         self.max_log_bytes = max_log_bytes
         self.python_fork = python_fork
-        self.python_preload = list(python_preload)
+        if python_preload:
+            log.warning("worker.python_preload is obsolete and ignored: the fork server "
+                        "preloads no modules")
         self._forkserver: ForkServer | None = None  # started on first use
         self._which: dict[str, str | None] = {}
         # Encoded once: subprocess would encode every variable again for every task.
@@ -325,9 +327,8 @@ class Runner:
 
         if self._forkserver is None:
             interp = self.interpreters[".py"]
-            self._forkserver = ForkServer(
-                [self._find(interp[0]) or interp[0], *interp[1:]], preload=self.python_preload,
-                env=self._base_env)
+            self._forkserver = ForkServer([self._find(interp[0]) or interp[0], *interp[1:]],
+                                          env=self._base_env)
         try:
             code_fd = os.open(f"/proc/self/fd/{script.fd}", os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:

@@ -179,3 +179,51 @@ def test_executable_py_with_shebang_takes_the_exec_path(tmp_path: Path) -> None:
         assert runner._forkserver is None
     finally:
         runner.close()
+
+
+def test_a_fork_server_that_cannot_start_leaves_tasks_to_the_exec_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr("cronqueue.forkserver.client.SERVER_SCRIPT", str(tmp_path / "gone.py"))
+    task_dir = tmp_path / "tasks"
+    task_dir.mkdir()
+    runner = Runner(task_dir, tmp_path / "logs", python_fork=True)
+    try:
+        write_script(task_dir, "t.py", "import os, sys\nprint(os.getppid(), sys.argv[1])\n")
+        result = run(runner, "t.py", '"p"')
+        assert result.ok, result.output
+        assert result.output.split() == [str(os.getpid()), '"p"']  # our child: the exec path
+        assert "fork server unavailable" in caplog.text and "the exec way" in caplog.text
+    finally:
+        runner.close()
+
+
+def test_a_task_that_kills_the_fork_server_at_once_runs_once(tmp_path: Path) -> None:
+    """The child runs the task's code only once the shard was told it started: the server's
+    death is then the task's failure, never a reason to run it again the exec way."""
+    task_dir = tmp_path / "tasks"
+    task_dir.mkdir()
+    runner = Runner(task_dir, tmp_path / "logs", python_fork=True)
+    try:
+        write_script(task_dir, "ok.py", "pass\n")
+        assert run(runner, "ok.py").ok
+        assert runner._forkserver is not None and runner._forkserver.pid is not None
+        write_script(task_dir, "kill.py", (
+            "import os, signal\n"
+            "open('ran', 'a').write('x')\n"
+            f"os.kill({runner._forkserver.pid}, signal.SIGKILL)\n"
+            "import time\ntime.sleep(30)\n"))
+        result = run(runner, "kill.py")
+        assert isinstance(result.failure, ProcessSignaledError), result
+        assert "fork server" in str(result.failure)
+        assert (task_dir / "ran").read_text() == "x"
+    finally:
+        runner.close()
+
+
+def test_python_preload_is_ignored_and_said_so(tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """worker.python_preload stays accepted (a config naming it still loads), but the fork
+    server preloads nothing: the shard says so."""
+    runner = Runner(tmp_path, tmp_path / "logs", python_fork=True, python_preload=["json"])
+    runner.close()
+    assert "python_preload is obsolete and ignored" in caplog.text
