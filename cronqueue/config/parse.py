@@ -25,11 +25,12 @@ from cronqueue.config.settings import (
     WorkerConfig,
     parse_age,
 )
+from cronqueue.config.web import web_from_mapping
 from cronqueue.errors import ConfigError, InvalidTask
 from cronqueue.spec import build_spec, check_queue
 
 TOP_KEYS = {"db_url", "task_dir", "log_dir", "timezone", "interpreters", "worker", "retention",
-             "mission"}
+             "mission", "web"}
 
 
 def from_mapping(data: Mapping[str, Any], base: Path, source: Path | None,
@@ -55,6 +56,8 @@ def from_mapping(data: Mapping[str, Any], base: Path, source: Path | None,
         kw["worker"] = _section(WorkerConfig, "worker", _typed("worker", data["worker"], dict))
     if "retention" in data:
         kw["retention"] = _retention(_typed("retention", data["retention"], dict))
+    if "web" in data:
+        kw["web"] = web_from_mapping(_typed("web", data["web"], dict))
     if "mission" in data:
         entries = _typed("mission", data["mission"], list)
         kw["missions"] = tuple(_mission(i, e) for i, e in enumerate(entries))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from cronqueue.config.web import WebConfig
 from cronqueue.decode import INT_MAX
 from cronqueue.errors import ConfigError
 from cronqueue.retry import RetryPolicy
@@ -207,6 +208,7 @@ class Config:
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     retention: Retention = field(default_factory=Retention)
     missions: tuple[MissionEntry, ...] = ()
+    web: WebConfig = field(default_factory=WebConfig)  # [web]: the dashboard's users
     source: Path | None = None  # the file it came from, if any
     origin: Origin = field(default_factory=Origin, compare=False)
 
