@@ -91,6 +91,7 @@ class Transition(enum.StrEnum):
     RESCUED = "rescued"
     RESCUE_FAILED = "rescue_failed"
     CANCELLED = "cancelled"
+    HASTENED = "hastened"
     REQUEUED = "requeued"
     PURGED = "purged"
 
@@ -135,6 +136,7 @@ EDGES: dict[Transition, Edge] = {
         **_FINISH, "exit_code": NULL, "error": GIVEN, **_UNCLAIM, **_RELEASE_KEY}),
     Transition.CANCELLED: Edge((P,), C, "operator", Attempts.KEPT,
                                {**_FINISH, **_RELEASE_KEY}),
+    Transition.HASTENED: Edge((P,), P, "operator", Attempts.KEPT, {"run_at": NOW}),
     Transition.REQUEUED: Edge((F, C), P, "operator", Attempts.RESET, {
         "run_at": NOW, "active_key": Write.UNIQUE_KEY, **_UNCLAIM, "finished_at": NULL}),
     Transition.PURGED: Edge((D, F, C), None, "mission, operator", Attempts.KEPT, {}),

@@ -17,6 +17,7 @@ from cronqueue.process.runner import RunResult
 from cronqueue.shard.loop import Shard
 from cronqueue.states import Attempts, Transition, Write
 from cronqueue.store.claim import Claimer
+from cronqueue.store.hasten import hasten
 from cronqueue.store.repository import Finish, Flush
 from tests.conftest import Clock
 
@@ -156,11 +157,12 @@ KILLED = RunResult(-15, 0.1, "", ProcessInterruptedError("stopped"), interrupted
 def test_every_edge_writes_what_the_state_machine_says(cq: Queue, clock: Clock) -> None:
     walk = Walk(cq, clock)
 
-    # k1: retried, returned, given back, released by its shard, done, purged.
+    # k1: retried, run now, returned, given back, released by its shard, done, purged.
     one = walk.add("k1", max_attempts=3)
     walk.claim(one)
     walk.flush(Transition.STARTED, one, mark=[one])  # attempt 1
     walk.run(one, Transition.RETRY, FAIL)
+    walk.take(Transition.HASTENED, one, lambda now: hasten(cq.engine, one, now))  # run now
     walk.claim(one)
     walk.flush(Transition.STARTED, one, mark=[one])  # attempt 2
     walk.run(one, Transition.RETURNED, KILLED)  # given back: 1
