@@ -1,0 +1,45 @@
+"""Overview: tasks per queue and status, done and failed per minute, the oldest due task per
+queue, the last mission tick per host, whether the database answers, the schema version."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, render_template, request
+
+from cronqueue.errors import CronqueueError, DatabaseError
+from cronqueue.model import Status
+from cronqueue.store import migrate
+from cronqueue.store.browse import ping
+from cronqueue.web import forms
+from cronqueue.web.context import dash
+
+bp = Blueprint("overview", __name__)
+
+
+@bp.get("/")
+def index() -> Any:
+    d = dash()
+    now = d.now()
+    hours = forms.integer(request.args, "hours", low=1, high=24) or 3
+    if hours not in forms.CHART_HOURS:
+        hours = 3
+    try:
+        ping(d.queue.engine)
+    except DatabaseError as exc:
+        return render_template("overview.html", reachable=False, error=str(exc), now=now), 503
+    try:
+        state = migrate.status(d.queue.engine)
+        schema = f"{migrate.describe(state)} (this cronqueue: version {state.newest})"
+    except CronqueueError as exc:
+        schema = f"unknown: {exc}"
+    overview = d.browse.overview(now)
+    statuses = list(Status)
+    totals = {int(s): sum(c[int(s)].value for c in overview.counts.values() if int(s) in c)
+              for s in statuses}
+    capped = {int(s): any(c[int(s)].capped for c in overview.counts.values() if int(s) in c)
+              for s in statuses}
+    return render_template(
+        "overview.html", reachable=True, now=now, overview=overview, statuses=statuses,
+        totals=totals, capped=capped, chart=d.chart.chart(now, hours),
+        chart_hours=forms.CHART_HOURS, schema=schema)
