@@ -64,6 +64,15 @@ class Web:
                                               response.data.decode()[:2000])
         return str(response.data.decode())
 
+    def register_worker(self, **values: Any) -> int:
+        """A row of ``cronqueue_workers``, as a shard registers itself."""
+        from cronqueue.store.schema import workers_table
+
+        with self.queue.engine.begin() as conn:
+            key = conn.execute(workers_table.insert(), values).inserted_primary_key
+        assert key is not None
+        return int(key[0])
+
     def snapshot(self) -> dict[str, list[tuple[Any, ...]]]:
         """Every row of every table: what no GET may change."""
         with self.queue.engine.connect() as conn:

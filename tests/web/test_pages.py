@@ -278,7 +278,7 @@ def test_schedule_and_enqueue_now(make_web: Callable[..., Web]) -> None:
 
 def test_workers_and_stop(web: Web) -> None:
     now = web.clock.now
-    ids = [web.queue.store.workers.register(
+    ids = [web.register_worker(
         host="elsewhere", pid=100 + i, pid_start=1, entry="drain", shard=i, total=2,
         queues="", started_at=now, heartbeat_at=now) for i in range(2)]
     html = web.html("/workers")

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from html.parser import HTMLParser
 from datetime import timedelta
+from html.parser import HTMLParser
 from typing import Any
 
 import pytest
@@ -49,7 +49,7 @@ def _hostile_rows(w: Web) -> list[int]:
         conn.execute(update(q).where(q.c.id == running).values(
             status=int(Status.RUNNING), worker_host=PAYLOADS[1], worker_pid=1,
             started_at=w.clock.now))
-    w.queue.store.workers.register(host=PAYLOADS[0], pid=7, pid_start=1, entry=PAYLOADS[1],
+    w.register_worker(host=PAYLOADS[0], pid=7, pid_start=1, entry=PAYLOADS[1],
                                    shard=0, total=1, queues=PAYLOADS[2],
                                    started_at=w.clock.now, heartbeat_at=w.clock.now)
     return [*ids, running]
@@ -195,7 +195,7 @@ def test_no_get_changes_anything(make_web: Callable[..., Web]) -> None:
         conn.execute(update(q).where(q.c.id == task).values(
             status=int(Status.FAILED), finished_at=web.clock.now))
     web.queue.add("b.py", delay=600)
-    web.queue.store.workers.register(host="elsewhere", pid=7, pid_start=1, entry="nightly",
+    web.register_worker(host="elsewhere", pid=7, pid_start=1, entry="nightly",
                                      shard=0, total=1, queues="", started_at=web.clock.now,
                                      heartbeat_at=web.clock.now)
     before = web.snapshot()
