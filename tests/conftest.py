@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,10 +33,6 @@ from cronqueue import Queue, Task
 from cronqueue.store.engine import make_engine
 from tests import helpers
 from tests.helpers import Procs, cronqueue_cmd
-
-# Transitional: until every test imports these from tests.helpers.
-from tests.helpers import process_gone as process_gone
-from tests.helpers import write_script as write_script
 
 MYSQL_ADMIN_URL = os.environ.get("CRONQUEUE_TEST_MYSQL_URL",
                                  "mysql+pymysql://root:@127.0.0.1:3306/test")
@@ -183,16 +179,6 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("COLUMNS", "100")
     return tmp_path
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 30.0,
-             interval: float = 0.05) -> bool:
-    """Transitional (tests not yet on ``helpers.wait_until``): true once ``predicate`` is."""
-    try:
-        helpers.wait_until(predicate, timeout, interval=interval)
-    except AssertionError:
-        return False
-    return True
 
 
 def run_main(argv: list[str]) -> int:

@@ -8,7 +8,6 @@ only the chosen rows are locked, by primary key."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
@@ -21,7 +20,8 @@ from cronqueue import Queue, Status
 from cronqueue.process.identity import Owner
 from cronqueue.store.claim import Claimer
 from cronqueue.store.engine import make_engine
-from tests.conftest import BACKENDS, cronqueue_cmd, wait_for, write_script
+from tests.conftest import BACKENDS
+from tests.helpers import clean_env, cronqueue_cmd, wait_until, write_script
 
 NEEDS_MARIADB = pytest.mark.skipif("mariadb" not in BACKENDS,
                                    reason="CRONQUEUE_TEST_BACKENDS excludes it")
@@ -54,7 +54,7 @@ def test_priority_holds_when_two_shards_claim_together(queue: Queue, db_url: str
     write_script(task_dir, "ok.sh", "exit 0\n")
     config = tmp_path / "cronqueue.toml"
     config.write_text("[worker]\npoll_interval = 0.02\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRONQUEUE_")}
+    env = clean_env()
     procs = [subprocess.Popen(
         cronqueue_cmd("work", "--total", str(TOTAL), "--shard", str(shard), "--queue",
                       "default", "--max-seconds", "900", "--config", str(config), "--db",
@@ -67,8 +67,8 @@ def test_priority_holds_when_two_shards_claim_together(queue: Queue, db_url: str
             specs = [{"taskscript": "ok.sh", "param": n} for n in range(ROWS)]
             specs += [{"taskscript": "ok.sh", "param": "urgent", "priority": 9}] * TOTAL
             urgent = _urgent_last(queue.add_many(specs), TOTAL)
-            assert wait_for(lambda: queue.stats()["done"] == ROWS + TOTAL, timeout=120), \
-                queue.stats()
+            wait_until(lambda: queue.stats()["done"] == ROWS + TOTAL, 120,
+                       lambda: f"all done: {queue.stats()}")
             done = queue.list(status=Status.DONE, limit=ROWS + TOTAL)
             order: dict[int, list[int]] = defaultdict(list)  # shard -> its ids by start
             for task in sorted(done, key=lambda t: (t.started_at, t.id)):

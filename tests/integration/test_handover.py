@@ -19,7 +19,7 @@ from cronqueue.shard.handover import Handover
 from cronqueue.store.engine import make_engine
 from cronqueue.store.repository import Repository
 from cronqueue.store.schema import ddl_metadata
-from tests.conftest import write_script
+from tests.helpers import write_script
 
 
 def _config(db_url: str, tmp_path: Path, script: str, body: str) -> Config:

@@ -3,7 +3,6 @@ writes, when, and what a kill -9 of the shard costs."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from collections import Counter
@@ -20,7 +19,15 @@ from cronqueue.process.identity import Owner
 from cronqueue.shard.loop import Shard
 from cronqueue.store.claim import Claimer
 from cronqueue.store.repository import Finish, Flush, Repository
-from tests.conftest import cronqueue_cmd, get_task, process_gone, wait_for, write_script
+from tests.conftest import get_task
+from tests.helpers import (
+    Procs,
+    clean_env,
+    cronqueue_cmd,
+    wait_gone,
+    wait_until,
+    write_script,
+)
 
 # Each run appends "ID ATTEMPT" to runs.txt; "poison" kills its own shard.
 TASK = ('echo "$CRONQUEUE_TASK_ID $CRONQUEUE_ATTEMPT" >> runs.txt\n'
@@ -43,9 +50,8 @@ def config_file(tmp_path: Path, db_url: str, task_dir: Path, log_dir: Path, **wo
 
 
 def run_shard_process(cfg: Path, tmp_path: Path) -> int:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRONQUEUE_")}
     with (tmp_path / "shard.log").open("ab") as err:
-        return subprocess.run(cronqueue_cmd("work", "--config", str(cfg)), env=env,
+        return subprocess.run(cronqueue_cmd("work", "--config", str(cfg)), env=clean_env(),
                               stdin=subprocess.DEVNULL, stdout=err, stderr=err, cwd=tmp_path,
                               timeout=120, check=False).returncode
 
@@ -60,7 +66,7 @@ def drain(q: Queue, cfg: Path, tmp_path: Path, rounds: int = 10) -> None:
     for _ in range(rounds):
         run_shard_process(cfg, tmp_path)
         rescue_now(q, cfg)
-        time.sleep(0.05)  # past the retry backoff
+        time.sleep(0.05)  # past the retry backoff (0.01 s): a wait on the clock, not an event
         if not q.list(status=Status.PENDING) and not q.list(status=Status.RUNNING):
             return
 
@@ -166,44 +172,42 @@ def test_at_most_once_task_is_not_run_twice_when_its_shard_dies(
 
 
 def test_outcomes_are_written_while_a_long_task_runs(
-        db_url: str, task_dir: Path, log_dir: Path, tmp_path: Path, queue: Queue) -> None:
+        db_url: str, task_dir: Path, log_dir: Path, tmp_path: Path, queue: Queue,
+        procs: Procs) -> None:
     write_script(task_dir, "quick.sh", "exit 0\n")
     write_script(task_dir, "slow.sh", "touch slow.started\nsleep 3\n")
     quick = queue.add("quick.sh")
     slow = queue.add("slow.sh")
     cfg = config_file(tmp_path, db_url, task_dir, log_dir, flush_every=50,
                       flush_interval=0.2)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRONQUEUE_")}
-    proc = subprocess.Popen(cronqueue_cmd("work", "--config", str(cfg)), env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, cwd=tmp_path)
-    try:
-        assert wait_for(lambda: (task_dir / "slow.started").exists(), timeout=30)
-        # Without the interval flush this would wait for the slow task (3 s).
-        assert wait_for(lambda: get_task(queue, quick).status is Status.DONE, timeout=2.5)
-        assert get_task(queue, slow).status is Status.RUNNING
-    finally:
-        assert proc.wait(timeout=60) == 0
+    proc = procs.start(cronqueue_cmd("work", "--config", str(cfg)), cwd=tmp_path)
+    wait_until(lambda: (task_dir / "slow.started").exists(), 30, "the slow task started")
+    # Without the interval flush this would wait for the slow task (3 s).
+    wait_until(lambda: get_task(queue, quick).status is Status.DONE, 2.5,
+               "the quick task's outcome written while the slow one runs")
+    assert get_task(queue, slow).status is Status.RUNNING
+    assert proc.wait(timeout=60) == 0
     assert get_task(queue, slow).status is Status.DONE
 
 
+@pytest.mark.any_backend  # the watchdog's
 def test_watchdog_kills_the_task_group_when_the_shard_is_killed(
-        db_url: str, task_dir: Path, log_dir: Path, tmp_path: Path, queue: Queue) -> None:
+        db_url: str, task_dir: Path, log_dir: Path, tmp_path: Path, queue: Queue,
+        procs: Procs) -> None:
     write_script(task_dir, "hang.sh", "sleep 300 &\necho $! > child.pid\necho $$ > task.pid\n"
                                       "wait\n")
     queue.add("hang.sh")
     cfg = config_file(tmp_path, db_url, task_dir, log_dir)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRONQUEUE_")}
-    proc = subprocess.Popen(cronqueue_cmd("work", "--config", str(cfg)), env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, cwd=tmp_path)
-    assert wait_for(lambda: (task_dir / "child.pid").exists() and (task_dir / "task.pid").exists()
-             and (task_dir / "task.pid").read_text().strip(), timeout=30)
+    proc = procs.start(cronqueue_cmd("work", "--config", str(cfg)), cwd=tmp_path)
+    wait_until(lambda: (task_dir / "child.pid").exists() and (task_dir / "task.pid").exists()
+               and (task_dir / "task.pid").read_text().strip(), 30, "the task and its child")
     pids = [int((task_dir / f).read_text()) for f in ("task.pid", "child.pid")]
+    for pid in pids:
+        procs.track(pid)
     proc.kill()
     proc.wait()
     for pid in pids:  # the script and its background child: the whole group
-        assert wait_for(lambda pid=pid: process_gone(pid), timeout=10)  # type: ignore[misc]
+        wait_gone(pid, 10, f"pid {pid} of the task's group gone with its shard")
 
 
 @pytest.mark.parametrize("flush_every", [1, 7])
@@ -218,7 +222,8 @@ def test_every_window_size_drains_exactly_once(db_url: str, task_dir: Path, log_
 
 
 def test_a_window_rescued_while_it_runs_starts_none_of_the_rescued_tasks(
-        db_url: str, task_dir: Path, log_dir: Path, tmp_path: Path, queue: Queue) -> None:
+        db_url: str, task_dir: Path, log_dir: Path, tmp_path: Path, queue: Queue,
+        procs: Procs) -> None:
     """Issue 12 #2: a shard over 30 one-second tasks (one window) whose rows are rescued a
     few seconds in (by another host that judged the lease expired) starts none of the
     rescued tasks: only the one running at the rescue ran on, its result fenced out."""
@@ -227,24 +232,17 @@ def test_a_window_rescued_while_it_runs_starts_none_of_the_rescued_tasks(
     ids = queue.add_many([("slow.sh", i) for i in range(30)])
     cfg = config_file(tmp_path, db_url, task_dir, log_dir, flush_every=50,
                       flush_interval=600.0)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRONQUEUE_")}
-    with (tmp_path / "shard.log").open("ab") as out:
-        proc = subprocess.Popen(cronqueue_cmd("work", "--config", str(cfg)), env=env,
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=tmp_path)
-    try:
-        assert wait_for(lambda: sum(runs(task_dir).values()) >= 3, timeout=60)
-        # Another host, whose clock is past the lease: every row of the window is rescued
-        # (pending again, run_at a lease ahead, so this burst shard cannot claim it again).
-        report = rescue(Repository(queue.engine), load_config(cfg).worker,
-                        datetime.now(UTC) + timedelta(seconds=120), me=Owner("elsewhere", 1, 1),
-                        server_uptime=lambda: 10.0**9)
-        ran = runs(task_dir)
-        assert sorted(report.retried) == ids, report
-        assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    proc = procs.start(cronqueue_cmd("work", "--config", str(cfg)), log=tmp_path / "shard.log",
+                       cwd=tmp_path)
+    wait_until(lambda: sum(runs(task_dir).values()) >= 3, 60, "three tasks ran")
+    # Another host, whose clock is past the lease: every row of the window is rescued
+    # (pending again, run_at a lease ahead, so this burst shard cannot claim it again).
+    report = rescue(Repository(queue.engine), load_config(cfg).worker,
+                    datetime.now(UTC) + timedelta(seconds=120), me=Owner("elsewhere", 1, 1),
+                    server_uptime=lambda: 10.0**9)
+    ran = runs(task_dir)
+    assert sorted(report.retried) == ids, report
+    assert proc.wait(timeout=60) == 0
     log = (tmp_path / "shard.log").read_text()
     assert runs(task_dir) == ran, log  # no rescued task started after the rescue
     assert 3 <= sum(ran.values()) <= 10 and max(ran.values()) == 1, ran

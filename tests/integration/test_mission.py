@@ -29,7 +29,10 @@ from cronqueue.shard.guard import ShardGuard
 from cronqueue.store.engine import make_engine
 from cronqueue.store.repository import Repository
 from cronqueue.store.schema import runs_table
-from tests.conftest import write_script
+from tests.helpers import clean_env, write_script
+
+# No CRONQUEUE_* of the caller's reaches the missions (the conftest fixture).
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 DAY = datetime(2031, 5, 6, tzinfo=UTC)
 
@@ -69,13 +72,6 @@ def cron_times(expr: str, start: datetime, end: datetime) -> list[datetime]:
     while (t := it.get_next(datetime)) < end:
         out.append(t.astimezone(UTC))
     return out
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("CRONQUEUE_DB_URL", "CRONQUEUE_TASK_DIR", "CRONQUEUE_LOG_DIR",
-                 "CRONQUEUE_CONFIG"):
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture
@@ -806,7 +802,7 @@ def test_token_less_running_row_and_the_real_orphan_behind_it_are_rescued(
 
 
 def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    from tests.conftest import cronqueue_cmd
+    from tests.helpers import cronqueue_cmd
 
     return subprocess.run(cronqueue_cmd(*args, "--config", str(config)), capture_output=True,
                           text=True, timeout=120, check=False)
@@ -967,6 +963,7 @@ def test_shards_start_after_the_rescue_and_the_retention(make_config: Any,
     q.close()
 
 
+@pytest.mark.any_backend  # the process's exit and logs
 def test_mission_as_a_program_exits_with_its_logs_written(make_config: Any, task_dir: Path,
                                                           tmp_path: Path) -> None:
     """`cronqueue mission` skips the interpreter's teardown (os._exit): its log lines, the
@@ -974,7 +971,7 @@ def test_mission_as_a_program_exits_with_its_logs_written(make_config: Any, task
     write_script(task_dir, "send.sh", "exit 0\n")
     make_config('[[mission]]\nname = "a"\ncron = "* * * * *"\n'
                 'add = { taskscript = "send.sh" }\n')
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRONQUEUE_")}
+    env = clean_env()
     for script in (["-m", "cronqueue", "mission"], [str(Path(__file__).parents[2] / "scripts"
                                                         / "cron_mission.py")]):
         res = subprocess.run([sys.executable, *script, "--config",

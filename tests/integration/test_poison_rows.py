@@ -22,7 +22,8 @@ from cronqueue import InvalidTask, Queue, Status, Task
 from cronqueue.config import load_config
 from cronqueue.process.runner import Runner
 from cronqueue.shard.loop import Shard, ShardReport
-from tests.conftest import AsText, insert_raw, run_cli, write_script
+from tests.conftest import AsText, insert_raw, run_cli
+from tests.helpers import write_script
 
 INT_MAX = 2**31 - 1
 DEEP = "[" * 60000 + "]" * 60000  # 120,000 bytes: fits argv, but 60,000 levels deep

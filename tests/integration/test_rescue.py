@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import time
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,7 +17,7 @@ from cronqueue.mission.rescue import rescue
 from cronqueue.process.identity import Owner
 from cronqueue.store.claim import Claimer
 from cronqueue.store.repository import Finish, Flush, Repository
-from tests.conftest import cronqueue_cmd, process_gone, write_script
+from tests.helpers import Procs, cronqueue_cmd, wait_gone, wait_until, write_script
 
 DEAD = Owner("thishost", 999999, 1)  # the shard that "died"
 ME = Owner("thishost", 4242, 77)  # the mission that rescues (same host)
@@ -350,56 +347,30 @@ def test_rescue_forgets_dead_workers(queue: Queue, repo: Repository, cfg: Config
 # -- end to end: kill -9 of a real shard ------------------------------------------------------
 
 
-def _wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
-
-
-@pytest.fixture
-def shard_proc() -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    yield procs
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-            p.wait(timeout=10)
-
-
 def test_killed_shard_task_is_rescued_at_once(queue: Queue, repo: Repository, cfg: Config,
                                               db_url: str, task_dir: Path, log_dir: Path,
-                                              tmp_path: Path,
-                                              shard_proc: list[subprocess.Popen[bytes]]
-                                              ) -> None:
+                                              tmp_path: Path, procs: Procs) -> None:
     pidfile = tmp_path / "script.pid"
     write_script(task_dir, "long.sh", f'echo $$ > "{pidfile}"\nexec sleep 30\n')
     task_id = queue.add("long.sh", max_attempts=3)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRONQUEUE_")}
-    with open(tmp_path / "shard.log", "wb") as out:
-        shard = subprocess.Popen(
-            cronqueue_cmd("work", "--db", db_url, "--task-dir", str(task_dir), "--log-dir",
-                          str(log_dir)),
-            env=env, stdout=out, stderr=subprocess.STDOUT)
-    shard_proc.append(shard)
+    shard_log = tmp_path / "shard.log"
+    shard = procs.start(cronqueue_cmd("work", "--db", db_url, "--task-dir", str(task_dir),
+                                      "--log-dir", str(log_dir)), log=shard_log)
 
     def started() -> bool:
         task = queue.get(task_id)
         return (task is not None and task.started_at is not None and pidfile.exists()
                 and pidfile.read_text().strip() != "")
 
-    assert _wait_for(started), (tmp_path / "shard.log").read_text()
+    wait_until(started, 20, lambda: f"the task started: {shard_log.read_text()}")
     script_pid = int(pidfile.read_text())
+    procs.track(script_pid)
     task = get(queue, task_id)
     assert task.status is Status.RUNNING and task.worker_pid == shard.pid
 
     os.kill(shard.pid, signal.SIGKILL)
     assert shard.wait(timeout=10) == -signal.SIGKILL
-    assert _wait_for(lambda: process_gone(script_pid), timeout=10), "the script outlived it"
+    wait_gone(script_pid, 10, "the script gone with its shard")
 
     [row] = repo.worker_rows()  # it could not deregister
     assert row["pid"] == shard.pid

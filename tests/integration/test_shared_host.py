@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,34 +17,22 @@ import pytest
 from cronqueue import Queue, Status
 from cronqueue.process.identity import host_identity, pid_start_ticks
 from cronqueue.store.repository import Repository
-from tests.conftest import cronqueue_cmd, get_task, process_gone, run_cli, wait_for, write_script
+from tests.conftest import get_task, run_cli
+from tests.helpers import (
+    Procs,
+    children,
+    cronqueue_cmd,
+    holds_for,
+    process_gone,
+    wait_gone,
+    wait_until,
+    write_script,
+)
 
 # The shard waits for this file, so the test decides when the task ends.
 HOLD = 'echo $$ > run.pid\nwhile [ ! -e release ]; do sleep 0.05; done\necho released\n'
 # A heartbeat far beyond the test's waits: a stop seen in time came from the signal.
 SLOW_BEAT = "[worker]\nheartbeat = 60\nlease = 180\npoll_interval = 0.2\n"
-
-
-class Procs:
-    def __init__(self) -> None:
-        self.started: list[subprocess.Popen[bytes]] = []
-
-    def start(self, argv: list[str], cwd: Path | None = None) -> subprocess.Popen[bytes]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CRONQUEUE_")}
-        proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.started.append(proc)
-        return proc
-
-
-@pytest.fixture
-def procs() -> Iterator[Procs]:
-    p = Procs()
-    yield p
-    for proc in p.started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def _shard(procs: Procs, db_url: str, task_dir: Path, log_dir: Path,
@@ -54,23 +41,7 @@ def _shard(procs: Procs, db_url: str, task_dir: Path, log_dir: Path,
                                      "--log-dir", str(log_dir)), cwd=task_dir.parent)
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                stat = Path(f"/proc/{name}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat[stat.rfind(")") + 2:].split()[1]) == pid:
-                found.append(int(name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    return not process_gone(pid)
-
-
+@pytest.mark.any_backend  # what is signalled here
 def test_a_dying_shard_never_kills_a_neighbour_installations_task(
         queue: Queue, db_url: str, task_dir: Path, log_dir: Path, tmp_path: Path,
         procs: Procs) -> None:
@@ -91,17 +62,20 @@ def test_a_dying_shard_never_kills_a_neighbour_installations_task(
         a = _shard(procs, db_url, task_dir, log_dir)
         b = _shard(procs, other_url, other_tasks, other_logs)
         pid_files = (task_dir / "run.pid", other_tasks / "run.pid")
-        assert wait_for(lambda: all(p.exists() and p.read_text().strip() for p in pid_files))
+        wait_until(lambda: all(p.exists() and p.read_text().strip() for p in pid_files), 30,
+                   "both tasks running")
         our_run, their_run = (int(p.read_text()) for p in pid_files)
-        helpers = [pid for pid in _children(a.pid)
+        procs.track(our_run)
+        procs.track(their_run)
+        helpers = [pid for pid in children(a.pid)
                    if b"CRONQUEUE_WATCHDOG_FDS" in Path(f"/proc/{pid}/environ").read_bytes()]
         assert len(helpers) == 1, "shard A's watchdog helper not found"
 
         os.kill(a.pid, signal.SIGKILL)
         a.wait(timeout=10)
-        assert wait_for(lambda: process_gone(our_run), timeout=10), "our orphan lives"
-        assert wait_for(lambda: process_gone(helpers[0]), timeout=10)  # it has done its work
-        assert _alive(their_run), "the neighbour's task was killed by our watchdog"
+        wait_gone(our_run, 10, "our orphan gone")
+        wait_gone(helpers[0], 10, "the watchdog helper gone: it has done its work")
+        assert not process_gone(their_run), "the neighbour's task was killed by our watchdog"
 
         (other_tasks / "release").touch()
         assert b.wait(timeout=30) == 0
@@ -123,6 +97,7 @@ def _stop_flag(queue: Queue, worker_id: int) -> bool:
     return any(w.stop_requested for w in queue.workers() if w.id == worker_id)
 
 
+@pytest.mark.any_backend  # what is signalled here
 def test_workers_stop_never_signals_a_forged_rows_pid(
         queue: Queue, db_url: str, task_dir: Path, log_dir: Path, procs: Procs) -> None:
     """A hand-written row names an unrelated local process (its real pid and start time):
@@ -135,8 +110,9 @@ def test_workers_stop_never_signals_a_forged_rows_pid(
 
     done = run_cli("workers", "stop", "--all", db_url=db_url, task_dir=task_dir,
                    log_dir=log_dir)
-    assert not wait_for(lambda: bystander.poll() is not None, timeout=1.0), \
-        f"the bystander died: {bystander.returncode}"
+    # Nothing may happen to it for a while.
+    holds_for(lambda: bystander.poll() is None, 1.0,
+              lambda: f"the bystander lives (exit {bystander.returncode})")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert len(lines) == 1 and f"worker {forged} " in lines[0]
@@ -144,6 +120,7 @@ def test_workers_stop_never_signals_a_forged_rows_pid(
     assert _stop_flag(queue, forged)
 
 
+@pytest.mark.any_backend  # what is signalled here
 def test_workers_stop_signals_the_real_shard_and_only_it(
         queue: Queue, db_url: str, task_dir: Path, log_dir: Path, tmp_path: Path,
         procs: Procs) -> None:
@@ -151,10 +128,11 @@ def test_workers_stop_signals_the_real_shard_and_only_it(
     config.write_text(SLOW_BEAT)
     shard = _shard(procs, db_url, task_dir, log_dir, "--config", str(config),
                    "--max-seconds", "300")
-    assert wait_for(lambda: any(w.pid == shard.pid for w in queue.workers()))
+    wait_until(lambda: any(w.pid == shard.pid for w in queue.workers()), 30,
+               "the shard registered")
     real = next(w for w in queue.workers() if w.pid == shard.pid)
-    assert wait_for(lambda: (log_dir / "locks" / "workers").is_dir()
-                    and any((log_dir / "locks" / "workers").iterdir()))
+    wait_until(lambda: (log_dir / "locks" / "workers").is_dir()
+               and any((log_dir / "locks" / "workers").iterdir()), 30, "the shard's proof lock")
 
     # A forged row copying the real shard's pid and start time is not that shard either.
     forged = _register(queue, real.pid, real.pid_start)
@@ -162,7 +140,7 @@ def test_workers_stop_signals_the_real_shard_and_only_it(
                    log_dir=log_dir)
     assert done.returncode == 0, done.stderr
     assert "through the database only" in done.stdout
-    assert not wait_for(lambda: shard.poll() is not None, timeout=1.0)
+    holds_for(lambda: shard.poll() is None, 1.0, "the shard not signalled")
     assert not _stop_flag(queue, real.id)
 
     done = run_cli("workers", "stop", str(real.id), "--config", str(config), db_url=db_url,
