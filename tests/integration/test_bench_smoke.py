@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import subprocess
 import sys
@@ -19,14 +18,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import MYSQL_ADMIN_URL
+from tests.helpers import clean_env
 
 ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = ("drain", "enqueue", "backlog", "latency", "python", "resources", "floors")
 NUMBER = re.compile(r"^-?[\d,]+(\.\d+)?%?( \(.*\))?$")
-
-
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("CRONQUEUE_")}
 
 
 @pytest.mark.slow
@@ -35,7 +31,7 @@ def test_bench_quick_runs_every_section(backend: str, tmp_path: Path) -> None:
     res = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "bench.py"), "--quick", "--backends", backend,
          "--mysql-url", MYSQL_ADMIN_URL, "--out", str(tables), "--json", str(raw)],
-        capture_output=True, text=True, timeout=900, check=False, env=_env(), cwd=tmp_path)
+        capture_output=True, text=True, timeout=900, check=False, env=clean_env(), cwd=tmp_path)
     assert res.returncode == 0, f"{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
     data = json.loads(raw.read_text())
     assert data["errors"] == {}
@@ -83,7 +79,7 @@ def test_bench_handover_reports_each_shard(db_url: str, tmp_path: Path) -> None:
     res = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "bench_handover.py"), "--db", db_url,
          "--interval", "3", "--budget", "2", "--task-seconds", "1", "--ticks", "3", "--json"],
-        capture_output=True, text=True, timeout=300, check=False, env=_env(), cwd=tmp_path)
+        capture_output=True, text=True, timeout=300, check=False, env=clean_env(), cwd=tmp_path)
     assert res.stdout, f"exit {res.returncode}: {res.stderr[-3000:]}"
     report = json.loads(res.stdout)
     assert report["date"] and report["machine"]
