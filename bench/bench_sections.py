@@ -192,7 +192,8 @@ def queue_add(q: Any, calls: int) -> dict[str, float]:
             q.add("true", {"to": f"user{i}@example.com", "n": i})
         seconds = time.perf_counter() - began
     return {"calls_per_s": calls / seconds, "driver_ms_per_call": clock.seconds / calls * 1e3,
-            "client_ms_per_call": (seconds - clock.seconds) / calls * 1e3}
+            "client_ms_per_call": (seconds - clock.seconds) / calls * 1e3,
+            "statements_per_call": clock.count / calls}
 
 
 def queue_add_many(q: Any, rows: int) -> dict[str, float]:
@@ -204,7 +205,8 @@ def queue_add_many(q: Any, rows: int) -> dict[str, float]:
     if len(ids) != rows:
         raise BenchError(f"add_many returned {len(ids)} ids for {rows} rows")
     return {"rows_per_s": rows / seconds, "driver_us_per_row": clock.seconds / rows * 1e6,
-            "client_us_per_row": (seconds - clock.seconds) / rows * 1e6}
+            "client_us_per_row": (seconds - clock.seconds) / rows * 1e6,
+            "statements": clock.count}
 
 
 def raw_enqueue(backend: Backend, url: str, n: int, *, bulk: bool) -> dict[str, float]:

@@ -57,6 +57,7 @@ def test_bench_quick_runs_every_section(backend: str, tmp_path: Path) -> None:
                    ("limit", "tasks_per_s"), ("naive", "tasks_per_s"),
                    ("cronqueue/limit", "ratio"), ("naive/limit", "ratio"),
                    ("add", "calls_per_s"), ("add", "driver_ms_per_call"),
+                   ("add", "statements_per_call"), ("add_many", "client_us_per_row"),
                    ("add raw", "calls_per_s"), ("add_many", "rows_per_s"),
                    ("add_many raw", "rows_per_s"), ("big/small", "claim_ratio"),
                    ("one shard", "p99_s"), ("fork/exec", "steady_ratio"),
