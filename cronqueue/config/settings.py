@@ -82,8 +82,9 @@ class WorkerConfig:
     flush_every: int = 50
     flush_interval: float = 1.0
     max_log_bytes: int = 64 * 1024 * 1024  # bytes of one task's output kept in the day log
-    # Python fast path (see cronqueue/forkserver.py): .py scripts run in children forked from
-    # a warm interpreter instead of a fresh one each; python_preload modules imported once.
+    # Python fast path (see cronqueue/forkserver/): .py scripts run in children forked from
+    # a warm interpreter instead of a fresh one each. python_preload is obsolete: accepted (a
+    # config naming it still loads), ignored, and the shard logs that it is.
     python_fork: bool = False
     python_preload: tuple[str, ...] = ()
 
