@@ -4,7 +4,10 @@ the Content-Security-Policy would have to allow: the colours are classes of styl
 
 Minutes that are over do not change (a purge or a retry of an old task aside, which the chart
 may ignore): they are kept in memory, so a page reads only the minutes since the last one it
-read — the first page of a process reads the whole span once.
+read. A page counts at most ``FILL`` minutes not counted before, the newest first: the first
+page of a process on a busy table shows the last ``FILL`` minutes and says how many older ones
+are still to count (each page then adds ``FILL`` more), instead of reading hours of rows at
+once (1M rows in 3 hours: 0.5 s on MariaDB in one read).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from cronqueue.store.browse import Browse
 
 WIDTH, HEIGHT, PAD = 720, 160, 28
 KEEP = timedelta(hours=24)
+FILL = 30  # minutes not counted before that one page counts at most
 
 
 def _floor(moment: datetime) -> datetime:
@@ -31,12 +35,13 @@ def _key(minute: datetime) -> str:
 @dataclass(frozen=True)
 class Chart:
     hours: int
-    done: list[int]  # per minute, oldest first
+    done: list[int]  # per counted minute, oldest first
     failed: list[int]
     done_points: str  # SVG polyline points
     failed_points: str
     top: int  # the y axis' top value
     ticks: list[tuple[float, str]]  # (x, "HH:MM") along the time axis
+    uncounted: int  # the oldest minutes of the span not counted yet
     width: int = WIDTH
     height: int = HEIGHT
     pad: int = PAD
@@ -51,55 +56,58 @@ class Chart:
 
 
 class PerMinute:
-    def __init__(self, browse: Browse) -> None:
+    def __init__(self, browse: Browse, fill: int = FILL) -> None:
         self.browse = browse
+        self.fill = fill
         self._lock = threading.Lock()
         self._minutes: dict[str, tuple[int, int]] = {}  # complete minutes: (done, failed)
 
-    def counts(self, now: datetime, hours: int) -> list[tuple[datetime, int, int]]:
-        """(minute, done, failed) for each minute of the last ``hours`` up to ``now``'s."""
+    def counts(self, now: datetime, hours: int) -> list[tuple[datetime, int, int] | None]:
+        """(minute, done, failed) for each minute of the last ``hours`` up to ``now``'s,
+        oldest first; None for a minute not counted yet."""
         current = _floor(now)
-        start = current - timedelta(hours=hours) + timedelta(minutes=1)
+        minutes = [current - timedelta(minutes=n) for n in range(hours * 60 - 1, -1, -1)]
         with self._lock:
-            first_missing = start
-            while first_missing < current and _key(first_missing) in self._minutes:
-                first_missing += timedelta(minutes=1)
-            found = self.browse.finished_per_minute(first_missing)
-            minute = first_missing
-            while minute <= current:
+            missing = [m for m in minutes if _key(m) not in self._minutes]  # (current too)
+            counted = set(missing[-self.fill:])
+            found = self.browse.finished_per_minute(min(counted)) if counted else {}
+            out: list[tuple[datetime, int, int] | None] = []
+            for minute in minutes:
                 key = _key(minute)
-                value = (found.get((key, int(Status.DONE)), 0),
-                         found.get((key, int(Status.FAILED)), 0))
-                if minute < current:
-                    self._minutes[key] = value
+                if minute in counted:
+                    value = (found.get((key, int(Status.DONE)), 0),
+                             found.get((key, int(Status.FAILED)), 0))
+                    if minute < current:
+                        self._minutes[key] = value
                 else:
-                    now_value = value
-                minute += timedelta(minutes=1)
+                    cached = self._minutes.get(key)
+                    if cached is None:
+                        out.append(None)
+                        continue
+                    value = cached
+                out.append((minute, *value))
             oldest = _key(current - KEEP)
             for key in [k for k in self._minutes if k < oldest]:
                 del self._minutes[key]
-            out = []
-            minute = start
-            while minute < current:
-                done, failed = self._minutes.get(_key(minute), (0, 0))
-                out.append((minute, done, failed))
-                minute += timedelta(minutes=1)
-            out.append((current, *now_value))
         return out
 
     def chart(self, now: datetime, hours: int) -> Chart:
         rows = self.counts(now, hours)
-        done = [d for _, d, _ in rows]
-        failed = [f for _, _, f in rows]
-        top = max([*done, *failed, 1])
         n = max(len(rows) - 1, 1)
         inner_w, inner_h = WIDTH - 2 * PAD, HEIGHT - 2 * PAD
+        known = [(i, row) for i, row in enumerate(rows) if row is not None]
+        done = [row[1] for _, row in known]
+        failed = [row[2] for _, row in known]
+        top = max([*done, *failed, 1])
 
         def points(values: list[int]) -> str:
             return " ".join(f"{PAD + i * inner_w / n:.1f},{PAD + inner_h * (1 - v / top):.1f}"
-                            for i, v in enumerate(values))
+                            for (i, _), v in zip(known, values, strict=True))
 
         step = max(1, len(rows) // 6)
-        ticks = [(PAD + i * inner_w / n, rows[i][0].strftime("%H:%M"))
+        last = _floor(now)
+        ticks = [(PAD + i * inner_w / n,
+                  (last - timedelta(minutes=len(rows) - 1 - i)).strftime("%H:%M"))
                  for i in range(0, len(rows), step)]
-        return Chart(hours, done, failed, points(done), points(failed), top, ticks)
+        return Chart(hours, done, failed, points(done), points(failed), top, ticks,
+                     sum(row is None for row in rows))

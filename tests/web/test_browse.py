@@ -102,3 +102,25 @@ def test_per_minute(queue: Queue) -> None:
     assert found[(key, int(Status.DONE))] == 2
     assert found[(earlier, int(Status.FAILED))] == 1
     assert sum(found.values()) == 5
+
+
+def test_the_chart_counts_at_most_fill_new_minutes_per_page(queue: Queue) -> None:
+    from cronqueue.web.chart import PerMinute
+
+    now = queue.clock()
+    ids = queue.add_many([("a.py", None)] * 4)
+    with queue.engine.begin() as conn:
+        for task_id, status, minutes in zip(ids, (Status.DONE, Status.FAILED, Status.CANCELLED,
+                                                   Status.DONE), (0, 7, 7, 40), strict=True):
+            conn.execute(update(q).where(q.c.id == task_id).values(
+                status=int(status), finished_at=now - timedelta(minutes=minutes)))
+    per = PerMinute(Browse(queue.engine), fill=10)
+    first = per.chart(now, 1)
+    assert first.uncounted == 50 and (first.total_done, first.total_failed) == (1, 1)
+    assert len(first.done_points.split()) == 10
+    second = per.chart(now, 1)
+    assert second.uncounted == 41  # 10 more, less the current minute counted again
+    for _ in range(5):
+        last = per.chart(now, 1)
+    assert last.uncounted == 0 and (last.total_done, last.total_failed) == (2, 1)
+    assert len(last.done_points.split()) == 60
