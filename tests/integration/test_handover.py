@@ -13,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bench.bench_handover import run
 from cronqueue.config import Config, load_config
 from cronqueue.shard.handover import Handover
@@ -31,6 +33,7 @@ def _config(db_url: str, tmp_path: Path, script: str, body: str) -> Config:
     return load_config(path)
 
 
+@pytest.mark.slow  # a soak: four 3 s ticks by design
 def test_every_shard_number_is_busy_while_its_rows_are_due(db_url: str, tmp_path: Path) -> None:
     # gap (interval - budget) 0.5 s; tasks of 1.2 s, longer than the gap, cross the budget
     result = run(db_url, tmp_path, interval=3.0, budget=2.5, task_seconds=1.2, ticks=4)
