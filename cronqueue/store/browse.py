@@ -174,14 +174,15 @@ class Browse:
 
         return transaction(self.engine, work, readonly=True)
 
-    def finished_per_minute(self, since: datetime) -> dict[tuple[str, int], int]:
+    def finished_per_minute(self, since: datetime,
+                            until: datetime | None = None) -> dict[tuple[str, int], int]:
         """(minute as ``YYYY-MM-DD HH:MM`` UTC, status) -> tasks done or failed in it, from
-        ``finished_at``. The minute is the first 16 characters of the stored time: ISO text on
-        SQLite, a DATETIME as text on MySQL/MariaDB. Three reads, each served by an index: the
-        finished tasks per minute from ``ix_queue_finished`` alone (no row is read: 1M rows in
-        0.5 s on MariaDB, where grouping by status too read every row, 2.4 s), the failed and
-        the cancelled per minute by the status index (few, next to the done); done is the
-        rest."""
+        ``finished_at`` from ``since`` (to ``until``). The minute is the first 16 characters
+        of the stored time: ISO text on SQLite, a DATETIME as text on MySQL/MariaDB. Three
+        reads, each served by an index: the finished tasks per minute from
+        ``ix_queue_finished`` alone (no row is read: 1M rows in 0.5 s on MariaDB, where
+        grouping by status too read every row, 2.4 s), the failed and the cancelled per minute
+        by the status index (few, next to the done); done is the rest."""
         minute = func.substr(q.c.finished_at, 1, 16, type_=String()).label("minute")
         total = (select(minute, func.count()).where(q.c.finished_at >= since)
                  .group_by(minute))

@@ -68,9 +68,15 @@ class PerMinute:
         current = _floor(now)
         minutes = [current - timedelta(minutes=n) for n in range(hours * 60 - 1, -1, -1)]
         with self._lock:
-            missing = [m for m in minutes if _key(m) not in self._minutes]  # (current too)
-            counted = set(missing[-self.fill:])
-            found = self.browse.finished_per_minute(min(counted)) if counted else {}
+            # The current minute is never kept (it is not over): read on every page, alone;
+            # then the newest of the minutes not counted yet, as one span.
+            missing = [m for m in minutes[:-1] if _key(m) not in self._minutes]
+            block = missing[-(self.fill - 1):] if self.fill > 1 else []
+            found = self.browse.finished_per_minute(current)
+            if block:
+                found.update(self.browse.finished_per_minute(
+                    block[0], block[-1] + timedelta(minutes=1)))
+            counted = {*block, current}
             out: list[tuple[datetime, int, int] | None] = []
             for minute in minutes:
                 key = _key(minute)
