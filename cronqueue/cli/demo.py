@@ -123,6 +123,8 @@ def run_demo(directory: str | None = None, *, messages: int = 30, seed: int = 7)
           f"{rounds} mission ticks, {elapsed:.1f}s")
     print(f"output of every run: {base / 'logs'}/*.log; shard logs: {base / 'logs'}/shards.log")
     print(f"try: cronqueue --help   |   cronqueue list --config {config_file}")
+    print(f"see it in a browser: cronqueue web --config {config_file}   (needs the extra: "
+          "pip install 'cronqueue[web]')")
     q.close()
     expected_failed = 1
     ok = stats["done"] == stats["total"] - expected_failed and stats["failed"] == expected_failed
