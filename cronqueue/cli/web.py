@@ -7,11 +7,15 @@ import argparse
 import getpass
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 from cronqueue.cli.args import AddCommand, env_option, upto
 from cronqueue.config import Config
 from cronqueue.config.web import bind_refusal, check_password_text, hash_password, new_token
-from cronqueue.errors import ConfigError
+from cronqueue.errors import ConfigError, DatabaseError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 log = logging.getLogger("cronqueue.web")
 DEFAULT_PORT = 8321
@@ -58,6 +62,7 @@ def cmd_web(args: argparse.Namespace, cfg: Config) -> int:
     if args.log_level is None:  # the actions and logins, one line each
         log.setLevel(logging.INFO)
     app = create_app(cfg)
+    _check_schema(app.extensions["cronqueue"].queue.engine)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     users = "no users configured: open to this host only" if not cfg.web.authenticated else \
         f"{len(cfg.web.users)} user(s), {len(cfg.web.tokens)} token(s)"
@@ -66,6 +71,18 @@ def cmd_web(args: argparse.Namespace, cfg: Config) -> int:
     waitress.serve(app, host=args.host, port=args.port, threads=args.threads, ident="cronqueue",
                    clear_untrusted_proxy_headers=True, _quiet=True)
     return 0
+
+
+def _check_schema(engine: Engine) -> None:
+    """Refuse a database without cronqueue's tables, or behind or ahead of this cronqueue (as
+    ``work`` does: exit 2 naming the command to run). One that does not answer now is no
+    reason not to start: the overview says so until it answers."""
+    from cronqueue.store.migrate import require_current
+
+    try:
+        require_current(engine)
+    except DatabaseError as exc:
+        log.warning("the database does not answer now: %s", exc)
 
 
 def _read_password() -> str:

@@ -123,6 +123,12 @@ def test_an_open_dashboard_binds_loopback_only(clean_env: Path,
         assert "not a loopback address" in capsys.readouterr().err
 
 
+def test_a_database_without_tables_is_refused(clean_env: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_main(["web", "--db", f"sqlite:///{clean_env / 'empty.db'}"]) == 2
+    assert "cronqueue init-db" in capsys.readouterr().err
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
