@@ -206,6 +206,11 @@ class Browse:
 
         return transaction(self.engine, work, readonly=True)
 
+    def finished_count(self, since: datetime, until: datetime, cap: int) -> Count:
+        """Tasks finished in [since, until), counted up to ``cap`` (``ix_queue_finished``)."""
+        return transaction(self.engine, lambda conn: _capped(
+            conn, [q.c.finished_at >= since, q.c.finished_at < until], cap), readonly=True)
+
     # -- lists --------------------------------------------------------------------------------
 
     def _window(self, conn: Connection, f: TaskFilter, after: int | None) -> Select[Any]:

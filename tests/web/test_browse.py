@@ -104,8 +104,14 @@ def test_per_minute(queue: Queue) -> None:
     assert sum(found.values()) == 5
 
 
-def test_the_chart_counts_at_most_fill_new_minutes_per_page(queue: Queue) -> None:
+def test_the_chart_counts_at_most_fill_new_minutes_per_page(
+        queue: Queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cronqueue.web import chart
     from cronqueue.web.chart import PerMinute
+
+    few = PerMinute(Browse(queue.engine), fill=10).chart(queue.clock(), 1)
+    assert few.uncounted == 0  # few rows: every minute at once
+    monkeypatch.setattr(chart, "ROWS", 0)  # any row is "many" from here on
 
     now = queue.clock()
     ids = queue.add_many([("a.py", None)] * 4)
