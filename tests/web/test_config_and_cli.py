@@ -21,7 +21,7 @@ from cronqueue.config.web import (
 )
 from cronqueue.errors import ConfigError
 from tests.conftest import run_main
-from tests.helpers import Procs, cronqueue_cmd, wait_until
+from tests.helpers import Procs, clean_env, cronqueue_cmd, wait_until
 
 pytestmark = pytest.mark.any_backend
 
@@ -99,18 +99,18 @@ def test_bad_web_tables(tmp_path: Path, table: str, says: str) -> None:
     assert says in str(info.value)
 
 
-def test_hash_password_reads_stdin() -> None:
-    out = subprocess.run(cronqueue_cmd("web", "--hash-password"), input="pa ss\n",
-                         capture_output=True, text=True, check=True).stdout.strip()
+def test_hash_password_reads_stdin(tmp_path: Path) -> None:
+    run = {"capture_output": True, "text": True, "env": clean_env(), "cwd": tmp_path}
+    out = subprocess.run(cronqueue_cmd("web", "--hash-password"), input="pa ss\n", check=True,
+                         **run).stdout.strip()
     assert verify_password("pa ss", out)
-    empty = subprocess.run(cronqueue_cmd("web", "--hash-password"), input="\n",
-                           capture_output=True, text=True)
+    empty = subprocess.run(cronqueue_cmd("web", "--hash-password"), input="\n", **run)
     assert empty.returncode == 2 and "empty password" in empty.stderr
 
 
-def test_new_token_prints_both() -> None:
+def test_new_token_prints_both(tmp_path: Path) -> None:
     out = subprocess.run(cronqueue_cmd("web", "--new-token"), capture_output=True, text=True,
-                         check=True).stdout
+                         env=clean_env(), cwd=tmp_path, check=True).stdout
     token = out.split(": ", 1)[1].splitlines()[0]
     stored = out.split('token_hash = "', 1)[1].split('"', 1)[0]
     assert token_matches(token, stored)
