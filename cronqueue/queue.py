@@ -17,13 +17,13 @@ if TYPE_CHECKING:  # sqlalchemy.orm is a heavy import the queue does not need at
 
 from cronqueue.config import Config, describe, load_config
 from cronqueue.errors import InvalidTask
-from cronqueue.mission.rescue import owner_gone
 from cronqueue.model import Status, Task, Worker
 from cronqueue.process.identity import Owner
 from cronqueue.shard.proof import signal_shard
 from cronqueue.spec import build_spec, spec_from_item
+from cronqueue.store.database import Store
 from cronqueue.store.engine import make_engine
-from cronqueue.store.repository import Repository
+from cronqueue.store.workers import worker_gone
 
 log = logging.getLogger("cronqueue.queue")
 
@@ -61,7 +61,7 @@ class Queue:
         self.config = config
         self.clock = clock
         self._engine: Engine | None = None
-        self._repo: Repository | None = None
+        self._store: Store | None = None
         self._pid = 0
 
     @property
@@ -70,24 +70,26 @@ class Queue:
         return self.config.safe_db_url
 
     @property
-    def repo(self) -> Repository:
-        if self._repo is None or self._pid != os.getpid():
+    def store(self) -> Store:
+        """The database's tables (``store.tasks``, ``store.workers``...), on an engine of
+        this process."""
+        if self._store is None or self._pid != os.getpid():
             # A fork must not reuse the parent's connections: start a fresh engine.
             if self._engine is not None and self._pid != os.getpid():
                 self._engine.dispose(close=False)
             self._engine = make_engine(self.config.db_url)
-            self._repo = Repository(self._engine)
+            self._store = Store(self._engine)
             self._pid = os.getpid()
-        return self._repo
+        return self._store
 
     @property
     def engine(self) -> Engine:
-        return self.repo.engine
+        return self.store.engine
 
     def close(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
-        self._engine = self._repo = None
+        self._engine = self._store = None
 
     def __enter__(self) -> Queue:
         return self
@@ -97,7 +99,7 @@ class Queue:
 
     def init_db(self) -> None:
         """Create the tables and indexes if absent (idempotent)."""
-        self.repo.init_db()
+        self.store.init_db()
 
     # -- enqueue ------------------------------------------------------------------------------
 
@@ -117,7 +119,7 @@ class Queue:
         spec = build_spec(taskscript, param, priority=priority, queue=queue, run_at=run_at,
                           delay=delay, max_attempts=max_attempts, timeout=timeout,
                           unique_key=unique_key, secret=secret, now=now)
-        return self.repo.insert([spec], now, connection)[0]
+        return self.store.tasks.add([spec], now, connection)[0]
 
     def add_many(self, specs: Iterable[Any], *,
                  connection: Connection | Session | None = None) -> list[int]:
@@ -129,7 +131,7 @@ class Queue:
         built = [spec_from_item(item, now, i) for i, item in enumerate(specs)]
         if not built:
             return []
-        return self.repo.insert(built, now, connection)
+        return self.store.tasks.add(built, now, connection)
 
     # -- shards and the schedule (what a web application can show and control) ---------------
 
@@ -139,10 +141,8 @@ class Queue:
         me = Owner.me()
         now = self.clock()
         lease = timedelta(seconds=self.config.worker.lease)
-        return [Worker.from_row(row, alive=not owner_gone(
-                    row["host"], row["pid"], row["pid_start"], row["heartbeat_at"] + lease,
-                    me=me, now=now))
-                for row in self.repo.worker_rows()]
+        return [Worker.from_row(row, alive=not worker_gone(row, lease, me=me, now=now))
+                for row in self.store.workers.rows()]
 
     def stop_workers(self, ids: Iterable[int] | None = None, *, entry: str | None = None,
                      shard: int | None = None) -> list[StoppedWorker]:
@@ -157,7 +157,7 @@ class Queue:
                   and (wanted is None or w.id in wanted)
                   and (entry is None or w.entry == entry)
                   and (shard is None or w.shard == shard)]
-        self.repo.request_stop([w.id for w in chosen])
+        self.store.workers.request_stop([w.id for w in chosen])
         here = Owner.me()
         return [StoppedWorker(**{f.name: getattr(w, f.name) for f in fields(Worker)},
                               no_signal_reason=self._signal_stop(w, here))
@@ -176,32 +176,32 @@ class Queue:
         """The mission entries of the configuration: next runs, last run and outcome."""
         from cronqueue.mission.tick import overview
 
-        return overview(self.config, self.repo, now or self.clock())
+        return overview(self.config, self.store.runs, now or self.clock())
 
     # -- inspect and control ------------------------------------------------------------------
 
     def get(self, task_id: int) -> Task | None:
-        return self.repo.get(_task_id(task_id))
+        return self.store.tasks.get(_task_id(task_id))
 
     def list(self, *, status: Status | None = None, queue: str | None = None,
              limit: int = 50) -> list[Task]:
-        return self.repo.list_tasks(status=status, queue=queue, limit=limit)
+        return self.store.tasks.list_tasks(status=status, queue=queue, limit=limit)
 
     def cancel(self, task_id: int) -> None:
         """Cancel a pending task. Raises ``TaskNotFound`` or ``InvalidTransition``."""
-        self.repo.cancel(_task_id(task_id), self.clock())
+        self.store.tasks.cancel(_task_id(task_id), self.clock())
 
     def retry(self, task_id: int) -> None:
         """Run a failed or cancelled task again, with fresh attempts."""
-        self.repo.retry(_task_id(task_id), self.clock())
+        self.store.tasks.retry(_task_id(task_id), self.clock())
 
     def retry_failed(self) -> int:
         """Retry every failed task; returns how many."""
-        return self.repo.retry_failed(self.clock())
+        return self.store.tasks.retry_failed(self.clock())
 
     def stats(self) -> dict[str, Any]:
         """Counts by status (overall and per queue), due backlog and its oldest age."""
-        return self.repo.stats(self.clock())
+        return self.store.tasks.stats(self.clock())
 
     def purge(self, older_than: timedelta | float) -> int:
         """Delete done, failed and cancelled tasks finished more than ``older_than`` ago
@@ -210,7 +210,7 @@ class Queue:
             older_than = timedelta(seconds=older_than)
         if not isinstance(older_than, timedelta) or older_than < timedelta(0):
             raise InvalidTask(f"older_than must be a non-negative timedelta, got {older_than!r}")
-        return self.repo.purge(self.clock() - older_than)
+        return self.store.tasks.purge(self.clock() - older_than)
 
     def wait(self, task_id: int, timeout: float | None = None,
              interval: float = 0.2) -> Task | None:

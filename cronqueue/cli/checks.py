@@ -11,8 +11,9 @@ from datetime import UTC, datetime
 from cronqueue.config import Config
 from cronqueue.errors import CronqueueError
 from cronqueue.process.scriptpath import strict_mode_problem
+from cronqueue.store.database import Store
 from cronqueue.store.engine import database_file_warning, make_engine
-from cronqueue.store.repository import Repository
+from cronqueue.store.runs import Runs
 from cronqueue.text import visible_line
 
 
@@ -32,14 +33,14 @@ def shard_warnings(cfg: Config, step: int) -> list[str]:
     return out
 
 
-def schedule_warnings(cfg: Config, repo: Repository, now: datetime) -> list[str]:
+def schedule_warnings(cfg: Config, runs: Runs, now: datetime) -> list[str]:
     """Entries whose last recorded run lies ahead of this host's clock (a clock that ran
     ahead): not binding for the ticks (see mission.py), but the operator should know."""
     from cronqueue.mission.tick import ahead_warning
 
     out = []
     for entry in cfg.missions:
-        newest = repo.last_scheduled(entry.name)
+        newest = runs.last_scheduled(entry.name)
         warning = None if newest is None else ahead_warning(newest, now)
         if warning is not None:
             out.append(f"mission {entry.name!r}: {warning}")
@@ -66,18 +67,18 @@ def run_checks(cfg: Config, out: Callable[[str], None] = print,
     try:
         engine = make_engine(cfg.db_url)
         try:
-            repo = Repository(engine)
-            has = repo.has_schema()
+            store = Store(engine)
+            has = store.has_schema()
             version = ".".join(map(str, engine.dialect.server_version_info or ()))
             report(has, "database", f"{cfg.safe_db_url} ({engine.dialect.name} {version}); " +
                    ("schema present" if has else "no queue table: run `cronqueue init-db`"))
-            for warning in shard_warnings(cfg, repo.auto_increment_step()):
+            for warning in shard_warnings(cfg, store.auto_increment_step()):
                 out(f"WARN sharding  {warning}")
             file_warning = database_file_warning(cfg.db_url)
             if file_warning:
                 out(f"WARN secrets   {file_warning}")
             if has:
-                for warning in schedule_warnings(cfg, repo, now or datetime.now(UTC)):
+                for warning in schedule_warnings(cfg, store.runs, now or datetime.now(UTC)):
                     out(f"WARN schedule  {warning}")
         finally:
             engine.dispose()

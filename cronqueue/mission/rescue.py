@@ -36,10 +36,12 @@ from cronqueue import states
 from cronqueue.config import WorkerConfig
 from cronqueue.errors import ProcessMissingError, one_line
 from cronqueue.model import Task
-from cronqueue.process.identity import Owner, pid_alive
+from cronqueue.process.identity import Owner, owner_gone, pid_alive
 from cronqueue.retry import RetryPolicy
 from cronqueue.states import Transition
-from cronqueue.store.repository import Repository
+from cronqueue.store.database import Store
+from cronqueue.store.outcomes import Outcomes
+from cronqueue.store.workers import worker_gone
 from cronqueue.text import visible
 
 log = logging.getLogger("cronqueue.rescue")
@@ -55,15 +57,7 @@ class RescueReport:
     errors: list[str] = field(default_factory=list)  # "task=<id>: <reason>"
 
 
-def owner_gone(host: str | None, pid: int | None, pid_start: int | None,
-               lease_until: datetime | None, *, me: Owner, now: datetime,
-               alive: Callable[[int, int | None], bool] = pid_alive) -> bool:
-    if me.same_host(host) and pid is not None:
-        return not alive(pid, pid_start)
-    return lease_until is not None and lease_until < now
-
-
-def rescue(repo: Repository, cfg: WorkerConfig, now: datetime, *, me: Owner | None = None,
+def rescue(store: Store, cfg: WorkerConfig, now: datetime, *, me: Owner | None = None,
            alive: Callable[[int, int | None], bool] = pid_alive,
            server_uptime: Callable[[], float | None] | None = None) -> RescueReport:
     me = me or Owner.me()
@@ -71,26 +65,25 @@ def rescue(repo: Repository, cfg: WorkerConfig, now: datetime, *, me: Owner | No
     # A lease can only be renewed while the server is up: right after a database restart
     # every lease looks expired, though the shards are alive and about to write. Trust lease
     # expiry only once the server has been up for a lease plus a grace period.
-    uptime = (server_uptime or repo.server_uptime)()
+    uptime = (server_uptime or store.server_uptime)()
     trust_leases = uptime is None or uptime >= cfg.lease + RESTART_GRACE
-    for task in repo.running():
+    for task in store.outcomes.running():
         try:
-            _rescue_one(repo, task, cfg, now, me=me, alive=alive, trust_leases=trust_leases,
-                        report=report)
+            _rescue_one(store.outcomes, task, cfg, now, me=me, alive=alive,
+                        trust_leases=trust_leases, report=report)
         except Exception as exc:  # one row must not stop the rescue of the others
             reason = one_line(exc)
             log.error("task=%s rescue failed: %s", task.id, visible(reason))
             report.errors.append(f"task={task.id}: {reason}")
-    dead = [w["id"] for w in repo.worker_rows()
-            if owner_gone(w["host"], w["pid"], w["pid_start"],
-                          w["heartbeat_at"] + timedelta(seconds=cfg.lease)
-                          if trust_leases else None, me=me, now=now, alive=alive)]
-    repo.forget_workers(dead)
+    lease = timedelta(seconds=cfg.lease) if trust_leases else None
+    dead = [w["id"] for w in store.workers.rows()
+            if worker_gone(w, lease, me=me, now=now, alive=alive)]
+    store.workers.forget(dead)
     report.forgotten_workers = len(dead)
     return report
 
 
-def _rescue_one(repo: Repository, task: Task, cfg: WorkerConfig, now: datetime, *, me: Owner,
+def _rescue_one(outcomes: Outcomes, task: Task, cfg: WorkerConfig, now: datetime, *, me: Owner,
                 alive: Callable[[int, int | None], bool], trust_leases: bool,
                 report: RescueReport) -> None:
     unclaimed = task.claim_token is None  # no shard can own it
@@ -102,7 +95,7 @@ def _rescue_one(repo: Repository, task: Task, cfg: WorkerConfig, now: datetime, 
                                         alive=alive):
         return
     outcome, values = _outcome(task, cfg.retry, now)
-    if not repo.settle(task, values):
+    if not outcomes.settle(task, values):
         return  # its shard finished it after all, or another rescuer was first
     getattr(report, outcome).append(task.id)
     # worker_host comes from the row: a hand-written newline or escape must not forge or

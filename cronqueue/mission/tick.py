@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from cronqueue.config import Config, MissionEntry
 from cronqueue.errors import ConfigError, one_line
@@ -45,9 +45,9 @@ from cronqueue.process.identity import Owner
 from cronqueue.process.logfiles import LogFileRefused, open_in_log_dir
 from cronqueue.shard.guard import is_locked_here, is_locked_in_db
 from cronqueue.spec import build_spec
+from cronqueue.store.database import Store
 from cronqueue.store.engine import make_engine
-from cronqueue.store.repository import Repository
-from cronqueue.store.schema import runs_table
+from cronqueue.store.runs import Runs
 from cronqueue.text import visible
 
 log = logging.getLogger("cronqueue.mission")
@@ -146,14 +146,14 @@ class Mission:
         report = TickReport()
         engine = self._engine or make_engine(self.config.db_url)
         try:
-            repo = Repository(engine)
+            store = Store(engine)
             me = Owner.me()
             # Shards start last: their start-up (an interpreter each) would compete for the
             # CPU with the rest of the tick, which the mission then waits for.
             starts: list[tuple[str, Callable[[], None]]] = []
             for entry in self.config.missions:
                 self._isolated(report, f"mission={entry.name}", functools.partial(
-                    self._entry, entry, repo, engine, me, now, report, starts,
+                    self._entry, entry, store.runs, engine, me, now, report, starts,
                     dry_run=dry_run))
             if dry_run:
                 report.plan.append("rescue and retention: not run (dry run)")
@@ -161,11 +161,11 @@ class Mission:
             # Leases and retention are real time, even when ``now`` is simulated (--now).
             real = self.clock()
             rescued = self._isolated(report, "rescue", lambda: rescue(
-                repo, self.config.worker, real, me=me))
+                store, self.config.worker, real, me=me))
             if rescued is not None:
                 report.rescue = rescued
                 report.errors += [f"rescue: {e}" for e in rescued.errors]
-            purged = self._isolated(report, "retention", lambda: self._purge(repo, real))
+            purged = self._isolated(report, "retention", lambda: self._purge(store, real))
             report.purged = purged or 0
             for what, start in starts:
                 self._isolated(report, what, start)
@@ -195,25 +195,25 @@ class Mission:
             report.timings[what] = (report.timings.get(what, 0.0)
                                     + time.perf_counter() - began)
 
-    def _last(self, entry: MissionEntry, repo: Repository, now: datetime,
+    def _last(self, entry: MissionEntry, runs: Runs, now: datetime,
               report: TickReport) -> datetime | None:
         """The last scheduled time the entry acted on, up to this tick's minute. A run
         recorded later (a clock that ran ahead, a drill in the future) is not binding."""
         tick = minute_floor(now)
-        newest = repo.last_scheduled(entry.name)
+        newest = runs.last_scheduled(entry.name)
         if newest is None or newest <= tick:
             return newest
         warning = ahead_warning(newest, now)
         if warning is not None:
             report.ahead[entry.name] = newest
             log.warning("mission=%s %s", entry.name, warning)
-        return repo.last_scheduled(entry.name, until=tick)
+        return runs.last_scheduled(entry.name, until=tick)
 
-    def _entry(self, entry: MissionEntry, repo: Repository, engine: Engine, me: Owner,
+    def _entry(self, entry: MissionEntry, runs: Runs, engine: Engine, me: Owner,
                now: datetime, report: TickReport,
                starts: list[tuple[str, Callable[[], None]]], *,
                dry_run: bool = False) -> None:
-        last = self._last(entry, repo, now, report)
+        last = self._last(entry, runs, now, report)
         decision = decide(Schedule(entry.cron, self.tz), last, now, catch_up=entry.catch_up,
                           window=entry.catch_up_window)
         if dry_run:
@@ -229,11 +229,11 @@ class Mission:
                         entry.catch_up, f"running the one of {decision.fire:%Y-%m-%d %H:%M}Z"
                         if decision.fire else "not replayed")
         if decision.skipped is not None:
-            repo.record_run(entry.name, decision.skipped, host=me.host, pid=me.pid,
+            runs.record(entry.name, decision.skipped, host=me.host, pid=me.pid,
                             now=self.clock(), outcome="skipped: missed, outside catch_up_window")
         if decision.fire is None:
             if last is not None and last == minute_floor(now):  # due now, taken already
-                self._log_taken(entry, engine, last)
+                self._log_taken(entry, runs, last)
             return
         scheduled = decision.fire
         spec = None
@@ -242,12 +242,12 @@ class Mission:
             spec = build_spec(a.taskscript, a.param, priority=a.priority, queue=a.queue,
                               max_attempts=a.max_attempts, timeout=a.timeout,
                               now=self.clock())
-        claimed = repo.record_run(entry.name, scheduled, host=me.host, pid=me.pid,
+        claimed = runs.record(entry.name, scheduled, host=me.host, pid=me.pid,
                                   now=self.clock(), outcome="added" if spec else "launching",
                                   spec=spec)
         if claimed is None:
             report.lost_race.append(entry.name)
-            self._log_taken(entry, engine, scheduled)
+            self._log_taken(entry, runs, scheduled)
             return
         report.fired[entry.name] = scheduled
         run_id, task_id = claimed
@@ -258,9 +258,9 @@ class Mission:
                      task_id)
             return
         starts.append((f"mission={entry.name}", functools.partial(
-            self._start, entry, repo, engine, me, report, run_id, scheduled)))
+            self._start, entry, runs, engine, me, report, run_id, scheduled)))
 
-    def _start(self, entry: MissionEntry, repo: Repository, engine: Engine, me: Owner,
+    def _start(self, entry: MissionEntry, runs: Runs, engine: Engine, me: Owner,
                report: TickReport, run_id: int, scheduled: datetime) -> None:
         """The shards of a ``do_queue`` entry whose tick this mission took."""
         started, running, failed = self._launch(entry, engine)
@@ -269,18 +269,16 @@ class Mission:
         outcome = (f"started shards {_ids(started)}" if started else "started no shard") + (
             f"; still running {_ids(running)}" if running else "") + (
             f"; could not start {_ids(failed)}" if failed else "")
-        repo.set_run_outcome(run_id, outcome)
+        runs.set_outcome(run_id, outcome)
         log.info("mission=%s scheduled=%s taken by host=%s pid=%d outcome=%s", entry.name,
                  f"{scheduled:%Y-%m-%dT%H:%M}Z", visible(me.host), me.pid, outcome)
 
     @staticmethod
-    def _log_taken(entry: MissionEntry, engine: Engine, scheduled: datetime) -> None:
+    def _log_taken(entry: MissionEntry, runs: Runs, scheduled: datetime) -> None:
         """This tick lost the race for (entry, scheduled): say which mission took it."""
-        r = runs_table.c
-        with engine.connect() as conn:
-            run = conn.execute(select(r.host, r.pid, r.outcome).where(
-                r.entry == entry.name, r.scheduled_at == scheduled)).first()
-        who = (f"host={visible(run.host)} pid={run.pid} outcome={visible(run.outcome)}"
+        run = runs.taker(entry.name, scheduled)
+        who = (f"host={visible(run['host'])} pid={run['pid']} "
+               f"outcome={visible(run['outcome'])}"
                if run is not None else "host=? (its run is gone)")
         log.info("mission=%s scheduled=%s already taken by another mission: %s", entry.name,
                  f"{scheduled:%Y-%m-%dT%H:%M}Z", who)
@@ -340,28 +338,28 @@ class Mission:
             started.append(shard)
         return started, running, failed
 
-    def _purge(self, repo: Repository, now: datetime) -> int:
+    def _purge(self, store: Store, now: datetime) -> int:
         keep = self.config.retention
         total = 0
         for status, seconds in ((Status.DONE, keep.done), (Status.FAILED, keep.failed),
                                 (Status.CANCELLED, keep.cancelled)):
             if seconds is not None:
-                total += repo.purge(now - timedelta(seconds=seconds), [int(status)],
+                total += store.tasks.purge(now - timedelta(seconds=seconds), [int(status)],
                                     max_chunks=PURGE_CHUNKS_PER_TICK)
         if keep.runs is not None:
-            repo.purge_runs(now - timedelta(seconds=keep.runs), PURGE_CHUNKS_PER_TICK)
+            store.runs.purge(now - timedelta(seconds=keep.runs), PURGE_CHUNKS_PER_TICK)
         if total:
             log.info("purged %d finished task(s) by retention", total)
         return total
 
 
-def overview(config: Config, repo: Repository, now: datetime,
+def overview(config: Config, runs: Runs, now: datetime,
              upcoming: int = 3) -> list[dict[str, Any]]:
     """Each entry: its cron, a description, the next runs and the last run with its outcome."""
     from cronqueue.mission.schedule import describe
 
     tz = ZoneInfo(config.timezone)
-    last = repo.latest_runs()
+    last = runs.latest()
     out = []
     for entry in config.missions:
         run = last.get(entry.name)

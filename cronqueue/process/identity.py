@@ -19,7 +19,9 @@ import hashlib
 import os
 import secrets
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 HOST_ID_SEP = "#"
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
@@ -97,3 +99,14 @@ class Owner:
 
     def __str__(self) -> str:
         return f"{self.host}:{self.pid}"
+
+
+def owner_gone(host: str | None, pid: int | None, pid_start: int | None,
+               lease_until: datetime | None, *, me: Owner, now: datetime,
+               alive: Callable[[int, int | None], bool] = pid_alive) -> bool:
+    """Is the process a row names gone? In our pid space (``host`` is our identity) its pid
+    decides: dead, or now another process (start time differs). Anywhere else only its lease
+    can: expired (None: no lease to judge by, so not gone)."""
+    if me.same_host(host) and pid is not None:
+        return not alive(pid, pid_start)
+    return lease_until is not None and lease_until < now

@@ -5,21 +5,20 @@ included), so a crashed shard never blocks its successor:
 
 * this host: ``flock`` on ``log_dir/locks/<database key>-<entry>.<shard>.lock`` (a lock an
   older version holds at ``<entry>.<shard>.lock`` is honoured);
-* all hosts (MySQL/MariaDB): ``GET_LOCK`` on a connection the shard keeps open for its life.
-  (SQLite is a single-host database: the file lock is the whole story there.)
+* all hosts (a backend with named locks: MySQL/MariaDB ``GET_LOCK``): the server's named lock
+  on a connection the shard keeps open for its life (``store.workers.ServerLock``). (SQLite is
+  a single-host database: the file lock is the whole story there.)
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import hashlib
 import logging
 import os
 from pathlib import Path
 from typing import IO
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
@@ -27,6 +26,7 @@ from cronqueue.errors import CronqueueError, DatabaseError
 from cronqueue.process.logfiles import LogFileRefused, open_in_log_dir
 from cronqueue.shard.proof import database_key
 from cronqueue.store.engine import redact
+from cronqueue.store.workers import ServerLock, lock_held, lock_name
 
 log = logging.getLogger("cronqueue.guard")
 
@@ -42,12 +42,6 @@ def legacy_lock_path(log_dir: Path, entry: str, shard: int) -> Path:
     """Where a shard of cronqueue before 0.2 held its lock: still honoured (only probed, never
     taken), so that an upgrade never starts a second copy of a shard an older one runs."""
     return log_dir / "locks" / f"{entry}.{shard}.lock"
-
-
-def db_lock_name(engine: Engine, entry: str, shard: int) -> str:
-    """GET_LOCK names are server-wide and at most 64 characters: hash in the database name."""
-    key = f"{engine.url.host}:{engine.url.database}:{entry}:{shard}"
-    return "cronqueue:" + hashlib.sha256(key.encode()).hexdigest()[:40]
 
 
 def is_locked_here(log_dir: Path, entry: str, shard: int, url: str | URL) -> bool:
@@ -71,17 +65,12 @@ def _held(path: Path) -> bool:
 
 
 def is_locked_in_db(engine: Engine, entry: str, shard: int) -> bool:
-    if engine.dialect.name not in ("mysql", "mariadb"):
-        return False
+    """Does a process on any host hold the shard's database lock? (False on SQLite.)"""
     try:
-        with engine.connect() as conn:
-            holder = conn.execute(text("SELECT IS_USED_LOCK(:name)"),
-                                  {"name": db_lock_name(engine, entry, shard)}).scalar()
-            conn.commit()
+        return lock_held(engine, lock_name(engine, entry, shard))
     except DBAPIError as exc:
         raise DatabaseError(f"shard lock check on {redact(str(engine.url))}: "
                             f"{type(exc.orig).__name__}: {exc.orig}") from exc
-    return holder is not None
 
 
 class ShardGuard:
@@ -92,10 +81,9 @@ class ShardGuard:
         self.log_dir = log_dir
         self.path = lock_path(log_dir, entry, shard, engine.url)
         self.legacy_path = legacy_lock_path(log_dir, entry, shard)
-        self.name = db_lock_name(engine, entry, shard)
+        self.server_lock = ServerLock(engine, lock_name(engine, entry, shard))
         self.holder = ""  # where the running copy is, when acquire() fails
         self._file: IO[bytes] | None = None
-        self._conn: Connection | None = None
 
     def acquire(self) -> bool:
         try:
@@ -106,7 +94,7 @@ class ShardGuard:
                                 f"{type(exc.orig).__name__}: {exc.orig}") from exc
 
     def _acquire(self) -> bool:
-        server_lock = self.engine.dialect.name in ("mysql", "mariadb")
+        server_lock = self.server_lock.available
         try:
             # Never through a link planted in log_dir (root would create and lock its target).
             fd = open_in_log_dir(self.log_dir, self.path.relative_to(self.log_dir),
@@ -130,51 +118,22 @@ class ShardGuard:
                 self.holder = "this host"
                 return False
         self._file = handle
-        if self.engine.dialect.name in ("mysql", "mariadb"):
-            conn = self.engine.connect()
-            got = conn.execute(text("SELECT GET_LOCK(:name, 0)"), {"name": self.name}).scalar()
-            conn.commit()
-            if got != 1:
-                conn.close()
-                self.release()
-                self.holder = "another host"
-                return False
-            self._conn = conn
+        if not self.server_lock.acquire():
+            self.release()
+            self.holder = "another host"
+            return False
         return True
 
     def verify(self) -> bool:
         """Do we still hold the database lock? A database restart drops it with the
         connection: take it again, unless another copy of this shard got it meanwhile."""
-        if self._conn is None:
+        if self.server_lock.verify():
             return True
-        try:
-            mine = self._conn.execute(text("SELECT IS_USED_LOCK(:name) = CONNECTION_ID()"),
-                                      {"name": self.name}).scalar()
-            self._conn.commit()
-            if mine == 1:
-                return True
-        except Exception:  # the connection died with the server: reconnect below
-            with contextlib.suppress(Exception):
-                self._conn.invalidate()
-                self._conn.close()
-            self._conn = None
-        conn = self.engine.connect()
-        got = conn.execute(text("SELECT GET_LOCK(:name, 0)"), {"name": self.name}).scalar()
-        conn.commit()
-        if got == 1:
-            self._conn = conn
-            return True
-        conn.close()
         self.holder = "another host"
         return False
 
     def release(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):  # the server drops it with the connection
-                self._conn.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": self.name})
-                self._conn.commit()
-            self._conn.close()
-            self._conn = None
+        self.server_lock.release()
         if self._file is not None:
             self._file.close()  # closing the descriptor drops the flock
             self._file = None

@@ -19,39 +19,26 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
-from sqlalchemy import Engine, select
-
-from cronqueue.store.engine import transaction
-from cronqueue.store.schema import runs_table
+from cronqueue.store.runs import Runs
 
 log = logging.getLogger("cronqueue.handover")
-Run = tuple[datetime, datetime]  # (scheduled_at, fired_at) of an entry's newest run
-
-
-def newest_run(engine: Engine, entry: str) -> Run | None:
-    """The entry's newest run by scheduled time (index ``ux_runs_entry_time``)."""
-    r = runs_table.c
-    stmt = (select(r.scheduled_at, r.fired_at).where(r.entry == entry)
-            .order_by(r.scheduled_at.desc()).limit(1))
-    row = transaction(engine, lambda conn: conn.execute(stmt).first(), readonly=True)
-    return None if row is None else (row[0], row[1])
 
 
 class Handover:
     """The ticks of ``entry`` a running shard covers: ``newer()`` returns the budget (seconds
     from now) of a tick fired since the previous look, else None."""
 
-    def __init__(self, engine: Engine, entry: str, max_seconds: float,
+    def __init__(self, runs: Runs, entry: str, max_seconds: float,
                  clock: Callable[[], datetime]) -> None:
-        self.engine = engine
+        self.runs = runs
         self.entry = entry
         self.max_seconds = max_seconds
         self.clock = clock
-        self.seen = newest_run(engine, entry)  # our own tick (or none: started by hand)
+        self.seen = runs.newest(entry)  # our own tick (or none: started by hand)
 
     def newer(self) -> tuple[datetime, float] | None:
         """(scheduled time, seconds of its budget left) of a tick fired since the last look."""
-        run = newest_run(self.engine, self.entry)
+        run = self.runs.newest(self.entry)
         if run is None or run == self.seen:
             return None
         self.seen = run

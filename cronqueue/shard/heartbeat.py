@@ -20,17 +20,17 @@ from datetime import datetime, timedelta
 
 from cronqueue.config import WorkerConfig
 from cronqueue.process.identity import Owner
-from cronqueue.store.repository import Repository
+from cronqueue.store.workers import Workers
 
 log = logging.getLogger("cronqueue.heartbeat")
 
 
 class Heartbeat:
-    def __init__(self, repo: Repository, cfg: WorkerConfig, *, label: str,
+    def __init__(self, workers: Workers, cfg: WorkerConfig, *, label: str,
                  clock: Callable[[], datetime], on_stop_requested: Callable[[], None],
                  on_lease_at_risk: Callable[[], None],
                  still_ours: Callable[[], bool] = lambda: True) -> None:
-        self.repo = repo
+        self.workers = workers
         self.cfg = cfg
         self.label = label
         self.clock = clock
@@ -53,7 +53,7 @@ class Heartbeat:
     def start(self, *, entry: str | None, shard: int, total: int, queues: str) -> None:
         me = Owner.me()
         now = self.clock()
-        self.worker_id = self.repo.register_worker(
+        self.worker_id = self.workers.register(
             host=me.host, pid=me.pid, pid_start=me.pid_start, entry=entry, shard=shard,
             total=total, queues=queues, started_at=now, heartbeat_at=now)
         self._last_ok = time.monotonic()
@@ -67,7 +67,7 @@ class Heartbeat:
             self._thread.join(timeout=self.cfg.heartbeat + 10)
         if self.worker_id is not None:
             try:
-                self.repo.forget_workers([self.worker_id])
+                self.workers.forget([self.worker_id])
             except Exception as exc:  # the rescue forgets the row later
                 log.warning("shard=%s could not deregister: %s", self.label, exc)
             self.worker_id = None
@@ -76,8 +76,9 @@ class Heartbeat:
         """One heartbeat (the thread calls it; tests may too)."""
         assert self.worker_id is not None
         now = self.clock()
-        asked = self.repo.heartbeat(self.worker_id, now, self.current_task, self.tasks_done,
-                                    token=self.token, lease_until=self.lease_until(now))
+        asked = self.workers.heartbeat(self.worker_id, now, self.current_task,
+                                       self.tasks_done, token=self.token,
+                                       lease_until=self.lease_until(now))
         if self._failing:
             log.warning("shard=%s heartbeat back after %.0fs", self.label,
                         time.monotonic() - self._last_ok)

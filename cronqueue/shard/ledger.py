@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from cronqueue.model import Task
-from cronqueue.store.repository import Finish, Flush, Flushed
+from cronqueue.store.outcomes import Finish, Flush, Flushed
 
 FENCE_FRESH = 0.02  # seconds a read of the claim's fence (or the window's mark) stays good
 

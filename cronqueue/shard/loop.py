@@ -34,10 +34,11 @@ from cronqueue.shard.heartbeat import Heartbeat
 from cronqueue.shard.ledger import Ledger
 from cronqueue.shard.proof import WorkerLock
 from cronqueue.states import Transition
-from cronqueue.store.claim import Claimer
+from cronqueue.store.claims import Claimer
+from cronqueue.store.database import Store
 from cronqueue.store.engine import is_unavailable, make_engine
-from cronqueue.store.queries import SECRET_ELSEWHERE
-from cronqueue.store.repository import Finish, Flush, Flushed, Repository
+from cronqueue.store.outcomes import Finish, Flush, Flushed
+from cronqueue.store.rows import SECRET_ELSEWHERE
 from cronqueue.text import visible
 
 log = logging.getLogger("cronqueue.worker")
@@ -166,8 +167,9 @@ class Shard:
         cfg = self.config
         engine = make_engine(cfg.db_url)  # built here, in the process that uses it
         guard = ShardGuard(engine, cfg.log_dir, self.entry, self.shard) if self.entry else None
-        self.repo = Repository(engine)
-        self.heartbeat = Heartbeat(self.repo, cfg.worker, label=self.label, clock=self.clock,
+        self.store = Store(engine)
+        self.heartbeat = Heartbeat(self.store.workers, cfg.worker, label=self.label,
+                                   clock=self.clock,
                                    on_stop_requested=self._stop_requested_remotely,
                                    on_lease_at_risk=self._lease_at_risk,
                                    still_ours=guard.verify if guard else lambda: True)
@@ -202,7 +204,7 @@ class Shard:
             if deadline is not None and self.entry is not None:
                 entry, budget = self.entry, deadline - started
                 self._handover = self._db("look at the ticks", lambda: Handover(
-                    engine, entry, budget, self.clock), until=patience)
+                    self.store.runs, entry, budget, self.clock), until=patience)
             self._loop(claimer, deadline)
             while guard is not None and self._taken_back(guard):
                 self._loop(claimer, self._deadline)
@@ -358,8 +360,8 @@ class Shard:
                         careful=self._careful, write=self._write, try_write=self._try_write,
                         clock=self.clock, lease_until=self.heartbeat.lease_until,
                         on_lost=self._on_lost,
-                        held=lambda ids: self._db("check its claim",
-                                                  lambda: self.repo.still_held(ids, token)))
+                        held=lambda ids: self._db(
+                            "check its claim", lambda: self.store.outcomes.still_held(ids, token)))
         self.heartbeat.token = token
         try:
             for task in tasks:
@@ -427,7 +429,7 @@ class Shard:
             return task
         problems = decode.Problems()
         secret = decode.optional_text(
-            "secret", self._db("secret", lambda: self.repo.secret(task.id)), problems)
+            "secret", self._db("secret", lambda: self.store.tasks.secret(task.id)), problems)
         return replace(task, secret=secret, problem="; ".join(problems) or None,
                        bad_columns=frozenset(problems.columns))
 
@@ -453,13 +455,13 @@ class Shard:
     def _write(self, flush: Flush) -> Flushed:
         # Outcomes are kept until the database takes them: a task is not run again just
         # because the write failed.
-        return self._db("record", lambda: self.repo.flush(flush))
+        return self._db("record", lambda: self.store.outcomes.flush(flush))
 
     def _try_write(self, flush: Flush) -> Flushed | None:
         """While a task runs: never raises (the script is running; the next begin, finish or
         close writes the outcomes with ``_write``, which does raise on a real error)."""
         try:
-            return self.repo.flush(flush)
+            return self.store.outcomes.flush(flush)
         except DatabaseError as exc:
             if not is_unavailable(exc):
                 log.error("shard=%s writing outcomes while a task runs failed: %s; kept for "

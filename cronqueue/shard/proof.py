@@ -37,6 +37,7 @@ from cronqueue.process.logfiles import (
     open_dir_in_log_dir,
     open_file_at,
 )
+from cronqueue.store.backends import backend_for
 
 log = logging.getLogger("cronqueue.shardproof")
 
@@ -44,12 +45,7 @@ log = logging.getLogger("cronqueue.shardproof")
 def database_key(url: str | URL) -> str:
     """A short name for the database ``url`` designates (no credentials in it)."""
     u = make_url(url)
-    if u.get_backend_name() == "sqlite":
-        where = os.path.realpath(u.database) if u.database not in (None, "", ":memory:") \
-            else ":memory:"
-        ident = f"sqlite:{where}"
-    else:
-        ident = f"{u.get_backend_name()}:{u.host}:{u.port}:{u.database}"
+    ident = backend_for(u.get_backend_name()).database_identity(u)
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 

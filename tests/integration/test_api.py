@@ -15,7 +15,7 @@ from cronqueue import InvalidTask, InvalidTransition, Queue, Status, TaskNotFoun
 from cronqueue.config import load_config
 from cronqueue.process.identity import Owner
 from cronqueue.shard.loop import Shard
-from cronqueue.store.claim import Claimer
+from cronqueue.store.claims import Claimer
 from cronqueue.store.schema import queue_table
 from tests.conftest import Clock
 from tests.helpers import write_script

@@ -18,9 +18,9 @@ from sqlalchemy import Engine
 from cronqueue import Queue, Status
 from cronqueue.model import Task
 from cronqueue.process.identity import Owner, host_identity
-from cronqueue.store.claim import Claimer
+from cronqueue.store.claims import Claimer
 from cronqueue.store.engine import make_engine
-from cronqueue.store.repository import Finish, Flush, Repository
+from cronqueue.store.outcomes import Finish, Flush, Outcomes
 from cronqueue.store.schema import metadata
 
 NOW = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
@@ -219,7 +219,7 @@ def test_queue_filter_with_shards(cq: Queue) -> None:
 
 def test_release_unstarted(cq: Queue) -> None:
     ids = cq.add_many([("job.sh", i) for i in range(4)])
-    repo = Repository(cq.engine)
+    repo = Outcomes(cq.engine)
     claim = claimer(cq.engine).claim(3, NOW)
     assert [t.id for t in claim.tasks] == ids[:3]
     started = repo.flush(Flush(claim.token, mark=[ids[0]], now=NOW, lease_until=NOW + LEASE))
@@ -245,7 +245,7 @@ def test_release_unstarted(cq: Queue) -> None:
 
 def test_fencing_wrong_token_changes_nothing(cq: Queue) -> None:
     task_id = cq.add("job.sh")
-    repo = Repository(cq.engine)
+    repo = Outcomes(cq.engine)
     claim = claimer(cq.engine).claim(1, NOW)
     before = cq.get(task_id)
     assert before is not None and before.status is Status.RUNNING

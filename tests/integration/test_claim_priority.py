@@ -18,7 +18,7 @@ from sqlalchemy import text
 
 from cronqueue import Queue, Status
 from cronqueue.process.identity import Owner
-from cronqueue.store.claim import Claimer
+from cronqueue.store.claims import Claimer
 from cronqueue.store.engine import make_engine
 from tests.conftest import BACKENDS
 from tests.helpers import clean_env, cronqueue_cmd, wait_until, write_script

@@ -19,7 +19,7 @@ from bench.bench_handover import run
 from cronqueue.config import Config, load_config
 from cronqueue.shard.handover import Handover
 from cronqueue.store.engine import make_engine
-from cronqueue.store.repository import Repository
+from cronqueue.store.runs import Runs
 from cronqueue.store.schema import ddl_metadata
 from tests.helpers import write_script
 
@@ -47,26 +47,26 @@ def test_handover_sees_each_newer_tick_once(db_url: str) -> None:
     engine = make_engine(db_url)
     try:
         ddl_metadata().create_all(engine)
-        repo = Repository(engine)
+        runs = Runs(engine)
         now = datetime.now(UTC)
         own = now - timedelta(hours=1)
-        repo.record_run("drain", own, host="h", pid=1, outcome="launching", now=now)
+        runs.record("drain", own, host="h", pid=1, outcome="launching", now=now)
         clock_now = now + timedelta(seconds=50)
-        handover = Handover(engine, "drain", 55.0, lambda: clock_now)
+        handover = Handover(runs, "drain", 55.0, lambda: clock_now)
         assert handover.newer() is None  # our own tick
-        repo.record_run("drain", own + timedelta(minutes=1), host="h2", pid=2,
-                        outcome="launching", now=now + timedelta(seconds=60))
+        runs.record("drain", own + timedelta(minutes=1), host="h2", pid=2,
+                    outcome="launching", now=now + timedelta(seconds=60))
         newer = handover.newer()
         assert newer is not None
         assert newer[0] == own + timedelta(minutes=1)
         assert newer[1] == 55.0  # 65 s by a mission clock 10 s ahead: capped at one budget
         assert handover.newer() is None  # seen
-        repo.record_run("other", own + timedelta(minutes=2), host="h", pid=1,
-                        outcome="launching", now=now)
+        runs.record("other", own + timedelta(minutes=2), host="h", pid=1,
+                    outcome="launching", now=now)
         assert handover.newer() is None  # another entry's tick is not ours
         clock_now = now + timedelta(seconds=100)
-        repo.record_run("drain", own + timedelta(minutes=2), host="h", pid=1,
-                        outcome="launching", now=now + timedelta(seconds=90))
+        runs.record("drain", own + timedelta(minutes=2), host="h", pid=1,
+                    outcome="launching", now=now + timedelta(seconds=90))
         assert handover.newer() == (own + timedelta(minutes=2), 45.0)  # its budget left
     finally:
         engine.dispose()
@@ -114,7 +114,7 @@ def test_a_tick_that_saw_the_guard_held_as_the_shard_exited_is_taken_back(
         release(guard)
         if not late:  # the first release: the shard's budget is over, the guard just freed
             me = Owner.me()
-            Repository(q.engine).record_run(
+            Runs(q.engine).record(
                 "drain", datetime.now(UTC).replace(second=0, microsecond=0),
                 host=me.host, pid=me.pid, outcome="started no shard; still running 0",
                 now=datetime.now(UTC))

@@ -17,8 +17,9 @@ from cronqueue.config import load_config
 from cronqueue.mission.rescue import rescue
 from cronqueue.process.identity import Owner
 from cronqueue.shard.loop import Shard
-from cronqueue.store.claim import Claimer
-from cronqueue.store.repository import Finish, Flush, Repository
+from cronqueue.store.claims import Claimer
+from cronqueue.store.database import Store
+from cronqueue.store.outcomes import Finish, Flush, Outcomes
 from tests.conftest import get_task
 from tests.helpers import (
     Procs,
@@ -57,7 +58,7 @@ def run_shard_process(cfg: Path, tmp_path: Path) -> int:
 
 
 def rescue_now(q: Queue, cfg: Path) -> None:
-    rescue(Repository(q.engine), load_config(cfg).worker,
+    rescue(Store(q.engine), load_config(cfg).worker,
            datetime.now(UTC) + timedelta(seconds=1))
 
 
@@ -79,17 +80,17 @@ def test_one_commit_per_window_and_exact_times(db_url: str, task_dir: Path, log_
                       flush_every=10, flush_interval=600)
     shard = Shard(cfg)
     flushes: list[Flush] = []
-    real_flush = Repository.flush
+    real_flush = Outcomes.flush
 
-    def spy(repo: Repository, flush: Flush) -> Any:
+    def spy(outcomes: Outcomes, flush: Flush) -> Any:
         flushes.append(flush)
-        return real_flush(repo, flush)
+        return real_flush(outcomes, flush)
 
-    Repository.flush = spy  # type: ignore[method-assign]
+    Outcomes.flush = spy  # type: ignore[method-assign]
     try:
         report = shard.run()
     finally:
-        Repository.flush = real_flush  # type: ignore[method-assign]
+        Outcomes.flush = real_flush  # type: ignore[method-assign]
     assert report.done == 23
     # 23 tasks in windows of 10: three marks; the outcomes of a window go with the next mark.
     assert [len(f.mark) for f in flushes if f.mark] == [10, 10, 3]
@@ -105,7 +106,7 @@ def test_one_commit_per_window_and_exact_times(db_url: str, task_dir: Path, log_
 
 def test_flush_of_a_row_taken_over_records_the_others(queue: Queue) -> None:
     ids = queue.add_many([("t.sh", i) for i in range(3)])
-    repo = Repository(queue.engine)
+    repo = Outcomes(queue.engine)
     now = datetime.now(UTC) + timedelta(seconds=1)
     claim = Claimer(queue.engine, Owner("h", 1, 1), shard=0, total=1, queues=None,
                     lease=timedelta(seconds=60)).claim(10, now)
@@ -237,7 +238,7 @@ def test_a_window_rescued_while_it_runs_starts_none_of_the_rescued_tasks(
     wait_until(lambda: sum(runs(task_dir).values()) >= 3, 60, "three tasks ran")
     # Another host, whose clock is past the lease: every row of the window is rescued
     # (pending again, run_at a lease ahead, so this burst shard cannot claim it again).
-    report = rescue(Repository(queue.engine), load_config(cfg).worker,
+    report = rescue(Store(queue.engine), load_config(cfg).worker,
                     datetime.now(UTC) + timedelta(seconds=120), me=Owner("elsewhere", 1, 1),
                     server_uptime=lambda: 10.0**9)
     ran = runs(task_dir)

@@ -27,7 +27,8 @@ from cronqueue.mission.tick import Mission, TickReport, ahead_warning
 from cronqueue.process.identity import host_identity
 from cronqueue.shard.guard import ShardGuard
 from cronqueue.store.engine import make_engine
-from cronqueue.store.repository import Repository
+from cronqueue.store.outcomes import Outcomes
+from cronqueue.store.runs import Runs
 from cronqueue.store.schema import runs_table
 from tests.helpers import clean_env, write_script
 
@@ -227,7 +228,7 @@ def test_simulated_day(make_config: Any, db_url: str, task_dir: Path, tmp_path: 
         assert sorted(r["task_id"] for r in rows) == sorted(added[entry])
     assert {r["outcome"] for r in runs(q, "a")} == {"started shards 0,1,2"}
 
-    latest = Repository(q.engine).latest_runs()
+    latest = Runs(q.engine).latest()
     assert set(latest) == {"a", "b", "c"}
     assert latest["a"]["scheduled_at"] == expected["a"][-1] == at(23, 56)
     assert latest["a"]["outcome"] == "started shards 0,1,2"
@@ -283,7 +284,7 @@ def test_same_minute_twice_and_on_another_host(make_config: Any, task_dir: Path,
 
     # A mission that read the runs table before the first one wrote (the race): the
     # unique (entry, scheduled_at) key makes it lose, acting on nothing.
-    monkeypatch.setattr(Repository, "last_scheduled", lambda self, entry: None)
+    monkeypatch.setattr(Runs, "last_scheduled", lambda self, entry: None)
     raced = other.tick(at(10, 0, 30))
     assert sorted(raced.lost_race) == ["drain", "nightly"]
     assert raced.fired == {} and raced.added == {} and raced.launched == []
@@ -405,7 +406,7 @@ def test_catch_up_skip_records_the_skipped_time(make_config: Any, task_dir: Path
     assert on_time.fired == {"e": at(10, 25)} and on_time.missed == {}
     assert set(on_time.added) == {"e"}
     assert count_tasks(q) == 2
-    assert Repository(q.engine).latest_runs()["e"]["outcome"] == "added"
+    assert Runs(q.engine).latest()["e"]["outcome"] == "added"
     q.close()
 
 
@@ -442,7 +443,7 @@ def test_shard_still_running_is_not_launched_again(make_config: Any, log_dir: Pa
         assert report.already_running == [("a", 1)]
         assert sorted(work_options(argv)["--shard"][0] for argv, _, _ in launcher.calls) == [
             "0", "2"]
-        outcome = Repository(q.engine).latest_runs()["a"]["outcome"]
+        outcome = Runs(q.engine).latest()["a"]["outcome"]
         assert "still running 1" in outcome
         assert outcome.startswith("started shards 0,2")
     finally:
@@ -452,7 +453,7 @@ def test_shard_still_running_is_not_launched_again(make_config: Any, log_dir: Pa
     report = mission.tick(at(10, 1, 1))
     assert report.launched == [("a", 0), ("a", 1), ("a", 2)]
     assert report.already_running == []
-    assert Repository(q.engine).latest_runs()["a"]["outcome"] == "started shards 0,1,2"
+    assert Runs(q.engine).latest()["a"]["outcome"] == "started shards 0,1,2"
     q.close()
 
 
@@ -604,8 +605,8 @@ def test_simulated_now_does_not_expire_leases(make_config: Any) -> None:
     """`cronqueue mission --now LATER` (a catch-up drill) must not take running tasks away from
     live shards on other hosts: their leases are real time."""
     from cronqueue.process.identity import Owner
-    from cronqueue.store.claim import Claimer
-    from cronqueue.store.repository import Flush
+    from cronqueue.store.claims import Claimer
+    from cronqueue.store.outcomes import Flush
 
     cfg = make_config("")
     q = Queue(config=cfg)
@@ -616,8 +617,8 @@ def test_simulated_now_does_not_expire_leases(make_config: Any) -> None:
     claim = claimer.claim(10, real + timedelta(seconds=1))
     assert [t.id for t in claim.tasks] == [task_id]
     lease_until = real + timedelta(seconds=900)
-    assert Repository(q.engine).flush(Flush(claim.token, mark=[task_id], now=real,
-                                            lease_until=lease_until)).marked == {task_id}
+    assert Outcomes(q.engine).flush(Flush(claim.token, mark=[task_id], now=real,
+                                          lease_until=lease_until)).marked == {task_id}
 
     drill = real + timedelta(days=1)
     report = Mission(cfg, launcher=FakeLauncher(), clock=lambda: real).tick(drill)
@@ -891,7 +892,7 @@ def test_schedule_overview_survives_an_entry_that_cannot_be_computed(make_config
                    MissionEntry("leapday", "0 0 30 2 *", add=AddAction("send.sh")),
                    MissionEntry("every", "* * * * *", add=AddAction("send.sh")))
     q = Queue(config=cfg)
-    leapday, every = overview(cfg, q.repo, at(10, 0, 5))
+    leapday, every = overview(cfg, q.store.runs, at(10, 0, 5))
     assert leapday["next"] == [] and "cannot be computed" in leapday["warning"]
     assert every["next"][0].startswith("2031-05-06T10:01") and every["warning"] is None
     q.close()

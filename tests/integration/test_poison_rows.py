@@ -346,7 +346,7 @@ def test_a_status_that_is_no_code_is_named_and_no_command_moves_it(
     before = {task_id: get(queue, task_id) for task_id in odd}
 
     shard(queue, task_dir, log_dir)
-    report = rescue(queue.repo, queue.config.worker, datetime.now(UTC),
+    report = rescue(queue.store, queue.config.worker, datetime.now(UTC),
                     server_uptime=lambda: 10.0**9)
     assert not set(odd) & set(report.retried + report.failed + report.released)
     assert queue.purge(older_than=0) == 1  # the done normal task only

@@ -15,8 +15,9 @@ from cronqueue import Queue, Status, Task
 from cronqueue.config import Config
 from cronqueue.mission.rescue import rescue
 from cronqueue.process.identity import Owner
-from cronqueue.store.claim import Claimer
-from cronqueue.store.repository import Finish, Flush, Repository
+from cronqueue.store.claims import Claimer
+from cronqueue.store.database import Store
+from cronqueue.store.outcomes import Finish, Flush, Outcomes
 from tests.helpers import Procs, cronqueue_cmd, wait_gone, wait_until, write_script
 
 DEAD = Owner("thishost", 999999, 1)  # the shard that "died"
@@ -47,8 +48,15 @@ def cfg(queue: Queue) -> Config:
 
 
 @pytest.fixture
-def repo(queue: Queue) -> Repository:
-    return queue.repo
+def repo(queue: Queue) -> Store:
+    return queue.store
+
+
+def _with(queue: Queue, outcomes: Outcomes) -> Store:
+    """The queue's store, its running rows read and settled by ``outcomes``."""
+    store = Store(queue.engine)
+    store.outcomes = outcomes
+    return store
 
 
 def now_utc() -> datetime:
@@ -63,10 +71,10 @@ def claim(queue: Queue, owner: Owner, *, limit: int = 10,
     return c.token, c.tasks
 
 
-def start(repo: Repository, task_id: int, token: str, now: datetime,
+def start(repo: Store, task_id: int, token: str, now: datetime,
           lease: float = 900) -> None:
-    assert repo.flush(Flush(token, mark=[task_id], now=now,
-                            lease_until=now + timedelta(seconds=lease))).marked == {task_id}
+    assert repo.outcomes.flush(Flush(token, mark=[task_id], now=now, lease_until=now + timedelta(
+        seconds=lease))).marked == {task_id}
 
 
 def get(queue: Queue, task_id: int) -> Task:
@@ -83,7 +91,7 @@ def done_values(now: datetime) -> dict[str, Any]:
 # -- this host: the pid tells ----------------------------------------------------------------
 
 
-def test_dead_owner_started_task_is_retried_after_backoff(queue: Queue, repo: Repository,
+def test_dead_owner_started_task_is_retried_after_backoff(queue: Queue, repo: Store,
                                                           cfg: Config) -> None:
     task_id = queue.add("t.sh", {"x": 1}, max_attempts=3, unique_key="job-1")
     now = now_utc()
@@ -117,7 +125,7 @@ def test_dead_owner_started_task_is_retried_after_backoff(queue: Queue, repo: Re
     assert get(queue, task_id).attempts == 2
 
 
-def test_dead_owner_last_attempt_fails_and_frees_the_key(queue: Queue, repo: Repository,
+def test_dead_owner_last_attempt_fails_and_frees_the_key(queue: Queue, repo: Store,
                                                          cfg: Config) -> None:
     task_id = queue.add("t.sh", max_attempts=1, unique_key="only-once")
     now = now_utc()
@@ -137,7 +145,7 @@ def test_dead_owner_last_attempt_fails_and_frees_the_key(queue: Queue, repo: Rep
     assert queue.add("t.sh", unique_key="only-once") != task_id
 
 
-def test_default_max_attempts_from_worker_config(queue: Queue, repo: Repository,
+def test_default_max_attempts_from_worker_config(queue: Queue, repo: Store,
                                                  cfg: Config) -> None:
     task_id = queue.add("t.sh")  # max_attempts NULL: the worker's (3)
     assert cfg.worker.max_attempts == 3
@@ -156,7 +164,7 @@ def test_default_max_attempts_from_worker_config(queue: Queue, repo: Repository,
     assert get(queue, task_id).attempts == 3
 
 
-def test_claimed_but_unstarted_goes_straight_back(queue: Queue, repo: Repository,
+def test_claimed_but_unstarted_goes_straight_back(queue: Queue, repo: Store,
                                                   cfg: Config) -> None:
     started_id = queue.add("t.sh")
     waiting_id = queue.add("t.sh", max_attempts=1)
@@ -177,11 +185,11 @@ def test_claimed_but_unstarted_goes_straight_back(queue: Queue, repo: Repository
     assert task.run_at == before.run_at  # due again at once
 
     # The dead owner's token no longer starts it (it was released).
-    assert repo.flush(Flush(token, mark=[waiting_id], now=now,
-                            lease_until=now + timedelta(hours=1))).marked == set()
+    assert repo.outcomes.flush(Flush(token, mark=[waiting_id], now=now,
+                                     lease_until=now + timedelta(hours=1))).marked == set()
 
 
-def test_live_owner_is_left_alone(queue: Queue, repo: Repository, cfg: Config) -> None:
+def test_live_owner_is_left_alone(queue: Queue, repo: Store, cfg: Config) -> None:
     a = queue.add("t.sh")
     b = queue.add("t.sh")
     now = now_utc()
@@ -198,7 +206,7 @@ def test_live_owner_is_left_alone(queue: Queue, repo: Repository, cfg: Config) -
         assert get(queue, i).status is Status.RUNNING
 
 
-def test_other_host_waits_for_the_lease(queue: Queue, repo: Repository, cfg: Config) -> None:
+def test_other_host_waits_for_the_lease(queue: Queue, repo: Store, cfg: Config) -> None:
     a = queue.add("t.sh")
     b = queue.add("t.sh")
     now = now_utc()
@@ -240,7 +248,7 @@ def test_other_host_waits_for_the_lease(queue: Queue, repo: Repository, cfg: Con
 
 
 def test_expired_leases_are_not_trusted_right_after_a_server_restart(
-        queue: Queue, repo: Repository, cfg: Config) -> None:
+        queue: Queue, repo: Store, cfg: Config) -> None:
     """While the database was down no lease could be renewed: after a restart the live shards
     get a lease + 30 s to reconnect before other hosts may take their tasks."""
     a = queue.add("t.sh")
@@ -255,7 +263,7 @@ def test_expired_leases_are_not_trusted_right_after_a_server_restart(
                      server_uptime=lambda: cfg.worker.lease + 31.0)
     assert settled.retried == [a]
 
-def test_owner_that_comes_back_after_the_rescue_is_fenced_out(queue: Queue, repo: Repository,
+def test_owner_that_comes_back_after_the_rescue_is_fenced_out(queue: Queue, repo: Store,
                                                               cfg: Config) -> None:
     a = queue.add("t.sh")
     b = queue.add("t.sh")
@@ -267,8 +275,8 @@ def test_owner_that_comes_back_after_the_rescue_is_fenced_out(queue: Queue, repo
 
     # The "dead" shard was only stalled: it records its result and starts the next task.
     later = now + timedelta(seconds=5)
-    late = repo.flush(Flush(token, [Finish(a, token, done_values(later))], mark=[b], now=later,
-                            lease_until=later + timedelta(hours=1)))
+    late = repo.outcomes.flush(Flush(token, [Finish(a, token, done_values(later))], mark=[b],
+                                     now=later, lease_until=later + timedelta(hours=1)))
     assert late.recorded == set() and late.marked == set()
     for i in (a, b):
         assert get(queue, i) == rescued[i]
@@ -276,24 +284,24 @@ def test_owner_that_comes_back_after_the_rescue_is_fenced_out(queue: Queue, repo
     assert (get(queue, a).error or "").startswith("ProcessMissingError")
 
 
-def test_rescue_after_the_owner_finished_changes_nothing(queue: Queue, repo: Repository,
+def test_rescue_after_the_owner_finished_changes_nothing(queue: Queue, repo: Store,
                                                          cfg: Config) -> None:
     a = queue.add("t.sh")
     now = now_utc()
     token, _ = claim(queue, DEAD)
     start(repo, a, token, now)
-    seen = repo.running()  # a rescuer reads the running rows ...
+    seen = repo.outcomes.running()  # a rescuer reads the running rows ...
     assert [t.id for t in seen] == [a]
     # ... and the owner finishes before the rescuer writes.
-    assert repo.record(Finish(a, token, done_values(now))) is True
+    assert repo.outcomes.record(Finish(a, token, done_values(now))) is True
     finished = get(queue, a)
     assert finished.status is Status.DONE
 
-    class SeenBefore(Repository):
+    class SeenBefore(Outcomes):
         def running(self) -> list[Task]:
             return seen
 
-    report = rescue(SeenBefore(queue.engine), cfg.worker, now, me=ME, alive=Alive())
+    report = rescue(_with(queue, SeenBefore(queue.engine)), cfg.worker, now, me=ME, alive=Alive())
     assert report.retried == report.failed == report.released == []
     assert get(queue, a) == finished
 
@@ -302,19 +310,19 @@ def test_rescue_after_the_owner_finished_changes_nothing(queue: Queue, repo: Rep
     assert get(queue, a) == finished
 
 
-def test_two_rescuers_settle_once(queue: Queue, repo: Repository, cfg: Config) -> None:
+def test_two_rescuers_settle_once(queue: Queue, repo: Store, cfg: Config) -> None:
     a = queue.add("t.sh")
     now = now_utc()
     token, _ = claim(queue, DEAD)
     start(repo, a, token, now)
-    seen = repo.running()
+    seen = repo.outcomes.running()
 
-    class SeenBefore(Repository):
+    class SeenBefore(Outcomes):
         def running(self) -> list[Task]:
             return seen
 
-    first = rescue(SeenBefore(queue.engine), cfg.worker, now, me=ME, alive=Alive())
-    second = rescue(SeenBefore(queue.engine), cfg.worker, now, me=ME, alive=Alive())
+    first = rescue(_with(queue, SeenBefore(queue.engine)), cfg.worker, now, me=ME, alive=Alive())
+    second = rescue(_with(queue, SeenBefore(queue.engine)), cfg.worker, now, me=ME, alive=Alive())
     assert first.retried == [a] and second.retried == []
     assert get(queue, a).attempts == 1
 
@@ -322,13 +330,13 @@ def test_two_rescuers_settle_once(queue: Queue, repo: Repository, cfg: Config) -
 # -- the workers registry -------------------------------------------------------------------
 
 
-def _register(repo: Repository, host: str, pid: int, heartbeat: datetime, **kw: Any) -> int:
+def _register(repo: Store, host: str, pid: int, heartbeat: datetime, **kw: Any) -> int:
     values = {"host": host, "pid": pid, "pid_start": 5, "entry": "e", "shard": 0, "total": 1,
               "queues": "", "started_at": heartbeat, "heartbeat_at": heartbeat}
-    return repo.register_worker(**(values | kw))
+    return repo.workers.register(**(values | kw))
 
 
-def test_rescue_forgets_dead_workers(queue: Queue, repo: Repository, cfg: Config) -> None:
+def test_rescue_forgets_dead_workers(queue: Queue, repo: Store, cfg: Config) -> None:
     now = now_utc()
     stale = now - timedelta(seconds=cfg.worker.lease + 1)
     dead_here = _register(repo, "thishost", 999999, now)
@@ -337,9 +345,9 @@ def test_rescue_forgets_dead_workers(queue: Queue, repo: Repository, cfg: Config
     stale_there = _register(repo, "otherhost", 999998, stale, shard=3)
     report = rescue(repo, cfg.worker, now, me=ME, alive=Alive(4242))
     assert report.forgotten_workers == 2
-    assert sorted(w["id"] for w in repo.worker_rows()) == sorted([live_here, fresh_there])
-    assert dead_here not in {w["id"] for w in repo.worker_rows()}
-    assert stale_there not in {w["id"] for w in repo.worker_rows()}
+    assert sorted(w["id"] for w in repo.workers.rows()) == sorted([live_here, fresh_there])
+    assert dead_here not in {w["id"] for w in repo.workers.rows()}
+    assert stale_there not in {w["id"] for w in repo.workers.rows()}
     # Nothing more to forget.
     assert rescue(repo, cfg.worker, now, me=ME, alive=Alive(4242)).forgotten_workers == 0
 
@@ -347,7 +355,7 @@ def test_rescue_forgets_dead_workers(queue: Queue, repo: Repository, cfg: Config
 # -- end to end: kill -9 of a real shard ------------------------------------------------------
 
 
-def test_killed_shard_task_is_rescued_at_once(queue: Queue, repo: Repository, cfg: Config,
+def test_killed_shard_task_is_rescued_at_once(queue: Queue, repo: Store, cfg: Config,
                                               db_url: str, task_dir: Path, log_dir: Path,
                                               tmp_path: Path, procs: Procs) -> None:
     pidfile = tmp_path / "script.pid"
@@ -372,12 +380,12 @@ def test_killed_shard_task_is_rescued_at_once(queue: Queue, repo: Repository, cf
     assert shard.wait(timeout=10) == -signal.SIGKILL
     wait_gone(script_pid, 10, "the script gone with its shard")
 
-    [row] = repo.worker_rows()  # it could not deregister
+    [row] = repo.workers.rows()  # it could not deregister
     assert row["pid"] == shard.pid
     now = now_utc()
     report = rescue(repo, cfg.worker, now, me=Owner.me())
     assert report.retried == [task_id]
-    assert report.forgotten_workers == 1 and repo.worker_rows() == []
+    assert report.forgotten_workers == 1 and repo.workers.rows() == []
     task = get(queue, task_id)
     assert task.status is Status.PENDING
     assert task.attempts == 1
@@ -404,7 +412,7 @@ def _token_less(queue: Queue, *, started: bool = True) -> int:
 
 
 def test_token_less_running_row_is_rescued_fenced_on_its_state(
-        queue: Queue, repo: Repository, cfg: Config) -> None:
+        queue: Queue, repo: Store, cfg: Config) -> None:
     """0.1.0: an AssertionError in the rescue at every tick."""
     task_id = _token_less(queue)
     seen = get(queue, task_id)
@@ -420,12 +428,12 @@ def test_token_less_running_row_is_rescued_fenced_on_its_state(
     with queue.engine.begin() as conn:
         conn.execute(text("UPDATE queue SET status = 2, attempts = 2, error = NULL "
                           "WHERE id = :i"), {"i": task_id})
-    assert not repo.settle(seen, {"status": int(Status.FAILED)})
+    assert not repo.outcomes.settle(seen, {"status": int(Status.FAILED)})
     assert get(queue, task_id).status is Status.RUNNING
 
 
 def test_a_hand_written_worker_host_cannot_forge_the_rescue_log(
-        queue: Queue, repo: Repository, cfg: Config, caplog: pytest.LogCaptureFixture) -> None:
+        queue: Queue, repo: Store, cfg: Config, caplog: pytest.LogCaptureFixture) -> None:
     """worker_host comes from the row: a newline or an escape in it was logged raw by the
     rescue (a forged line and terminal control in the mission's log)."""
     from sqlalchemy import text
@@ -444,16 +452,16 @@ def test_a_hand_written_worker_host_cannot_forge_the_rescue_log(
 
 
 def test_one_row_that_cannot_be_rescued_does_not_stop_the_others(
-        queue: Queue, repo: Repository, cfg: Config) -> None:
+        queue: Queue, repo: Store, cfg: Config) -> None:
     first, second = _token_less(queue), _token_less(queue, started=False)
 
-    class Flaky(Repository):
+    class Flaky(Outcomes):
         def settle(self, task: Task, values: dict[str, Any]) -> bool:
             if task.id == first:
                 raise RuntimeError("cannot write")
             return super().settle(task, values)
 
-    report = rescue(Flaky(queue.engine), cfg.worker, now_utc(), me=ME, alive=Alive(),
+    report = rescue(_with(queue, Flaky(queue.engine)), cfg.worker, now_utc(), me=ME, alive=Alive(),
                     server_uptime=long_up)
     assert report.errors == [f"task={first}: RuntimeError: cannot write"]
     assert report.released == [second]
@@ -462,7 +470,7 @@ def test_one_row_that_cannot_be_rescued_does_not_stop_the_others(
 
 
 def test_token_less_row_with_unreadable_attempts_is_still_rescued(
-        queue: Queue, repo: Repository, cfg: Config, backend: str) -> None:
+        queue: Queue, repo: Store, cfg: Config, backend: str) -> None:
     """Attempts that do not read as a number (SQLite keeps any text) must not make the fence
     miss forever: the row would stay running."""
     from sqlalchemy import text
@@ -479,7 +487,7 @@ def test_token_less_row_with_unreadable_attempts_is_still_rescued(
 
 
 def test_token_less_row_with_a_bad_max_attempts_is_still_fenced_on_its_attempts(
-        queue: Queue, repo: Repository) -> None:
+        queue: Queue, repo: Store) -> None:
     """Whether attempts were readable was decided by searching "attempts" in the problem
     text, which a bad ``max_attempts`` matched: the fence then left attempts out, and a rescue
     acting on an old view overwrote a row that had been run again meanwhile."""
@@ -492,12 +500,12 @@ def test_token_less_row_with_a_bad_max_attempts_is_still_fenced_on_its_attempts(
     assert seen.bad_columns == {"max_attempts"} and seen.attempts == 1
     with queue.engine.begin() as conn:
         conn.execute(text("UPDATE queue SET attempts = 2 WHERE id = :i"), {"i": task_id})
-    assert not repo.settle(seen, {"status": int(Status.FAILED)})
+    assert not repo.outcomes.settle(seen, {"status": int(Status.FAILED)})
     assert get(queue, task_id).status is Status.RUNNING
 
 
 def test_other_host_row_with_a_token_but_no_lease_is_rescued(
-        queue: Queue, repo: Repository, cfg: Config) -> None:
+        queue: Queue, repo: Store, cfg: Config) -> None:
     """A claim sets token and lease together; a row of another host with a token and no lease
     (inserted by hand) would otherwise never expire: 0.1.0 left it running forever."""
     from sqlalchemy import text

@@ -30,9 +30,9 @@ from cronqueue.errors import DatabaseError, InvalidTask
 from cronqueue.mission.rescue import rescue
 from cronqueue.process.identity import Owner
 from cronqueue.shard.loop import Shard
-from cronqueue.store.claim import Claimer
-from cronqueue.store.queries import SECRET_ELSEWHERE
-from cronqueue.store.repository import Flush
+from cronqueue.store.claims import Claimer
+from cronqueue.store.outcomes import Flush
+from cronqueue.store.rows import SECRET_ELSEWHERE
 from tests.conftest import BACKENDS, MYSQL_ADMIN_URL, get_task, run_cli
 from tests.helpers import clean_env, cronqueue_cmd, write_script
 
@@ -123,9 +123,9 @@ def test_secret_is_cleared_when_the_rescue_fails_a_task(queue: Queue) -> None:
     claimer = Claimer(queue.engine, dead, shard=0, total=1, queues=None,
                       lease=timedelta(seconds=60))
     token = claimer.claim(10, now + timedelta(seconds=1)).token
-    assert queue.repo.flush(Flush(token, mark=[task_id], now=now,
-                                  lease_until=now + timedelta(seconds=900))).marked == {task_id}
-    report = rescue(queue.repo, queue.config.worker, now + timedelta(seconds=3),
+    assert queue.store.outcomes.flush(Flush(token, mark=[task_id], now=now, lease_until=now
+                                            + timedelta(seconds=900))).marked == {task_id}
+    report = rescue(queue.store, queue.config.worker, now + timedelta(seconds=3),
                     me=Owner("thishost", 4242, 77), alive=lambda pid, start: False)
     assert report.failed == [task_id]
     task = get_task(queue, task_id)
@@ -144,7 +144,7 @@ def test_a_claim_leaves_the_secrets_in_the_database(queue: Queue) -> None:
     tasks = {t.id: t for t in claimer.claim(10, datetime.now(UTC) + timedelta(seconds=1)).tasks}
     assert tasks[with_secret].secret == SECRET_ELSEWHERE
     assert tasks[without].secret is None
-    assert queue.repo.secret(with_secret) == json.dumps("x" * 100_000)
+    assert queue.store.tasks.secret(with_secret) == json.dumps("x" * 100_000)
     listed = {t.id: t for t in queue.list()}
     assert listed[with_secret].secret == SECRET_ELSEWHERE
     assert listed[with_secret].as_dict()["secret"] == "***"
@@ -220,7 +220,7 @@ def test_add_many_statements_stay_under_max_allowed_packet(queue: Queue,
                                                            statements: list[int]) -> None:
     """Statements are cut at the server's limit (here made 1 MiB: the shared server's own is
     not changed), for the bulk JSON path (many small rows) and the row path (large rows)."""
-    queue.repo._packet = (1 * MiB,)  # as if read from the server
+    queue.store.tasks.inserter._packet = (1 * MiB,)  # as if read from the server
     small = [{"taskscript": "t.sh", "param": n, "secret": "a" * 2000} for n in range(3000)]
     large = [{"taskscript": "t.sh", "param": n, "secret": "b" * 300_000} for n in range(10)]
     ids = queue.add_many(small + large)

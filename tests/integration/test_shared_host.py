@@ -16,7 +16,7 @@ import pytest
 
 from cronqueue import Queue, Status
 from cronqueue.process.identity import host_identity, pid_start_ticks
-from cronqueue.store.repository import Repository
+from cronqueue.store.workers import Workers
 from tests.conftest import get_task, run_cli
 from tests.helpers import (
     Procs,
@@ -88,7 +88,7 @@ def test_a_dying_shard_never_kills_a_neighbour_installations_task(
 
 def _register(queue: Queue, pid: int, pid_start: int | None) -> int:
     now = datetime.now(UTC)
-    return Repository(queue.engine).register_worker(
+    return Workers(queue.engine).register(
         host=host_identity(), pid=pid, pid_start=pid_start, entry=None, shard=0, total=1,
         queues="", started_at=now, heartbeat_at=now)
 

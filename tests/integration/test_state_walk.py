@@ -16,9 +16,9 @@ from cronqueue.process.identity import Owner
 from cronqueue.process.runner import RunResult
 from cronqueue.shard.loop import Shard
 from cronqueue.states import Attempts, Transition, Write
-from cronqueue.store.claim import Claimer
+from cronqueue.store.claims import Claimer
 from cronqueue.store.hasten import hasten
-from cronqueue.store.repository import Finish, Flush
+from cronqueue.store.outcomes import Finish, Flush
 from tests.conftest import Clock
 
 DEAD = Owner("thishost", 999999, 1)  # the shard that claims (and, for the rescue, "died")
@@ -33,7 +33,7 @@ class Walk:
         self.queue = queue
         self.clock = clock
         self.shard = Shard(queue.config, clock=clock)
-        self.shard.repo = queue.repo
+        self.shard.store = queue.store
         self.taken: set[Transition] = set()
         self.tokens: dict[int, str] = {}
 
@@ -108,7 +108,7 @@ class Walk:
 
     def flush(self, transition: Transition, task_id: int, **kw: Any) -> None:
         token = self.tokens[task_id]
-        self.take(transition, task_id, lambda now: self.queue.repo.flush(Flush(
+        self.take(transition, task_id, lambda now: self.queue.store.outcomes.flush(Flush(
             token, now=now, lease_until=now + timedelta(seconds=60), **kw)))
 
     def run(self, task_id: int, transition: Transition, result: RunResult) -> None:
@@ -123,7 +123,8 @@ class Walk:
             decided, values = self.shard._decide(claimed, claimed.attempts + 1, result,
                                                  now - timedelta(seconds=1))
             assert decided is transition
-            flushed = self.queue.repo.flush(Flush(token, [Finish(task_id, token, values)]))
+            outcomes = self.queue.store.outcomes
+            flushed = outcomes.flush(Flush(token, [Finish(task_id, token, values)]))
             assert flushed.recorded == {task_id}
 
         self.take(transition, task_id, act, exit_code=result.returncode, output=result.output)
@@ -133,14 +134,15 @@ class Walk:
         assert task is not None
 
         def act(now: datetime) -> None:
-            flushed = self.queue.repo.flush(Flush(token, [self.shard._reject(task, token)]))
+            outcomes = self.queue.store.outcomes
+            flushed = outcomes.flush(Flush(token, [self.shard._reject(task, token)]))
             assert flushed.recorded == {task_id}
 
         self.take(Transition.REJECTED, task_id, act)
 
     def rescue(self, transition: Transition, task_id: int) -> None:
         def act(now: datetime) -> None:
-            report = rescue(self.queue.repo, self.queue.config.worker, now, me=ME,
+            report = rescue(self.queue.store, self.queue.config.worker, now, me=ME,
                             alive=lambda pid, start: False, server_uptime=lambda: 10.0**9)
             outcome = {Transition.RELEASED: report.released, Transition.RESCUED: report.retried,
                        Transition.RESCUE_FAILED: report.failed}[transition]

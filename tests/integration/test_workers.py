@@ -17,7 +17,7 @@ from cronqueue import Queue, Status
 from cronqueue.config import load_config
 from cronqueue.model import Worker
 from cronqueue.process.identity import host_identity, pid_start_ticks
-from cronqueue.store.repository import Repository
+from cronqueue.store.workers import Workers
 from tests.helpers import Procs, clean_env, cronqueue_cmd, holds_for, wait_until, write_script
 
 HEARTBEAT = 0.5
@@ -115,7 +115,7 @@ def test_stop_through_the_database_only(cq: Queue, shards: Shards) -> None:
     proc = shards.start("--max-seconds", "30")
     w = wait_until(lambda: the_worker(cq, proc), 20, lambda: shards.log(proc))
     # No signal: only the row (as an operator on another host would do it).
-    assert Repository(cq.engine).request_stop([w.id]) == 1
+    assert Workers(cq.engine).request_stop([w.id]) == 1
     # Seen at the next heartbeat; an idle shard wakes within poll_interval.
     assert proc.wait(timeout=HEARTBEAT + POLL + 8) == 0, shards.log(proc)
     assert "stop requested through the database" in shards.log(proc)
@@ -130,7 +130,7 @@ def test_stop_through_the_database_finishes_the_current_task(cq: Queue, shards: 
     proc = shards.start("--max-seconds", "30", "--batch", "10")
     w = wait_until(lambda: the_worker(cq, proc, current_task=running), 20,
                    lambda: shards.log(proc))
-    Repository(cq.engine).request_stop([w.id])
+    Workers(cq.engine).request_stop([w.id])
     assert proc.wait(timeout=15) == 0, shards.log(proc)
     a, b = cq.get(running), cq.get(waiting)
     assert a is not None and a.status is Status.DONE
@@ -176,7 +176,7 @@ def test_entry_guard_one_process_per_shard(cq: Queue, shards: Shards) -> None:
 
 
 def test_workers_judges_dead_and_reused_pids(cq: Queue) -> None:
-    repo = Repository(cq.engine)
+    repo = Workers(cq.engine)
     here = host_identity()
     now = datetime.now(UTC)
     lease = cq.config.worker.lease
@@ -187,7 +187,7 @@ def test_workers_judges_dead_and_reused_pids(cq: Queue) -> None:
 
     def register(host: str, pid: int, pid_start: int | None, shard: int,
                  beat: datetime = now) -> int:
-        return repo.register_worker(host=host, pid=pid, pid_start=pid_start, entry="judge",
+        return repo.register(host=host, pid=pid, pid_start=pid_start, entry="judge",
                                     shard=shard, total=5, queues="", started_at=beat,
                                     heartbeat_at=beat)
 
@@ -225,14 +225,14 @@ def test_stopped_workers_carry_why_they_got_no_signal(
     socket.gethostname()); the one who decided not to signal now says why."""
     from tests.conftest import run_main
 
-    repo = Repository(cq.engine)
+    repo = Workers(cq.engine)
     now = datetime.now(UTC)
     bystander = subprocess.Popen(["sleep", "60"])
     try:
         ticks = pid_start_ticks(bystander.pid)
 
         def register(host: str, pid: int, pid_start: int | None) -> int:
-            return repo.register_worker(host=host, pid=pid, pid_start=pid_start, entry=None,
+            return repo.register(host=host, pid=pid, pid_start=pid_start, entry=None,
                                         shard=0, total=1, queues="", started_at=now,
                                         heartbeat_at=now)
 

@@ -15,13 +15,13 @@ from sqlalchemy import Engine, create_engine
 
 from cronqueue.shard.guard import (
     ShardGuard,
-    db_lock_name,
     is_locked_here,
     is_locked_in_db,
     legacy_lock_path,
     lock_path,
 )
 from cronqueue.store.engine import make_engine
+from cronqueue.store.workers import lock_name as db_lock_name
 from tests.helpers import wait_until
 
 

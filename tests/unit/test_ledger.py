@@ -9,7 +9,7 @@ import pytest
 
 from cronqueue.shard import ledger as ledger_module
 from cronqueue.shard.ledger import Ledger
-from cronqueue.store.repository import Finish, Flush, Flushed
+from cronqueue.store.outcomes import Finish, Flush, Flushed
 from tests.unit.test_runner import make_task
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from cronqueue.model import Status, Task, status_name
-from cronqueue.store import queries, schema
+from cronqueue.store import schema
+from cronqueue.store.tasks import FINISHED
 
 T0 = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
 
@@ -60,7 +61,7 @@ def test_enum_synced() -> None:
     assert str(default.arg) == "0"
     assert int(str(default.arg)) == Status.PENDING
     # The statements use the same codes.
-    assert set(queries.FINISHED) == {int(Status.DONE), int(Status.FAILED),
+    assert set(FINISHED) == {int(Status.DONE), int(Status.FAILED),
                                      int(Status.CANCELLED)}
 
 

@@ -184,7 +184,7 @@ class DownRepo:
         raise DatabaseError("database error on mysql+pymysql://u:***@h/db: "
                             "OperationalError: (2013, 'Lost connection')")
 
-    def forget_workers(self, ids: Any) -> None:
+    def forget(self, ids: Any) -> None:
         pass
 
 

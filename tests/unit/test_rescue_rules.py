@@ -6,8 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cronqueue.mission.rescue import owner_gone
-from cronqueue.process.identity import Owner, pid_start_ticks
+from cronqueue.process.identity import Owner, owner_gone, pid_start_ticks
 
 ME = Owner(host="web1", pid=1000, pid_start=555)
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
