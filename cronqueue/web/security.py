@@ -43,9 +43,10 @@ HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
 }
-# Endpoints anyone may reach: the login form, the vendored CSS/JS. (``healthz`` is for
-# monitors; the metrics blueprint decides for its own routes.)
-PUBLIC = frozenset({"login.login", "static", "healthz"})
+# Endpoints served without a login: the login form, the vendored CSS/JS. A page group whose
+# routes must answer without one (a health check for monitors) adds its endpoint names here;
+# every other route needs a user, a token or the host's login (or the open local mode).
+PUBLIC = frozenset({"login.login", "static"})
 # POSTs any signed-in role may make (they change only the caller's own session).
 SESSION_POSTS = frozenset({"login.login", "login.logout"})
 
