@@ -86,11 +86,17 @@ def task_filter(source: Mapping[str, Any], *, status_code: int | None = None,
 def filter_args(f: TaskFilter, *, with_status: bool = True) -> dict[str, str]:
     """A filter as query arguments (for links and for the hidden fields of a bulk form)."""
     out = {"queue": f.queue, "script": f.script, "unique_key": f.unique_key, "param": f.param,
-           "since": f.since.strftime("%Y-%m-%dT%H:%M") if f.since else None,
-           "until": f.until.strftime("%Y-%m-%dT%H:%M") if f.until else None}
+           "since": _utc_text(f.since), "until": _utc_text(f.until)}
     if with_status and f.status is not None:
         out["status"] = Status.of(f.status).name.lower()
     return {k: v for k, v in out.items() if v}
+
+
+def _utc_text(moment: datetime | None) -> str | None:
+    """A time filter as the form sends it back: UTC, to the second."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def ids(form: MultiDict[str, str], cap: int) -> list[int]:
