@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 if TYPE_CHECKING:  # sqlalchemy.orm is a heavy import the queue does not need at run time
     from sqlalchemy.orm import Session
 
 from cronqueue.config import Config, describe, load_config
-from cronqueue.errors import InvalidTask
+from cronqueue.errors import CronqueueError, InvalidTask
 from cronqueue.model import Status, Task, Worker
 from cronqueue.process.identity import Owner
 from cronqueue.shard.proof import signal_shard
@@ -98,7 +100,8 @@ class Queue:
         self.close()
 
     def init_db(self) -> None:
-        """Create the tables and indexes if absent (idempotent)."""
+        """Create the tables, or bring an existing database to this version's schema: the
+        pending migrations, as ``cronqueue migrate`` runs them (a no-op when up to date)."""
         self.store.init_db()
 
     # -- enqueue ------------------------------------------------------------------------------
@@ -119,7 +122,8 @@ class Queue:
         spec = build_spec(taskscript, param, priority=priority, queue=queue, run_at=run_at,
                           delay=delay, max_attempts=max_attempts, timeout=timeout,
                           unique_key=unique_key, secret=secret, now=now)
-        return self.store.tasks.add([spec], now, connection)[0]
+        with self._schema_named():
+            return self.store.tasks.add([spec], now, connection)[0]
 
     def add_many(self, specs: Iterable[Any], *,
                  connection: Connection | Session | None = None) -> list[int]:
@@ -131,7 +135,20 @@ class Queue:
         built = [spec_from_item(item, now, i) for i, item in enumerate(specs)]
         if not built:
             return []
-        return self.store.tasks.add(built, now, connection)
+        with self._schema_named():
+            return self.store.tasks.add(built, now, connection)
+
+    @contextlib.contextmanager
+    def _schema_named(self) -> Iterator[None]:
+        """A write that failed on a column or table a database behind this cronqueue lacks
+        raises ``SchemaVersionError`` naming ``cronqueue migrate``, not the SQL error."""
+        try:
+            yield
+        except (CronqueueError, DBAPIError) as exc:
+            from cronqueue.store.migrate import explain_failed_write
+
+            explain_failed_write(self.engine, exc)
+            raise
 
     # -- shards and the schedule (what a web application can show and control) ---------------
 

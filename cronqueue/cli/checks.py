@@ -1,5 +1,6 @@
 """``cronqueue check``: validate the configuration, the database and the directories, and run
-nothing. Exit 0 when every check passes, 1 otherwise (a bad config already exits 2)."""
+nothing. Exit 0 when every check passes, 1 otherwise; 2 for a bad config and for a database
+schema this cronqueue does not run on (behind: `cronqueue migrate`; ahead)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from cronqueue.errors import CronqueueError
 from cronqueue.process.scriptpath import strict_mode_problem
 from cronqueue.store.database import Store
 from cronqueue.store.engine import database_file_warning, make_engine
+from cronqueue.store.migrate import SchemaVersionError, require_current
 from cronqueue.store.runs import Runs
 from cronqueue.text import visible_line
 
@@ -54,6 +56,7 @@ def _visible_lines(out: Callable[[str], None]) -> Callable[[str], None]:
 def run_checks(cfg: Config, out: Callable[[str], None] = print,
                now: datetime | None = None) -> int:
     failures = 0
+    refused = False  # the schema: exit 2
     # Paths, URLs and entry names come from the config, flags and environment: a newline or an
     # escape in one must neither forge an "ok" line nor drive the operator's terminal.
     out = _visible_lines(out)
@@ -72,6 +75,12 @@ def run_checks(cfg: Config, out: Callable[[str], None] = print,
             version = ".".join(map(str, engine.dialect.server_version_info or ()))
             report(has, "database", f"{cfg.safe_db_url} ({engine.dialect.name} {version}); " +
                    ("schema present" if has else "no queue table: run `cronqueue init-db`"))
+            if has:  # behind or ahead of this cronqueue: exit 2, like work and mission
+                try:
+                    report(True, "schema", f"version {require_current(engine)}")
+                except SchemaVersionError as exc:
+                    report(False, "schema", str(exc))
+                    refused = True
             for warning in shard_warnings(cfg, store.auto_increment_step()):
                 out(f"WARN sharding  {warning}")
             file_warning = database_file_warning(cfg.db_url)
@@ -103,4 +112,4 @@ def run_checks(cfg: Config, out: Callable[[str], None] = print,
         if loose:
             out(f"WARN log_dir   {parent} {loose}: another user can plant files there (cronqueue "
                 "refuses links and others' files in it; make it writable by its owner only)")
-    return 1 if failures else 0
+    return 2 if refused else 1 if failures else 0

@@ -12,7 +12,8 @@ from cronqueue.config import MAX_BATCH, Config
 
 
 def register(add: AddCommand) -> None:
-    p = add("init-db", "create the tables and indexes if absent (idempotent)", cmd_init_db)
+    p = add("init-db", "create the tables, or bring them to this version's schema (runs the "
+            "pending migrations, as `migrate` does; idempotent)", cmd_init_db)
     p.add_argument("--print-ddl", action="store_true",
                    help="print the DDL instead of running it (see sql/)")
     p.add_argument("--dialect", choices=["sqlite", "mysql"],

@@ -47,6 +47,7 @@ from cronqueue.shard.guard import is_locked_here, is_locked_in_db
 from cronqueue.spec import build_spec
 from cronqueue.store.database import Store
 from cronqueue.store.engine import make_engine
+from cronqueue.store.migrate import require_current
 from cronqueue.store.runs import Runs
 from cronqueue.text import visible
 
@@ -146,6 +147,7 @@ class Mission:
         report = TickReport()
         engine = self._engine or make_engine(self.config.db_url)
         try:
+            require_current(engine)  # a database behind or ahead: SchemaVersionError, exit 2
             store = Store(engine)
             me = Owner.me()
             # Shards start last: their start-up (an interpreter each) would compete for the

@@ -37,6 +37,7 @@ from cronqueue.states import Transition
 from cronqueue.store.claims import Claimer
 from cronqueue.store.database import Store
 from cronqueue.store.engine import is_unavailable, make_engine
+from cronqueue.store.migrate import require_current
 from cronqueue.store.outcomes import Finish, Flush, Flushed
 from cronqueue.store.rows import SECRET_ELSEWHERE
 from cronqueue.text import visible
@@ -179,6 +180,8 @@ class Shard:
         patience = deadline if deadline is not None else started + cfg.worker.outage_wait
         proof: WorkerLock | None = None
         try:
+            # A database behind (or ahead of) this cronqueue: SchemaVersionError, exit 2.
+            self._db("check the schema", lambda: require_current(engine), until=patience)
             if guard is not None and not self._db("lock", guard.acquire, until=patience):
                 self.report.already_running = guard.holder
                 log.info("shard=%s already running on %s; not starting", self.label,
