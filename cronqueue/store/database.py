@@ -34,8 +34,12 @@ class Store:
 
     def server_uptime(self) -> float | None:
         """Seconds since the database server started; None for an embedded database."""
+        if not self.backend.server:
+            return None
         return transaction(self.engine, self.backend.server_uptime, readonly=True)
 
     def auto_increment_step(self) -> int:
         """``auto_increment_increment`` (Galera and multi-primary set it > 1); 1 on SQLite."""
+        if not self.backend.server:
+            return 1
         return transaction(self.engine, self.backend.auto_increment_step, readonly=True)

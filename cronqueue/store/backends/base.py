@@ -41,6 +41,9 @@ class Backend(ABC):
     row_locks: ClassVar[bool]
     # Server-wide named locks held by a connection and freed when it dies (``GET_LOCK``).
     named_locks: ClassVar[bool]
+    # A database server (settings and an uptime to read); False: an embedded file, where
+    # those have fixed answers and asking them costs no transaction.
+    server: ClassVar[bool]
     max_lock_name: ClassVar[int] = 64  # characters a named lock's name may have
 
     # -- URL and engine -------------------------------------------------------------------------

@@ -56,6 +56,7 @@ class MysqlBackend(Backend):
     serialized_writers: ClassVar[bool] = False
     row_locks: ClassVar[bool] = True
     named_locks: ClassVar[bool] = True
+    server: ClassVar[bool] = True
 
     def normalize_url(self, url: URL) -> URL:
         """``mysql://`` and ``mariadb://`` mean PyMySQL (the driver we ship with)."""

@@ -46,6 +46,7 @@ class SqliteBackend(Backend):
     serialized_writers: ClassVar[bool] = True
     row_locks: ClassVar[bool] = False
     named_locks: ClassVar[bool] = False
+    server: ClassVar[bool] = False
 
     def database_identity(self, url: URL) -> str:
         """The file's real path (two spellings of one file are one database)."""
