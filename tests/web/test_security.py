@@ -91,7 +91,7 @@ def test_headers_on_every_answer(web: Web) -> None:
         assert "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
         assert "default-src 'none'" in csp
         assert response.headers["X-Content-Type-Options"] == "nosniff"
-        assert response.headers["Referrer-Policy"] == "no-referrer"
+        assert response.headers["Referrer-Policy"] == "same-origin"
         assert response.headers["X-Frame-Options"] == "DENY"
     assert web.get("/tasks").headers["Cache-Control"] == "no-store"
 
