@@ -1,9 +1,11 @@
 """The migration lock: one ``cronqueue migrate`` at a time on a database, from any host.
 
-SQLite: the whole upgrade is one ``BEGIN IMMEDIATE`` transaction (the write lock; all or
-nothing). MySQL/MariaDB: ``GET_LOCK`` on a name derived from the database's name, held on the
-connection that runs the migrations (DDL commits each statement there: see ``migrate.py``).
-A second ``migrate`` waits, says once that it waits, and then finds nothing left to do.
+What the backend offers decides how (``store/backends``): with serialized writers (SQLite) the
+whole upgrade is one write transaction (``BEGIN IMMEDIATE``: the lock, and all or nothing);
+with named locks (MySQL/MariaDB ``GET_LOCK``) the lock is held by the connection that runs the
+migrations, on a name derived from the database's name, and each step is committed as it
+completes (DDL commits there anyway: see ``migrate.py``). A second ``migrate`` waits, says once
+that it waits, and then finds nothing left to do.
 """
 
 from __future__ import annotations
@@ -12,23 +14,26 @@ import hashlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from cronqueue.errors import DatabaseError
+from cronqueue.store.backends import Backend, backend_for
 
 log = logging.getLogger("cronqueue.migrate")
+_POLL = 0.25  # seconds between two tries of a named lock another migrate holds
+_WAITING = "waiting for the migration lock: another `cronqueue migrate` is running on this database"
 
 
 @dataclass
 class Session:
-    """A connection that holds the migration lock. ``atomic``: one transaction for it all
-    (SQLite); else each step is committed as it completes (MySQL/MariaDB DDL commits anyway)."""
+    """A connection that holds the migration lock. ``atomic``: one transaction for it all;
+    else each step is committed as it completes."""
 
     conn: Connection
     atomic: bool
@@ -41,9 +46,10 @@ class Session:
 
 @contextmanager
 def locked(engine: Engine) -> Iterator[Session]:
+    backend = backend_for(engine)
     with engine.connect() as conn:
-        if engine.dialect.name == "sqlite":
-            _begin_immediate(conn)
+        if backend.serialized_writers:
+            _begin_write(conn, backend)
             try:
                 yield Session(conn, atomic=True)
                 conn.commit()
@@ -52,44 +58,31 @@ def locked(engine: Engine) -> Iterator[Session]:
                 raise
             return
         name = lock_name(conn)
-        _get_lock(conn, name)
+        told = False
+        while not backend.lock_acquire(conn, name):
+            if not told:
+                log.info(_WAITING)
+                told = True
+            time.sleep(_POLL)
         try:
             yield Session(conn, atomic=False)
             conn.commit()
         finally:
             with suppress(DBAPIError):
                 conn.rollback()
-                conn.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": name})
-                conn.commit()
+                backend.lock_release(conn, name)
 
 
 def lock_name(conn: Connection) -> str:
-    """The MySQL/MariaDB named lock of one database's migrations (names are server-wide,
-    at most 64 characters): the same from every host, whatever name it uses for the server."""
-    database = conn.execute(text("SELECT DATABASE()")).scalar()
-    conn.commit()
+    """The named lock of one database's migrations (names are server-wide, at most 64
+    characters): the same from every host, whatever name that host gives the server."""
+    database = conn.dialect.default_schema_name or conn.engine.url.database
     return "cronqueue:migrate:" + hashlib.sha256(str(database).encode()).hexdigest()[:40]
 
 
-def _get_lock(conn: Connection, name: str) -> None:
-    wait = 0
-    while True:
-        got = conn.execute(text("SELECT GET_LOCK(:name, :wait)"),
-                           {"name": name, "wait": wait}).scalar()
-        conn.commit()
-        if got == 1:
-            return
-        if got is None:
-            raise DatabaseError("GET_LOCK failed for the migration lock")
-        if wait == 0:
-            log.info("waiting for the migration lock: another `cronqueue migrate` is running "
-                     "on this database")
-        wait = 5
-
-
-def _begin_immediate(conn: Connection) -> None:
-    """SQLite: take the write lock (``BEGIN IMMEDIATE``, by the engine's begin hook), saying
-    once that it waits for another writer."""
+def _begin_write(conn: Connection, backend: Backend) -> None:
+    """Serialized writers (SQLite): take the write lock (``BEGIN IMMEDIATE``, the engine's begin
+    hook), in 1 s waits of the driver's busy timeout, saying once that it waits."""
     raw: Any = conn.connection.dbapi_connection
     before = raw.execute("PRAGMA busy_timeout").fetchone()[0]
     raw.execute("PRAGMA busy_timeout = 1000")
@@ -100,11 +93,10 @@ def _begin_immediate(conn: Connection) -> None:
                 conn.begin()
                 return
             except OperationalError as exc:
-                if "locked" not in str(exc.orig).lower() and "busy" not in str(exc.orig).lower():
+                if not backend.is_transient(exc):
                     raise
                 if not told:
-                    log.info("waiting for the migration lock: another `cronqueue migrate` (or a "
-                             "writer) holds the database")
+                    log.info("%s (or another writer holds it)", _WAITING)
                     told = True
     finally:
         raw.execute(f"PRAGMA busy_timeout = {int(before)}")

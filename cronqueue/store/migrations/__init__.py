@@ -53,12 +53,14 @@ class Migration:
 
 
 def set_for(dialect_name: str) -> str:
-    """The migration set of a dialect (``mariadb`` uses ``mysql``'s)."""
-    if dialect_name == "sqlite":
-        return "sqlite"
-    if dialect_name in ("mysql", "mariadb"):
-        return "mysql"
-    raise ValueError(f"unsupported dialect {dialect_name!r} (sqlite or mysql)")
+    """The migration set of a dialect: its backend's name (``mariadb`` uses ``mysql``'s). A
+    new backend (``store/backends/``) brings its own set, the same versions as the others."""
+    from cronqueue.store.backends import backend_for
+
+    name = backend_for(dialect_name).name  # ValueError: unsupported
+    if name not in SETS:
+        raise ValueError(f"no migrations for the {name} backend")
+    return name
 
 
 def split_statements(sql: str) -> list[str]:
