@@ -61,7 +61,7 @@ def known_tables() -> frozenset[str]:
 @dataclass(frozen=True)
 class Placement:
     version: int | None  # the version whose shape it has; 0: no cronqueue table; None: none
-    problem: str | None = None  # when None: what differs from the closest version
+    problem: str | None = None  # version None: what differs from the closest version
     ignored: frozenset[Name] = frozenset()  # names no version has (an operator's additions)
 
 
