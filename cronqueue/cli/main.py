@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -20,7 +21,9 @@ from cronqueue.config import Config, load_config
 from cronqueue.errors import ConfigError, CronqueueError, InvalidTask
 from cronqueue.process.conceal import conceal_db_url
 
-__all__ = ["build_parser", "config_from_args", "main", "setup_logging"]
+__all__ = ["SIGPIPE_EXIT", "build_parser", "config_from_args", "main", "setup_logging"]
+
+SIGPIPE_EXIT = 128 + signal.SIGPIPE  # 141: the reader of stdout left (`cronqueue list | head`)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -51,6 +54,29 @@ def _exit_now(code: int) -> NoReturn:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; its exit code. ``--help`` and usage errors exit through argparse's
+    ``SystemExit`` (0, 2)."""
+    try:
+        try:
+            return _main(argv)
+        finally:  # buffered output reaches a closed pipe here: caught below, not at exit
+            sys.stdout.flush()
+    except BrokenPipeError:
+        return _reader_left()
+
+
+def _reader_left() -> int:
+    """`cronqueue list | head`: the reader left before the output ended. No traceback (and
+    none again when Python flushes stdout at exit: it now writes to /dev/null), and the exit
+    status of a Unix tool killed by SIGPIPE, 128 + 13 = 141 — what `cat` or `grep` give in
+    the same place: the output was cut short, which 0 would hide from `set -o pipefail`, and
+    which is neither a failed task (1) nor bad usage (2)."""
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return SIGPIPE_EXIT
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     Parser.argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
@@ -75,11 +101,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 1
-    except BrokenPipeError:  # `cronqueue list | head`: the reader left; no traceback
-        with contextlib.suppress(OSError):  # and none again when Python flushes stdout
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -327,28 +327,55 @@ def test_a_usage_error_never_shows_a_password(argv: list[str],
     assert "error:" in err and "Qv7Wk3pJx" not in err and "***" in err, err
 
 
-def test_a_closed_pipe_ends_list_without_a_traceback(tmp_path: Path) -> None:
-    """`cronqueue list | head -1` printed a BrokenPipeError traceback."""
+@pytest.fixture(scope="module")
+def piped_db(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A SQLite queue of 3,000 tasks (more output than a pipe holds)."""
     import subprocess
     import sys
 
-    db = f"sqlite:///{tmp_path}/q.db"
-    (tmp_path / "tasks").mkdir()
-    (tmp_path / "tasks" / "ok.sh").write_text("echo ok\n")
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("CRONQUEUE_")}
-    cq = [sys.executable, "-m", "cronqueue"]
-    subprocess.run([*cq, "init-db", "--db", db], check=True, env=env, capture_output=True)
-    code = (f"from cronqueue import Queue; q = Queue({db!r}, task_dir={str(tmp_path / 'tasks')!r})"
-            "; q.add_many([{'taskscript': 'ok.sh'}] * 3000)")
-    subprocess.run([sys.executable, "-c", code], check=True, env=env)
-    proc = subprocess.Popen([*cq, "list", "--db", db, "--limit", "3000"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout is not None and proc.stderr is not None
-    proc.stdout.readline()
-    proc.stdout.close()  # the reader leaves, as `head -1` does
-    err = proc.stderr.read().decode()
-    proc.wait(timeout=30)
-    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    from tests.helpers import clean_env
+
+    tmp = tmp_path_factory.mktemp("pipe")
+    (tmp / "tasks").mkdir()
+    db = f"sqlite:///{tmp}/q.db"
+    code = (f"from cronqueue import Queue; q = Queue({db!r}, task_dir={str(tmp / 'tasks')!r})"
+            "; q.init_db(); q.add_many([{'taskscript': 'ok.sh'}] * 3000)")
+    subprocess.run([sys.executable, "-c", code], check=True, env=clean_env())
+    return db
+
+
+@pytest.mark.parametrize("buffered", [True, False])
+@pytest.mark.parametrize("argv", [["list", "--limit", "3000"], ["list", "--json"],
+                                  ["status", "1"], ["stats"], ["--help"]])
+def test_a_closed_pipe_ends_the_command_quietly_with_141(piped_db: str, argv: list[str],
+                                                         buffered: bool) -> None:
+    """`cronqueue list | head` / `status N | head -1` printed a BrokenPipeError traceback (a
+    write that met the closed pipe), or "Exception ignored ... BrokenPipeError" and exit 120
+    (buffered output flushed at exit: the usual case when stdout is a pipe). Now: nothing on
+    stderr, exit 141 as a Unix tool killed by SIGPIPE."""
+    import os
+    import subprocess
+
+    from cronqueue.cli.main import SIGPIPE_EXIT
+    from tests.helpers import clean_env, cronqueue_cmd
+
+    env = clean_env()
+    env.pop("PYTHONUNBUFFERED", None)
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    read, write = os.pipe()
+    os.close(read)  # the reader has left before the first write: deterministic
+    try:
+        done = subprocess.run(cronqueue_cmd(*argv, "--db", piped_db) if argv[0] != "--help"
+                              else cronqueue_cmd(*argv), stdout=write, stderr=subprocess.PIPE,
+                              env=env, timeout=60, check=False)
+    finally:
+        os.close(write)
+    err = done.stderr.decode()
+    assert err == "", err
+    # (argparse itself ignores a failed write of --help: unbuffered, nothing is left to fail)
+    expected = 0 if argv == ["--help"] and not buffered else SIGPIPE_EXIT
+    assert done.returncode == expected and SIGPIPE_EXIT == 141
 
 
 @pytest.mark.parametrize("text", ["0001-01-01T00:00:00", "0001-01-01T00:00:00+01:00",
