@@ -102,11 +102,28 @@ def common_options(parser: argparse.ArgumentParser) -> None:
                help="directory task scripts are resolved in (default: tasks)")
     env_option(g, "--log-dir", env="CRONQUEUE_LOG_DIR", metavar="DIR",
                help="directory for task output logs (default: logs)")
-    env_option(g, "--log-level", env="CRONQUEUE_LOG_LEVEL", metavar="LEVEL",
-               choices=list(LOG_LEVELS), help="logging level")
+    env_option(g, "--log-level", env="CRONQUEUE_LOG_LEVEL", metavar="LEVEL", type=log_level,
+               help=f"logging level: {', '.join(LOG_LEVELS)}, in any case (default: warning; "
+                    "info for work, mission and demo)")
+
+
+def json_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--json``: ``what`` as JSON instead of text."""
+    parser.add_argument("--json", action="store_true",
+                        help=f"print {what} as JSON (times ISO-8601 with their UTC offset)")
 
 
 # -- argument types ----------------------------------------------------------------------------
+
+def log_level(text: str) -> str:
+    """``debug`` ... ``error``, in any case (``DEBUG`` as Python's logging spells them)."""
+    level = text.strip().lower()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"invalid choice {text!r} (choose from {', '.join(LOG_LEVELS)}, in any case; "
+            "CRONQUEUE_LOG_LEVEL sets it too)")
+    return level
+
 
 def positive_int(text: str) -> int:
     try:

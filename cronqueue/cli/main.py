@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from cronqueue.cli.args import LOG_LEVELS, Parser
+from cronqueue.cli.args import Parser
 from cronqueue.cli.parser import build_parser
 from cronqueue.config import Config, load_config
 from cronqueue.errors import ConfigError, CronqueueError, InvalidTask
@@ -79,10 +79,7 @@ def _reader_left() -> int:
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     Parser.argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
-    if args.log_level is not None and args.log_level.lower() not in LOG_LEVELS:
-        parser.error(f"--log-level/CRONQUEUE_LOG_LEVEL: invalid choice {args.log_level!r} "
-                     f"(choose from {', '.join(LOG_LEVELS)})")
+    args = parser.parse_args(argv)  # --log-level and CRONQUEUE_LOG_LEVEL: args.log_level
     chatty = args.command in ("work", "demo", "mission")
     setup_logging(args.log_level, logging.INFO if chatty else logging.WARNING)
     try:

@@ -14,6 +14,7 @@ from cronqueue.cli.args import (
     env_option,
     flag,
     integer,
+    json_flag,
     max_seconds,
     open_queue,
     parse_time,
@@ -57,16 +58,16 @@ def register(add: AddCommand) -> None:
 
     p = add("schedule", "the mission entries: cron, description, next runs, last run",
             cmd_schedule)
-    p.add_argument("--json", action="store_true")
+    json_flag(p, "the entries")
 
     p = add("workers", "running shards on every host; `workers stop` asks them to stop",
             cmd_workers)
     p.add_argument("action", nargs="?", choices=["list", "stop"], default="list")
-    p.add_argument("ids", nargs="*", type=task_id, help="with stop: worker ids")
+    p.add_argument("ids", metavar="ID", nargs="*", type=task_id, help="with stop: worker ids")
     p.add_argument("--entry", help="with stop: the shards of this mission entry")
     p.add_argument("--shard", type=integer, help="with stop --entry: only this shard index")
     p.add_argument("--all", action="store_true", help="with stop: every running shard")
-    p.add_argument("--json", action="store_true")
+    json_flag(p, "the shards")
 
 
 def cmd_work(args: argparse.Namespace, cfg: Config) -> int:

@@ -11,6 +11,7 @@ from cronqueue.cli.args import (
     AddCommand,
     env_option,
     integer,
+    json_flag,
     open_queue,
     parse_age,
     parse_time,
@@ -29,8 +30,9 @@ from cronqueue.model import Status
 
 def register(add: AddCommand) -> None:
     p = add("add", "enqueue a task; prints its id", cmd_add)
-    p.add_argument("taskscript", help="script path relative to task_dir")
-    p.add_argument("param", nargs="?", default="null", help="param as JSON text (default null)")
+    p.add_argument("taskscript", metavar="TASKSCRIPT", help="script path relative to task_dir")
+    p.add_argument("param", metavar="PARAM_JSON", nargs="?", default="null",
+                   help="param as JSON text (default null)")
     env_option(p, "--priority", env="CRONQUEUE_ADD_PRIORITY", type=integer, default=0,
                help="higher runs sooner (default 0)")
     env_option(p, "--queue", env="CRONQUEUE_ADD_QUEUE", default="default", help="queue name")
@@ -45,28 +47,28 @@ def register(add: AddCommand) -> None:
                         "never in argv")
 
     p = add("status", "show one task", cmd_status)
-    p.add_argument("id", type=task_id)
+    p.add_argument("id", metavar="ID", type=task_id, help="the task's id")
     p.add_argument("--wait", action="store_true",
                    help="wait until it is finished; exit 0 if done, 1 otherwise")
     p.add_argument("--timeout", type=seconds, help="with --wait: give up after this long")
-    p.add_argument("--json", action="store_true")
+    json_flag(p, "the task")
 
     p = add("list", "list tasks, newest first", cmd_list)
     p.add_argument("--status", type=status, help="pending, done, running, failed, cancelled")
     p.add_argument("--queue")
     p.add_argument("--limit", type=upto(INT_MAX), default=50)
-    p.add_argument("--json", action="store_true")
+    json_flag(p, "the tasks")
 
     p = add("stats", "counts by status and queue, due backlog", cmd_stats)
-    p.add_argument("--json", action="store_true")
+    json_flag(p, "the counts")
 
     p = add("retry", "run a failed or cancelled task again", cmd_retry)
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("id", type=task_id, nargs="?")
+    which.add_argument("id", metavar="ID", type=task_id, nargs="?", help="the task's id")
     which.add_argument("--failed", action="store_true", help="every failed task")
 
     p = add("cancel", "cancel a pending task", cmd_cancel)
-    p.add_argument("id", type=task_id)
+    p.add_argument("id", metavar="ID", type=task_id, help="the task's id")
 
     p = add("purge", "delete finished tasks older than an age", cmd_purge)
     p.add_argument("--older-than", type=parse_age, required=True, metavar="AGE",

@@ -394,3 +394,55 @@ def test_mission_now_in_year_one_is_one_line_exit_2(capsys: pytest.CaptureFixtur
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "year must be within 1970..9998" in err and "Traceback" not in err
+
+
+# -- issue 15 item 4: --log-level, --json and the positionals in --help ---------------------------
+
+
+@pytest.mark.parametrize("given", ["DEBUG", "Debug", "debug", "WARNING", " info "])
+def test_log_level_is_accepted_in_any_case(given: str) -> None:
+    """`--log-level DEBUG` was refused (the choices were lowercase only)."""
+    args = build_parser().parse_args(["stats", "--log-level", given])
+    assert args.log_level == given.strip().lower()
+
+
+def test_log_level_from_the_environment_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRONQUEUE_LOG_LEVEL", "ERROR")
+    assert build_parser().parse_args(["stats"]).log_level == "error"
+
+
+def test_a_bad_log_level_names_the_choices(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["stats", "--log-level", "verbose"]) == 2
+    err = capsys.readouterr().err
+    assert "'verbose'" in err and "debug, info, warning, error" in err
+
+
+def _help(*argv: str, capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args([*argv, "--help"])
+    assert info.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # argparse's wrapping undone
+
+
+def test_help_shows_the_log_levels_and_what_json_does(capsys: pytest.CaptureFixture[str]) -> None:
+    """The choices were hidden behind LEVEL; --json had no help text."""
+    for command in ("status", "list", "stats", "schedule", "workers"):
+        out = _help(command, capsys=capsys)
+        assert "--log-level LEVEL logging level: debug, info, warning, error, in any case" in out
+        assert "--json print " in out and "as JSON" in out, (command, out)
+
+
+@pytest.mark.parametrize(("argv", "named"), [
+    (["add"], "TASKSCRIPT"), (["status"], "ID"), (["cancel"], "ID")])
+def test_a_positional_is_named_alike_in_help_and_in_errors(
+        argv: list[str], named: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`add --help` said `param`, its errors `PARAM_JSON` (the contract's name)."""
+    out = _help(*argv, capsys=capsys)
+    assert f" {named}" in out.split("positional arguments:")[1]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(argv)
+    assert f"required: {named}" in capsys.readouterr().err
+    if argv == ["add"]:
+        assert "[PARAM_JSON]" in out and "PARAM_JSON param as JSON text" in out
+        assert main(["add", "x.sh", "{bad"]) == 2
+        assert "PARAM_JSON is not valid JSON" in capsys.readouterr().err
