@@ -178,9 +178,14 @@ def cross_site(web: WebConfig) -> str | None:
     site = request.headers.get("Sec-Fetch-Site")
     if site is not None and site != "same-origin":
         return f"Sec-Fetch-Site is {visible(site[:40])}"
+    if site == "same-origin":
+        # Set by the browser alone (a page cannot forge it), and sent with every request by
+        # current browsers; their Origin may be "null" under a host application's
+        # `Referrer-Policy: no-referrer`, so it is not asked for as well.
+        return None
     origin = request.headers.get("Origin")
     if origin is None:
-        return None if site == "same-origin" else "neither Origin nor Sec-Fetch-Site sent"
+        return "neither Origin nor Sec-Fetch-Site sent"
     mine = f"{request.scheme}://{request.host}".lower()
     if origin.lower() == mine or origin.lower() in web.trusted_origins:
         return None

@@ -156,6 +156,13 @@ def test_a_post_from_another_site_is_refused(web: Web) -> None:
                   headers={"Sec-Fetch-Site": "same-origin"})
     assert ok.status_code == 302
     assert get_task(web.queue, task_id).status == Status.CANCELLED
+    # A browser under `Referrer-Policy: no-referrer` (a host application's) sends Origin: null
+    # with its own form POSTs; Sec-Fetch-Site, which no page can forge, says same-origin.
+    other = web.queue.add("b.py")
+    ok = web.post("/actions/cancel", {"id": str(other), "next": "/tasks"}, origin="null",
+                  headers={"Sec-Fetch-Site": "same-origin"})
+    assert ok.status_code == 302
+    assert get_task(web.queue, other).status == Status.CANCELLED
 
 
 def test_a_post_without_the_csrf_token_is_refused(web: Web) -> None:
