@@ -15,11 +15,12 @@ from typing import TypeVar
 from urllib.parse import unquote_plus
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
     ArgumentError,
     DBAPIError,
     InterfaceError,
+    NoSuchModuleError,
 )
 
 from cronqueue.errors import ConfigError, DatabaseError
@@ -81,7 +82,34 @@ def normalize_url(url: str) -> str:
             f"db_url: unsupported database {parsed.get_backend_name()!r} "
             f"(use sqlite:///FILE or mysql+pymysql://user:pw@host/db)"
         ) from None
-    return backend.normalize_url(parsed).render_as_string(hide_password=False)
+    normalized = backend.normalize_url(parsed)
+    check_driver(normalized, url)
+    return normalized.render_as_string(hide_password=False)
+
+
+_SHIPPED_DRIVERS = frozenset({"pymysql", "pysqlite"})  # cronqueue's own: nothing to load
+
+
+def check_driver(url: URL, given: str) -> None:
+    """The URL's driver exists and its module is installed, else one ``ConfigError`` line
+    naming the driver (``mysql+pymsql://`` was a ``NoSuchModuleError`` traceback at the first
+    statement). The drivers cronqueue ships are known; another is loaded here, once."""
+    driver = url.get_driver_name()
+    if driver in _SHIPPED_DRIVERS:
+        return
+    where = f"in {redact(given)!r}"
+    ours = "sqlite:///FILE" if url.get_backend_name() == "sqlite" else \
+        "mysql+pymysql://user:pw@host/db"
+    try:
+        dialect = url.get_dialect()
+    except NoSuchModuleError:
+        raise ConfigError(f"db_url: no driver {driver!r} for {url.get_backend_name()} {where} "
+                          f"(mistyped? cronqueue ships {ours})") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        raise ConfigError(f"db_url: driver {driver!r} {where} is not installed "
+                          f"({type(exc).__name__}: {exc}); cronqueue ships {ours}") from None
 
 
 def make_engine(url: str) -> Engine:

@@ -446,3 +446,43 @@ def test_a_positional_is_named_alike_in_help_and_in_errors(
         assert "[PARAM_JSON]" in out and "PARAM_JSON param as JSON text" in out
         assert main(["add", "x.sh", "{bad"]) == 2
         assert "PARAM_JSON is not valid JSON" in capsys.readouterr().err
+
+
+# -- a mistyped driver ------------------------------------------------------------------------
+
+
+BAD_DRIVERS = [("mysql+pymsql://cq:Qv7Wk3pJx@127.0.0.1/app", "no driver 'pymsql' for mysql"),
+               ("mariadb+pymsql://cq:Qv7Wk3pJx@db/app", "no driver 'pymsql' for mariadb"),
+               ("sqlite+pysqlit:///q.db?password=Qv7Wk3pJx", "no driver 'pysqlit' for sqlite"),
+               ("mysql+mysqldb://cq:Qv7Wk3pJx@db/app", "driver 'mysqldb' in")]
+
+
+@pytest.mark.parametrize(("url", "said"), BAD_DRIVERS)
+@pytest.mark.parametrize("argv", [["add", "x.sh"], ["list"], ["status", "1", "--wait"],
+                                  ["work"], ["mission"], ["check"], ["init-db"], ["purge",
+                                  "--older-than", "1d"], ["schedule"], ["workers"]])
+def test_a_mistyped_driver_is_one_line_exit_2(url: str, said: str, argv: list[str],
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """`add` with mysql+pymsql:// printed a NoSuchModuleError traceback (exit 1)."""
+    if url.startswith("mysql+mysqldb"):
+        pytest.importorskip("sqlalchemy.dialects.mysql.mysqldb")
+        try:
+            __import__("MySQLdb")
+            pytest.skip("mysqlclient is installed here")
+        except ImportError:
+            pass
+    assert main([*argv, "--db", url]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.splitlines()
+    assert len(err) == 1 and said in err[0] and "***" in err[0], captured.err
+    assert "Qv7Wk3pJx" not in captured.err + captured.out
+
+
+@pytest.mark.parametrize(("url", "said"), BAD_DRIVERS[:3])
+def test_queue_with_a_mistyped_driver_raises_a_config_error(url: str, said: str) -> None:
+    from cronqueue import Queue
+    from cronqueue.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=said) as info:
+        Queue(url)
+    assert "Qv7Wk3pJx" not in str(info.value)
