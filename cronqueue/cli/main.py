@@ -15,10 +15,12 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from sqlalchemy.exc import DBAPIError
+
 from cronqueue.cli.args import Parser
 from cronqueue.cli.parser import build_parser
 from cronqueue.config import Config, load_config
-from cronqueue.errors import ConfigError, CronqueueError, InvalidTask
+from cronqueue.errors import ConfigError, CronqueueError, DatabaseError, InvalidTask
 from cronqueue.process.conceal import conceal_db_url
 
 __all__ = ["SIGPIPE_EXIT", "build_parser", "config_from_args", "main", "setup_logging"]
@@ -40,6 +42,33 @@ def setup_logging(level: str | None, default: int) -> None:
         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
         stream=sys.stderr,
     )
+
+
+def schema_refusal(exc: DatabaseError, db_url: str) -> str | None:
+    """A command failed on a table the database lacks (MySQL 1146, SQLite "no such table"):
+    the line naming what to run — `cronqueue init-db` for a database without cronqueue's
+    tables, `cronqueue migrate` for one behind — as `work` and `mission` say it before they
+    start (``migrate.require_current``, asked only now: no query on the way of a command that
+    works). None for any other error."""
+    cause = exc.__cause__
+    orig = getattr(cause, "orig", None)
+    code = orig.args[0] if orig is not None and orig.args else None
+    if not (isinstance(cause, DBAPIError)
+            and (code == 1146 or "no such table" in str(orig).lower())):
+        return None
+    from cronqueue.store.engine import make_engine
+    from cronqueue.store.migrate import SchemaVersionError, require_current
+
+    engine = make_engine(db_url)
+    try:
+        require_current(engine)
+    except SchemaVersionError as refusal:
+        return str(refusal)
+    except CronqueueError:
+        return None
+    finally:
+        engine.dispose()
+    return None
 
 
 def _exit_now(code: int) -> NoReturn:
@@ -93,6 +122,13 @@ def _main(argv: Sequence[str] | None) -> int:
     except (ConfigError, InvalidTask) as exc:
         print(f"cronqueue: error: {exc}", file=sys.stderr)
         return 2
+    except DatabaseError as exc:
+        why = schema_refusal(exc, cfg.db_url)
+        if why is not None:  # no tables, or a database behind: one line, exit 2
+            print(f"cronqueue: error: {why}", file=sys.stderr)
+            return 2
+        print(f"cronqueue: {exc}", file=sys.stderr)
+        return 1
     except CronqueueError as exc:
         print(f"cronqueue: {exc}", file=sys.stderr)
         return 1

@@ -106,3 +106,27 @@ def test_demo_runs_offline(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     assert re.search(r"\d+ done, 1 failed, 0 pending, 0 running", res.stdout)
     assert (tmp_path / "demo" / "demo.db").exists()
+
+
+# -- issue 15 item 4: the rough edges a new user hit -------------------------------------------
+
+
+def test_a_database_without_tables_names_init_db(db_url: str, task_dir: Path, log_dir: Path,
+                                                 tmp_path: Path) -> None:
+    """Every command but check/init-db/migrate printed the raw error (MariaDB: 1146) and
+    exited 1; the mission says the same one line at each tick."""
+    config = tmp_path / "cronqueue.toml"
+    config.write_text('[[mission]]\nname = "nightly"\ncron = "* * * * *"\n'
+                      'add = { taskscript = "ok.sh" }\n'
+                      '[[mission]]\nname = "drain"\ncron = "* * * * *"\n'
+                      'do_queue = { total = 2 }\n')
+    line = "cronqueue: error: the database has no cronqueue tables: run `cronqueue init-db`"
+    for args in [("add", "ok.sh"), ("status", "1"), ("status", "1", "--wait"), ("list",),
+                 ("stats",), ("retry", "1"), ("retry", "--failed"), ("cancel", "1"),
+                 ("purge", "--older-than", "1d"), ("schedule",), ("workers",),
+                 ("workers", "stop", "--all"), ("work",), ("mission",)]:
+        res = run_cli(*args, "--config", str(config), db_url=db_url, task_dir=task_dir,
+                      log_dir=log_dir)
+        assert (res.returncode, res.stderr, res.stdout) == (2, line + "\n", ""), args
+    check = run_cli("check", db_url=db_url, task_dir=task_dir, log_dir=log_dir)
+    assert check.returncode == 1 and "no queue table: run `cronqueue init-db`" in check.stdout
