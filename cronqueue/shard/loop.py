@@ -423,7 +423,7 @@ class Shard:
         setattr(self.report, outcome, getattr(self.report, outcome) + 1)
         self.heartbeat.tasks_done = self.report.ran
         self.report.outcomes[task.id] = outcome
-        return Finish(task.id, token, values)
+        return Finish(task.id, token, values, transition)
 
     def _with_secret(self, task: Task) -> Task:
         """The task with its secret, read as it starts (a claim leaves secrets in the
@@ -453,7 +453,7 @@ class Shard:
         self.report.failed += 1
         self.report.outcomes[task.id] = "failed"
         return Finish(task.id, token, states.values(Transition.REJECTED, self.clock(),
-                                                    error=error))
+                                                    error=error), Transition.REJECTED)
 
     def _write(self, flush: Flush) -> Flushed:
         # Outcomes are kept until the database takes them: a task is not run again just
@@ -487,12 +487,8 @@ class Shard:
         assert result.failure is not None
         run["error"] = result.failure.record()
         if result.interrupted:  # a hard stop killed it: not its fault, the attempt given back
-            values = states.values(Transition.RETURNED, now, **run)
-            # TODO(states): the group commit binds values only; until it writes the edge's
-            # relative ``attempts - 1`` itself, the give-back is spelled out here (the fence
-            # guarantees the row still holds this claim's count: attempt).
-            values["attempts"] = attempt - 1
-            return Transition.RETURNED, values
+            # (``attempts - 1``: written by the statement, from the edge the Finish names)
+            return Transition.RETURNED, states.values(Transition.RETURNED, now, **run)
         verdict = states.after_failure(self.policy, attempt=attempt,
                                        max_attempts=task.max_attempts, now=now,
                                        permanent=result.permanent)

@@ -35,7 +35,7 @@ from sqlalchemy import Connection, Engine, Executable, Select, Update, or_, sele
 from cronqueue.decode import priority_key
 from cronqueue.model import Status, Task
 from cronqueue.process.identity import Owner
-from cronqueue.states import Transition, sql_values
+from cronqueue.states import Transition, sql_values, values
 from cronqueue.store.backends import Backend, backend_for
 from cronqueue.store.engine import transaction
 from cronqueue.store.rows import bind, ids, status_is, task_columns
@@ -196,10 +196,9 @@ class Claimer:
         if (self.skip_locked or self.serialized) and won == len(chosen):
             # We hold row locks on every candidate (or the write lock since before we read
             # them): all of them are ours, as read, with what the UPDATE wrote.
-            claimed = {"status": Status.RUNNING, "claim_token": token,
-                       "worker_host": self.owner.host, "worker_pid": self.owner.pid,
-                       "worker_pid_start": self.owner.pid_start, "lease_until": lease_until,
-                       "started_at": None}
+            claimed = values(Transition.CLAIMED, claim_token=token,
+                             worker_host=self.owner.host, worker_pid=self.owner.pid,
+                             worker_pid_start=self.owner.pid_start, lease_until=lease_until)
             return [Task.from_row(row | claimed) for row in chosen]
         if won == 0:
             return []

@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 
 from cronqueue.model import Task
-from cronqueue.states import FINISHED, Transition, sql_values
+from cronqueue.states import FINISHED, Transition, attempts_change, sql_values
 from cronqueue.store.backends import backend_for
 from cronqueue.store.engine import transaction
 from cronqueue.store.rows import CHUNK, bind, fence, ids, status_is, task_columns
@@ -43,6 +43,13 @@ class Finish:
     task_id: int
     token: str
     values: dict[str, Any]
+    # The edge it takes (``cronqueue.states``): its relative ``attempts`` change (``returned``:
+    # ``attempts - 1``) is written by the statement, never an absolute count from memory.
+    transition: Transition | None = None
+
+    @property
+    def attempts_change(self) -> int:
+        return 0 if self.transition is None else attempts_change(self.transition)
 
 
 @dataclass(frozen=True)
@@ -113,11 +120,12 @@ def extend_lease(conn: Connection, token: str, lease_until: datetime) -> None:
     conn.execute(_extend_lease(), {"token": token, "lease_until": lease_until})
 
 
-def _finish_many(rows: Sequence[tuple[int, dict[str, Any]]],
-                 token: str) -> tuple[Update, dict[str, Any]]:
-    """Record several outcomes with the same columns in one statement: a column whose value is
-    the same for every row is set plainly, the others by ``CASE id``. Fenced by the claim.
-    Returns the statement (built once per shape and reused) and its parameters."""
+def _finish_many(rows: Sequence[tuple[int, dict[str, Any]]], token: str,
+                 change: int) -> tuple[Update, dict[str, Any]]:
+    """Record several outcomes with the same columns (and the same ``attempts`` change, +1, -1
+    or none) in one statement: a column whose value is the same for every row is set plainly,
+    the others by ``CASE id``. Fenced by the claim. Returns the statement (built once per
+    shape and reused) and its parameters."""
     names = tuple(rows[0][1])
     varying = tuple(n for n in names if any(v[n] != rows[0][1][n] for _, v in rows))
     params: dict[str, Any] = {"token": token}
@@ -128,11 +136,12 @@ def _finish_many(rows: Sequence[tuple[int, dict[str, Any]]],
     for name in names:
         if name not in varying:
             params[name] = rows[0][1][name]
-    return _finish_many_stmt(len(rows), names, varying), params
+    return _finish_many_stmt(len(rows), names, varying, change), params
 
 
 @functools.lru_cache(maxsize=128)
-def _finish_many_stmt(count: int, names: tuple[str, ...], varying: tuple[str, ...]) -> Update:
+def _finish_many_stmt(count: int, names: tuple[str, ...], varying: tuple[str, ...],
+                      change: int) -> Update:
     row_ids = [bindparam(f"id{i}", type_=q.c.id.type) for i in range(count)]
     values: dict[str, Any] = {}
     for name in names:
@@ -143,7 +152,15 @@ def _finish_many_stmt(count: int, names: tuple[str, ...], varying: tuple[str, ..
                                   for i in range(count)])
         else:
             values[name] = bindparam(name, type_=column_type)
+    values.update(_attempts(change))
     return update(q).where(q.c.id.in_(row_ids), *fence()).values(**values)
+
+
+def _attempts(change: int) -> dict[str, Any]:
+    """The relative ``attempts`` write of an edge that counts or gives back an attempt."""
+    if change == 0:
+        return {}
+    return {"attempts": q.c.attempts + 1 if change > 0 else q.c.attempts - 1}
 
 
 def _clearing_secret(values: dict[str, Any]) -> dict[str, Any]:
@@ -197,15 +214,17 @@ class Outcomes:
 
         done = Flushed()
         token = flush.token
-        groups: dict[tuple[str, ...], list[tuple[int, dict[str, Any]]]] = {}
+        groups: dict[tuple[int, tuple[str, ...]], list[tuple[int, dict[str, Any]]]] = {}
         for f in flush.finishes:
             if ours(f.task_id):
                 values = _clearing_secret(f.values)
-                groups.setdefault(tuple(values), []).append((f.task_id, values))
-        for rows in groups.values():
+                assert not (f.attempts_change and "attempts" in values), f
+                groups.setdefault((f.attempts_change, tuple(values)), []).append(
+                    (f.task_id, values))
+        for (change, _), rows in groups.items():
             for start in range(0, len(rows), _FINISH_CHUNK):
                 chunk = rows[start:start + _FINISH_CHUNK]
-                write(*_finish_many(chunk, token), len(chunk))
+                write(*_finish_many(chunk, token, change), len(chunk))
                 done.recorded.update(task_id for task_id, _ in chunk)
         mark = [i for i in flush.mark if ours(i)]
         if mark:
@@ -235,7 +254,7 @@ class Outcomes:
     def record(self, finish: Finish) -> bool:
         """Write one outcome; whether the claim still held the row."""
         stmt = (update(q).where(q.c.id == finish.task_id, *fence())
-                .values(**_clearing_secret(finish.values)))
+                .values(**_clearing_secret(finish.values), **_attempts(finish.attempts_change)))
         return transaction(self.engine, lambda conn: conn.execute(
             stmt, {"token": finish.token}).rowcount == 1)
 

@@ -4,7 +4,7 @@ unique key held or released, each column it writes) and every other column is un
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,7 +15,7 @@ from cronqueue.model import Status
 from cronqueue.process.identity import Owner
 from cronqueue.process.runner import RunResult
 from cronqueue.shard.loop import Shard
-from cronqueue.states import Attempts, Transition, Write
+from cronqueue.states import Attempts, Transition, Write, attempt_of_run
 from cronqueue.store.claims import Claimer
 from cronqueue.store.hasten import hasten
 from cronqueue.store.outcomes import Finish, Flush
@@ -36,6 +36,7 @@ class Walk:
         self.shard.store = queue.store
         self.taken: set[Transition] = set()
         self.tokens: dict[int, str] = {}
+        self.claimed: dict[int, Task] = {}
 
     def row(self, task_id: int) -> Task | None:
         return self.queue.get(task_id)
@@ -102,6 +103,7 @@ class Walk:
             c = claimer.claim(10, now)
             assert [t.id for t in c.tasks] == [task_id]
             self.tokens[task_id] = c.token
+            self.claimed[task_id] = c.tasks[0]
 
         self.take(Transition.CLAIMED, task_id, act, worker_host=DEAD.host,
                   worker_pid=DEAD.pid, worker_pid_start=DEAD.pid_start)
@@ -114,17 +116,14 @@ class Walk:
     def run(self, task_id: int, transition: Transition, result: RunResult) -> None:
         """The shard's own decision (``_decide``) on a run's result, written by its group
         commit."""
-        task = self.row(task_id)
-        assert task is not None
-        claimed = replace(task, attempts=task.attempts - 1)  # as read at the claim, unmarked
-        token = self.tokens[task_id]
+        claimed, token = self.claimed[task_id], self.tokens[task_id]  # as the claim read it
 
         def act(now: datetime) -> None:
-            decided, values = self.shard._decide(claimed, claimed.attempts + 1, result,
+            decided, values = self.shard._decide(claimed, attempt_of_run(claimed), result,
                                                  now - timedelta(seconds=1))
             assert decided is transition
             outcomes = self.queue.store.outcomes
-            flushed = outcomes.flush(Flush(token, [Finish(task_id, token, values)]))
+            flushed = outcomes.flush(Flush(token, [Finish(task_id, token, values, decided)]))
             assert flushed.recorded == {task_id}
 
         self.take(transition, task_id, act, exit_code=result.returncode, output=result.output)
