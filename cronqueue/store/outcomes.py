@@ -80,8 +80,9 @@ class _NotHeld(Exception):
 
 @functools.cache
 def _mark_window() -> Update:
-    """Count the attempt of every task in a shard's next window before any of them runs: if
-    the shard dies, the rescue charges each one whose outcome was not recorded yet."""
+    """Count the attempt of every task in a shard's next window before any of them runs
+    (``started``, the only edge that counts one): if the shard dies, each one whose outcome
+    was not recorded yet has had its attempt counted when the rescue finds it."""
     return (update(q).where(q.c.id.in_(ids()), *fence(), q.c.started_at.is_(None))
             .values(**sql_values(Transition.STARTED, q, now=bind("now", "started_at"),
                                  lease_until=bind("lease_until"))))
