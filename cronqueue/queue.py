@@ -204,6 +204,12 @@ class Queue:
              limit: int = 50) -> list[Task]:
         return self.store.tasks.list_tasks(status=status, queue=queue, limit=limit)
 
+    def count(self, *, status: Status | None = None, queue: str | None = None,
+              cap: int = 10_000) -> int:
+        """How many tasks ``list()`` would find without its limit, counted up to ``cap``:
+        ``cap + 1`` means more than ``cap`` (a bounded read, whatever the table's size)."""
+        return self.store.tasks.count_tasks(status=status, queue=queue, cap=cap)
+
     def cancel(self, task_id: int) -> None:
         """Cancel a pending task. Raises ``TaskNotFound`` or ``InvalidTransition``."""
         self.store.tasks.cancel(_task_id(task_id), self.clock())

@@ -112,13 +112,27 @@ def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+COUNT_CAP = 10_000  # `list` counts the tasks it did not show up to this many
+
+
 def cmd_list(args: argparse.Namespace, cfg: Config) -> int:
-    tasks = open_queue(cfg).list(status=args.status, queue=args.queue, limit=args.limit)
+    q = open_queue(cfg)
+    tasks = q.list(status=args.status, queue=args.queue, limit=args.limit)
     if args.json:
         print(json.dumps([t.as_dict() for t in tasks], indent=2))
         return 0
     print(format_table(tasks))
+    if len(tasks) == args.limit:  # stopped at its limit: say so, and how many there are
+        count = q.count(status=args.status, queue=args.queue, cap=max(COUNT_CAP, args.limit))
+        if count > len(tasks):
+            print(shown_of(len(tasks), count, max(COUNT_CAP, args.limit)))
     return 0
+
+
+def shown_of(shown: int, count: int, cap: int) -> str:
+    """``50 of 1,014 shown; --limit N for more`` (``count`` > ``cap``: more than ``cap``)."""
+    total = f"more than {cap:,}" if count > cap else f"{count:,}"
+    return f"{shown:,} of {total} shown (newest first); --limit N for more"
 
 
 def cmd_stats(args: argparse.Namespace, cfg: Config) -> int:

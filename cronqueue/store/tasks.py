@@ -8,7 +8,17 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Delete, Engine, Executable, delete, func, select, update
+from sqlalchemy import (
+    Connection,
+    Delete,
+    Engine,
+    Executable,
+    delete,
+    func,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 if TYPE_CHECKING:  # sqlalchemy.orm is a heavy import the queue does not need at run time
@@ -94,6 +104,20 @@ class Tasks:
             lambda conn: [Task.from_row(r) for r in conn.execute(stmt).mappings()],
             readonly=True,
         )
+
+    def count_tasks(self, *, status: Status | None = None, queue: str | None = None,
+                    cap: int) -> int:
+        """How many tasks ``list_tasks`` would find without a limit, counting at most
+        ``cap + 1`` rows (``cap + 1``: more than ``cap``): a ``COUNT(*)`` over a ``LIMIT``
+        subquery, never over the whole table."""
+        found = select(literal(1)).select_from(q)
+        if status is not None:
+            found = found.where(q.c.status == int(status))
+        if queue is not None:
+            found = found.where(q.c.queue == queue)
+        stmt = select(func.count()).select_from(found.limit(cap + 1).subquery())
+        return transaction(self.engine, lambda conn: int(conn.execute(stmt).scalar_one()),
+                           readonly=True)
 
     def stats(self, now: datetime) -> dict[str, Any]:
         by_queue = select(q.c.queue, q.c.status, func.count()).group_by(q.c.queue, q.c.status)

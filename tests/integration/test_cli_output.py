@@ -106,3 +106,33 @@ def test_schedule_and_workers_show_hand_written_rows_visibly(
     assert _clean(workers), workers
     assert len(workers.strip("\n").split("\n")) == 2
     assert "'far\\x1b[2J'" in workers and "'e\\nforged'" in workers
+
+
+# -- issue 15 item 4: what the human output says about itself ------------------------------------
+
+
+def test_list_says_when_it_stops_at_its_limit(queue: Queue, db_url: str, task_dir: Path,
+                                             log_dir: Path) -> None:
+    """`list` stopped at 50 rows without saying so."""
+    queue.add_many([{"taskscript": "ok.sh"}] * 120 + [{"taskscript": "ok.sh", "queue": "q2"}])
+    listing = _cli(db_url, task_dir, log_dir, "list").strip("\n").split("\n")
+    assert len(listing) == 1 + 50 + 1
+    assert listing[-1] == "50 of 121 shown (newest first); --limit N for more"
+    listing = _cli(db_url, task_dir, log_dir, "list", "--queue", "default", "--limit", "7")
+    assert listing.strip("\n").split("\n")[-1].startswith("7 of 120 shown")
+    for everything in (("--limit", "121"), ("--limit", "500"), ("--queue", "q2")):
+        listing = _cli(db_url, task_dir, log_dir, "list", *everything)
+        assert " shown" not in listing, everything
+    assert json.loads(_cli(db_url, task_dir, log_dir, "list", "--json")).__len__() == 50
+
+
+def test_the_count_behind_list_is_capped(queue: Queue, db_url: str, task_dir: Path,
+                                         log_dir: Path) -> None:
+    """Never an unbounded COUNT(*): it stops at the cap (``cap + 1``: more than that)."""
+    queue.add_many([{"taskscript": "ok.sh"}] * 10_050)
+    assert queue.count(cap=100) == 101
+    assert queue.count(cap=20_000) == 10_050
+    assert queue.count(queue="other", cap=100) == 0
+    listing = _cli(db_url, task_dir, log_dir, "list", "--limit", "3")
+    assert listing.strip("\n").split("\n")[-1] == (
+        "3 of more than 10,000 shown (newest first); --limit N for more")
