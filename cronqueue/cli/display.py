@@ -12,9 +12,11 @@ needs none of this (JSON escapes control characters itself).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronqueue.model import Status, Task, Worker
 from cronqueue.model import status_name as model_status_name
@@ -34,8 +36,13 @@ def status_name(value: object) -> str:
     return visible(model_status_name(value))
 
 
-def when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+def when(value: datetime | None, zone: bool = True) -> str:
+    """A stored time, in UTC, labelled ``UTC`` (``zone=False``: in a column whose header says
+    it). A naive value is UTC already (the columns hold naive UTC)."""
+    if not value:
+        return "-"
+    utc = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return utc.strftime("%Y-%m-%d %H:%M:%S") + (" UTC" if zone else "")
 
 
 def far_ahead(task: Task, now: datetime | None = None) -> timedelta | None:
@@ -51,15 +58,20 @@ def _ahead(delta: timedelta) -> str:
     return f"{delta.total_seconds() / 86400:.1f} days ahead"
 
 
-def format_task(task: Task, now: datetime | None = None) -> str:
+def format_task(task: Task, now: datetime | None = None, *, max_attempts: int | None = None,
+                timeout: float | None = None) -> str:
+    """``max_attempts``/``timeout``: the configuration's (``worker.*``), for a task whose own
+    column is NULL: the attempts line shows the effective limits, as a shard applies them."""
     param = task.param if len(task.param) < 200 else task.param[:197] + "..."
+    most = task.max_attempts or max_attempts
+    limit = task.timeout or timeout
     lines = [
         f"task {task.id}: {status_name(task.status)}",
         f"  script    {visible(task.taskscript)}  (queue {visible(task.queue)}, "
         f"priority {task.priority})",
         f"  param     {visible(param)}",
-        f"  attempts  {task.attempts}/{task.max_attempts or 'default'}"
-        f"  timeout {task.timeout or 'default'}",
+        f"  attempts  {task.attempts}/{most or 'default'}"
+        f"  timeout {f'{limit:g}s' if limit else 'default'}",
         f"  created   {when(task.ctime)}   run at {when(task.run_at)}",
         f"  started   {when(task.started_at)}   finished {when(task.finished_at)}",
     ]
@@ -85,13 +97,15 @@ def format_table(tasks: Sequence[Task], now: datetime | None = None) -> str:
     """One line per task; a pending task whose run_at is more than a day ahead has its RUN AT
     marked ``(!)`` and a note below the table."""
     now = now or datetime.now(UTC)
-    rows = [("ID", "STATUS", "QUEUE", "PRIO", "TRIES", "SCRIPT", "RUN AT", "EXIT", "ERROR")]
+    rows = [("ID", "STATUS", "QUEUE", "PRIO", "TRIES", "SCRIPT", "RUN AT (UTC)", "EXIT",
+             "ERROR")]
     flagged = 0
     for t in tasks:
         ahead = far_ahead(t, now) is not None
         flagged += ahead
         rows.append((str(t.id), status_name(t.status), t.queue, str(t.priority),
-                     str(t.attempts), t.taskscript, when(t.run_at) + (" (!)" if ahead else ""),
+                     str(t.attempts), t.taskscript,
+                     when(t.run_at, zone=False) + (" (!)" if ahead else ""),
                      "" if t.exit_code is None else str(t.exit_code),
                      (t.error or "")[:50]))
     table = format_columns(rows)
@@ -132,28 +146,30 @@ def format_stats(stats: Mapping[str, Any]) -> str:
 
 
 def format_workers(workers: Iterable[Worker]) -> str:
-    rows = [("ID", "HOST", "PID", "ENTRY", "SHARD", "QUEUES", "STARTED", "TASK", "DONE",
-             "HEARTBEAT", "STATE")]
+    rows = [("ID", "HOST", "PID", "ENTRY", "SHARD", "QUEUES", "STARTED (UTC)", "TASK", "DONE",
+             "HEARTBEAT (UTC)", "STATE")]
     for w in workers:
         state = ("stopping" if w.stop_requested else "running") if w.alive else "gone"
         rows.append((str(w.id), w.host, str(w.pid), w.entry or "-", f"{w.shard}/{w.total}",
-                     w.queues or "*", when(w.started_at), str(w.current_task or "-"),
-                     str(w.tasks_done), when(w.heartbeat_at), state))
+                     w.queues or "*", when(w.started_at, zone=False),
+                     str(w.current_task or "-"), str(w.tasks_done),
+                     when(w.heartbeat_at, zone=False), state))
     return format_columns(rows) if len(rows) > 1 else "no shard is running"
 
 
 def format_schedule(entries: Iterable[Mapping[str, Any]]) -> str:
     """The mission entries as ``Queue.schedule()`` gives them: cron, action, next runs, last
-    run, and a warning if there is one."""
+    run, and a warning if there is one. Times are in the schedule's zone (``timezone``),
+    each labelled with its abbreviation there (``CET``, ``CEST``, ``UTC``)."""
     lines = []
     for e in entries:
         lines.append(f"{visible(e['name'])}  [{visible(e['cron'])}]  "
                      f"{visible(e['description'])} ({visible(e['timezone'])})")
         lines.append(f"  action  {visible(e['action'])}")
-        lines.append(f"  next    {', '.join(_short(t) for t in e['next'])}")
+        lines.append(f"  next    {', '.join(_short(t, e['timezone']) for t in e['next'])}")
         if e["last_scheduled"]:
             task = f" (task {e['last_task']})" if e["last_task"] else ""
-            lines.append(f"  last    {_short(e['last_scheduled'])} on "
+            lines.append(f"  last    {_short(e['last_scheduled'], e['timezone'])} on "
                          f"{visible(e['last_host'])}: {visible(e['last_outcome'])}{task}")
         else:
             lines.append("  last    never")
@@ -162,5 +178,10 @@ def format_schedule(entries: Iterable[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _short(iso: str) -> str:
-    return iso.replace("T", " ")[:16] + iso[-6:]
+def _short(iso: str, zone: str) -> str:
+    """``2026-12-03 03:00 CET``: an ISO time of ``Queue.schedule()`` to the minute, in
+    ``zone`` and named by its abbreviation there (the offset if the zone cannot be loaded)."""
+    value = datetime.fromisoformat(iso)
+    with contextlib.suppress(ValueError, ZoneInfoNotFoundError):
+        value = value.astimezone(ZoneInfo(zone))
+    return value.strftime("%Y-%m-%d %H:%M ") + (value.tzname() or value.strftime("%z"))

@@ -1,5 +1,6 @@
 """The ``cronqueue`` command's entry point: parse, configure, run the command, map its outcome
-to the exit code — 0 ok, 1 a task or command failed, 2 bad usage or config (one line).
+to the exit code — 0 ok, 1 a task or command failed, 2 bad usage or config (one line); 3
+``status --wait --timeout`` timed out (``tasks.WAIT_TIMED_OUT``); 141 the reader of stdout left.
 
 Every flag can also be set by the ``CRONQUEUE_*`` environment variable shown in ``--help``.
 """

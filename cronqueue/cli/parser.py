@@ -21,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="cronqueue",
         description="A cron-driven, database-backed batch queue.",
-        epilog="Exit codes: 0 ok, 1 a task or command failed, 2 bad usage or config.")
+        epilog="Exit codes: 0 ok, 1 a task or command failed, 2 bad usage or config, 3 "
+               "`status --wait --timeout` timed out, 141 the output's reader left (| head).")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

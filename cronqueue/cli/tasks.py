@@ -21,7 +21,7 @@ from cronqueue.cli.args import (
     task_id,
     upto,
 )
-from cronqueue.cli.display import format_stats, format_table, format_task
+from cronqueue.cli.display import format_stats, format_table, format_task, status_name
 from cronqueue.config import Config
 from cronqueue.decode import INT_MAX
 from cronqueue.errors import InvalidTask, TaskNotFound
@@ -49,8 +49,10 @@ def register(add: AddCommand) -> None:
     p = add("status", "show one task", cmd_status)
     p.add_argument("id", metavar="ID", type=task_id, help="the task's id")
     p.add_argument("--wait", action="store_true",
-                   help="wait until it is finished; exit 0 if done, 1 otherwise")
-    p.add_argument("--timeout", type=seconds, help="with --wait: give up after this long")
+                   help="wait until it is finished; exit 0 if done, 1 if failed or cancelled, "
+                        f"{WAIT_TIMED_OUT} if --timeout passed first")
+    p.add_argument("--timeout", type=seconds,
+                   help=f"with --wait: give up after this long (30, 5m; exit {WAIT_TIMED_OUT})")
     json_flag(p, "the task")
 
     p = add("list", "list tasks, newest first", cmd_list)
@@ -98,6 +100,10 @@ def cmd_add(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+WAIT_TIMED_OUT = 3
+"""``status --wait --timeout T``: T passed and the task is not finished (not a failed task: 1)."""
+
+
 def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
     q = open_queue(cfg)
     task = q.wait(args.id, timeout=args.timeout) if args.wait else q.get(args.id)
@@ -106,10 +112,16 @@ def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
     if args.json:
         print(json.dumps(task.as_dict(), indent=2))
     else:
-        print(format_task(task))
-    if args.wait:
-        return 0 if task.status is Status.DONE else 1
-    return 0
+        # a task whose max_attempts/timeout are NULL gets the configuration's, as a shard does
+        print(format_task(task, max_attempts=cfg.worker.retry.attempts_for(None),
+                          timeout=cfg.worker.timeout))
+    if not args.wait:
+        return 0
+    if not task.status.finished and "status" not in task.bad_columns:
+        print(f"cronqueue: timed out after {args.timeout:g}s waiting for task {task.id}: still "
+              f"{status_name(task.status)}", file=sys.stderr)
+        return WAIT_TIMED_OUT
+    return 0 if task.status is Status.DONE else 1
 
 
 COUNT_CAP = 10_000  # `list` counts the tasks it did not show up to this many

@@ -130,3 +130,27 @@ def test_a_database_without_tables_names_init_db(db_url: str, task_dir: Path, lo
         assert (res.returncode, res.stderr, res.stdout) == (2, line + "\n", ""), args
     check = run_cli("check", db_url=db_url, task_dir=task_dir, log_dir=log_dir)
     assert check.returncode == 1 and "no queue table: run `cronqueue init-db`" in check.stdout
+
+
+def test_status_wait_timeout_has_its_own_exit_code_and_line(
+        queue: Queue, db_url: str, task_dir: Path, log_dir: Path) -> None:
+    """`status --wait --timeout 5` on a pending task exited 1, as a failed task, silently."""
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, db_url=db_url, task_dir=task_dir, log_dir=log_dir)
+
+    pending = queue.add("ok.sh")
+    for json_flag in ((), ("--json",)):
+        res = cli("status", str(pending), "--wait", "--timeout", "0.5", *json_flag)
+        assert res.returncode == 3, res.stderr
+        assert res.stderr == (f"cronqueue: timed out after 0.5s waiting for task {pending}: "
+                              "still pending\n")
+        assert f"task {pending}" in res.stdout or json.loads(res.stdout)["id"] == pending
+    write_script(task_dir, "fail.sh", "exit 4\n")
+    failed = queue.add("fail.sh", max_attempts=1)
+    assert cli("work").returncode == 0
+    done = cli("status", str(failed), "--wait", "--timeout", "5")
+    assert (done.returncode, done.stderr) == (1, "")  # a failed task: 1, as before
+    queue.cancel(queue.add("ok.sh"))
+    assert cli("status", str(pending + 2), "--wait", "--timeout", "5").returncode == 1
+    assert "exit 0 if done, 1 if failed or cancelled, 3 if --timeout passed first" in " ".join(
+        cli("status", "--help").stdout.split())

@@ -136,3 +136,70 @@ def test_the_count_behind_list_is_capped(queue: Queue, db_url: str, task_dir: Pa
     listing = _cli(db_url, task_dir, log_dir, "list", "--limit", "3")
     assert listing.strip("\n").split("\n")[-1] == (
         "3 of more than 10,000 shown (newest first); --limit N for more")
+
+
+_TIME = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+
+
+def test_every_time_shown_is_labelled_with_its_zone(queue: Queue, db_url: str, task_dir: Path,
+                                                   log_dir: Path, tmp_path: Path) -> None:
+    """`list`/`status` printed UTC times without a zone while `schedule` printed local ones."""
+    import re
+
+    task_id = queue.add("ok.sh", max_attempts=2)
+    with queue.engine.begin() as conn:
+        conn.execute(text("INSERT INTO cronqueue_workers (host, pid, entry, shard, total, "
+                          "queues, started_at, heartbeat_at) VALUES ('far', 1, 'e', 0, 1, '', "
+                          ":at, :at)"), {"at": datetime(2030, 1, 1, 12, 0)})
+        conn.execute(text("INSERT INTO cronqueue_runs (entry, scheduled_at, host, outcome) "
+                          "VALUES ('nightly', :at, 'far', 'added')"),
+                     {"at": datetime(2030, 7, 1, 1, 0)})
+    status = _cli(db_url, task_dir, log_dir, "status", str(task_id))
+    times = re.findall(_TIME + r"(?: \S+)?", status)
+    assert len(times) == 2 and all(t.endswith(" UTC") for t in times), status
+    assert re.search(rf"created   {_TIME} UTC   run at {_TIME} UTC\n", status), status
+    header = _cli(db_url, task_dir, log_dir, "list").split("\n")[0]
+    assert "RUN AT (UTC)" in header
+    workers = _cli(db_url, task_dir, log_dir, "workers").split("\n")
+    assert "STARTED (UTC)" in workers[0] and "HEARTBEAT (UTC)" in workers[0]
+    assert workers[1].count("2030-01-01 12:00:00") == 2
+
+    config = tmp_path / "cronqueue.toml"
+    config.write_text('timezone = "Europe/Paris"\n[[mission]]\nname = "nightly"\n'
+                      'cron = "0 3 * * *"\nadd = { taskscript = "ok.sh" }\n')
+    schedule = _cli(db_url, task_dir, log_dir, "schedule", "--config", str(config))
+    next_line = next(line for line in schedule.split("\n") if line.startswith("  next"))
+    assert re.fullmatch(r"  next    (\d{4}-\d\d-\d\d 03:00 CES?T(, )?){3}", next_line), schedule
+    assert "  last    2030-07-01 03:00 CEST on far: added" in schedule  # 01:00 UTC in summer
+    utc = tmp_path / "utc.toml"
+    utc.write_text(config.read_text().replace('"Europe/Paris"', '"UTC"'))
+    assert "  last    2030-07-01 01:00 UTC on far" in _cli(
+        db_url, task_dir, log_dir, "schedule", "--config", str(utc))
+
+    # --json: ISO-8601 with the offset, everywhere
+    iso = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?[+-]\d\d:\d\d")
+    one = json.loads(_cli(db_url, task_dir, log_dir, "status", str(task_id), "--json"))
+    listed = json.loads(_cli(db_url, task_dir, log_dir, "list", "--json"))[0]
+    shards = json.loads(_cli(db_url, task_dir, log_dir, "workers", "--json"))[0]
+    entries = json.loads(_cli(db_url, task_dir, log_dir, "schedule", "--config", str(config),
+                              "--json"))[0]
+    for value in (one["ctime"], one["run_at"], listed["run_at"], shards["started_at"],
+                  shards["heartbeat_at"], entries["last_scheduled"], *entries["next"]):
+        assert iso.fullmatch(value), value
+    assert entries["last_scheduled"] == "2030-07-01T03:00:00+02:00"
+
+
+def test_status_shows_the_effective_attempts_and_timeout(queue: Queue, db_url: str,
+                                                         task_dir: Path, log_dir: Path,
+                                                         tmp_path: Path) -> None:
+    """`status` said "attempts 0/default" where a shard gives the task worker.max_attempts."""
+    config = tmp_path / "cronqueue.toml"
+    config.write_text("[worker]\nmax_attempts = 5\ntimeout = 90\n")
+    plain = queue.add("ok.sh")
+    own = queue.add("ok.sh", max_attempts=2, timeout=30)
+    assert "  attempts  0/3  timeout 600s\n" in _cli(db_url, task_dir, log_dir, "status",
+                                                     str(plain))
+    assert "  attempts  0/5  timeout 90s\n" in _cli(db_url, task_dir, log_dir, "status",
+                                                    str(plain), "--config", str(config))
+    assert "  attempts  0/2  timeout 30s\n" in _cli(db_url, task_dir, log_dir, "status",
+                                                    str(own), "--config", str(config))
