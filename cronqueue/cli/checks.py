@@ -8,10 +8,11 @@ import math
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 from cronqueue.config import Config
-from cronqueue.errors import CronqueueError
-from cronqueue.process.scriptpath import strict_mode_problem
+from cronqueue.errors import CronqueueError, ScriptError
+from cronqueue.process.scriptpath import open_beneath, strict_mode_problem
 from cronqueue.store.database import Store
 from cronqueue.store.engine import database_file_warning, make_engine
 from cronqueue.store.migrate import SchemaVersionError, require_current
@@ -47,6 +48,18 @@ def schedule_warnings(cfg: Config, runs: Runs, now: datetime) -> list[str]:
         if warning is not None:
             out.append(f"mission {entry.name!r}: {warning}")
     return out
+
+
+def script_problem(task_dir: Path, taskscript: str) -> str | None:
+    """Why a shard of this host could not open ``taskscript`` beneath ``task_dir`` (not found,
+    outside it, another user's or group-writable: the runner's own rules, ``scriptpath``), or
+    None. (``taskscript`` syntax-checked already: ``spec.check_taskscript``.)"""
+    try:
+        opened = open_beneath(os.path.realpath(task_dir), taskscript)
+    except ScriptError as exc:
+        return str(exc)
+    os.close(opened.fd)
+    return None
 
 
 def _visible_lines(out: Callable[[str], None]) -> Callable[[str], None]:
@@ -101,6 +114,11 @@ def run_checks(cfg: Config, out: Callable[[str], None] = print,
         loose = strict_mode_problem(task_dir.stat(), os.geteuid())
         report(loose is None, "task_dir",
                f"{task_dir}" + (f" {loose}: every task would be refused" if loose else ""))
+        for entry in cfg.missions:  # a recurring task whose script a shard would not find
+            if entry.add is not None:
+                problem = script_problem(task_dir, entry.add.taskscript)
+                report(problem is None, "script", f"mission {entry.name!r}: " +
+                       (problem or f"{entry.add.taskscript} found"))
     log_dir = cfg.log_dir
     parent = log_dir if log_dir.exists() else log_dir.parent
     if parent.exists() and not parent.is_dir():  # log_dir = "/dev/null" passed as writable

@@ -21,7 +21,13 @@ from cronqueue.cli.args import (
     task_id,
     upto,
 )
-from cronqueue.cli.display import format_stats, format_table, format_task, status_name
+from cronqueue.cli.display import (
+    format_stats,
+    format_table,
+    format_task,
+    status_name,
+    visible,
+)
 from cronqueue.config import Config
 from cronqueue.decode import INT_MAX
 from cronqueue.errors import InvalidTask, TaskNotFound
@@ -45,6 +51,11 @@ def register(add: AddCommand) -> None:
     p.add_argument("--secret-stdin", action="store_true",
                    help="read a JSON secret from stdin; the script gets it on its stdin, "
                         "never in argv")
+    p.add_argument("--no-check", action="store_true",
+                   help="do not look for TASKSCRIPT in task_dir (by default a script not "
+                        "found there is added with a warning: it may be deployed later)")
+    json_flag(p, '{"id": N, "existing": false}; existing: a task holding --unique-key was '
+                 "found and its id returned")
 
     p = add("status", "show one task", cmd_status)
     p.add_argument("id", metavar="ID", type=task_id, help="the task's id")
@@ -92,11 +103,29 @@ def cmd_add(args: argparse.Namespace, cfg: Config) -> int:
             raise InvalidTask(f"--secret-stdin: stdin is not valid JSON: {exc}") from None
         except RecursionError:
             raise InvalidTask("--secret-stdin: stdin is nested too deeply to decode") from None
-    new_id = open_queue(cfg).add(
+    q = open_queue(cfg)
+    now = q.clock()
+    q.clock = lambda: now  # the new row's ctime: how a row found by its unique key differs
+    new_id = q.add(
         args.taskscript, param, priority=args.priority, queue=args.queue, delay=args.delay,
         run_at=args.at, max_attempts=args.max_attempts, timeout=args.timeout,
         unique_key=args.unique_key, secret=secret)
-    print(new_id)
+    existing = False
+    if args.unique_key is not None:
+        found = q.get(new_id)
+        existing = found is not None and found.ctime != now
+        if existing and found is not None:
+            print(f"cronqueue: task {new_id} ({status_name(found.status)}) holds unique_key "
+                  f"{visible(args.unique_key)}: its id is returned, nothing was added",
+                  file=sys.stderr)
+    if not (args.no_check or existing):
+        from cronqueue.cli.checks import script_problem
+
+        problem = script_problem(cfg.task_dir, args.taskscript)
+        if problem is not None:
+            print(f"cronqueue: warning: {problem}; added anyway (it may be deployed before a "
+                  "shard runs it; --no-check skips this check)", file=sys.stderr)
+    print(json.dumps({"id": new_id, "existing": existing}) if args.json else new_id)
     return 0
 
 

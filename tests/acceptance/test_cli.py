@@ -154,3 +154,57 @@ def test_status_wait_timeout_has_its_own_exit_code_and_line(
     assert cli("status", str(pending + 2), "--wait", "--timeout", "5").returncode == 1
     assert "exit 0 if done, 1 if failed or cancelled, 3 if --timeout passed first" in " ".join(
         cli("status", "--help").stdout.split())
+
+
+def test_add_says_when_it_returns_an_existing_task_and_warns_of_a_missing_script(
+        queue: Queue, db_url: str, task_dir: Path, log_dir: Path) -> None:
+    """A duplicate unique_key returned the old id without a word; a script that does not exist
+    was accepted silently."""
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, db_url=db_url, task_dir=task_dir, log_dir=log_dir)
+
+    write_script(task_dir, "ok.sh", "echo ok\n")
+    first = cli("add", "ok.sh", "--unique-key", "nightly-1")
+    assert (first.returncode, first.stderr) == (0, "")
+    task_id = int(first.stdout)
+    again = cli("add", "ok.sh", "--unique-key", "nightly-1")
+    assert (again.returncode, int(again.stdout)) == (0, task_id)
+    assert again.stderr == (f"cronqueue: task {task_id} (pending) holds unique_key nightly-1: "
+                            "its id is returned, nothing was added\n")
+    as_json = cli("add", "ok.sh", "--unique-key", "nightly-1", "--json")
+    assert json.loads(as_json.stdout) == {"id": task_id, "existing": True}
+    fresh = cli("add", "ok.sh", "--unique-key", "nightly-2", "--json")
+    assert json.loads(fresh.stdout)["existing"] is False and fresh.stderr == ""
+    assert queue.stats()["total"] == 2
+
+    missing = cli("add", "later.sh", "[1]")
+    assert missing.returncode == 0, missing.stderr
+    assert missing.stderr == (
+        f"cronqueue: warning: taskscript 'later.sh' not found ({task_dir.resolve()}/later.sh "
+        "does not exist); added anyway (it may be deployed before a shard runs it; --no-check "
+        "skips this check)\n")
+    assert queue.get(int(missing.stdout)) is not None  # still added
+    unchecked = cli("add", "later.sh", "--no-check")
+    assert (unchecked.returncode, unchecked.stderr) == (0, "")
+
+
+def test_check_fails_for_a_recurring_task_whose_script_is_missing(
+        queue: Queue, db_url: str, task_dir: Path, log_dir: Path, tmp_path: Path) -> None:
+    """`check` passed when an `add` entry's script did not exist in task_dir."""
+    log_dir.mkdir()
+    write_script(task_dir, "there.sh", "echo ok\n")
+    config = tmp_path / "cronqueue.toml"
+    config.write_text('[[mission]]\nname = "nightly"\ncron = "0 3 * * *"\n'
+                      'add = { taskscript = "report.py" }\n'
+                      '[[mission]]\nname = "hourly"\ncron = "0 * * * *"\n'
+                      'add = { taskscript = "there.sh" }\n')
+    res = run_cli("check", "--config", str(config), db_url=db_url, task_dir=task_dir,
+                  log_dir=log_dir)
+    assert res.returncode == 1, res.stdout
+    assert (f"FAIL script    mission 'nightly': taskscript 'report.py' not found "
+            f"({task_dir.resolve()}/report.py does not exist)\n") in res.stdout
+    assert "ok   script    mission 'hourly': there.sh found\n" in res.stdout
+    write_script(task_dir, "report.py", "print('ok')\n")
+    res = run_cli("check", "--config", str(config), db_url=db_url, task_dir=task_dir,
+                  log_dir=log_dir)
+    assert res.returncode == 0 and "FAIL" not in res.stdout, res.stdout
