@@ -15,7 +15,7 @@ Attempt accounting — ``attempts`` counts the runs started so far, and changes 
   task's fault) and ``GIVEN_BACK`` (marked started, never run: the shard stopped first).
   Both are relative writes, fenced by the claim, so they undo exactly their own mark.
 * **reset** (``0``) by ``ADDED`` (a new row) and ``REQUEUED`` (``cronqueue retry``: a fresh
-  set of attempts).
+  set of attempts; due now, or at its own ``run_at`` if that is still ahead: ``later``).
 * **kept** on every other edge. ``CLAIMED`` and ``RELEASED`` in particular: a claim that
   never started its task costs nothing.
 
@@ -61,6 +61,7 @@ class Write(enum.Enum):
     NULL = "null"
     GIVEN = "given"  # a value the taker supplies: the run's result, the claim, an error
     BACKOFF = "backoff"  # now + the retry policy's delay (``after_failure`` computes it)
+    LATER = "later"  # the later of the column's own value and now (a future time is kept)
     UNIQUE_KEY = "unique_key"  # the row's own unique_key column (the key held again)
 
 
@@ -138,7 +139,7 @@ EDGES: dict[Transition, Edge] = {
                                {**_FINISH, **_RELEASE_KEY}),
     Transition.HASTENED: Edge((P,), P, "operator", Attempts.KEPT, {"run_at": NOW}),
     Transition.REQUEUED: Edge((F, C), P, "operator", Attempts.RESET, {
-        "run_at": NOW, "active_key": Write.UNIQUE_KEY, **_UNCLAIM, "finished_at": NULL}),
+        "run_at": Write.LATER, "active_key": Write.UNIQUE_KEY, **_UNCLAIM, "finished_at": NULL}),
     Transition.PURGED: Edge((D, F, C), None, "mission, operator", Attempts.KEPT, {}),
 }
 
@@ -152,8 +153,9 @@ def values(transition: Transition, now: object = None, **given: object) -> dict[
     """The plain column values of ``transition``: its status (when it changes), NULLs, ``now``
     and the ``given`` ones (every GIVEN and BACKOFF column, nothing else: a taker cannot
     write a column its edge does not). Attempts are left out unless reset to 0 (a relative
-    change is the statement's, see ``sql_values``), as is an ``active_key`` restored from
-    ``unique_key``. Values may be anything a statement binds (a time, a bind parameter)."""
+    change is the statement's, see ``sql_values``), as are an ``active_key`` restored from
+    ``unique_key`` and a ``later`` write (the row's own ``run_at`` if ahead). Values may be
+    anything a statement binds (a time, a bind parameter)."""
     edge = transition.edge
     needed = {c for c, w in edge.writes.items() if w in (Write.GIVEN, Write.BACKOFF)}
     if missing := needed - given.keys():
@@ -173,15 +175,18 @@ def values(transition: Transition, now: object = None, **given: object) -> dict[
             out[column] = now
         elif write is Write.NULL:
             out[column] = None
-        elif write is not Write.UNIQUE_KEY:
+        elif write not in (Write.UNIQUE_KEY, Write.LATER):
             out[column] = given[column]
     return out
 
 
 def sql_values(transition: Transition, table: Table, now: object = None,
                **given: object) -> dict[str, Any]:
-    """``values`` plus the column expressions: ``attempts + 1`` / ``attempts - 1`` and
-    ``active_key = unique_key`` — what an UPDATE of ``table`` (the ``queue`` table) sets."""
+    """``values`` plus the column expressions: ``attempts + 1`` / ``attempts - 1``,
+    ``active_key = unique_key`` and ``CASE WHEN col > :now THEN col ELSE :now END`` (``later``)
+    — what an UPDATE of ``table`` (the ``queue`` table) sets."""
+    from sqlalchemy import case, type_coerce
+
     out: dict[str, Any] = values(transition, now, **given)
     change = attempts_change(transition)
     if change:
@@ -189,6 +194,12 @@ def sql_values(transition: Transition, table: Table, now: object = None,
     for column, write in transition.edge.writes.items():
         if write is Write.UNIQUE_KEY:
             out[column] = table.c.unique_key
+        elif write is Write.LATER:
+            if now is None:
+                raise ValueError(f"{transition}: needs now")
+            own = table.c[column]
+            at = type_coerce(now, own.type)
+            out[column] = case((own > at, own), else_=at)
     return out
 
 

@@ -208,3 +208,21 @@ def test_check_fails_for_a_recurring_task_whose_script_is_missing(
     res = run_cli("check", "--config", str(config), db_url=db_url, task_dir=task_dir,
                   log_dir=log_dir)
     assert res.returncode == 0 and "FAIL" not in res.stdout, res.stdout
+
+
+def test_retry_of_a_cancelled_task_keeps_a_run_at_still_ahead(
+        queue: Queue, db_url: str, task_dir: Path, log_dir: Path) -> None:
+    """`retry` of a cancelled task added for later ran it at once."""
+    from datetime import UTC, datetime, timedelta
+
+    later = datetime.now(UTC).replace(microsecond=0) + timedelta(days=2)
+    ahead = queue.add("ok.sh", run_at=later)
+    past = queue.add("ok.sh", run_at=datetime.now(UTC) - timedelta(hours=1))
+    for task_id in (ahead, past):
+        queue.cancel(task_id)
+        res = run_cli("retry", str(task_id), db_url=db_url, task_dir=task_dir, log_dir=log_dir)
+        assert res.returncode == 0, res.stderr
+    kept, due = queue.get(ahead), queue.get(past)
+    assert kept is not None and kept.status is Status.PENDING and kept.run_at == later
+    assert due is not None and due.run_at is not None
+    assert abs((due.run_at - datetime.now(UTC)).total_seconds()) < 60  # due now, as before

@@ -78,6 +78,10 @@ class Walk:
                 assert value == after.unique_key, t
             elif write is Write.BACKOFF:
                 assert isinstance(value, datetime) and value > now, f"{t}: {column}"
+            elif write is Write.LATER:
+                assert before is not None
+                own = getattr(before, column)
+                assert value == max(own, now), f"{t}: {column} = {value!r}, own {own!r}"
             elif column in given:
                 assert value == given[column], f"{t}: {column} = {value!r}"
         if before is None:
@@ -201,5 +205,14 @@ def test_every_edge_writes_what_the_state_machine_says(cq: Queue, clock: Clock) 
     walk.run(three, Transition.FAILED, FAIL)
     walk.take(Transition.REQUEUED, three, lambda now: cq.retry(three))
     walk.take(Transition.CANCELLED, three, lambda now: cq.cancel(three))
+
+    # k4: added for tomorrow, cancelled, requeued: it keeps tomorrow (issue 15: ran at once).
+    tomorrow = clock.now + timedelta(days=1)
+    four = int(walk.take(Transition.ADDED, None, lambda now: cq.add(
+        "t.sh", unique_key="k4", run_at=tomorrow)))
+    walk.take(Transition.CANCELLED, four, lambda now: cq.cancel(four))
+    walk.take(Transition.REQUEUED, four, lambda now: cq.retry(four))
+    task = cq.get(four)
+    assert task is not None and task.run_at == tomorrow
 
     assert walk.taken == set(Transition), set(Transition) - walk.taken
