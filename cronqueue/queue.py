@@ -226,14 +226,44 @@ class Queue:
         """Counts by status (overall and per queue), due backlog and its oldest age."""
         return self.store.tasks.stats(self.clock())
 
-    def purge(self, older_than: timedelta | float) -> int:
+    def purge(self, older_than: timedelta | float, *,
+              statuses: Iterable[Status | int] | None = None) -> int:
         """Delete done, failed and cancelled tasks finished more than ``older_than`` ago
-        (seconds or a timedelta). Returns the number deleted."""
+        (seconds or a timedelta). Returns the number deleted. ``statuses``: only these;
+        pending and running tasks are deleted only when named here, aged by their ``ctime``
+        (a running task's script runs on; its shard's writes find no row)."""
+        from cronqueue.store.purging import FINISHED, UNFINISHED, discard
+
+        before, wanted = self._purge_args(older_than, statuses)
+        total = self.store.tasks.purge(before, sorted(wanted & FINISHED)) \
+            if wanted & FINISHED else 0
+        return total + discard(self.engine, before, sorted(wanted & UNFINISHED))
+
+    def purgeable(self, older_than: timedelta | float, *,
+                  statuses: Iterable[Status | int] | None = None,
+                  cap: int = 1_000_000) -> dict[Status, int]:
+        """What ``purge`` with the same arguments would delete, per status, deleting nothing:
+        each count up to ``cap``, ``cap + 1`` meaning more."""
+        from cronqueue.store.purging import purgeable
+
+        before, wanted = self._purge_args(older_than, statuses)
+        return {Status(s): n for s, n in purgeable(self.engine, before, wanted, cap).items()}
+
+    def _purge_args(self, older_than: timedelta | float,
+                    statuses: Iterable[Status | int] | None) -> tuple[datetime, set[int]]:
         if isinstance(older_than, int | float) and not isinstance(older_than, bool):
             older_than = timedelta(seconds=older_than)
         if not isinstance(older_than, timedelta) or older_than < timedelta(0):
             raise InvalidTask(f"older_than must be a non-negative timedelta, got {older_than!r}")
-        return self.store.tasks.purge(self.clock() - older_than)
+        wanted = {int(Status.DONE), int(Status.FAILED), int(Status.CANCELLED)}
+        if statuses is not None:
+            wanted = set()
+            for s in statuses:
+                if isinstance(s, bool) or not isinstance(s, int) or \
+                        int(s) not in {int(code) for code in Status}:
+                    raise InvalidTask(f"statuses: not a status code, got {s!r}")
+                wanted.add(int(s))
+        return self.clock() - older_than, wanted
 
     def wait(self, task_id: int, timeout: float | None = None,
              interval: float = 0.2) -> Task | None:

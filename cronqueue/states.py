@@ -95,6 +95,7 @@ class Transition(enum.StrEnum):
     HASTENED = "hastened"
     REQUEUED = "requeued"
     PURGED = "purged"
+    DISCARDED = "discarded"
 
     @property
     def edge(self) -> Edge:
@@ -141,6 +142,7 @@ EDGES: dict[Transition, Edge] = {
     Transition.REQUEUED: Edge((F, C), P, "operator", Attempts.RESET, {
         "run_at": Write.LATER, "active_key": Write.UNIQUE_KEY, **_UNCLAIM, "finished_at": NULL}),
     Transition.PURGED: Edge((D, F, C), None, "mission, operator", Attempts.KEPT, {}),
+    Transition.DISCARDED: Edge((P, R), None, "operator", Attempts.KEPT, {}),
 }
 
 FINISHED = (D, F, C)  # the statuses no edge but REQUEUED and PURGED leaves

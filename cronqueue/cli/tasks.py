@@ -30,7 +30,7 @@ from cronqueue.cli.display import (
 )
 from cronqueue.config import Config
 from cronqueue.decode import INT_MAX
-from cronqueue.errors import InvalidTask, TaskNotFound
+from cronqueue.errors import ConfigError, InvalidTask, TaskNotFound
 from cronqueue.model import Status
 
 
@@ -83,9 +83,21 @@ def register(add: AddCommand) -> None:
     p = add("cancel", "cancel a pending task", cmd_cancel)
     p.add_argument("id", metavar="ID", type=task_id, help="the task's id")
 
-    p = add("purge", "delete finished tasks older than an age", cmd_purge)
+    p = add("purge", "delete finished tasks older than an age (pending or running ones only "
+            "with --include-pending --yes)", cmd_purge)
     p.add_argument("--older-than", type=parse_age, required=True, metavar="AGE",
-                   help="e.g. 7d, 12h, 3600")
+                   help="e.g. 7d, 12h, 3600: finished that long ago (pending and running "
+                        "tasks: created that long ago)")
+    p.add_argument("--status", type=status, action="append", dest="statuses", metavar="STATUS",
+                   help="only tasks of this status (repeatable; default: done, failed, "
+                        "cancelled)")
+    p.add_argument("--include-pending", action="store_true",
+                   help="allow pending and running tasks (all statuses if no --status); "
+                        "needs --yes")
+    p.add_argument("--yes", action="store_true",
+                   help="with --include-pending: really delete tasks that have not finished")
+    p.add_argument("--dry-run", action="store_true",
+                   help="count what would be deleted, per status; delete nothing")
 
 
 def cmd_add(args: argparse.Namespace, cfg: Config) -> int:
@@ -201,6 +213,37 @@ def cmd_cancel(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+PURGE_COUNT_CAP = 1_000_000  # purge --dry-run counts each status up to this many
+_UNFINISHED = (Status.PENDING, Status.RUNNING)
+
+
 def cmd_purge(args: argparse.Namespace, cfg: Config) -> int:
-    print(f"purged {open_queue(cfg).purge(args.older_than)} finished task(s)")
+    """``purge --older-than 1m`` deleted 979 tasks at once, with no way to see them first:
+    ``--dry-run`` counts, ``--status`` narrows, and pending or running tasks (not finished:
+    aged by their creation time) are deleted only with ``--include-pending --yes``."""
+    chosen = list(dict.fromkeys(args.statuses or (
+        [*Status] if args.include_pending else [Status.DONE, Status.FAILED, Status.CANCELLED])))
+    unfinished = [s for s in chosen if s in _UNFINISHED]
+    age = f"{args.older_than.total_seconds():g}s"
+    q = open_queue(cfg)
+    if args.dry_run:
+        counts = q.purgeable(args.older_than, statuses=chosen, cap=PURGE_COUNT_CAP)
+        total = sum(min(n, PURGE_COUNT_CAP) for n in counts.values())
+        more = any(n > PURGE_COUNT_CAP for n in counts.values())
+        each = ", ".join(f"{s.name.lower()} {_count(n, PURGE_COUNT_CAP)}"
+                         for s, n in counts.items())
+        print(f"would purge {'more than ' if more else ''}{total:,} task(s) older than {age}: "
+              f"{each} (dry run: nothing deleted)")
+        return 0
+    if unfinished and not (args.include_pending and args.yes):
+        names = " and ".join(s.name.lower() for s in unfinished)
+        raise ConfigError(f"purge: refusing to delete {names} tasks (not finished) without "
+                          "--include-pending --yes; --dry-run counts them")
+    deleted = q.purge(args.older_than, statuses=chosen)
+    print(f"purged {deleted:,} task(s) older than {age} "
+          f"({', '.join(s.name.lower() for s in chosen)})")
     return 0
+
+
+def _count(n: int, cap: int) -> str:
+    return f"more than {cap:,}" if n > cap else f"{n:,}"

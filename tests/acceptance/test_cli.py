@@ -226,3 +226,46 @@ def test_retry_of_a_cancelled_task_keeps_a_run_at_still_ahead(
     assert kept is not None and kept.status is Status.PENDING and kept.run_at == later
     assert due is not None and due.run_at is not None
     assert abs((due.run_at - datetime.now(UTC)).total_seconds()) < 60  # due now, as before
+
+
+def test_purge_counts_first_narrows_by_status_and_keeps_unfinished_tasks(
+        queue: Queue, db_url: str, task_dir: Path, log_dir: Path) -> None:
+    """`purge --older-than 1m` deleted 979 tasks at once: no dry run, no --status, and nothing
+    kept pending or running tasks out of it when asked for them."""
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli("purge", "--older-than", "1m", *args, db_url=db_url, task_dir=task_dir,
+                       log_dir=log_dir)
+
+    ids = queue.add_many([{"taskscript": "ok.sh"}] * 12)
+    with queue.engine.begin() as conn:  # 6 done, 3 failed an hour ago; 3 pending, 1 running
+        old = "2000-01-01 00:00:00"
+        conn.execute(text("UPDATE queue SET status = 1, finished_at = :t, ctime = :t "
+                          "WHERE id <= :i"), {"t": old, "i": ids[5]})
+        conn.execute(text("UPDATE queue SET status = 3, finished_at = :t, ctime = :t "
+                          "WHERE id > :a AND id <= :b"), {"t": old, "a": ids[5], "b": ids[8]})
+        conn.execute(text("UPDATE queue SET ctime = :t WHERE id > :i"), {"t": old, "i": ids[8]})
+        conn.execute(text("UPDATE queue SET status = 2 WHERE id = :i"), {"i": ids[11]})
+    fresh = queue.add("ok.sh")  # pending, created now: never older than 1m
+
+    dry = cli("--dry-run")
+    assert dry.returncode == 0 and dry.stdout == (
+        "would purge 9 task(s) older than 60s: done 6, failed 3, cancelled 0 "
+        "(dry run: nothing deleted)\n")
+    assert "pending 2, done 6, running 1, failed 3" in cli("--dry-run", "--include-pending").stdout
+    assert queue.stats()["total"] == 13
+
+    for refused in (("--status", "pending"), ("--include-pending",),
+                    ("--status", "running", "--yes")):
+        res = cli(*refused)
+        assert res.returncode == 2 and res.stdout == "", refused
+        assert res.stderr.count("\n") == 1 and "--include-pending --yes" in res.stderr, refused
+    assert queue.stats()["total"] == 13
+
+    assert cli("--status", "failed").stdout == "purged 3 task(s) older than 60s (failed)\n"
+    assert cli().stdout == "purged 6 task(s) older than 60s (done, failed, cancelled)\n"
+    res = cli("--status", "pending", "--include-pending", "--yes")
+    assert res.stdout == "purged 2 task(s) older than 60s (pending)\n"
+    left = {t.id: t.status for t in queue.list()}
+    assert left == {ids[11]: Status.RUNNING, fresh: Status.PENDING}
+    assert cli("--include-pending", "--yes").stdout.startswith("purged 1 task(s)")
+    assert [t.id for t in queue.list()] == [fresh]

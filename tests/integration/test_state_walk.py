@@ -215,4 +215,8 @@ def test_every_edge_writes_what_the_state_machine_says(cq: Queue, clock: Clock) 
     task = cq.get(four)
     assert task is not None and task.run_at == tomorrow
 
+    # k5: discarded while pending (`purge --status pending --include-pending --yes`).
+    five = walk.add("k5", max_attempts=1)
+    walk.take(Transition.DISCARDED, five, lambda now: cq.purge(0, statuses=[Status.PENDING]))
+
     assert walk.taken == set(Transition), set(Transition) - walk.taken
