@@ -75,7 +75,7 @@ def _csv(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[1],
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backends", type=_csv(BOTH_BACKENDS), default=list(BOTH_BACKENDS),
                    help="sqlite,mariadb (default both)")
