@@ -13,6 +13,31 @@ CREATE TABLE IF NOT EXISTS cronqueue_migrations (
 	PRIMARY KEY (version)
 )ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
 
+CREATE TABLE IF NOT EXISTS cronqueue_rollup (
+	queue VARCHAR(64) NOT NULL, 
+	outcome VARCHAR(16) NOT NULL, 
+	finished BIGINT NOT NULL DEFAULT 0, 
+	timed BIGINT NOT NULL DEFAULT 0, 
+	duration_us BIGINT NOT NULL DEFAULT 0, 
+	le_0_01 BIGINT NOT NULL DEFAULT 0, 
+	le_0_05 BIGINT NOT NULL DEFAULT 0, 
+	le_0_1 BIGINT NOT NULL DEFAULT 0, 
+	le_0_25 BIGINT NOT NULL DEFAULT 0, 
+	le_0_5 BIGINT NOT NULL DEFAULT 0, 
+	le_1 BIGINT NOT NULL DEFAULT 0, 
+	le_2_5 BIGINT NOT NULL DEFAULT 0, 
+	le_5 BIGINT NOT NULL DEFAULT 0, 
+	le_10 BIGINT NOT NULL DEFAULT 0, 
+	le_30 BIGINT NOT NULL DEFAULT 0, 
+	le_60 BIGINT NOT NULL DEFAULT 0, 
+	le_120 BIGINT NOT NULL DEFAULT 0, 
+	le_300 BIGINT NOT NULL DEFAULT 0, 
+	le_600 BIGINT NOT NULL DEFAULT 0, 
+	le_1800 BIGINT NOT NULL DEFAULT 0, 
+	le_3600 BIGINT NOT NULL DEFAULT 0, 
+	PRIMARY KEY (queue, outcome)
+)ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
+
 CREATE TABLE IF NOT EXISTS cronqueue_runs (
 	id BIGINT NOT NULL AUTO_INCREMENT, 
 	entry VARCHAR(128) NOT NULL, 
@@ -85,3 +110,5 @@ CREATE UNIQUE INDEX ux_queue_active_key ON queue (active_key);
 INSERT INTO cronqueue_migrations (version, name, checksum, applied_by, statements_done, complete) VALUES (1, '0001_initial', '04e8d0a9aa1f33afb13c9fe721cfe1c9278613741b5e478d8b61096a7b553f6e', 'sql file', 9, 1);
 
 INSERT INTO cronqueue_migrations (version, name, checksum, applied_by, statements_done, complete) VALUES (2, '0002_queue_secret', '4acf319ab0767627d4ab24c0d452e1dcaafa7af2b42b0c630d1b6b50269a748c', 'sql file', 1, 1);
+
+INSERT INTO cronqueue_migrations (version, name, checksum, applied_by, statements_done, complete) VALUES (3, '0003_rollup', '321e3812833ba29c5affbe722209abf2947364f9b55ddb0681371b46b2a92f6c', 'sql file', 1, 1);

@@ -13,6 +13,31 @@ CREATE TABLE IF NOT EXISTS cronqueue_migrations (
 	PRIMARY KEY (version)
 );
 
+CREATE TABLE IF NOT EXISTS cronqueue_rollup (
+	queue VARCHAR(64) NOT NULL, 
+	outcome VARCHAR(16) NOT NULL, 
+	finished BIGINT DEFAULT 0 NOT NULL, 
+	timed BIGINT DEFAULT 0 NOT NULL, 
+	duration_us BIGINT DEFAULT 0 NOT NULL, 
+	le_0_01 BIGINT DEFAULT 0 NOT NULL, 
+	le_0_05 BIGINT DEFAULT 0 NOT NULL, 
+	le_0_1 BIGINT DEFAULT 0 NOT NULL, 
+	le_0_25 BIGINT DEFAULT 0 NOT NULL, 
+	le_0_5 BIGINT DEFAULT 0 NOT NULL, 
+	le_1 BIGINT DEFAULT 0 NOT NULL, 
+	le_2_5 BIGINT DEFAULT 0 NOT NULL, 
+	le_5 BIGINT DEFAULT 0 NOT NULL, 
+	le_10 BIGINT DEFAULT 0 NOT NULL, 
+	le_30 BIGINT DEFAULT 0 NOT NULL, 
+	le_60 BIGINT DEFAULT 0 NOT NULL, 
+	le_120 BIGINT DEFAULT 0 NOT NULL, 
+	le_300 BIGINT DEFAULT 0 NOT NULL, 
+	le_600 BIGINT DEFAULT 0 NOT NULL, 
+	le_1800 BIGINT DEFAULT 0 NOT NULL, 
+	le_3600 BIGINT DEFAULT 0 NOT NULL, 
+	PRIMARY KEY (queue, outcome)
+);
+
 CREATE TABLE IF NOT EXISTS cronqueue_runs (
 	id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, 
 	entry VARCHAR(128) NOT NULL, 
@@ -82,3 +107,5 @@ CREATE UNIQUE INDEX IF NOT EXISTS ux_queue_active_key ON queue (active_key);
 INSERT INTO cronqueue_migrations (version, name, checksum, applied_by, statements_done, complete) VALUES (1, '0001_initial', '6fb729ec635dc50e6bf1dc2b4010c109f233e121b6cedff89300d8931538b421', 'sql file', 9, 1);
 
 INSERT INTO cronqueue_migrations (version, name, checksum, applied_by, statements_done, complete) VALUES (2, '0002_queue_secret', '8686ef99d3d11e3ec21fa9eefb6740bd29146749e07fb9592e952613e7725e9d', 'sql file', 1, 1);
+
+INSERT INTO cronqueue_migrations (version, name, checksum, applied_by, statements_done, complete) VALUES (3, '0003_rollup', 'e5dc805f5877c17b03946867a36bb60c4838f31f9ed56992c08219bb1b829f68', 'sql file', 1, 1);

@@ -3,7 +3,9 @@ of outcomes, lease extension, the give-back of rows not run — and the rescue's
 whose shard is gone.
 
 Every write of a shard is fenced by its claim token (``rows.fence``): rows the claim no longer
-holds (rescued) are left alone. The rescue's writes are fenced by the token it saw.
+holds (rescued) are left alone. The rescue's writes are fenced by the token it saw. The outcomes
+that finish a task (done, failed) are counted in ``cronqueue_rollup`` by the same transaction
+(``rollup.py``: one statement).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from sqlalchemy import (
 
 from cronqueue.model import Task
 from cronqueue.states import FINISHED, Transition, attempts_change, sql_values
-from cronqueue.store.backends import backend_for
+from cronqueue.store import rollup
+from cronqueue.store.backends import Backend, backend_for
 from cronqueue.store.engine import transaction
 from cronqueue.store.rows import CHUNK, bind, fence, ids, status_is, task_columns
 from cronqueue.store.schema import queue_table as q
@@ -177,7 +180,8 @@ def _clearing_secret(values: dict[str, Any]) -> dict[str, Any]:
 class Outcomes:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.row_locks = backend_for(engine).row_locks
+        self.backend = backend_for(engine)
+        self.row_locks = self.backend.row_locks
 
     def flush(self, flush: Flush) -> Flushed:
         """A shard's group commit for one claim: buffered outcomes, the next window's start
@@ -187,12 +191,13 @@ class Outcomes:
         one statement per kind of write; if a row count says otherwise, the transaction is
         rolled back and redone after reading which rows are still held."""
         try:
-            return transaction(self.engine, lambda conn: self._flush(conn, flush, None))
+            return transaction(self.engine,
+                               lambda conn: self._flush(conn, self.backend, flush, None))
         except _NotHeld:
             return transaction(self.engine, lambda conn: self._flush(
-                conn, flush, self._held(conn, [f.task_id for f in flush.finishes]
-                                        + [*flush.mark, *flush.unmark], flush.token,
-                                        lock=self.row_locks)))
+                conn, self.backend, flush, self._held(
+                    conn, [f.task_id for f in flush.finishes] + [*flush.mark, *flush.unmark],
+                    flush.token, lock=self.row_locks)))
 
     @staticmethod
     def _held(conn: Connection, task_ids: Sequence[int], token: str, *, lock: bool) -> set[int]:
@@ -203,7 +208,8 @@ class Outcomes:
         return held
 
     @staticmethod
-    def _flush(conn: Connection, flush: Flush, held: set[int] | None) -> Flushed:
+    def _flush(conn: Connection, backend: Backend, flush: Flush,
+               held: set[int] | None) -> Flushed:
         def ours(task_id: int) -> bool:
             return held is None or task_id in held
 
@@ -216,12 +222,15 @@ class Outcomes:
         done = Flushed()
         token = flush.token
         groups: dict[tuple[int, tuple[str, ...]], list[tuple[int, dict[str, Any]]]] = {}
+        finished: list[int] = []  # done or failed: counted in the rollup
         for f in flush.finishes:
             if ours(f.task_id):
                 values = _clearing_secret(f.values)
                 assert not (f.attempts_change and "attempts" in values), f
                 groups.setdefault((f.attempts_change, tuple(values)), []).append(
                     (f.task_id, values))
+                if values.get("status") in FINISHED:
+                    finished.append(f.task_id)
         for (change, _), rows in groups.items():
             for start in range(0, len(rows), _FINISH_CHUNK):
                 chunk = rows[start:start + _FINISH_CHUNK]
@@ -239,6 +248,8 @@ class Outcomes:
                                    len(unmark))
         if flush.release:
             done.released += conn.execute(_release_unstarted(), {"token": token}).rowcount
+        if finished:  # last: the counters' rows stay locked the shortest time
+            rollup.add_finished(conn, backend, finished, timed=True)
         return done
 
     def still_held(self, task_ids: Sequence[int], token: str) -> set[int]:
@@ -252,12 +263,21 @@ class Outcomes:
         return transaction(self.engine, lambda conn: conn.execute(
             _release_unstarted(), {"token": token}).rowcount)
 
-    def record(self, finish: Finish) -> bool:
-        """Write one outcome; whether the claim still held the row."""
+    def record(self, finish: Finish, *, timed: bool = True) -> bool:
+        """Write one outcome; whether the claim still held the row. One that finishes the
+        task is counted in the rollup (its run time too if ``timed``)."""
         stmt = (update(q).where(q.c.id == finish.task_id, *fence())
                 .values(**_clearing_secret(finish.values), **_attempts(finish.attempts_change)))
-        return transaction(self.engine, lambda conn: conn.execute(
-            stmt, {"token": finish.token}).rowcount == 1)
+        return transaction(self.engine, lambda conn: self._write_one(
+            conn, stmt, {"token": finish.token}, finish, timed=timed))
+
+    def _write_one(self, conn: Connection, stmt: Update, params: dict[str, Any],
+                   finish: Finish, *, timed: bool) -> bool:
+        if conn.execute(stmt, params).rowcount != 1:
+            return False
+        if finish.values.get("status") in FINISHED:
+            rollup.add_finished(conn, self.backend, [finish.task_id], timed=timed)
+        return True
 
     # -- the rescue ---------------------------------------------------------------------------
 
@@ -273,11 +293,13 @@ class Outcomes:
         """Write an outcome for a task claimed by someone else (the rescue), fenced by the
         claim token it was seen with: a shard that finishes meanwhile wins. A running row
         without a token (no shard can own it) is fenced on its status and attempts (unless
-        its attempts column was bad: not a number, or out of range)."""
+        its attempts column was bad: not a number, or out of range). A task it fails is
+        counted in the rollup, without a run time (the run's end was not seen)."""
         if task.claim_token is not None:
-            return self.record(Finish(task.id, task.claim_token, values))
+            return self.record(Finish(task.id, task.claim_token, values), timed=False)
         fenced = [q.c.id == task.id, q.c.claim_token.is_(None), status_is(Transition.STARTED)]
         if "attempts" not in task.bad_columns:
             fenced.append(q.c.attempts == task.attempts)
         stmt = update(q).where(*fenced).values(**_clearing_secret(values))
-        return transaction(self.engine, lambda conn: conn.execute(stmt).rowcount == 1)
+        return transaction(self.engine, lambda conn: self._write_one(
+            conn, stmt, {}, Finish(task.id, "", values), timed=False))

@@ -241,6 +241,37 @@ workers_table = Table(
 )
 Index("ix_workers_host_pid", workers_table.c.host, workers_table.c.pid)
 
+# Counters of finished tasks, for the metrics (``cronqueue/metrics.py``): one row per (queue,
+# outcome) — done, failed, cancelled — added to in the transaction that records the outcomes
+# (``store/rollup.py``: one upsert per group commit), never decremented, so that a purge of
+# ``queue`` leaves them as they are. ``finished`` counts every such task; ``timed`` those whose
+# run a shard timed (done and failed by a shard: not a rejected row, a rescue's or a cancel),
+# ``duration_us`` the sum of their run times and ``le_<s>`` how many ran in at most <s> seconds
+# (the buckets of the task duration histogram; ``timed`` is its +Inf).
+DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+                    600.0, 1800.0, 3600.0)
+
+
+def bucket_column(bound: float) -> str:
+    """``le_0_25`` for 0.25 s, ``le_60`` for 60 s."""
+    return "le_" + f"{bound:g}".replace(".", "_")
+
+
+def _counter(name: str) -> Column[int]:
+    return Column(name, BigInteger, nullable=False, server_default=text("0"))
+
+
+rollup_table = Table(
+    "cronqueue_rollup",
+    metadata,
+    Column("queue", String(64), primary_key=True),
+    Column("outcome", String(16), primary_key=True),
+    _counter("finished"),
+    _counter("timed"),
+    _counter("duration_us"),
+    *[_counter(bucket_column(b)) for b in DURATION_BUCKETS],
+)
+
 # What `cronqueue migrate` applied (store/migrate.py): one row per migration of
 # store/migrations/, version 1 = cronqueue 0.1.0's schema. No migration creates it: migrate does,
 # before the first one (a database of 0.1.0 has the other tables and not this one).
@@ -257,7 +288,8 @@ migrations_table = Table(
     Column("statements_done", Integer, nullable=False, server_default=text("0")),
     Column("complete", SmallInteger, nullable=False, server_default=text("0")),
 )
-_NO_AUTOINCREMENT = frozenset({"cronqueue_migrations"})  # its key is the version, not a count
+# Keyed by what they count, not by an id: the version; (queue, outcome).
+_NO_AUTOINCREMENT = frozenset({"cronqueue_migrations", "cronqueue_rollup"})
 
 
 def ddl_metadata() -> MetaData:

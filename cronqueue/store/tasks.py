@@ -29,6 +29,7 @@ from cronqueue.errors import InvalidTransition, TaskNotFound
 from cronqueue.model import Status, Task, status_name
 from cronqueue.spec import TaskSpec
 from cronqueue.states import Transition, sources, sql_values
+from cronqueue.store import rollup
 from cronqueue.store.backends import backend_for
 from cronqueue.store.engine import transaction
 from cronqueue.store.enqueue import Inserter
@@ -62,7 +63,8 @@ def delete_in_chunks(engine: Engine, select_ids: Executable,
 class Tasks:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.inserter = Inserter(backend_for(engine))
+        self.backend = backend_for(engine)
+        self.inserter = Inserter(self.backend)
 
     # -- add ----------------------------------------------------------------------------------
 
@@ -147,12 +149,14 @@ class Tasks:
     # -- operator actions ---------------------------------------------------------------------
 
     def cancel(self, task_id: int, now: datetime) -> None:
-        """Pending → cancelled. Raises ``TaskNotFound`` or ``InvalidTransition``."""
+        """Pending → cancelled (counted in the rollup, same transaction). Raises
+        ``TaskNotFound`` or ``InvalidTransition``."""
         stmt = (update(q).where(q.c.id == task_id, status_is(Transition.CANCELLED))
                 .values(**sql_values(Transition.CANCELLED, q, now=now)))
 
         def work(conn: Connection) -> None:
             if conn.execute(stmt).rowcount == 1:
+                rollup.add_finished(conn, self.backend, [task_id], timed=False)
                 return
             row = conn.execute(select(q.c.status).where(q.c.id == task_id)).first()
             if row is None:

@@ -303,6 +303,50 @@ def test_insert_unique_returns_the_holders_id_until_it_lets_the_key_go(engine: E
     assert [i for i, key in rows if key == "k"] == [first, fresh]
 
 
+# -- counters (the rollup) ------------------------------------------------------------------
+
+
+def test_insert_or_add_inserts_new_keys_and_adds_to_existing_ones(engine: Engine,
+                                                                   seam: Backend) -> None:
+    """One statement: rows whose key is new are inserted, the others add their values."""
+    from sqlalchemy import func, literal
+
+    from cronqueue.store.schema import rollup_table as ru
+
+    def add(queue: str, finished: int, timed: int) -> None:
+        rows = select(literal(queue).label("queue"), literal("done").label("outcome"),
+                      literal(finished).label("finished"), literal(timed).label("timed"),
+                      func.count().label("duration_us")).select_from(q).where(q.c.id > 0)
+        with engine.begin() as conn:
+            conn.execute(seam.insert_or_add(ru, rows, ("queue", "outcome")))
+
+    with engine.begin() as conn:
+        conn.execute(q.insert(), [{"taskscript": "t.sh", "param": "1"}] * 3)
+    add("a", 1, 0)
+    add("b", 5, 2)
+    add("a", 10, 1)
+    with engine.connect() as conn:
+        got = conn.execute(select(ru.c.queue, ru.c.finished, ru.c.timed, ru.c.duration_us)
+                           .order_by(ru.c.queue)).all()
+    assert [tuple(r) for r in got] == [("a", 11, 1, 6), ("b", 5, 2, 3)]
+
+
+def test_microseconds_between_two_times(engine: Engine, seam: Backend) -> None:
+    """Exact to the millisecond at least, either way round; NULL without a start."""
+    t0 = datetime(2031, 5, 6, 23, 59, 59, 900000, tzinfo=UTC)
+    spans = {1: timedelta(seconds=0.2), 2: timedelta(hours=25, milliseconds=1),
+             3: timedelta(milliseconds=-1500), 4: None}
+    with engine.begin() as conn:
+        for i, span in spans.items():
+            conn.execute(q.insert(), {"id": i, "taskscript": "t.sh", "param": "1",
+                                      "started_at": None if span is None else t0,
+                                      "finished_at": t0 + (span or timedelta())})
+    with engine.connect() as conn:
+        got = dict(conn.execute(select(q.c.id, seam.microseconds(q.c.started_at,
+                                                                 q.c.finished_at))).all())
+    assert got == {1: 200_000, 2: 90_000_001_000, 3: -1_500_000, 4: None}
+
+
 # -- settings ---------------------------------------------------------------------------------
 
 

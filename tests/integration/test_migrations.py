@@ -201,9 +201,12 @@ def test_the_migrated_schema_equals_a_fresh_one(
 
     migrated = reflect(db_url)
     assert set(migrated) == {"queue", "cronqueue_runs", "cronqueue_workers",
-                             "cronqueue_migrations"}
+                             "cronqueue_migrations", "cronqueue_rollup"}
     assert ("secret", "MEDIUMTEXT" if backend != "sqlite" else "TEXT", True, None) \
         in migrated["queue"]["columns"]
+    assert migrated["cronqueue_rollup"]["pk"] == ["queue", "outcome"]  # version 3
+    assert [c[0] for c in migrated["cronqueue_rollup"]["columns"]][:5] == [
+        "queue", "outcome", "finished", "timed", "duration_us"]
     assert migrated == reflect(fresh)
     assert migrated == reflect(from_schema_py)
     assert [r[:2] for r in records(db_url)] == [r[:2] for r in records(fresh)] \

@@ -16,11 +16,13 @@ Adding a database means one new module here (a ``Backend`` subclass, registered 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from sqlalchemy import Connection, CursorResult, Dialect, Engine, Select
 from sqlalchemy.engine import URL
 from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.elements import ColumnElement
 
 from cronqueue.errors import ConfigError
 
@@ -98,6 +100,19 @@ class Backend(ABC):
                   existing: Any) -> int:
         """The id ``insert_unique`` inserted, or the holder's: ``existing`` is a statement
         selecting that id (run only when needed, in the same transaction)."""
+
+    # -- counters (store/rollup.py) --------------------------------------------------------------
+
+    @abstractmethod
+    def insert_or_add(self, table: Any, rows: Select[Any], key: Sequence[str]) -> Insert:
+        """``INSERT INTO table (...) SELECT ...`` (``rows``' columns labelled as the table's)
+        that, for a row whose ``key`` columns exist already, adds each other value to the
+        existing row's instead: counters, never decremented. One statement."""
+
+    @abstractmethod
+    def microseconds(self, start: Any, end: Any) -> ColumnElement[int]:
+        """``end - start`` (two time columns) in whole microseconds; NULL when either is not
+        a time."""
 
     # -- limits and settings ---------------------------------------------------------------------
 

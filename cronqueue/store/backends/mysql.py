@@ -5,9 +5,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from sqlalchemy import (
+    BigInteger,
     Connection,
     CursorResult,
     Dialect,
@@ -16,11 +18,13 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    literal_column,
     text,
 )
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.elements import ColumnElement
 
 from cronqueue.store.backends.base import Backend, driver_code, server_url
 
@@ -121,6 +125,20 @@ class MysqlBackend(Backend):
 
     def unique_id(self, conn: Connection, result: CursorResult[Any], existing: Any) -> int:
         return int(result.lastrowid)
+
+    def insert_or_add(self, table: Any, rows: Select[Any], key: Sequence[str]) -> Insert:
+        """``INSERT ... SELECT ... ON DUPLICATE KEY UPDATE c = c + VALUES(c)`` (``VALUES()``
+        is what MySQL 8 and MariaDB both take after a SELECT)."""
+        from sqlalchemy.dialects import mysql
+
+        names = [c.name for c in rows.selected_columns]
+        stmt = mysql.insert(table).from_select(names, rows)
+        return stmt.on_duplicate_key_update(
+            {n: table.c[n] + stmt.inserted[n] for n in names if n not in key})
+
+    def microseconds(self, start: Any, end: Any) -> ColumnElement[int]:
+        return func.timestampdiff(literal_column("MICROSECOND"), start, end,
+                                  type_=BigInteger())
 
     def max_statement_bytes(self, conn: Connection) -> int | None:
         return int(conn.execute(_MAX_PACKET).scalar_one())
