@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cronqueue.cli.args import AddCommand, open_queue, upto
 from cronqueue.config import MAX_BATCH, Config
+from cronqueue.errors import ConfigError
 
 
 def register(add: AddCommand) -> None:
@@ -67,6 +68,16 @@ def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
+    """The demo makes its own SQLite database, config, task and log directories under
+    ``--dir``: a ``--db``, ``--config``, ``--task-dir`` or ``--log-dir`` given to it was
+    accepted and ignored. Refused now, with one line (exit 2)."""
     from cronqueue.cli.demo import run_demo
 
+    given = [flag for flag, value in (("--db", args.db), ("--config", args.config),
+                                      ("--task-dir", args.task_dir),
+                                      ("--log-dir", args.log_dir)) if value is not None]
+    if given:
+        raise ConfigError(f"demo: {', '.join(given)} not used: the demo is the SQLite "
+                          "quickstart and makes its own database, config, tasks and logs "
+                          "under --dir DIR (for your own database: cronqueue init-db --db URL)")
     return run_demo(args.dir, messages=args.tasks)

@@ -486,3 +486,20 @@ def test_queue_with_a_mistyped_driver_raises_a_config_error(url: str, said: str)
     with pytest.raises(ConfigError, match=said) as info:
         Queue(url)
     assert "Qv7Wk3pJx" not in str(info.value)
+
+
+@pytest.mark.parametrize("flags", [["--db", "mysql+pymysql://cq:Qv7Wk3pJx@127.0.0.1/app"],
+                                   ["--task-dir", "/nonexistent"], ["--log-dir", "/tmp/x"],
+                                   ["--db", "sqlite:///other.db", "--task-dir", "t"]])
+def test_demo_refuses_the_flags_it_would_ignore(flags: list[str], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`demo --db mysql+pymysql://...` and `--task-dir /nonexistent` were accepted and
+    ignored: the demo ran on its own SQLite file."""
+    where = tmp_path / "demo"
+    assert main(["demo", "--dir", str(where), *flags]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.splitlines()
+    assert len(err) == 1 and "the demo is the SQLite quickstart" in err[0], captured.err
+    assert all(f in err[0] for f in flags if f.startswith("--"))
+    assert "Qv7Wk3pJx" not in captured.err and captured.out == ""
+    assert not where.exists()  # nothing was made
