@@ -201,7 +201,8 @@ def test_the_migrated_schema_equals_a_fresh_one(
 
     migrated = reflect(db_url)
     assert set(migrated) == {"queue", "cronqueue_runs", "cronqueue_workers",
-                             "cronqueue_migrations", "cronqueue_rollup"}
+                             "cronqueue_migrations", "cronqueue_rollup", "cronqueue_alerts",
+                             "cronqueue_ticks"}
     assert ("secret", "MEDIUMTEXT" if backend != "sqlite" else "TEXT", True, None) \
         in migrated["queue"]["columns"]
     assert migrated["cronqueue_rollup"]["pk"] == ["queue", "outcome"]  # version 3
