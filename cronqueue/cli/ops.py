@@ -80,9 +80,9 @@ def cmd_work(args: argparse.Namespace, cfg: Config) -> int:
     for name in args.queues or []:
         check_queue(name)
     # --batch and --python-fork are in cfg.worker (flag > env > file > default: main.py)
-    Shard(cfg, total=args.total, shard=args.shard, queues=args.queues, batch=cfg.worker.batch,
-          max_seconds=args.max_seconds, entry=args.entry).run()
-    return 0
+    report = Shard(cfg, total=args.total, shard=args.shard, queues=args.queues,
+                   batch=cfg.worker.batch, max_seconds=args.max_seconds, entry=args.entry).run()
+    return 2 if report.refused else 0  # task_dir missing: logged by the shard, one line
 
 
 def cmd_mission(args: argparse.Namespace, cfg: Config) -> int:

@@ -72,6 +72,7 @@ class ShardReport:
     outcomes: dict[int, str] = field(default_factory=dict)
 
     already_running: str = ""  # set when the guard found this shard running elsewhere
+    refused: str = ""  # a shard-level fault (task_dir missing): why it claimed nothing more
 
     @property
     def ran(self) -> int:
@@ -182,6 +183,8 @@ class Shard:
         try:
             # A database behind (or ahead of) this cronqueue: SchemaVersionError, exit 2.
             self._db("check the schema", lambda: require_current(engine), until=patience)
+            if self._task_dir_missing():  # every task would fail: claim none of them
+                return self.report
             if guard is not None and not self._db("lock", guard.acquire, until=patience):
                 self.report.already_running = guard.holder
                 log.info("shard=%s already running on %s; not starting", self.label,
@@ -412,6 +415,11 @@ class Shard:
         except Exception as exc:  # one task's fault, whatever it is, must not stop the shard
             result = self._crashed(task, exc)
         self.heartbeat.current_task = None
+        if result.returncode is None and not result.ok and self._task_dir_missing():
+            # not the task's fault: its attempt is given back (returned, due again) and the
+            # shard stops, giving back the rest of its claim
+            result = replace(result, interrupted=True)
+            self.request_stop()
         transition, values = self._decide(task, attempt, result, started_at)
         outcome = _OUTCOME[transition]
         max_attempts = self.policy.attempts_for(task.max_attempts)
@@ -424,6 +432,19 @@ class Shard:
         self.heartbeat.tasks_done = self.report.ran
         self.report.outcomes[task.id] = outcome
         return Finish(task.id, token, values, transition)
+
+    def _task_dir_missing(self) -> bool:
+        """task_dir is gone (a deploy that moved it, a mount that is not there): a fault of
+        the shard, not of its tasks. Logged once, as the report's ``refused``."""
+        task_dir = self.config.task_dir
+        if task_dir.is_dir():
+            return False
+        if not self.report.refused:
+            self.report.refused = (f"task_dir {task_dir} does not exist or is not a directory: "
+                                   "the shard stops; its tasks stay pending, no attempt "
+                                   "charged")
+            log.error("shard=%s %s", self.label, self.report.refused)
+        return True
 
     def _with_secret(self, task: Task) -> Task:
         """The task with its secret, read as it starts (a claim leaves secrets in the

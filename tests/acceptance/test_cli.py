@@ -269,3 +269,40 @@ def test_purge_counts_first_narrows_by_status_and_keeps_unfinished_tasks(
     assert left == {ids[11]: Status.RUNNING, fresh: Status.PENDING}
     assert cli("--include-pending", "--yes").stdout.startswith("purged 1 task(s)")
     assert [t.id for t in queue.list()] == [fresh]
+
+
+def test_a_missing_task_dir_is_the_shards_fault_not_the_tasks(
+        queue: Queue, db_url: str, task_dir: Path, log_dir: Path, tmp_path: Path) -> None:
+    """Each task of a shard whose task_dir was missing failed an attempt ("task_dir ... does
+    not exist"), retried until its attempts were spent. Now the shard logs one line, claims
+    nothing, leaves the tasks pending with their attempts, and exits 2."""
+    ids = queue.add_many([{"taskscript": "ok.sh"}] * 3)
+    gone = tmp_path / "not-deployed-yet"
+    res = run_cli("work", db_url=db_url, task_dir=gone, log_dir=log_dir)
+    assert res.returncode == 2, res.stderr
+    errors = [line for line in res.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and (f"task_dir {gone} does not exist or is not a directory: the "
+                                 "shard stops; its tasks stay pending, no attempt charged"
+                                 ) in errors[0]
+    assert "Traceback" not in res.stderr and "outcome=" not in res.stderr
+    for task in map(queue.get, ids):
+        assert task is not None and task.status is Status.PENDING and task.attempts == 0
+        assert task.worker_host is None and task.error is None
+
+    # task_dir moved away while the shard runs (a deploy): the task that finds it gone is
+    # returned with its attempt given back, the shard stops, the rest stay as they were.
+    write_script(task_dir, "ok.sh", "echo ok\n")
+    write_script(task_dir, "deploy.sh", 'mv "$PWD" "$PWD.old"\n')
+    queue.purge(0, statuses=[Status.PENDING])
+    first = queue.add("deploy.sh", priority=9)
+    rest = queue.add_many([{"taskscript": "ok.sh"}] * 3)
+    res = run_cli("work", db_url=db_url, task_dir=task_dir, log_dir=log_dir)
+    assert res.returncode == 2, res.stderr
+    assert sum(" ERROR " in line for line in res.stderr.splitlines()) == 1, res.stderr
+    done = queue.get(first)
+    assert done is not None and done.status is Status.DONE
+    returned = queue.get(rest[0])  # equal priority: the oldest is tried first
+    assert returned is not None and returned.status is Status.PENDING
+    assert returned.attempts == 0 and "does not exist" in (returned.error or "")
+    for task in map(queue.get, rest):
+        assert task is not None and task.status is Status.PENDING and task.attempts == 0
