@@ -48,7 +48,13 @@ from cronqueue.model import Task
 from cronqueue.process.capture import Capture, Captured, unnamed_file
 from cronqueue.process.child import Child, ExecChild, ForkedChild
 from cronqueue.process.logfiles import LogDir, LogFileRefused
-from cronqueue.process.scriptpath import OpenedScript, is_executable, open_beneath
+from cronqueue.process.scriptpath import (
+    OpenedScript,
+    exec_problem,
+    exit_problem,
+    is_executable,
+    open_beneath,
+)
 from cronqueue.process.watchdog import RUN_VAR, Watchdog
 from cronqueue.spec import NESTING_HINT, check_param_text, check_taskscript
 from cronqueue.text import visible
@@ -218,8 +224,11 @@ class Runner:
                 child = self._start(script, task.param, env, capture.write_fd, stdin)
             except OSError as exc:
                 self._watchdog.watch(0)
-                what = script.opened.path if len(script.argv) == 1 else script.argv[0]
-                msg = f"cannot start {visible(what)}: {exc.strerror or exc}"
+                direct = len(script.argv) == 1  # executed itself: its #! line may say why
+                what = script.opened.path if direct else script.argv[0]
+                why = exec_problem(script.opened, exc.errno or 0) if direct else None
+                msg = (f"cannot start {visible(what)}: {why} ({exc.strerror})" if why
+                       else f"cannot start {visible(what)}: {exc.strerror or exc}")
                 return RunResult(None, time.monotonic() - started, msg, ScriptNotRunnable(msg))
             finally:
                 if stdin != self._devnull:
@@ -248,7 +257,8 @@ class Runner:
         elif returncode < 0:
             failure = ProcessSignaledError(f"killed by {_signame(-returncode)}")
         elif returncode > 0:
-            failure = ProcessExitError(f"exit status {returncode}")
+            why = exit_problem(script.opened, returncode) if len(script.argv) == 1 else None
+            failure = ProcessExitError(f"exit status {returncode}" + (f": {why}" if why else ""))
         return RunResult(returncode, duration, output, failure, interrupted=outcome == "abort")
 
     def _start(self, script: Script, param: str, env: dict[bytes, bytes], out: int,

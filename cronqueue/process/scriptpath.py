@@ -194,3 +194,59 @@ def is_executable(st: os.stat_result, uid: int) -> bool:
     if st.st_gid == os.getegid() or st.st_gid in os.getgroups():
         return bool(mode & stat.S_IXGRP)
     return bool(mode & stat.S_IXOTH)
+
+
+# -- why a script that was started directly did not run ------------------------------------------
+
+_SHEBANG_FOR = {".py": "#!/usr/bin/env python3", ".sh": "#!/bin/sh", ".php": "#!/usr/bin/env php"}
+_CRLF = ("#! line ends in CR (\\r): the file has Windows line endings (CRLF); convert it "
+         "(dos2unix FILE, or sed -i 's/\\r$//' FILE)")
+
+
+def first_line(opened: OpenedScript, most: int = 256) -> bytes | None:
+    """The first bytes of an opened script, up to its first newline (read through
+    ``/proc/self/fd``: the descriptor itself is ``O_PATH``); None if it cannot be read."""
+    try:
+        fd = os.open(f"/proc/self/fd/{opened.fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, most).split(b"\n", 1)[0]
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def exec_problem(opened: OpenedScript, error: int) -> str | None:
+    """What an executable script's first line says about ``execve`` failing with ``error``:
+    ENOEXEC (no ``#!`` line: "Exec format error") or ENOENT (an interpreter with a CR at its
+    end, from Windows line endings, or one that does not exist: "No such file or
+    directory"); None when it says nothing more."""
+    if error not in (errno.ENOEXEC, errno.ENOENT):
+        return None
+    line = first_line(opened)
+    if line is None:
+        return None
+    if not line.startswith(b"#!"):
+        if error != errno.ENOEXEC or line.startswith(b"\x7fELF"):
+            return None
+        shebang = _SHEBANG_FOR.get(os.path.splitext(opened.path)[1], "#!/path/of/its/interpreter")
+        return (f"no #! line: add `{shebang}` as its first line, or make it non-executable "
+                "(chmod -x) to run it by its extension")
+    if line.endswith(b"\r"):
+        return _CRLF
+    words = line[2:].split()
+    if error == errno.ENOENT and words:
+        return f"its #! interpreter {os.fsdecode(words[0])!r} does not exist"
+    return None
+
+
+def exit_problem(opened: OpenedScript, returncode: int) -> str | None:
+    """A script run through ``#!/usr/bin/env NAME\\r`` exits 127 (``env`` finds no
+    ``NAME\\r``): the CRLF line is the cause."""
+    if returncode != 127:
+        return None
+    line = first_line(opened)
+    return _CRLF if line is not None and line.startswith(b"#!") and line.endswith(b"\r") \
+        else None
