@@ -303,6 +303,39 @@ def test_insert_unique_returns_the_holders_id_until_it_lets_the_key_go(engine: E
     assert [i for i, key in rows if key == "k"] == [first, fresh]
 
 
+# -- the claim's index ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("queue", ["q1", None], ids=["one-queue", "every-queue"])
+def test_the_claim_reads_its_own_index(engine: Engine, seam: Backend, queue: str | None) -> None:
+    """Whatever other index has (status, queue, ...) (``ix_queue_due``), the claim walks the
+    claim index in order: the plan the server chooses for the claim's statement says so
+    (SQLite: EXPLAIN QUERY PLAN; MariaDB: EXPLAIN, the statement naming the index — its
+    planner took ix_queue_claim_any for one queue on 1.1M rows, bench/web_pages.py, which a
+    table this small does not show)."""
+    from cronqueue.store.claims import claim_index, claim_top
+
+    with engine.begin() as conn:
+        conn.execute(q.insert(), [{"taskscript": "t.sh", "param": "1", "queue": f"q{i % 3}",
+                                   "priority": 5 if i % 3 else 0} for i in range(300)])
+    stmt = seam.by_index(claim_top(shard=0, total=2, queue=queue, now=NOW, limit=10,
+                                   passed=[]), q, claim_index(queue))
+    compiled = stmt.compile(engine)
+    with engine.connect() as conn:
+        cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        if seam.name == "sqlite":
+            cur.execute("EXPLAIN QUERY PLAN " + str(compiled), compiled.positiontup and [
+                compiled.params[k] for k in compiled.positiontup])
+            plan = " ".join(str(r[-1]) for r in cur.fetchall())
+            assert f"INDEX {claim_index(queue)} " in plan, plan
+        else:
+            assert f"FORCE INDEX ({claim_index(queue)})" in str(compiled)
+            cur.execute("EXPLAIN " + str(compiled), compiled.params)
+            keys = [dict(zip([d[0] for d in cur.description], r, strict=True))["key"]
+                    for r in cur.fetchall()]
+            assert keys == [claim_index(queue)], keys
+
+
 # -- counters (the rollup) ------------------------------------------------------------------
 
 

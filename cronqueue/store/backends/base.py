@@ -88,6 +88,11 @@ class Backend(ABC):
         the rows named are read, and locked by a ``FOR UPDATE``."""
         return stmt
 
+    def by_index(self, stmt: Select[Any], table: Any, index: str) -> Select[Any]:
+        """``stmt`` read through ``table``'s index ``index``, whatever else the planner might
+        pick (on a server whose planner needs telling)."""
+        return stmt
+
     # -- the insert-unique form ------------------------------------------------------------------
 
     @abstractmethod

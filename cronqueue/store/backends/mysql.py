@@ -111,8 +111,11 @@ class MysqlBackend(Backend):
         return bool(getattr(dialect, "is_mariadb", False) and _version(dialect)[:2] >= (10, 6))
 
     def by_primary_key(self, stmt: Select[Any], table: Any) -> Select[Any]:
+        return self.by_index(stmt, table, "PRIMARY")
+
+    def by_index(self, stmt: Select[Any], table: Any, index: str) -> Select[Any]:
         for dialect in self.dialects:  # a hint names the dialect it is rendered for
-            stmt = stmt.with_hint(table, "FORCE INDEX (PRIMARY)", dialect)
+            stmt = stmt.with_hint(table, f"FORCE INDEX ({index})", dialect)
         return stmt
 
     def insert_unique(self, table: Any, key_column: Any) -> Insert:
