@@ -2,6 +2,25 @@
 -- Keep in sync: tests/unit/test_schema.py compares them. For an empty database; to upgrade one, see
 -- `cronqueue migrate` and sql/migrations/.
 
+CREATE TABLE IF NOT EXISTS cronqueue_alerts (
+	id BIGINT NOT NULL AUTO_INCREMENT, 
+	kind VARCHAR(32) NOT NULL, 
+	subject VARBINARY(764) NOT NULL, 
+	state VARCHAR(16) NOT NULL DEFAULT 'firing', 
+	changed_at DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6)), 
+	seq INTEGER NOT NULL DEFAULT 1, 
+	summary VARCHAR(1000) NOT NULL DEFAULT '', 
+	detail MEDIUMTEXT, 
+	unsent VARCHAR(64) NOT NULL DEFAULT '', 
+	sent_state VARCHAR(16), 
+	sent_at DATETIME(6), 
+	hour_start DATETIME(6), 
+	hour_count INTEGER NOT NULL DEFAULT 0, 
+	claim_token VARCHAR(32), 
+	claim_until DATETIME(6), 
+	PRIMARY KEY (id)
+)ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
+
 CREATE TABLE IF NOT EXISTS cronqueue_migrations (
 	version INTEGER NOT NULL, 
 	name VARCHAR(255) NOT NULL, 
@@ -50,6 +69,17 @@ CREATE TABLE IF NOT EXISTS cronqueue_runs (
 	PRIMARY KEY (id)
 )ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
 
+CREATE TABLE IF NOT EXISTS cronqueue_ticks (
+	id BIGINT NOT NULL AUTO_INCREMENT, 
+	host VARCHAR(255) NOT NULL, 
+	pid INTEGER, 
+	started_at DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6)), 
+	finished_at DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6)), 
+	errors INTEGER NOT NULL DEFAULT 0, 
+	error VARCHAR(1000) NOT NULL DEFAULT '', 
+	PRIMARY KEY (id)
+)ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
+
 CREATE TABLE IF NOT EXISTS cronqueue_workers (
 	id BIGINT NOT NULL AUTO_INCREMENT, 
 	host VARCHAR(255) NOT NULL, 
@@ -95,7 +125,11 @@ CREATE TABLE IF NOT EXISTS queue (
 	PRIMARY KEY (id)
 )ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
 
+CREATE UNIQUE INDEX ux_alerts_key ON cronqueue_alerts (kind, subject);
+
 CREATE UNIQUE INDEX ux_runs_entry_time ON cronqueue_runs (entry, scheduled_at);
+
+CREATE UNIQUE INDEX ux_ticks_host ON cronqueue_ticks (host);
 
 CREATE INDEX ix_workers_host_pid ON cronqueue_workers (host, pid);
 
@@ -112,3 +146,5 @@ INSERT INTO cronqueue_migrations (version, name, checksum, applied_by, statement
 INSERT INTO cronqueue_migrations (version, name, checksum, applied_by, statements_done, complete) VALUES (2, '0002_queue_secret', '4acf319ab0767627d4ab24c0d452e1dcaafa7af2b42b0c630d1b6b50269a748c', 'sql file', 1, 1);
 
 INSERT INTO cronqueue_migrations (version, name, checksum, applied_by, statements_done, complete) VALUES (3, '0003_rollup', '321e3812833ba29c5affbe722209abf2947364f9b55ddb0681371b46b2a92f6c', 'sql file', 1, 1);
+
+INSERT INTO cronqueue_migrations (version, name, checksum, applied_by, statements_done, complete) VALUES (4, '0004_alerts', '315c03dc3f4f050aa477abb424fd9a2e15979e104f8eefab2a336c2f9542268e', 'sql file', 4, 1);

@@ -2,6 +2,24 @@
 -- Keep in sync: tests/unit/test_schema.py compares them. For an empty database; to upgrade one, see
 -- `cronqueue migrate` and sql/migrations/.
 
+CREATE TABLE IF NOT EXISTS cronqueue_alerts (
+	id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, 
+	kind VARCHAR(32) NOT NULL, 
+	subject VARCHAR(191) NOT NULL, 
+	state VARCHAR(16) DEFAULT 'firing' NOT NULL, 
+	changed_at DATETIME DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')) NOT NULL, 
+	seq INTEGER DEFAULT 1 NOT NULL, 
+	summary VARCHAR(1000) DEFAULT '' NOT NULL, 
+	detail TEXT, 
+	unsent VARCHAR(64) DEFAULT '' NOT NULL, 
+	sent_state VARCHAR(16), 
+	sent_at DATETIME, 
+	hour_start DATETIME, 
+	hour_count INTEGER DEFAULT 0 NOT NULL, 
+	claim_token VARCHAR(32), 
+	claim_until DATETIME
+);
+
 CREATE TABLE IF NOT EXISTS cronqueue_migrations (
 	version INTEGER NOT NULL, 
 	name VARCHAR(255) NOT NULL, 
@@ -49,6 +67,16 @@ CREATE TABLE IF NOT EXISTS cronqueue_runs (
 	task_id BIGINT
 );
 
+CREATE TABLE IF NOT EXISTS cronqueue_ticks (
+	id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, 
+	host VARCHAR(255) NOT NULL, 
+	pid INTEGER, 
+	started_at DATETIME DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')) NOT NULL, 
+	finished_at DATETIME DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')) NOT NULL, 
+	errors INTEGER DEFAULT 0 NOT NULL, 
+	error VARCHAR(1000) DEFAULT '' NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS cronqueue_workers (
 	id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, 
 	host VARCHAR(255) NOT NULL, 
@@ -92,7 +120,11 @@ CREATE TABLE IF NOT EXISTS queue (
 	secret TEXT
 );
 
+CREATE UNIQUE INDEX IF NOT EXISTS ux_alerts_key ON cronqueue_alerts (kind, subject);
+
 CREATE UNIQUE INDEX IF NOT EXISTS ux_runs_entry_time ON cronqueue_runs (entry, scheduled_at);
+
+CREATE UNIQUE INDEX IF NOT EXISTS ux_ticks_host ON cronqueue_ticks (host);
 
 CREATE INDEX IF NOT EXISTS ix_workers_host_pid ON cronqueue_workers (host, pid);
 
@@ -109,3 +141,5 @@ INSERT INTO cronqueue_migrations (version, name, checksum, applied_by, statement
 INSERT INTO cronqueue_migrations (version, name, checksum, applied_by, statements_done, complete) VALUES (2, '0002_queue_secret', '8686ef99d3d11e3ec21fa9eefb6740bd29146749e07fb9592e952613e7725e9d', 'sql file', 1, 1);
 
 INSERT INTO cronqueue_migrations (version, name, checksum, applied_by, statements_done, complete) VALUES (3, '0003_rollup', 'e5dc805f5877c17b03946867a36bb60c4838f31f9ed56992c08219bb1b829f68', 'sql file', 1, 1);
+
+INSERT INTO cronqueue_migrations (version, name, checksum, applied_by, statements_done, complete) VALUES (4, '0004_alerts', 'f53a50431946f3d852385861d30183503698c8a778d3ef477b8f2db1a9830016', 'sql file', 4, 1);

@@ -291,6 +291,49 @@ migrations_table = Table(
 # Keyed by what they count, not by an id: the version; (queue, outcome).
 _NO_AUTOINCREMENT = frozenset({"cronqueue_migrations", "cronqueue_rollup"})
 
+# The alerts of the mission tick (cronqueue/alerts/): one row per alert, its key a kind and a
+# subject (``entry_failed`` + an entry's name, ``task_failed`` + "queue/script"...). ``seq``
+# counts its changes of state; ``unsent`` names the sinks the current state is still to be sent
+# to, and a host claims the sending by a conditional UPDATE (``claim_token`` until
+# ``claim_until``), so that one host sends it however many tick. ``hour_start`` and
+# ``hour_count``: the messages sent in the hour since, for the rate cap.
+alerts_table = Table(
+    "cronqueue_alerts",
+    metadata,
+    _id_column(),
+    Column("kind", String(32), nullable=False),
+    Column("subject", ExactKey(), nullable=False),
+    Column("state", String(16), nullable=False, server_default="firing"),
+    Column("changed_at", UTCDateTime, nullable=False, server_default=UtcNow()),
+    Column("seq", Integer, nullable=False, server_default=text("1")),
+    Column("summary", String(1000), nullable=False, server_default=""),
+    Column("detail", LongText(), nullable=True),  # JSON: what the current state's message says
+    Column("unsent", String(64), nullable=False, server_default=""),
+    Column("sent_state", String(16), nullable=True),  # the state last sent
+    Column("sent_at", UTCDateTime, nullable=True),
+    Column("hour_start", UTCDateTime, nullable=True),
+    Column("hour_count", Integer, nullable=False, server_default=text("0")),
+    Column("claim_token", String(32), nullable=True),
+    Column("claim_until", UTCDateTime, nullable=True),
+)
+Index("ux_alerts_key", alerts_table.c.kind, alerts_table.c.subject, unique=True)
+
+# Each host's last mission tick: when it started and ended, and its errors. ``check --health``,
+# the dashboard's overview and the metrics read it; the alerts take the previous tick's time as
+# the start of what they look at.
+ticks_table = Table(
+    "cronqueue_ticks",
+    metadata,
+    _id_column(),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=True),
+    Column("started_at", UTCDateTime, nullable=False, server_default=UtcNow()),
+    Column("finished_at", UTCDateTime, nullable=False, server_default=UtcNow()),
+    Column("errors", Integer, nullable=False, server_default=text("0")),
+    Column("error", String(1000), nullable=False, server_default=""),
+)
+Index("ux_ticks_host", ticks_table.c.host, unique=True)
+
 
 def ddl_metadata() -> MetaData:
     """``metadata`` with the tables' dialect options (storage engine, charset, AUTOINCREMENT)

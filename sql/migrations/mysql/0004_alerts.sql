@@ -1,0 +1,50 @@
+-- cronqueue migration 4 (0004_alerts) for mysql; exported by `cronqueue migrate --export`.
+-- Run on a database at version 3. The last statement records it in cronqueue_migrations,
+-- which cronqueue reads before it runs anything.
+
+CREATE TABLE IF NOT EXISTS cronqueue_migrations (
+	version INTEGER NOT NULL, 
+	name VARCHAR(255) NOT NULL, 
+	checksum VARCHAR(64) NOT NULL, 
+	applied_at DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6)), 
+	applied_by VARCHAR(255) NOT NULL DEFAULT '', 
+	statements_done INTEGER NOT NULL DEFAULT 0, 
+	complete SMALLINT NOT NULL DEFAULT 0, 
+	PRIMARY KEY (version)
+)ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
+
+CREATE TABLE IF NOT EXISTS cronqueue_alerts (
+	id BIGINT NOT NULL AUTO_INCREMENT, 
+	kind VARCHAR(32) NOT NULL, 
+	subject VARBINARY(764) NOT NULL, 
+	state VARCHAR(16) NOT NULL DEFAULT 'firing', 
+	changed_at DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6)), 
+	seq INTEGER NOT NULL DEFAULT 1, 
+	summary VARCHAR(1000) NOT NULL DEFAULT '', 
+	detail MEDIUMTEXT, 
+	unsent VARCHAR(64) NOT NULL DEFAULT '', 
+	sent_state VARCHAR(16), 
+	sent_at DATETIME(6), 
+	hour_start DATETIME(6), 
+	hour_count INTEGER NOT NULL DEFAULT 0, 
+	claim_token VARCHAR(32), 
+	claim_until DATETIME(6), 
+	PRIMARY KEY (id)
+)ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
+
+CREATE UNIQUE INDEX ux_alerts_key ON cronqueue_alerts (kind, subject);
+
+CREATE TABLE IF NOT EXISTS cronqueue_ticks (
+	id BIGINT NOT NULL AUTO_INCREMENT, 
+	host VARCHAR(255) NOT NULL, 
+	pid INTEGER, 
+	started_at DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6)), 
+	finished_at DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6)), 
+	errors INTEGER NOT NULL DEFAULT 0, 
+	error VARCHAR(1000) NOT NULL DEFAULT '', 
+	PRIMARY KEY (id)
+)ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
+
+CREATE UNIQUE INDEX ux_ticks_host ON cronqueue_ticks (host);
+
+INSERT INTO cronqueue_migrations (version, name, checksum, applied_by, statements_done, complete) VALUES (4, '0004_alerts', '315c03dc3f4f050aa477abb424fd9a2e15979e104f8eefab2a336c2f9542268e', 'export', 4, 1);
