@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cronqueue.cli import migrate, ops, setup, tasks, web
+from cronqueue.cli import metrics, migrate, ops, setup, tasks, web
 from cronqueue.cli.args import Command, Parser, Register, common_options
 
 COMMANDS: tuple[Register, ...] = (
@@ -12,6 +12,7 @@ COMMANDS: tuple[Register, ...] = (
     tasks.register,  # add, status, list, stats, retry, cancel, purge
     ops.register,  # work, mission, schedule, workers
     migrate.register,  # migrate
+    metrics.register,  # metrics
     web.register,  # web
 )
 """Each command module's ``register``, in the order ``--help`` lists their commands."""
