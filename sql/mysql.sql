@@ -32,6 +32,17 @@ CREATE TABLE IF NOT EXISTS cronqueue_migrations (
 	PRIMARY KEY (version)
 )ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
 
+CREATE TABLE IF NOT EXISTS cronqueue_pauses (
+	id BIGINT NOT NULL AUTO_INCREMENT, 
+	kind VARCHAR(16) NOT NULL, 
+	name VARCHAR(64) NOT NULL, 
+	paused_at DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6)), 
+	paused_until DATETIME(6), 
+	paused_by VARCHAR(255) NOT NULL DEFAULT '', 
+	reason VARCHAR(1000) NOT NULL DEFAULT '', 
+	PRIMARY KEY (id)
+)ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
+
 CREATE TABLE IF NOT EXISTS cronqueue_rollup (
 	queue VARCHAR(64) NOT NULL, 
 	outcome VARCHAR(16) NOT NULL, 
@@ -127,6 +138,8 @@ CREATE TABLE IF NOT EXISTS queue (
 
 CREATE UNIQUE INDEX ux_alerts_key ON cronqueue_alerts (kind, subject);
 
+CREATE UNIQUE INDEX ux_pauses_kind_name ON cronqueue_pauses (kind, name);
+
 CREATE UNIQUE INDEX ux_runs_entry_time ON cronqueue_runs (entry, scheduled_at);
 
 CREATE UNIQUE INDEX ux_ticks_host ON cronqueue_ticks (host);
@@ -148,3 +161,5 @@ INSERT INTO cronqueue_migrations (version, name, checksum, applied_by, statement
 INSERT INTO cronqueue_migrations (version, name, checksum, applied_by, statements_done, complete) VALUES (3, '0003_rollup', '321e3812833ba29c5affbe722209abf2947364f9b55ddb0681371b46b2a92f6c', 'sql file', 1, 1);
 
 INSERT INTO cronqueue_migrations (version, name, checksum, applied_by, statements_done, complete) VALUES (4, '0004_alerts', '315c03dc3f4f050aa477abb424fd9a2e15979e104f8eefab2a336c2f9542268e', 'sql file', 4, 1);
+
+INSERT INTO cronqueue_migrations (version, name, checksum, applied_by, statements_done, complete) VALUES (5, '0005_pauses', 'a97a013eb92fe3d9aec79374da86eda41bdd40023a9246fd885b31c17aaa5e49', 'sql file', 2, 1);

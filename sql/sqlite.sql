@@ -31,6 +31,16 @@ CREATE TABLE IF NOT EXISTS cronqueue_migrations (
 	PRIMARY KEY (version)
 );
 
+CREATE TABLE IF NOT EXISTS cronqueue_pauses (
+	id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, 
+	kind VARCHAR(16) NOT NULL, 
+	name VARCHAR(64) NOT NULL, 
+	paused_at DATETIME DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')) NOT NULL, 
+	paused_until DATETIME, 
+	paused_by VARCHAR(255) DEFAULT '' NOT NULL, 
+	reason VARCHAR(1000) DEFAULT '' NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS cronqueue_rollup (
 	queue VARCHAR(64) NOT NULL, 
 	outcome VARCHAR(16) NOT NULL, 
@@ -122,6 +132,8 @@ CREATE TABLE IF NOT EXISTS queue (
 
 CREATE UNIQUE INDEX IF NOT EXISTS ux_alerts_key ON cronqueue_alerts (kind, subject);
 
+CREATE UNIQUE INDEX IF NOT EXISTS ux_pauses_kind_name ON cronqueue_pauses (kind, name);
+
 CREATE UNIQUE INDEX IF NOT EXISTS ux_runs_entry_time ON cronqueue_runs (entry, scheduled_at);
 
 CREATE UNIQUE INDEX IF NOT EXISTS ux_ticks_host ON cronqueue_ticks (host);
@@ -143,3 +155,5 @@ INSERT INTO cronqueue_migrations (version, name, checksum, applied_by, statement
 INSERT INTO cronqueue_migrations (version, name, checksum, applied_by, statements_done, complete) VALUES (3, '0003_rollup', 'e5dc805f5877c17b03946867a36bb60c4838f31f9ed56992c08219bb1b829f68', 'sql file', 1, 1);
 
 INSERT INTO cronqueue_migrations (version, name, checksum, applied_by, statements_done, complete) VALUES (4, '0004_alerts', 'f53a50431946f3d852385861d30183503698c8a778d3ef477b8f2db1a9830016', 'sql file', 4, 1);
+
+INSERT INTO cronqueue_migrations (version, name, checksum, applied_by, statements_done, complete) VALUES (5, '0005_pauses', '66abaa6d2b87e2a3b6a7a301ef170b2938eabb9d3d883b3257c2de09cff08b03', 'sql file', 2, 1);

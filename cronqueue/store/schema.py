@@ -334,6 +334,24 @@ ticks_table = Table(
 )
 Index("ux_ticks_host", ticks_table.c.host, unique=True)
 
+# Paused queues and mission entries (``store/pauses.py``): one row per (kind, name), kind
+# ``queue`` or ``entry``. A pause is on while ``paused_until`` is NULL or ahead of the clock;
+# ``resume`` sets it to the time of the resume, and an expired one ends by itself, so the row
+# keeps when the last pause ended (the mission does not catch up an entry's paused times).
+# ``paused_until`` and ``paused_by``: UNTIL and BY are reserved words in MySQL and MariaDB.
+pauses_table = Table(
+    "cronqueue_pauses",
+    metadata,
+    _id_column(),
+    Column("kind", String(16), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("paused_at", UTCDateTime, nullable=False, server_default=UtcNow()),
+    Column("paused_until", UTCDateTime, nullable=True),
+    Column("paused_by", String(255), nullable=False, server_default=""),
+    Column("reason", String(1000), nullable=False, server_default=""),
+)
+Index("ux_pauses_kind_name", pauses_table.c.kind, pauses_table.c.name, unique=True)
+
 
 def ddl_metadata() -> MetaData:
     """``metadata`` with the tables' dialect options (storage engine, charset, AUTOINCREMENT)
