@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from cronqueue.cli.args import AddCommand, open_queue, upto
+from cronqueue.cli.args import AddCommand, env_option, open_queue, seconds, upto
 from cronqueue.config import MAX_BATCH, Config
 from cronqueue.errors import ConfigError
 
@@ -22,8 +22,15 @@ def register(add: AddCommand) -> None:
 
     add("crontab", "print the crontab line to install for this installation", cmd_crontab)
 
-    add("check", "validate the configuration, the database and task_dir; run nothing",
-        cmd_check)
+    p = add("check", "validate the configuration, the database and task_dir; run nothing",
+            cmd_check)
+    p.add_argument("--health", action="store_true",
+                   help="only whether the mission ticks: exit 0 when the database answers "
+                        "and the last tick (any host) ended within --max-age, 1 otherwise "
+                        "(one line; for an external monitor)")
+    env_option(p, "--max-age", env="CRONQUEUE_HEALTH_MAX_AGE", type=seconds, metavar="AGE",
+               help="with --health: how old the last tick may be (default: health.max_age, "
+                    "2m)")
 
     p = add("demo", "the quickstart: a SQLite queue, example tasks, two shards", cmd_demo)
     p.add_argument("--dir", help="where to create the demo (default: a new temporary dir)")
@@ -62,6 +69,10 @@ def cmd_crontab(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
+    if args.health:
+        from cronqueue.alerts.health import check_health
+
+        return check_health(cfg, max_age=args.max_age)
     from cronqueue.cli.checks import run_checks
 
     return run_checks(cfg)

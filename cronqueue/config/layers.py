@@ -21,6 +21,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
+from cronqueue.config.alerts import PING_VARIABLE, health_from_env
 from cronqueue.config.parse import from_mapping
 from cronqueue.config.settings import (
     DEFAULT_CONFIG_NAME,
@@ -112,7 +113,8 @@ def load_config(config_file: str | os.PathLike[str] | None = None, *, db_url: st
     cfg = from_mapping(data, path.parent if path else Path.cwd(), path, origin)
     cfg = replace(cfg, **{k: v for k, v in given.items() if k in _TOP},
                   worker=replace(cfg.worker, **{k: v for k, v in given.items()
-                                                if k in worker_keys}))
+                                                if k in worker_keys}),
+                  health=health_from_env(cfg.health, env_value(PING_VARIABLE)))
     try:
         return cfg.validate()
     except ConfigError as exc:  # name the variable a bad value came from

@@ -6,10 +6,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import fields, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from cronqueue.config.alerts import alerts_from_mapping, health_from_mapping
 from cronqueue.config.settings import (
     CATCH_UP_POLICIES,
     MAX_BATCH,
@@ -30,7 +31,7 @@ from cronqueue.errors import ConfigError, InvalidTask
 from cronqueue.spec import build_spec, check_queue
 
 TOP_KEYS = {"db_url", "task_dir", "log_dir", "timezone", "interpreters", "worker", "retention",
-             "mission", "web"}
+             "mission", "web", "alerts", "health"}
 
 
 def from_mapping(data: Mapping[str, Any], base: Path, source: Path | None,
@@ -58,10 +59,20 @@ def from_mapping(data: Mapping[str, Any], base: Path, source: Path | None,
         kw["retention"] = _retention(_typed("retention", data["retention"], dict))
     if "web" in data:
         kw["web"] = web_from_mapping(_typed("web", data["web"], dict))
+    if "alerts" in data:
+        kw["alerts"] = alerts_from_mapping(_typed("alerts", data["alerts"], dict), base,
+                                           _duration)
+    if "health" in data:
+        kw["health"] = health_from_mapping(_typed("health", data["health"], dict), _duration)
     if "mission" in data:
         entries = _typed("mission", data["mission"], list)
         kw["missions"] = tuple(_mission(i, e) for i, e in enumerate(entries))
     return Config(**kw)
+
+
+def _duration(value: Any) -> timedelta:
+    """An age (``90``, ``15m``...) of at most MAX_SECONDS: a duration setting."""
+    return parse_age(value, MAX_SECONDS)
 
 
 def _typed(key: str, value: Any, kind: type) -> Any:
@@ -103,7 +114,7 @@ def _mission(index: int, raw: Any) -> MissionEntry:
     name = raw.get("name")
     label = f"mission {name!r}" if isinstance(name, str) and name else f"mission #{index + 1}"
     unknown = sorted(set(raw) - {"name", "cron", "do_queue", "add", "catch_up",
-                                 "catch_up_window"})
+                                 "catch_up_window", "max_runtime", "min_runtime"})
     if unknown:
         raise ConfigError(f"{label}: unknown key {unknown[0]!r}")
     if not isinstance(name, str) or not name:
@@ -119,7 +130,18 @@ def _mission(index: int, raw: Any) -> MissionEntry:
         window = parse_age(raw.get("catch_up_window", 3600)).total_seconds()
     except ValueError as exc:
         raise ConfigError(f"{label}.catch_up_window: {exc}") from None
-    policy = {"catch_up": catch_up, "catch_up_window": window}
+    policy: dict[str, Any] = {"catch_up": catch_up, "catch_up_window": window}
+    for key in ("max_runtime", "min_runtime"):
+        if key in raw:
+            try:
+                policy[key] = parse_age(raw[key], MAX_SECONDS).total_seconds()
+            except ValueError as exc:
+                raise ConfigError(f"{label}.{key}: {exc}") from None
+    if "min_runtime" in raw and "do_queue" in raw:
+        raise ConfigError(f"{label}.min_runtime: only for an 'add' entry (a do_queue entry's "
+                          "shards end when their queues are drained: no run is too short)")
+    if policy.get("min_runtime", 0) > policy.get("max_runtime", math.inf):
+        raise ConfigError(f"{label}.min_runtime: must not be more than max_runtime")
     cron = raw.get("cron")
     from croniter import croniter  # only where a schedule is read: shards never need it
 

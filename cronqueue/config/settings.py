@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from cronqueue.config.alerts import AlertsConfig, HealthConfig
 from cronqueue.config.web import WebConfig
 from cronqueue.decode import INT_MAX
 from cronqueue.errors import ConfigError
@@ -175,6 +176,11 @@ class MissionEntry:
     # recent missed time if it is at most catch_up_window old; "skip" never catches up.
     catch_up: str = "latest"
     catch_up_window: float = 3600.0
+    # Alerts (``[alerts]``, cronqueue/alerts/): a run longer than max_runtime seconds (an
+    # ``add`` entry's task, or a ``do_queue`` entry's shard still running), or an ``add``
+    # entry's task done in less than min_runtime seconds.
+    max_runtime: float | None = None
+    min_runtime: float | None = None
 
 
 @dataclass(frozen=True)
@@ -210,6 +216,8 @@ class Config:
     retention: Retention = field(default_factory=Retention)
     missions: tuple[MissionEntry, ...] = ()
     web: WebConfig = field(default_factory=WebConfig)  # [web]: the dashboard's users
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)  # [alerts]: cronqueue/alerts/
+    health: HealthConfig = field(default_factory=HealthConfig)  # [health]: the ping, check
     source: Path | None = None  # the file it came from, if any
     origin: Origin = field(default_factory=Origin, compare=False)
 

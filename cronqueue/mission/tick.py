@@ -36,6 +36,8 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine
 
+from cronqueue.alerts.ping import Pinger
+from cronqueue.alerts.record import AlertsReport, run_alerts
 from cronqueue.config import Config, MissionEntry
 from cronqueue.errors import ConfigError, one_line
 from cronqueue.mission.rescue import RescueReport, rescue
@@ -49,6 +51,7 @@ from cronqueue.store.database import Store
 from cronqueue.store.engine import make_engine
 from cronqueue.store.migrate import require_current
 from cronqueue.store.runs import Runs
+from cronqueue.store.ticks import Ticks
 from cronqueue.text import visible
 
 log = logging.getLogger("cronqueue.mission")
@@ -76,6 +79,7 @@ class TickReport:
     errors: list[str] = field(default_factory=list)  # what failed: "<what>: <reason>"
     plan: list[str] = field(default_factory=list)  # with plan(): what the tick would do
     timings: dict[str, float] = field(default_factory=dict)  # step -> seconds it took
+    alerts: AlertsReport | None = None  # with [alerts]: what the alert step changed and sent
 
 
 def refuse_future_drill(now: datetime, real: datetime) -> None:
@@ -143,8 +147,13 @@ class Mission:
 
     def _tick(self, now: datetime | None, *, dry_run: bool) -> TickReport:
         began = time.perf_counter()
-        now = now or self.clock()
+        started = self.clock()
+        now = now or started
         report = TickReport()
+        pinger = Pinger(self.config.health)  # the dead-man's switch, if configured
+        if pinger.enabled and not dry_run:
+            pinger.start()
+        completed = False
         engine = self._engine or make_engine(self.config.db_url)
         try:
             require_current(engine)  # a database behind or ahead: SchemaVersionError, exit 2
@@ -171,8 +180,18 @@ class Mission:
             report.purged = purged or 0
             for what, start in starts:
                 self._isolated(report, what, start)
+            if self.config.alerts.enabled:  # after the shards: they need not wait for it
+                report.alerts = self._isolated(report, "alerts", lambda: run_alerts(
+                    self.config, engine, now=self.clock(), host=me.host, fired=report.fired,
+                    missed=report.missed))
+            self._isolated(report, "tick record", lambda: Ticks(engine).record(
+                me.host, me.pid, started, self.clock(), report.errors))
+            completed = True
             return report
         finally:
+            if pinger.enabled and not dry_run:
+                self._isolated(report, "ping", lambda: pinger.finish(
+                    completed and not report.errors))
             if self._engine is None:
                 engine.dispose()
             report.timings["tick"] = time.perf_counter() - began

@@ -960,7 +960,7 @@ def test_shards_start_after_the_rescue_and_the_retention(make_config: Any,
     report = Mission(cfg, launcher=launcher, clock=lambda: now).tick(now)
     assert report.launched == [("a", 0)] and report.purged == 1
     assert seen == [True]
-    assert set(report.timings) == {"mission=a", "rescue", "retention", "tick"}
+    assert set(report.timings) == {"mission=a", "rescue", "retention", "tick record", "tick"}
     q.close()
 
 
