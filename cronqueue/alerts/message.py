@@ -66,12 +66,14 @@ def _render(value: Any, depth: int) -> list[str]:
             if isinstance(item, dict | list) and item:
                 out.append(f"{pad}{visible(key)}:")
                 out += _render(item, depth + 1)
-            elif isinstance(item, str) and "\n" in item.strip("\n"):
+            elif isinstance(item, str) and "\n" in item.rstrip("\n"):
                 out.append(f"{pad}{visible(key)}:")
-                out += [f"{pad}  | {visible_line(line)}" for line in item.splitlines()]
+                out += [f"{pad}  | {visible_line(line)}"
+                        for line in item.rstrip("\n").split("\n")]
             else:
                 shown = "-" if item is None or item == [] or item == {} else item
-                out.append(f"{pad}{visible(key)}: {visible_line(str(shown))}")
+                text = shown.rstrip("\n") if isinstance(shown, str) else str(shown)
+                out.append(f"{pad}{visible(key)}: {visible_line(text)}")
     elif isinstance(value, list):
         for item in value:
             body = _render(item, depth + 1)

@@ -25,9 +25,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from cronqueue.config import Config, MissionEntry
 from cronqueue.config.alerts import ALL
+from cronqueue.mission.schedule import Schedule
 from cronqueue.model import Status
 from cronqueue.store.alerts import FIRING, AlertRow
 from cronqueue.store.watch import TaskSeen, Watch
@@ -72,13 +74,19 @@ def iso(moment: datetime | None) -> str | None:
 
 
 def span(seconds: float) -> str:
-    """``45s``, ``5m 3s``, ``2h 5m``, ``3d 4h``."""
+    """``45s``, ``5m``, ``5m 3s``, ``2h 5m``, ``3d 4h``."""
     s = max(0, round(seconds))
     for unit, size, sub, sub_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60),
                                       ("m", 60, "s", 1)):
         if s >= size:
-            return f"{s // size}{unit} {(s % size) // sub_size}{sub}"
+            rest = (s % size) // sub_size
+            return f"{s // size}{unit}" + (f" {rest}{sub}" if rest else "")
     return f"{s}s"
+
+
+def count(n: int, noun: str) -> str:
+    """``1 task``, ``2 tasks``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def task_detail(task: TaskSeen, tail: int) -> dict[str, Any]:
@@ -118,15 +126,15 @@ def task_failures(f: Facts) -> list[Observed]:
             tasks = f.watch.failures(g.queue, g.script, max(f.since, after or f.since),
                                      SHOWN_TASKS)
             out.append(Observed("task_failed", subject, True,
-                                f"{g.failed} task(s) of {visible(g.script)} in queue "
-                                f"{visible(g.queue)} failed", {
+                                f"{count(g.failed, 'task')} of {visible(g.script)} in "
+                                f"queue {visible(g.queue)} failed", {
                                     **what, "failed": g.failed,
                                     "tasks": [task_detail(t, cfg.output_tail) for t in tasks]}))
         elif g.last_done is not None and g.last_done > row.changed_at and (
                 g.last_failed is None or g.last_done > g.last_failed):
             out.append(Observed("task_failed", subject, False,
-                                f"{visible(g.script)} in queue {visible(g.queue)}: {g.done} "
-                                "task(s) done since, none failed",
+                                f"{visible(g.script)} in queue {visible(g.queue)}: "
+                                f"{count(g.done, 'task')} done since, none failed",
                                 {**what, "done": g.done, "last_done": iso(g.last_done)}))
     return out
 
@@ -158,12 +166,13 @@ def entry_rules(f: Facts, entry: MissionEntry) -> list[Observed]:
                             {**base, "outcome": run["outcome"]}))
     # missed
     if f.missed.get(name):
-        last = run.get("scheduled_at") if run is not None else None
+        newest, ran = _newest_missed(f, entry, run)
         out.append(Observed("entry_missed", name, True,
-                            f"entry {name}: {f.missed[name]} scheduled run(s) did not run "
-                            "(the mission was not ticking, or catch_up skipped them)",
+                            f"entry {name}: {count(f.missed[name], 'scheduled run')} did not "
+                            f"run, the newest at {iso(newest)} (the mission was not ticking, "
+                            "or catch_up skipped them)",
                             {"entry": name, "missed": f.missed[name],
-                             "last_run": iso(last if isinstance(last, datetime) else None)}))
+                             "newest_missed": iso(newest), "ran_instead": iso(ran)}))
     elif name in f.fired:
         out.append(Observed("entry_missed", name, False,
                             f"entry {name}: ran on time ({iso(f.fired[name])})",
@@ -180,8 +189,22 @@ def entry_rules(f: Facts, entry: MissionEntry) -> list[Observed]:
                             + ("less than" if short else "at least")
                             + f" min_runtime {span(entry.min_runtime)})",
                             {**base, "task_id": task.id, "runtime_seconds": round(took, 3),
-                             "min_runtime": entry.min_runtime}))
+                             "min_runtime_seconds": entry.min_runtime}))
     return out
+
+
+def _newest_missed(f: Facts, entry: MissionEntry,
+                   run: Mapping[str, Any] | None) -> tuple[datetime | None, datetime | None]:
+    """(the newest scheduled time that did not run, the run this tick made instead), from the
+    entry's newest run — recorded in this tick by whichever mission took it: its scheduled
+    time ran, unless it is a run recorded as skipped."""
+    at = run.get("scheduled_at") if run is not None else None
+    if run is None or not isinstance(at, datetime):
+        return None, None
+    if str(run.get("outcome", "")).startswith("skipped"):
+        return at, None
+    return Schedule(entry.cron, ZoneInfo(f.config.timezone)).latest(
+        at - timedelta(microseconds=1)), at
 
 
 def _too_long(f: Facts, entry: MissionEntry, task: TaskSeen | None,
@@ -189,7 +212,7 @@ def _too_long(f: Facts, entry: MissionEntry, task: TaskSeen | None,
     limit = entry.max_runtime
     assert limit is not None
     name = entry.name
-    detail = {**base, "max_runtime": limit}
+    detail = {**base, "max_runtime_seconds": limit}
     if entry.do_queue is not None:
         alive_since = f.now - timedelta(seconds=f.config.worker.lease)
         shards = [w for w in f.workers if w.get("entry") == name
@@ -200,7 +223,7 @@ def _too_long(f: Facts, entry: MissionEntry, task: TaskSeen | None,
         if over:
             took = max((f.now - w["started_at"]).total_seconds() for w in over)
             return [Observed("entry_too_long", name, True,
-                             f"entry {name}: {len(over)} shard(s) running for up to "
+                             f"entry {name}: {count(len(over), 'shard')} running for up to "
                              f"{span(took)} (max_runtime {span(limit)})",
                              {**detail, "runtime_seconds": round(took, 3), "shards": [
                                  {"shard": w.get("shard"), "host": str(w.get("host")),
@@ -243,7 +266,7 @@ def backlog(f: Facts) -> list[Observed]:
         if at is None or age <= limit:
             out.append(Observed("queue_backlog", name, False,
                                 f"queue {visible(name)}: no due task waiting longer than "
-                                f"{span(limit)}", {"queue": name, "max_age": limit}))
+                                f"{span(limit)}", {"queue": name, "max_age_seconds": limit}))
             continue
         shards = sum(1 for w in f.workers if name in str(w.get("queues", "")).split(",")
                      or not w.get("queues"))
@@ -251,9 +274,9 @@ def backlog(f: Facts) -> list[Observed]:
         out.append(Observed("queue_backlog", name, True,
                             f"queue {visible(name)}: its oldest due task has waited "
                             f"{span(age)} (more than {span(limit)}); {due} due, "
-                            f"{shards} shard(s) registered for it",
+                            f"{count(shards, 'shard')} registered for it",
                             {"queue": name, "oldest_run_at": iso(at),
-                             "age_seconds": round(age, 3), "max_age": limit, "due": due,
+                             "age_seconds": round(age, 3), "max_age_seconds": limit, "due": due,
                              "shards": shards}))
     return out
 

@@ -285,14 +285,36 @@ def test_each_kind_fires_once_and_recovers_once_across_two_hosts(
     assert failed["detail"]["failed"] == 2  # T1 and T3, in one message
     assert [t["id"] for t in failed["detail"]["tasks"]] == [t3, t1]
     assert failed["detail"]["tasks"][1]["output_tail"] == "Traceback ...\nKeyError: 'n'\n"
+    missed = next(b for b in bodies if b["kind"] == "entry_missed" and b["state"] == "firing")
+    assert missed["detail"] == {"entry": "drain", "missed": 1,
+                                "newest_missed": "2031-05-06T03:05:00Z",
+                                "ran_instead": "2031-05-06T03:06:00Z"}
     mail = next(m for m in mails if m["X-Cronqueue-Alert"] == "task_failed; state=firing")
     assert mail["Subject"].startswith("[cronqueue] FIRING task_failed default/fail.sh: 2 task")
     text = mail.get_content()
     assert "| KeyError: 'n'" in text and f"id: {t1}" in text
     rows = Alerts(queue.engine).rows()
     assert {r.key for r in rows.values()} == set(EXPECTED)
+    capture(webhook, mails)
     assert all(r.state == "resolved" and r.unsent == () and r.seq == 2 for r in rows.values())
     queue.close()
+
+
+def capture(webhook: HttpRecorder, mails: list[Any]) -> None:
+    """With CQ_ALERTS_CAPTURE=DIR, each message as received, in DIR (the examples of
+    docs/alerts.md): <kind>-<subject>-<state>.json (the webhook's body) and .eml."""
+    where = os.environ.get("CQ_ALERTS_CAPTURE")
+    if not where:
+        return
+    Path(where).mkdir(parents=True, exist_ok=True)
+    for request in webhook.requests:
+        body = json.loads(request.body)
+        name = f"{body['kind']}-{body['subject'].replace('/', '_')}-{body['state']}"
+        Path(where, f"{name}.json").write_bytes(request.body)
+    for mail in mails:
+        kind, state = mail["X-Cronqueue-Alert"].split("; state=")
+        subject = mail["Subject"].split(" ")[3].rstrip(":").replace("/", "_")
+        Path(where, f"{kind}-{subject}-{state}.eml").write_bytes(bytes(mail))
 
 
 def flap_config(make_config: Callable[[str], Config], webhook: HttpRecorder,
@@ -396,8 +418,7 @@ def test_a_real_shards_failure_is_sent_with_its_output_tail(
         make_config: Callable[[str], Config], task_dir: Path, webhook: HttpRecorder,
         smtp: SmtpRecorder, tmp_path: Path) -> None:
     """A task script fails for real (a shard runs it, its attempts spent), and the next tick
-    sends it. With CRONQUEUE_ALERTS_CAPTURE=DIR, every message received is written there (the
-    examples of docs/alerts.md)."""
+    sends it (CQ_ALERTS_CAPTURE: see ``capture``)."""
     import subprocess
 
     write_script(task_dir, "import.py",
@@ -426,9 +447,5 @@ def test_a_real_shards_failure_is_sent_with_its_output_tail(
     assert "row 17: bad date 2031-02-30" in shown["output_tail"]
     mail = smtp.wait_for(1)[0]
     assert "row 17: bad date 2031-02-30" in mail.get_content()
-    capture = os.environ.get("CRONQUEUE_ALERTS_CAPTURE")
-    if capture:
-        Path(capture).mkdir(parents=True, exist_ok=True)
-        Path(capture, "task_failed.json").write_bytes(webhook.requests[0].body)
-        Path(capture, "task_failed.eml").write_bytes(bytes(mail))
+    capture(webhook, [mail])
     queue.close()
