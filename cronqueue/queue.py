@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields, replace
@@ -17,14 +19,15 @@ from sqlalchemy.exc import DBAPIError
 if TYPE_CHECKING:  # sqlalchemy.orm is a heavy import the queue does not need at run time
     from sqlalchemy.orm import Session
 
-from cronqueue.config import Config, describe, load_config
+from cronqueue.config import MISSION_NAME_RE, Config, describe, load_config
 from cronqueue.errors import CronqueueError, InvalidTask
 from cronqueue.model import Status, Task, Worker
 from cronqueue.process.identity import Owner
 from cronqueue.shard.proof import signal_shard
-from cronqueue.spec import build_spec, spec_from_item
+from cronqueue.spec import build_spec, check_queue, spec_from_item
 from cronqueue.store.database import Store
 from cronqueue.store.engine import make_engine
+from cronqueue.store.pauses import MAX_REASON, Pause
 from cronqueue.store.workers import worker_gone
 
 log = logging.getLogger("cronqueue.queue")
@@ -190,10 +193,67 @@ class Queue:
         return f"pid {w.pid} did not prove to be that shard here, so no signal"
 
     def schedule(self, now: datetime | None = None) -> list[dict[str, Any]]:
-        """The mission entries of the configuration: next runs, last run and outcome."""
+        """The mission entries of the configuration: next runs, last run and outcome, and the
+        pause in force (``paused``: None, or since, until, by, reason)."""
         from cronqueue.mission.tick import overview
 
-        return overview(self.config, self.store.runs, now or self.clock())
+        now = now or self.clock()
+        return overview(self.config, self.store.runs, now,
+                        paused=self.store.pauses.active("entry", now))
+
+    # -- pause and resume ---------------------------------------------------------------------
+
+    def pause(self, queue: str, until: datetime | None = None, *, reason: str = "",
+              by: str | None = None) -> Pause:
+        """Pause a queue: shards claim none of its tasks until ``resume(queue)`` or until
+        ``until`` passes (an aware datetime; None: until resumed). Tasks running now finish;
+        ``add()`` still enqueues. Any well-formed name may be paused (a queue exists by its name
+        only). ``by``: who (default ``user@host``). Pausing a paused queue sets its end, author
+        and reason anew. Raises ``InvalidTask`` on bad input."""
+        return self._pause("queue", check_queue(_not_long("queue", queue)), until, reason, by)
+
+    def resume(self, queue: str) -> Pause | None:
+        """End a queue's pause now; the pause that was in force, None if it was not paused."""
+        return self.store.pauses.resume("queue", check_queue(_not_long("queue", queue)),
+                                        now=self.clock())
+
+    def pause_entry(self, name: str, until: datetime | None = None, *, reason: str = "",
+                    by: str | None = None) -> Pause:
+        """Pause a ``[[mission]]`` entry of the configuration: the mission does not fire it
+        (records no run for the times it skips, and does not catch them up when it resumes)
+        until ``resume_entry(name)`` or until ``until`` passes."""
+        name = _entry_name(name)
+        if name not in {e.name for e in self.config.missions}:
+            known = ", ".join(e.name for e in self.config.missions) or "none"
+            raise InvalidTask(f"no [[mission]] entry named {name!r} in "
+                              f"{self.config.source or 'the configuration (no config file)'} "
+                              f"(entries: {known})")
+        return self._pause("entry", name, until, reason, by)
+
+    def resume_entry(self, name: str) -> Pause | None:
+        """End an entry's pause now (whether or not the configuration still has the entry)."""
+        return self.store.pauses.resume("entry", _entry_name(name), now=self.clock())
+
+    def pauses(self, kind: str = "queue") -> list[Pause]:
+        """The pauses in force of ``kind`` (``queue`` or ``entry``), by name."""
+        if kind not in ("queue", "entry"):
+            raise InvalidTask(f"kind must be 'queue' or 'entry', got {kind!r}")
+        return list(self.store.pauses.active(kind, self.clock()).values())
+
+    def _pause(self, kind: str, name: str, until: datetime | None, reason: str,
+               by: str | None) -> Pause:
+        now = self.clock()
+        if until is not None:
+            if not isinstance(until, datetime) or until.tzinfo is None:
+                raise InvalidTask(f"until must be an aware datetime (with its UTC offset), got "
+                                  f"{until!r}")
+            if until <= now:
+                raise InvalidTask(f"until {until.isoformat()} is not in the future (now "
+                                  f"{now.astimezone(UTC):%Y-%m-%dT%H:%M:%S}Z)")
+        if not isinstance(reason, str) or len(reason) > MAX_REASON:
+            raise InvalidTask(f"reason must be text of at most {MAX_REASON} characters")
+        return self.store.pauses.pause(kind, name, now=now, until=until, reason=reason,
+                                       by=by if by is not None else _who())
 
     # -- inspect and control ------------------------------------------------------------------
 
@@ -223,8 +283,11 @@ class Queue:
         return self.store.tasks.retry_failed(self.clock())
 
     def stats(self) -> dict[str, Any]:
-        """Counts by status (overall and per queue), due backlog and its oldest age."""
-        return self.store.tasks.stats(self.clock())
+        """Counts by status (overall and per queue), due backlog and its oldest age, and the
+        paused queues (``paused``: queue name -> since, until, by, reason; times ISO-8601)."""
+        stats = self.store.tasks.stats(self.clock())
+        stats["paused"] = {p.name: p.as_dict() for p in self.pauses("queue")}
+        return stats
 
     def purge(self, older_than: timedelta | float, *,
               statuses: Iterable[Status | int] | None = None) -> int:
@@ -290,6 +353,30 @@ class StoppedWorker(Worker):
     @property
     def signalled(self) -> bool:
         return self.no_signal_reason is None
+
+
+def _not_long(what: str, value: object) -> object:
+    """A name far too long is refused by its length, not quoted whole in the message."""
+    if isinstance(value, str) and len(value) > 64:
+        raise InvalidTask(f"{what} name of {len(value):,} characters is too long (at most 64)")
+    return value
+
+
+def _entry_name(value: object) -> str:
+    _not_long("entry", value)
+    if not isinstance(value, str) or not MISSION_NAME_RE.fullmatch(value):
+        raise InvalidTask(f"entry name {value!r} is malformed (1-64 of letters, digits and "
+                          "_.-, starting with a letter or digit)")
+    return value
+
+
+def _who() -> str:
+    """``user@host``: who paused, as the operator knows them."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (a container's arbitrary uid)
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
 
 
 def _task_id(value: object) -> int:

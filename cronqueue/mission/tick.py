@@ -39,7 +39,7 @@ from sqlalchemy import Engine
 from cronqueue.alerts.ping import Pinger
 from cronqueue.alerts.record import AlertsReport, run_alerts
 from cronqueue.config import Config, MissionEntry
-from cronqueue.errors import ConfigError, one_line
+from cronqueue.errors import ConfigError, DatabaseError, one_line
 from cronqueue.mission.rescue import RescueReport, rescue
 from cronqueue.mission.schedule import MAX_SCAN, Schedule, decide, minute_floor
 from cronqueue.model import Status
@@ -50,6 +50,7 @@ from cronqueue.spec import build_spec
 from cronqueue.store.database import Store
 from cronqueue.store.engine import make_engine
 from cronqueue.store.migrate import require_current
+from cronqueue.store.pauses import Pause
 from cronqueue.store.runs import Runs
 from cronqueue.store.ticks import Ticks
 from cronqueue.text import visible
@@ -76,6 +77,7 @@ class TickReport:
     rescue: RescueReport = field(default_factory=RescueReport)
     purged: int = 0
     ahead: dict[str, datetime] = field(default_factory=dict)  # entry -> run recorded ahead
+    paused: list[str] = field(default_factory=list)  # entries paused: not fired
     errors: list[str] = field(default_factory=list)  # what failed: "<what>: <reason>"
     plan: list[str] = field(default_factory=list)  # with plan(): what the tick would do
     timings: dict[str, float] = field(default_factory=dict)  # step -> seconds it took
@@ -162,10 +164,11 @@ class Mission:
             # Shards start last: their start-up (an interpreter each) would compete for the
             # CPU with the rest of the tick, which the mission then waits for.
             starts: list[tuple[str, Callable[[], None]]] = []
+            pauses = self._pauses(store, report)
             for entry in self.config.missions:
                 self._isolated(report, f"mission={entry.name}", functools.partial(
                     self._entry, entry, store.runs, engine, me, now, report, starts,
-                    dry_run=dry_run))
+                    pauses, dry_run=dry_run))
             if dry_run:
                 report.plan.append("rescue and retention: not run (dry run)")
                 return report
@@ -216,6 +219,19 @@ class Mission:
             report.timings[what] = (report.timings.get(what, 0.0)
                                     + time.perf_counter() - began)
 
+    def _pauses(self, store: Store, report: TickReport) -> dict[str, Pause] | None:
+        """The entries' pauses, read once per tick; None when they cannot be read (logged,
+        in ``report.errors``): then no entry fires, and the rest of the tick goes on."""
+        if not self.config.missions:
+            return {}
+        try:
+            return store.pauses.rows("entry")
+        except Exception as exc:
+            log.error("pauses could not be read: %s (no entry fires; the rest of the tick goes "
+                      "on)", one_line(exc))
+            report.errors.append(f"pauses: {one_line(exc)}")
+            return None
+
     def _last(self, entry: MissionEntry, runs: Runs, now: datetime,
               report: TickReport) -> datetime | None:
         """The last scheduled time the entry acted on, up to this tick's minute. A run
@@ -232,10 +248,28 @@ class Mission:
 
     def _entry(self, entry: MissionEntry, runs: Runs, engine: Engine, me: Owner,
                now: datetime, report: TickReport,
-               starts: list[tuple[str, Callable[[], None]]], *,
-               dry_run: bool = False) -> None:
+               starts: list[tuple[str, Callable[[], None]]],
+               pauses: dict[str, Pause] | None = None, *, dry_run: bool = False) -> None:
+        if pauses is None:
+            raise DatabaseError("not fired: whether it is paused could not be read (pauses)")
+        pause = pauses.get(entry.name)
+        if pause is not None and pause.active(now):
+            report.paused.append(entry.name)
+            line = f"mission={entry.name} {paused_line(pause)}: not fired"
+            if dry_run:
+                report.plan.append(line)
+            else:
+                log.info("%s", line)
+            return
         last = self._last(entry, runs, now, report)
-        decision = decide(Schedule(entry.cron, self.tz), last, now, catch_up=entry.catch_up,
+        schedule = Schedule(entry.cron, self.tz)
+        ended = pause.ended(now) if pause is not None else None
+        if ended is not None and (last is None or last < ended):
+            # The times it skipped while paused are not missed: no catch-up of them.
+            skipped = schedule.latest(ended - timedelta(microseconds=1))
+            if skipped is not None and (last is None or skipped > last):
+                last = skipped
+        decision = decide(schedule, last, now, catch_up=entry.catch_up,
                           window=entry.catch_up_window)
         if dry_run:
             report.plan.append(self._describe(entry, decision.fire, decision.missed, last))
@@ -374,9 +408,18 @@ class Mission:
         return total
 
 
-def overview(config: Config, runs: Runs, now: datetime,
-             upcoming: int = 3) -> list[dict[str, Any]]:
-    """Each entry: its cron, a description, the next runs and the last run with its outcome."""
+def paused_line(pause: Pause) -> str:
+    """``paused since 2026-12-02T10:00Z by ops@web1 until 12:00Z (deploy)``: one line."""
+    since = f" since {pause.paused_at:%Y-%m-%dT%H:%M}Z" if pause.paused_at else ""
+    until = f"until {pause.until:%Y-%m-%dT%H:%M}Z" if pause.until else "until resumed"
+    why = f" ({visible(pause.reason)})" if pause.reason else ""
+    return f"paused{since} by {visible(pause.by) or '?'} {until}{why}"
+
+
+def overview(config: Config, runs: Runs, now: datetime, upcoming: int = 3, *,
+             paused: dict[str, Pause] | None = None) -> list[dict[str, Any]]:
+    """Each entry: its cron, a description, the next runs, the last run with its outcome,
+    and its pause in force (``paused``: None, or since, until, by, reason)."""
     from cronqueue.mission.schedule import describe
 
     tz = ZoneInfo(config.timezone)
@@ -410,8 +453,15 @@ def overview(config: Config, runs: Runs, now: datetime,
             "last_outcome": run["outcome"] if run else None,
             "last_task": run["task_id"] if run else None,
             "warning": warning,
+            "paused": _pause_dict((paused or {}).get(entry.name)),
         })
     return out
+
+
+def _pause_dict(pause: Pause | None) -> dict[str, Any] | None:
+    if pause is None:
+        return None
+    return {k: v for k, v in pause.as_dict().items() if k not in ("kind", "name")}
 
 
 def _ids(shards: list[int]) -> str:

@@ -16,6 +16,12 @@ Two strategies, chosen by what the backend offers (see README, "The claim"):
   another process claimed first no longer matches. With ``serialized_writers`` (SQLite's
   ``BEGIN IMMEDIATE``) claimers are serialized by the write lock.
 
+Paused queues (``pauses.py``): the claim's first statement reads the names of the paused
+queues, once per claim, and its candidate read leaves them out — a shard over named queues reads
+only those not paused; one over every queue reads the queues that have pending rows one by one
+(at most ``pauses.MAX_SPLIT`` of them; beyond, one read with ``queue NOT IN (...)``). Nothing
+paused: the same statements as without pauses. Tasks running when a pause lands finish.
+
 Either way the claim commits before any script starts: no transaction stays open while a task
 runs. Each claimed row carries the owner (host, pid, pid start time), the claim token and a
 lease; every later write is fenced by the token (``outcomes.py``).
@@ -24,6 +30,7 @@ lease; every later write is fenced by the token (``outcomes.py``).
 from __future__ import annotations
 
 import functools
+import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +45,7 @@ from cronqueue.process.identity import Owner
 from cronqueue.states import Transition, sql_values, values
 from cronqueue.store.backends import Backend, backend_for
 from cronqueue.store.engine import transaction
+from cronqueue.store.pauses import paused_names, unpaused
 from cronqueue.store.rows import bind, ids, status_is, task_columns
 from cronqueue.store.schema import queue_table as q
 
@@ -45,16 +53,20 @@ from cronqueue.store.schema import queue_table as q
 # passed over and the rows after it read in its place (a duplicate of this shard racing us).
 _ROUNDS = 3
 NEVER = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)  # the latest run_at there is
+log = logging.getLogger("cronqueue.shard")
 
 
 # -- statements -------------------------------------------------------------------------------
 
 def _due(stmt: Select[Any], *, shard: int, total: int, queue: str | None,
-         now: datetime) -> Select[Any]:
-    """The rows shard ``shard`` of ``total`` may take now: pending, due, its ``id % total``."""
+         now: datetime, paused: Sequence[str] = ()) -> Select[Any]:
+    """The rows shard ``shard`` of ``total`` may take now: pending, due, its ``id % total``,
+    not of a ``paused`` queue (with ``queue`` None: every other queue)."""
     stmt = stmt.where(status_is(Transition.CLAIMED))
     if queue is not None:
         stmt = stmt.where(q.c.queue == queue)
+    elif paused:
+        stmt = stmt.where(q.c.queue.not_in(sorted(paused)))
     # A run_at that no clock reaches (SQLite text sorting after every time: 'zzz', a BLOB) is
     # due at once, so that the claim fails the row with its reason (InvalidRow) instead of
     # leaving it pending forever. No DATETIME can be later than NEVER: on MariaDB it is a no-op.
@@ -65,7 +77,7 @@ def _due(stmt: Select[Any], *, shard: int, total: int, queue: str | None,
 
 
 def claim_candidates(*, shard: int, total: int, queue: str | None, now: datetime,
-                     limit: int) -> Select[Any]:
+                     limit: int, paused: Sequence[str] = ()) -> Select[Any]:
     """The claim query without ``skip_locked``: due pending rows of this shard, highest
     priority first, then oldest.
 
@@ -74,7 +86,8 @@ def claim_candidates(*, shard: int, total: int, queue: str | None, now: datetime
     index is read in order, ``run_at`` and ``id % total`` filter as it goes, LIMIT stops it
     early.
     """
-    stmt = _due(select(*task_columns()), shard=shard, total=total, queue=queue, now=now)
+    stmt = _due(select(*task_columns()), shard=shard, total=total, queue=queue, now=now,
+                paused=paused)
     return stmt.order_by(q.c.priority.desc(), q.c.id).limit(limit)
 
 
@@ -87,13 +100,14 @@ def claim_index(queue: str | None) -> str:
 
 
 def claim_top(*, shard: int, total: int, queue: str | None, now: datetime, limit: int,
-              passed: Sequence[int]) -> Select[Any]:
+              passed: Sequence[int], paused: Sequence[str] = ()) -> Select[Any]:
     """Row-lock servers, step 1 of the claim: the ids (and priorities) of the ``limit`` first
     due rows of this shard, in claim order, by a plain consistent read of the claim index — no
     locks taken, so no other shard's rows are locked (and skipped by their claimer) while we
     scan past them, and none of ours skipped (issue 11 #7). ``passed``: ids to leave out
     (rows we already took, rows another transaction holds)."""
-    stmt = _due(select(q.c.id, q.c.priority), shard=shard, total=total, queue=queue, now=now)
+    stmt = _due(select(q.c.id, q.c.priority), shard=shard, total=total, queue=queue, now=now,
+                paused=paused)
     if passed:
         stmt = stmt.where(q.c.id.not_in(passed))
     return stmt.order_by(q.c.priority.desc(), q.c.id).limit(limit)
@@ -140,9 +154,11 @@ def _select_claimed(token: str) -> Select[Any]:
             .order_by(q.c.priority.desc(), q.c.id))
 
 
-def _any_due(*, shard: int, total: int, queue: str | None, now: datetime) -> Executable:
+def _any_due(*, shard: int, total: int, queue: str | None, now: datetime,
+             paused: Sequence[str] = ()) -> Executable:
     """Is anything of this shard due? A plain consistent read: no locks taken, none skipped."""
-    return _due(select(q.c.id), shard=shard, total=total, queue=queue, now=now).limit(1)
+    return _due(select(q.c.id), shard=shard, total=total, queue=queue, now=now,
+                paused=paused).limit(1)
 
 
 # -- the claimer ------------------------------------------------------------------------------
@@ -151,6 +167,13 @@ def _any_due(*, shard: int, total: int, queue: str | None, now: datetime) -> Exe
 class Claim:
     token: str
     tasks: list[Task]
+
+
+@dataclass(frozen=True, slots=True)
+class _Reads:
+    """What one claim reads: these queues one by one (None: every queue but ``paused``)."""
+    queues: list[str | None]
+    paused: tuple[str, ...] = ()
 
 
 class Claimer:
@@ -172,6 +195,7 @@ class Claimer:
                 pass
         self.skip_locked = backend.skip_locked(engine.dialect)
         self.serialized = backend.serialized_writers
+        self._paused: frozenset[str] = frozenset()  # the paused queues last logged
 
     def claim(self, limit: int, now: datetime) -> Claim:
         token = secrets.token_hex(16)
@@ -184,17 +208,36 @@ class Claimer:
         cancel), so an empty claim does not prove that nothing of ours is due."""
 
         def work(conn: Connection) -> bool:
+            reads = self._reads(conn, now)
             return any(conn.execute(_any_due(shard=self.shard, total=self.total, queue=queue,
-                                             now=now)).first()
-                       for queue in self.queues)
+                                             now=now, paused=reads.paused)).first()
+                       for queue in reads.queues)
 
         return transaction(self.engine, work, readonly=True)
 
+    def _reads(self, conn: Connection, now: datetime) -> _Reads:
+        """The queues this claim reads, the paused ones left out: one read of the pause set
+        per claim (none paused: the statements of a claim without pauses)."""
+        paused = paused_names(conn, now)
+        mine = paused if self.queues == [None] else paused.intersection(self.queues)
+        if mine != self._paused:
+            self._paused = mine
+            if mine:
+                log.info("queue(s) paused, claiming nothing from them: %s",
+                         ",".join(sorted(mine)))
+            else:
+                log.info("no queue of this shard is paused any more")
+        queues, excluded = unpaused(self.queues, mine, conn)
+        return _Reads(queues, tuple(sorted(excluded)))
+
     def _claim(self, conn: Connection, token: str, limit: int, now: datetime) -> list[Task]:
+        reads = self._reads(conn, now)
+        if not reads.queues:  # every queue of this shard is paused
+            return []
         if self.skip_locked:
-            chosen = self._lock_top(conn, limit, now)
+            chosen = self._lock_top(conn, limit, now, reads)
         else:
-            chosen = self._read_top(conn, limit, now)
+            chosen = self._read_top(conn, limit, now, reads)
         if not chosen:
             return []
         lease_until = now + self.lease
@@ -213,22 +256,24 @@ class Claimer:
             return []
         return [Task.from_row(r) for r in conn.execute(_select_claimed(token)).mappings()]
 
-    def _read_top(self, conn: Connection, limit: int, now: datetime) -> list[dict[str, Any]]:
+    def _read_top(self, conn: Connection, limit: int, now: datetime,
+                  reads: _Reads) -> list[dict[str, Any]]:
         """Without ``skip_locked``: the first due rows, read without locks (the guarded UPDATE
         arbitrates)."""
         candidates: list[dict[str, Any]] = []
-        for queue in self.queues:
+        for queue in reads.queues:
             stmt = self.backend.by_index(claim_candidates(
-                shard=self.shard, total=self.total, queue=queue, now=now, limit=limit),
-                q, claim_index(queue))
+                shard=self.shard, total=self.total, queue=queue, now=now, limit=limit,
+                paused=reads.paused), q, claim_index(queue))
             result = conn.execute(stmt)
             keys = list(result.keys())
             candidates.extend(dict(zip(keys, row, strict=True)) for row in result)
-        if len(self.queues) > 1:
+        if len(reads.queues) > 1:
             candidates.sort(key=priority_key)  # never raises on a hand-written priority
         return candidates[:limit]
 
-    def _lock_top(self, conn: Connection, limit: int, now: datetime) -> list[dict[str, Any]]:
+    def _lock_top(self, conn: Connection, limit: int, now: datetime,
+                  reads: _Reads) -> list[dict[str, Any]]:
         """Row-lock servers: find the first due rows of this shard without locking anything,
         then lock exactly those by primary key. A row another transaction holds is passed
         over and the next ones read in its place (bounded); rows that stopped being due or
@@ -236,7 +281,7 @@ class Claimer:
         taken: list[dict[str, Any]] = []
         passed: list[int] = []
         for _ in range(_ROUNDS):
-            top = self._top_ids(conn, limit - len(taken), now, passed)
+            top = self._top_ids(conn, limit - len(taken), now, passed, reads)
             if not top:
                 break
             result = conn.execute(_lock_claimable(self.backend), {"ids": top, "now": now})
@@ -253,13 +298,14 @@ class Claimer:
         return taken
 
     def _top_ids(self, conn: Connection, limit: int, now: datetime,
-                 passed: list[int]) -> list[int]:
+                 passed: list[int], reads: _Reads) -> list[int]:
         tops: list[dict[str, Any]] = []
-        for queue in self.queues:
+        for queue in reads.queues:
             tops.extend({"id": row.id, "priority": row.priority} for row in conn.execute(
                 self.backend.by_index(claim_top(shard=self.shard, total=self.total,
                                                 queue=queue, now=now, limit=limit,
-                                                passed=passed), q, claim_index(queue))))
-        if len(self.queues) > 1:
+                                                passed=passed, paused=reads.paused),
+                                      q, claim_index(queue))))
+        if len(reads.queues) > 1:
             tops.sort(key=priority_key)
         return [row["id"] for row in tops[:limit]]

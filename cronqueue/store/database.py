@@ -1,6 +1,6 @@
 """``Store``: one engine's per-table objects, and the few questions about the database as a
 whole (its schema, the server's uptime and id step). Callers use the tables directly:
-``store.tasks``, ``store.outcomes``, ``store.runs``, ``store.workers``."""
+``store.tasks``, ``store.outcomes``, ``store.runs``, ``store.workers``, ``store.pauses``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from cronqueue.store.backends import backend_for
 from cronqueue.store.engine import transaction
 from cronqueue.store.migrate import upgrade
 from cronqueue.store.outcomes import Outcomes
+from cronqueue.store.pauses import Pauses
 from cronqueue.store.runs import Runs
 from cronqueue.store.tasks import Tasks
 from cronqueue.store.workers import Workers
@@ -23,6 +24,7 @@ class Store:
         self.outcomes = Outcomes(engine)
         self.runs = Runs(engine, self.tasks)
         self.workers = Workers(engine)
+        self.pauses = Pauses(engine)
 
     def init_db(self) -> None:
         """Create the tables, or bring them to this version's schema (``store/migrate.py``)."""
