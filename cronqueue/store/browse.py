@@ -42,7 +42,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from cronqueue.model import Status, Task
 from cronqueue.store.engine import transaction
 from cronqueue.store.schema import queue_table as q
-from cronqueue.store.schema import runs_table as r
+from cronqueue.store.schema import ticks_table as t
 
 SCAN = 20_000  # rows one page of a list reads at most
 COUNT_CAP = 100_000  # a count of pending or running tasks stops here ("100000+")
@@ -112,7 +112,7 @@ class Count:
 class Overview:
     counts: dict[str, dict[int, Count]]  # queue -> status code -> count
     oldest_due: dict[str, datetime]  # queue -> run_at of its oldest due pending task
-    ticks: dict[str, datetime]  # host -> when its mission last fired an entry
+    ticks: dict[str, datetime]  # host -> when its last mission tick ended (cronqueue_ticks)
     pairs_cut: bool  # more (status, queue) pairs than MAX_PAIRS: the rest not counted
 
 
@@ -153,11 +153,11 @@ class Browse:
     def overview(self, now: datetime, cap: int | None = None) -> Overview:
         """Counts per queue and status (each stopping at its cap: ``cap``, else
         ``COUNT_CAP`` for pending and running, ``FINISHED_CAP`` for the rest), the oldest due
-        task per queue, each host's last mission run."""
+        task per queue, when each host's last mission tick ended."""
         due = (select(q.c.queue, func.min(q.c.run_at))
                .where(q.c.status == int(Status.PENDING), q.c.run_at <= now)
                .group_by(q.c.queue))
-        ticks = select(r.c.host, func.max(r.c.fired_at)).group_by(r.c.host).limit(100)
+        ticks = select(t.c.host, t.c.finished_at).order_by(t.c.finished_at.desc()).limit(100)
 
         def work(conn: Connection) -> Overview:
             found = _pairs(conn, MAX_PAIRS + 1)

@@ -85,6 +85,21 @@ def test_overview_counts_and_chart(web: Web) -> None:
     assert ids
 
 
+def test_overview_shows_each_hosts_last_tick(web: Web) -> None:
+    """From cronqueue_ticks, which every tick writes (a tick that fires no entry included)."""
+    from cronqueue.store.ticks import Ticks
+
+    def ticks_table(html: str) -> str:
+        part = html.split("<h2>Mission ticks per host</h2>", 1)[1]
+        return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", part.split("</table>", 1)[0]))
+
+    assert "no mission tick recorded" in ticks_table(web.html("/"))
+    ended = web.clock.now - timedelta(seconds=42)
+    Ticks(web.queue.engine).record("web1#a1b2", 4242, ended - timedelta(seconds=1), ended, [])
+    shown = ticks_table(web.html("/"))
+    assert "web1#a1b2" in shown and "42s ago" in shown
+
+
 def test_task_list_filters(web: Web) -> None:
     ids = _every_status(web)
     unique = web.queue.add("f.py", {"needle": "haystack-42"}, queue="gamma", unique_key="k-1")
