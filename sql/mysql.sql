@@ -150,6 +150,8 @@ CREATE INDEX ix_queue_claim ON queue (status, queue, priority DESC, id);
 
 CREATE INDEX ix_queue_claim_any ON queue (status, priority DESC, id);
 
+CREATE INDEX ix_queue_due ON queue (status, queue, run_at);
+
 CREATE INDEX ix_queue_finished ON queue (finished_at);
 
 CREATE UNIQUE INDEX ux_queue_active_key ON queue (active_key);
@@ -163,3 +165,5 @@ INSERT INTO cronqueue_migrations (version, name, checksum, applied_by, statement
 INSERT INTO cronqueue_migrations (version, name, checksum, applied_by, statements_done, complete) VALUES (4, '0004_alerts', '315c03dc3f4f050aa477abb424fd9a2e15979e104f8eefab2a336c2f9542268e', 'sql file', 4, 1);
 
 INSERT INTO cronqueue_migrations (version, name, checksum, applied_by, statements_done, complete) VALUES (5, '0005_pauses', 'a97a013eb92fe3d9aec79374da86eda41bdd40023a9246fd885b31c17aaa5e49', 'sql file', 2, 1);
+
+INSERT INTO cronqueue_migrations (version, name, checksum, applied_by, statements_done, complete) VALUES (6, '0006_queue_due', 'c5632f249726a78e7229399b290d6bf7641646aecf686192066ec532529f9664', 'sql file', 1, 1);

@@ -144,6 +144,8 @@ CREATE INDEX IF NOT EXISTS ix_queue_claim ON queue (status, queue, priority DESC
 
 CREATE INDEX IF NOT EXISTS ix_queue_claim_any ON queue (status, priority DESC, id);
 
+CREATE INDEX IF NOT EXISTS ix_queue_due ON queue (status, queue, run_at);
+
 CREATE INDEX IF NOT EXISTS ix_queue_finished ON queue (finished_at);
 
 CREATE UNIQUE INDEX IF NOT EXISTS ux_queue_active_key ON queue (active_key);
@@ -157,3 +159,5 @@ INSERT INTO cronqueue_migrations (version, name, checksum, applied_by, statement
 INSERT INTO cronqueue_migrations (version, name, checksum, applied_by, statements_done, complete) VALUES (4, '0004_alerts', 'f53a50431946f3d852385861d30183503698c8a778d3ef477b8f2db1a9830016', 'sql file', 4, 1);
 
 INSERT INTO cronqueue_migrations (version, name, checksum, applied_by, statements_done, complete) VALUES (5, '0005_pauses', '66abaa6d2b87e2a3b6a7a301ef170b2938eabb9d3d883b3257c2de09cff08b03', 'sql file', 2, 1);
+
+INSERT INTO cronqueue_migrations (version, name, checksum, applied_by, statements_done, complete) VALUES (6, '0006_queue_due', '3f45e76f828ef20adfd7c877bba27d8ac108cabc18b6e3e88b9839d98c77f007', 'sql file', 1, 1);
