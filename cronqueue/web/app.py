@@ -31,12 +31,12 @@ log = logging.getLogger("cronqueue.web")
 
 
 def blueprints() -> list[Blueprint]:
-    """The page groups, registered in this order. Another group (``cronqueue/web/metrics.py``:
-    ``/metrics`` and ``/healthz``) is one import and one entry here; its routes pass through the
-    same checks (``security.PUBLIC`` names the endpoints open without a login)."""
-    from cronqueue.web import login, overview, schedule, tasks, triage, workers
+    """The page groups, registered in this order. Each is one import and one entry here; its
+    routes pass through the same checks (``security.PUBLIC`` names the endpoints open without a
+    login: ``/healthz`` of ``metrics``)."""
+    from cronqueue.web import login, metrics, overview, schedule, tasks, triage, workers
 
-    return [login.bp, overview.bp, tasks.bp, triage.bp, schedule.bp, workers.bp]
+    return [login.bp, overview.bp, tasks.bp, triage.bp, schedule.bp, workers.bp, metrics.bp]
 
 
 def create_app(config: Config | None = None, *, auth: Authenticator | None = None,

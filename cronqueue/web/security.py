@@ -45,10 +45,14 @@ HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
 }
-# Endpoints served without a login: the login form, the vendored CSS/JS. A page group whose
-# routes must answer without one (a health check for monitors) adds its endpoint names here;
-# every other route needs a user, a token or the host's login (or the open local mode).
-PUBLIC = frozenset({"login.login", "static"})
+# Endpoints served without a login: the login form, the vendored CSS/JS, the health check for
+# monitors (web/metrics.py: it says only whether the mission ticks). A page group whose routes
+# must answer without one adds its endpoint names here; every other route needs a user, a token
+# or the host's login (or the open local mode).
+PUBLIC = frozenset({"login.login", "static", "metrics.healthz"})
+# Endpoints a program reads (a Prometheus scrape): answered 401 without a login, never
+# redirected to the login form.
+MACHINE = frozenset({"metrics.metrics"})
 # POSTs any signed-in role may make (they change only the caller's own session).
 SESSION_POSTS = frozenset({"login.login", "login.logout"})
 
@@ -116,7 +120,7 @@ def _hostname() -> str:
 
 
 def _wants_json() -> bool:
-    return request.path.endswith(".json")
+    return request.path.endswith(".json") or request.endpoint in MACHINE
 
 
 def identify(web: WebConfig, auth: Authenticator | None) -> Identity | None:

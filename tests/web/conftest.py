@@ -25,7 +25,8 @@ from tests.conftest import Clock
 ORIGIN = "http://localhost"
 PASSWORD = "correct horse battery staple"
 TOKEN = "t0ken-for-the-tests-0123456789abcdefghij"
-TABLES = ("queue", "cronqueue_runs", "cronqueue_workers", "cronqueue_migrations")
+TABLES = ("queue", "cronqueue_runs", "cronqueue_workers", "cronqueue_migrations",
+          "cronqueue_rollup")
 
 
 @dataclass
