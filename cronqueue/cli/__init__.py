@@ -4,7 +4,8 @@
 * ``parser`` — ``build_parser()`` from the command modules listed in ``parser.COMMANDS``;
 * ``args`` — the shared flags (``CRONQUEUE_*`` defaults), argument types, signatures;
 * command modules: ``setup`` (init-db, crontab, check, demo), ``tasks`` (add, status, list,
-  stats, retry, cancel, purge), ``ops`` (work, mission, schedule, workers);
+  stats, retry, cancel, purge), ``ops`` (work, mission, schedule, workers), ``pause`` (pause,
+  resume; schedule pause / resume);
 * ``display`` (human output), ``checks`` (``check``'s checks), ``demo`` (the quickstart).
 
 Adding a command is one module and one line. The module (say ``cli/migrate.py``) defines the

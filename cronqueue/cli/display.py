@@ -93,17 +93,25 @@ def format_task(task: Task, now: datetime | None = None, *, max_attempts: int | 
     return "\n".join(lines)
 
 
-def format_table(tasks: Sequence[Task], now: datetime | None = None) -> str:
+def format_table(tasks: Sequence[Task], now: datetime | None = None, *,
+                 paused: Mapping[str, Mapping[str, Any]] | None = None) -> str:
     """One line per task; a pending task whose run_at is more than a day ahead has its RUN AT
-    marked ``(!)`` and a note below the table."""
+    marked ``(!)`` and a note below the table; one of a ``paused`` queue (name -> the pause as
+    ``Pause.as_dict()`` gives it) is ``pending (paused)``, with a line per such queue below."""
     now = now or datetime.now(UTC)
+    paused = paused or {}
+    held: dict[str, Mapping[str, Any]] = {}
     rows = [("ID", "STATUS", "QUEUE", "PRIO", "TRIES", "SCRIPT", "RUN AT (UTC)", "EXIT",
              "ERROR")]
     flagged = 0
     for t in tasks:
         ahead = far_ahead(t, now) is not None
         flagged += ahead
-        rows.append((str(t.id), status_name(t.status), t.queue, str(t.priority),
+        waits = t.status == Status.PENDING and t.queue in paused
+        if waits:
+            held[t.queue] = paused[t.queue]
+        rows.append((str(t.id), status_name(t.status) + (" (paused)" if waits else ""),
+                     t.queue, str(t.priority),
                      str(t.attempts), t.taskscript,
                      when(t.run_at, zone=False) + (" (!)" if ahead else ""),
                      "" if t.exit_code is None else str(t.exit_code),
@@ -112,7 +120,23 @@ def format_table(tasks: Sequence[Task], now: datetime | None = None) -> str:
     if flagged:
         table += (f"\n(!) {flagged} pending task(s) to run more than a day ahead; "
                   f"{AHEAD_HINT}")
+    for name, pause in sorted(held.items()):
+        table += (f"\n(paused) queue {visible(name)} is {paused_text(pause)}: its pending tasks "
+                  "wait; `cronqueue resume` it to run them")
     return table
+
+
+def paused_text(pause: Mapping[str, Any]) -> str:
+    """``paused since 2026-12-02 10:00:00 UTC by ops@web1 until 2026-12-02 12:00:00 UTC
+    (deploy)``: a pause as ``Pause.as_dict()`` gives it (times ISO-8601)."""
+    since = f" since {when(_iso(pause.get('since')))}" if pause.get("since") else ""
+    until = f"until {when(_iso(pause.get('until')))}" if pause.get("until") else "until resumed"
+    why = f" ({visible(pause['reason'])})" if pause.get("reason") else ""
+    return f"paused{since} by {visible(pause.get('by') or '?')} {until}{why}"
+
+
+def _iso(value: object) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) else None
 
 
 def format_columns(rows: Sequence[Sequence[str]]) -> str:
@@ -129,8 +153,10 @@ def format_stats(stats: Mapping[str, Any]) -> str:
     queues: Mapping[str, Mapping[str, int]] = stats["queues"]
     extra = sorted({k for counts in queues.values() for k in counts} - set(names))
     columns = names + extra
+    paused: Mapping[str, Mapping[str, Any]] = stats.get("paused") or {}
     rows = [("queue", *columns)]
-    rows += [(queue, *(str(counts.get(n, 0)) for n in columns))
+    rows += [(queue + (" (paused)" if queue in paused else ""),
+              *(str(counts.get(n, 0)) for n in columns))
              for queue, counts in sorted(queues.items())]
     rows.append(("(all)", *(str(stats.get(n, sum(c.get(n, 0) for c in queues.values())))
                             for n in columns)))
@@ -142,6 +168,8 @@ def format_stats(stats: Mapping[str, Any]) -> str:
              for r in cells]
     lines.append(f"due now: {stats['due']}, oldest due waiting "
                  f"{stats['oldest_due_seconds']:.1f}s")
+    lines += [f"queue {visible(name)} {paused_text(pause)}: shards claim none of its tasks"
+              for name, pause in sorted(paused.items())]
     return "\n".join(lines)
 
 
@@ -173,6 +201,9 @@ def format_schedule(entries: Iterable[Mapping[str, Any]]) -> str:
                          f"{visible(e['last_host'])}: {visible(e['last_outcome'])}{task}")
         else:
             lines.append("  last    never")
+        if e.get("paused"):
+            lines.append(f"  paused  {paused_text(e['paused']).removeprefix('paused ')}: not "
+                         "fired, its skipped times not caught up")
         if e.get("warning"):
             lines.append(f"  WARNING {visible(e['warning'])}")
     return "\n".join(lines)

@@ -22,6 +22,7 @@ from cronqueue.cli.args import (
     upto,
 )
 from cronqueue.cli.display import format_schedule, format_workers, visible
+from cronqueue.cli.pause import cmd_schedule_action, schedule_options
 from cronqueue.config import MAX_BATCH, MAX_SHARDS, Config
 from cronqueue.errors import ConfigError
 
@@ -56,9 +57,10 @@ def register(add: AddCommand) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="print what the tick would do; write, start and purge nothing")
 
-    p = add("schedule", "the mission entries: cron, description, next runs, last run",
-            cmd_schedule)
+    p = add("schedule", "the mission entries: cron, description, next runs, last run; "
+            "`schedule pause NAME` / `schedule resume NAME`", cmd_schedule)
     json_flag(p, "the entries")
+    schedule_options(p)  # pause / resume NAME: cli/pause.py
 
     p = add("workers", "running shards on every host; `workers stop` asks them to stop",
             cmd_workers)
@@ -103,6 +105,8 @@ def cmd_mission(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_schedule(args: argparse.Namespace, cfg: Config) -> int:
+    if args.action is not None or args.until is not None or args.reason:
+        return cmd_schedule_action(args, cfg)
     entries = open_queue(cfg).schedule()
     if args.json:
         print(json.dumps(entries, indent=2))

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from cronqueue.cli import metrics, migrate, ops, setup, tasks, web
+from cronqueue.cli import metrics, migrate, ops, pause, setup, tasks, web
 from cronqueue.cli.args import Command, Parser, Register, common_options
 
 COMMANDS: tuple[Register, ...] = (
     setup.register,  # init-db, crontab, check, demo
     tasks.register,  # add, status, list, stats, retry, cancel, purge
     ops.register,  # work, mission, schedule, workers
+    pause.register,  # pause, resume
     migrate.register,  # migrate
     metrics.register,  # metrics
     web.register,  # web

@@ -169,12 +169,15 @@ COUNT_CAP = 10_000  # `list` counts the tasks it did not show up to this many
 
 
 def cmd_list(args: argparse.Namespace, cfg: Config) -> int:
+    from cronqueue.cli.pause import with_pause
+
     q = open_queue(cfg)
     tasks = q.list(status=args.status, queue=args.queue, limit=args.limit)
+    paused = {p.name: p for p in q.pauses()}  # marked in the table, queue_paused in JSON
     if args.json:
-        print(json.dumps([t.as_dict() for t in tasks], indent=2))
+        print(json.dumps([with_pause(t.as_dict(), paused) for t in tasks], indent=2))
         return 0
-    print(format_table(tasks))
+    print(format_table(tasks, paused={name: p.as_dict() for name, p in paused.items()}))
     if len(tasks) == args.limit:  # stopped at its limit: say so, and how many there are
         count = q.count(status=args.status, queue=args.queue, cap=max(COUNT_CAP, args.limit))
         if count > len(tasks):
