@@ -26,7 +26,7 @@ ORIGIN = "http://localhost"
 PASSWORD = "correct horse battery staple"
 TOKEN = "t0ken-for-the-tests-0123456789abcdefghij"
 TABLES = ("queue", "cronqueue_runs", "cronqueue_workers", "cronqueue_migrations",
-          "cronqueue_rollup")
+          "cronqueue_rollup", "cronqueue_pauses")
 
 
 @dataclass
