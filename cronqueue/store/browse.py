@@ -154,9 +154,12 @@ class Browse:
         """Counts per queue and status (each stopping at its cap: ``cap``, else
         ``COUNT_CAP`` for pending and running, ``FINISHED_CAP`` for the rest), the oldest due
         task per queue, when each host's last mission tick ended."""
+        # Grouped by (status, queue), a prefix of ix_queue_due (status, queue, run_at): one
+        # seek per queue (MariaDB: "Using index for group-by", 0.5 ms); by queue alone it read
+        # the index entry of every pending row (25-35 ms on 100,000).
         due = (select(q.c.queue, func.min(q.c.run_at))
                .where(q.c.status == int(Status.PENDING), q.c.run_at <= now)
-               .group_by(q.c.queue))
+               .group_by(q.c.status, q.c.queue))
         ticks = select(t.c.host, t.c.finished_at).order_by(t.c.finished_at.desc()).limit(100)
 
         def work(conn: Connection) -> Overview:
