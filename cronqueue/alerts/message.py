@@ -71,7 +71,7 @@ def _render(value: Any, depth: int) -> list[str]:
                 out += [f"{pad}  | {visible_line(line)}"
                         for line in item.rstrip("\n").split("\n")]
             else:
-                shown = "-" if item is None or item == [] or item == {} else item
+                shown = "-" if item is None or item in ("", [], {}) else item
                 text = shown.rstrip("\n") if isinstance(shown, str) else str(shown)
                 out.append(f"{pad}{visible(key)}: {visible_line(text)}")
     elif isinstance(value, list):

@@ -26,6 +26,7 @@ from cronqueue.config import Config
 from cronqueue.config.alerts import AlertsConfig
 from cronqueue.errors import one_line
 from cronqueue.store.alerts import FIRING, RESOLVED, AlertRow, Alerts
+from cronqueue.store.pauses import Pauses
 from cronqueue.store.runs import Runs
 from cronqueue.store.ticks import Ticks
 from cronqueue.store.watch import Watch
@@ -57,8 +58,10 @@ def run_alerts(config: Config, engine: Engine, *, now: datetime, host: str,
     last = Ticks(engine).last_start()
     since = max(now - MAX_LOOKBACK, min(now, last or now) - MARGIN)
     current = alerts.rows()
+    paused = frozenset(Pauses(engine).active("queue", now)) if config.alerts.backlog \
+        else frozenset()
     facts = Facts(config, Watch(engine), now, since, current, Runs(engine).latest(),
-                  Workers(engine).rows(), fired, missed)
+                  Workers(engine).rows(), fired, missed, paused)
     for seen_now in evaluate(facts):
         state = FIRING if seen_now.firing else RESOLVED
         seen = current.get((seen_now.kind, seen_now.subject))

@@ -63,6 +63,7 @@ class Facts:
     workers: Sequence[Mapping[str, Any]]  # cronqueue_workers rows
     fired: Mapping[str, datetime]  # entries this tick fired (scheduled time)
     missed: Mapping[str, int]  # entries with scheduled runs that never ran
+    paused_queues: frozenset[str] = frozenset()  # queues paused now (their backlog is said so)
 
     def firing(self, kind: str, subject: str) -> AlertRow | None:
         row = self.current.get((kind, subject))
@@ -271,13 +272,15 @@ def backlog(f: Facts) -> list[Observed]:
         shards = sum(1 for w in f.workers if name in str(w.get("queues", "")).split(",")
                      or not w.get("queues"))
         due = f.watch.due_count(name, f.now)
+        paused = name in f.paused_queues
         out.append(Observed("queue_backlog", name, True,
                             f"queue {visible(name)}: its oldest due task has waited "
                             f"{span(age)} (more than {span(limit)}); {due} due, "
-                            f"{count(shards, 'shard')} registered for it",
+                            f"{count(shards, 'shard')} registered for it"
+                            + ("; the queue is paused" if paused else ""),
                             {"queue": name, "oldest_run_at": iso(at),
                              "age_seconds": round(age, 3), "max_age_seconds": limit, "due": due,
-                             "shards": shards}))
+                             "shards": shards, "paused": paused}))
     return out
 
 

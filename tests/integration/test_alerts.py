@@ -360,6 +360,20 @@ def test_the_hourly_cap_holds_back_a_flapping_alert_and_sends_its_state_after(
     queue.close()
 
 
+def test_a_paused_queues_backlog_says_it_is_paused(
+        make_config: Callable[[str], Config], webhook: HttpRecorder) -> None:
+    cfg = flap_config(make_config, webhook)
+    queue = Queue(config=cfg)
+    clock = Clock(at(3, 0))
+    queue.add("x.sh", queue="slow", run_at=at(2, 0))
+    queue.pause("slow", by="ops", reason="deploy")
+    Mission(cfg, launcher=Launcher(clock), clock=clock).tick(at(3, 0))
+    body = received(webhook)[0]
+    assert body["summary"].endswith(", 0 shards registered for it; the queue is paused")
+    assert body["detail"]["paused"] is True
+    queue.close()
+
+
 def test_a_failing_sink_is_logged_in_one_line_and_tried_again_next_tick(
         make_config: Callable[[str], Config], webhook: HttpRecorder, smtp: SmtpRecorder,
         caplog: pytest.LogCaptureFixture) -> None:
