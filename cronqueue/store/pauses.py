@@ -103,8 +103,9 @@ def paused_names(conn: Connection, now: datetime, kind: str = "queue") -> frozen
 
 @functools.cache
 def _next_pending_queue() -> Select[Any]:
-    """The first queue after ``:after`` (in name order) that has pending rows: one seek in
-    ``ix_queue_claim (status, queue, ...)``. Asked once per queue, it is a loose index scan;
+    """The first queue after ``:after`` (in name order) that has pending rows: one seek in an
+    index on ``(status, queue, ...)`` (``ix_queue_claim``, ``ix_queue_due``: the planner
+    picks, both read in order). Asked once per queue, it is a loose index scan;
     ``SELECT DISTINCT queue`` reads every pending row on SQLite, and a recursive CTE's
     correlated ``MIN`` read the whole status range on MariaDB (115-165 ms with 200,000
     pending rows, against 0.2 ms a seek)."""
