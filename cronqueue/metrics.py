@@ -44,6 +44,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector as _Collector
 from sqlalchemy import Engine
 
+from cronqueue.alerts.health import tick_problem
+from cronqueue.alerts.rules import span
 from cronqueue.errors import DatabaseError
 from cronqueue.model import Status
 from cronqueue.store import scrape
@@ -177,10 +179,7 @@ def health(engine: Engine, now: datetime, max_tick_age: float = DEFAULT_TICK_AGE
         log.warning("health: %s", exc)
         return Health(False, "database unreachable" if is_unavailable(exc) else
                       "database error (see the log)")
-    if last is None:
-        return Health(False, "no mission tick recorded yet")
-    age = (now - last).total_seconds()
-    if age > max_tick_age:
-        return Health(False, f"last mission tick ended {age:.0f}s ago (more than "
-                             f"{max_tick_age:g}s)")
-    return Health(True, f"ok: last mission tick ended {max(age, 0):.0f}s ago")
+    problem = tick_problem(last, now, max_tick_age)
+    if problem or last is None:
+        return Health(False, problem or "no mission tick recorded yet")
+    return Health(True, f"ok: the last mission tick ended {span((now - last).total_seconds())} ago")

@@ -41,20 +41,31 @@ def check_health(cfg: Config, out: Callable[[str], None] = print, *,
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         say(f"FAIL health: database {cfg.safe_db_url}: {first}")
         return UNHEALTHY
+    now = now or datetime.now(UTC)
+    problem = tick_problem(tick.finished_at if tick else None, now, limit)
     if tick is None:
-        say("FAIL health: no mission tick recorded yet: is the crontab line installed "
-            "(`cronqueue crontab`)?")
+        say(f"FAIL health: {problem}: is the crontab line installed (`cronqueue crontab`)?")
         return UNHEALTHY
-    age = ((now or datetime.now(UTC)) - tick.finished_at).total_seconds()
-    if age > limit:
-        say(f"FAIL health: the last mission tick ended {span(age)} ago, more than "
-            f"{span(limit)} ({_where(tick)}): has cron or the mission stopped?")
+    if problem:
+        say(f"FAIL health: {problem} ({_where(tick)}): has cron or the mission stopped?")
         return UNHEALTHY
+    age = (now - tick.finished_at).total_seconds()
     errors = (f"; {tick.errors} of its steps failed, first: {tick.error}" if tick.errors
               else "")
     say(f"ok   health: the last mission tick ended {span(max(age, 0))} ago ({_where(tick)})"
         f"{errors}")
     return HEALTHY
+
+
+def tick_problem(finished_at: datetime | None, now: datetime, limit: float) -> str | None:
+    """Why the mission looks stopped, or None when a tick (of any host) ended at most ``limit``
+    seconds before ``now``: the one rule behind ``check --health`` and ``/healthz``."""
+    if finished_at is None:
+        return "no mission tick recorded yet"
+    age = (now - finished_at).total_seconds()
+    if age > limit:
+        return f"the last mission tick ended {span(age)} ago, more than {span(limit)}"
+    return None
 
 
 def _where(tick: Tick) -> str:
