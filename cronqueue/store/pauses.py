@@ -102,6 +102,13 @@ def paused_names(conn: Connection, now: datetime, kind: str = "queue") -> frozen
 
 
 @functools.cache
+def _first_pending_queue() -> Select[Any]:
+    """The first queue (in name order) that has pending rows: one seek, as below."""
+    return (select(q.c.queue).where(q.c.status == int(Status.PENDING))
+            .order_by(q.c.queue).limit(1))
+
+
+@functools.cache
 def _next_pending_queue() -> Select[Any]:
     """The first queue after ``:after`` (in name order) that has pending rows: one seek in an
     index on ``(status, queue, ...)`` (``ix_queue_claim``, ``ix_queue_due``: the planner
@@ -115,18 +122,24 @@ def _next_pending_queue() -> Select[Any]:
             .order_by(q.c.queue).limit(1))
 
 
+def pending_queue_names(conn: Connection, most: int) -> list[str]:
+    """The first ``most`` queues with pending rows (due or not, any shard's), in name order:
+    at most ``most`` seeks (the claim's split read; the alerts' backlog rule)."""
+    names: list[str] = []
+    while len(names) < most:
+        found = (conn.execute(_next_pending_queue(), {"after": names[-1]}) if names
+                 else conn.execute(_first_pending_queue())).scalar()
+        if not isinstance(found, str):  # none left (a hand-written name that is no text: end)
+            break
+        names.append(found)
+    return names
+
+
 def pending_queues(conn: Connection, cap: int) -> list[str] | None:
     """The queues with pending rows (due or not, any shard's), in name order; None if there
     are more than ``cap``: at most ``cap + 1`` seeks."""
-    names: list[str] = []
-    after = ""
-    while len(names) <= cap:
-        found = conn.execute(_next_pending_queue(), {"after": after}).scalar()
-        if not isinstance(found, str):  # none left (a hand-written name that is no text: end)
-            return names
-        names.append(found)
-        after = found
-    return None
+    names = pending_queue_names(conn, cap + 1)
+    return None if len(names) > cap else names
 
 
 def unpaused(queues: Iterable[str | None], paused: frozenset[str],

@@ -14,6 +14,7 @@ from sqlalchemy import Connection, Engine, Select, func, literal, or_, select
 
 from cronqueue.model import Status
 from cronqueue.store.engine import transaction
+from cronqueue.store.pauses import pending_queue_names
 from cronqueue.store.schema import queue_table as q
 
 MAX_GROUPS = 1000  # (queue, script) groups read per tick
@@ -50,23 +51,6 @@ def _time(value: Any) -> datetime | None:
 
 def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _pending_queues(conn: Connection) -> list[str]:
-    """The names of the queues with a pending task, by seeks on the (status, queue) prefix of
-    the claim index: the next name after the last, up to MAX_GROUPS."""
-    out: list[str] = []
-    last: str | None = None
-    while len(out) < MAX_GROUPS:
-        stmt = select(q.c.queue).where(q.c.status == int(Status.PENDING))
-        if last is not None:
-            stmt = stmt.where(q.c.queue > last)
-        name = conn.execute(stmt.order_by(q.c.queue).limit(1)).scalar()
-        if not isinstance(name, str):
-            break  # none left (or a hand-written value that is no text: the rest unread)
-        out.append(name)
-        last = name
-    return out
 
 
 def _task(m: Any) -> TaskSeen | None:
@@ -143,7 +127,7 @@ class Watch:
 
         def work(conn: Connection) -> dict[str, datetime]:
             out: dict[str, datetime] = {}
-            for name in queues if queues is not None else _pending_queues(conn):
+            for name in queues if queues is not None else pending_queue_names(conn, MAX_GROUPS):
                 at = conn.execute(
                     select(q.c.run_at).where(q.c.status == int(Status.PENDING),
                                              q.c.queue == name, q.c.run_at <= now)
