@@ -25,6 +25,7 @@ from cronqueue.store.schema import queue_table as q
 from cronqueue.store.schema import runs_table as r
 from cronqueue.store.schema import ticks_table as t
 from cronqueue.store.schema import workers_table as w
+from cronqueue.store.watch import oldest_due_at
 
 MAX_GROUPS = 1000  # (status, queue) pairs counted: queues beyond are left out (and logged)
 MAX_HOSTS = 100
@@ -73,11 +74,8 @@ def _read(conn: Connection, now: datetime, entries: Sequence[str]) -> Scrape:
     # Each queue's oldest due task: one seek on ix_queue_due (status, queue, run_at).
     oldest: dict[str, datetime] = {}
     for queue in pending:
-        at = conn.execute(
-            select(q.c.run_at).where(q.c.status == int(Status.PENDING), q.c.queue == queue,
-                                     q.c.run_at <= now)
-            .order_by(q.c.run_at).limit(1)).scalar()
-        if isinstance(at, datetime):
+        at = oldest_due_at(conn, queue, now)
+        if at is not None:
             oldest[_text("queue", queue)] = at
     ticks: dict[str, datetime] = {}
     for host, finished in conn.execute(select(t.c.host, t.c.finished_at)

@@ -5,6 +5,7 @@ every value read is untrusted (a row written by hand is left out, never a crash)
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,6 +16,7 @@ from sqlalchemy import Connection, Engine, Select, func, literal, or_, select
 from cronqueue.model import Status
 from cronqueue.store.engine import transaction
 from cronqueue.store.pauses import pending_queue_names
+from cronqueue.store.rows import bind
 from cronqueue.store.schema import queue_table as q
 
 MAX_GROUPS = 1000  # (queue, script) groups read per tick
@@ -51,6 +53,22 @@ def _time(value: Any) -> datetime | None:
 
 def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+@functools.cache
+def _oldest_due() -> Select[Any]:
+    return (select(q.c.run_at)
+            .where(q.c.status == int(Status.PENDING), q.c.queue == bind("queue"),
+                   q.c.run_at <= bind("now", "run_at"))
+            .order_by(q.c.run_at).limit(1))
+
+
+def oldest_due_at(conn: Connection, queue: Any, now: datetime) -> datetime | None:
+    """The ``run_at`` of ``queue``'s oldest due pending task (None: none, or no time): one
+    seek on ``ix_queue_due`` (status, queue, run_at). The alerts' backlog rule and the
+    metrics."""
+    at = conn.execute(_oldest_due(), {"queue": queue, "now": now}).scalar()
+    return at if isinstance(at, datetime) else None
 
 
 def _task(m: Any) -> TaskSeen | None:
@@ -128,11 +146,8 @@ class Watch:
         def work(conn: Connection) -> dict[str, datetime]:
             out: dict[str, datetime] = {}
             for name in queues if queues is not None else pending_queue_names(conn, MAX_GROUPS):
-                at = conn.execute(
-                    select(q.c.run_at).where(q.c.status == int(Status.PENDING),
-                                             q.c.queue == name, q.c.run_at <= now)
-                    .order_by(q.c.run_at).limit(1)).scalar()
-                if isinstance(at, datetime):
+                at = oldest_due_at(conn, name, now)
+                if at is not None:
                     out[name] = at
             return out
 
