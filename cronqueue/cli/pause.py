@@ -109,6 +109,5 @@ def with_pause(task: dict[str, Any], paused: dict[str, Pause]) -> dict[str, Any]
     """A task of ``list --json`` with ``queue_paused``: its queue's pause in force (since,
     until, by, reason), or null."""
     pause = paused.get(task["queue"]) if isinstance(task.get("queue"), str) else None
-    task["queue_paused"] = None if pause is None else {
-        k: v for k, v in pause.as_dict().items() if k not in ("kind", "name")}
+    task["queue_paused"] = None if pause is None else pause.details()
     return task

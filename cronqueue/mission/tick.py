@@ -453,15 +453,13 @@ def overview(config: Config, runs: Runs, now: datetime, upcoming: int = 3, *,
             "last_outcome": run["outcome"] if run else None,
             "last_task": run["task_id"] if run else None,
             "warning": warning,
-            "paused": _pause_dict((paused or {}).get(entry.name)),
+            "paused": _details((paused or {}).get(entry.name)),
         })
     return out
 
 
-def _pause_dict(pause: Pause | None) -> dict[str, Any] | None:
-    if pause is None:
-        return None
-    return {k: v for k, v in pause.as_dict().items() if k not in ("kind", "name")}
+def _details(pause: Pause | None) -> dict[str, Any] | None:
+    return None if pause is None else pause.details()
 
 
 def _ids(shards: list[int]) -> str:

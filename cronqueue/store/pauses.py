@@ -69,6 +69,11 @@ class Pause:
                 "until": self.until.isoformat() if self.until else None,
                 "by": self.by, "reason": self.reason}
 
+    def details(self) -> dict[str, Any]:
+        """``as_dict`` without kind and name (since, until, by, reason): a pause shown beside
+        what it pauses (``list --json``'s ``queue_paused``, ``schedule()``'s ``paused``)."""
+        return {k: v for k, v in self.as_dict().items() if k not in ("kind", "name")}
+
     @classmethod
     def from_row(cls, row: Any) -> Pause | None:
         """A row as a Pause; None for one that cannot be one (hand-written)."""
