@@ -41,6 +41,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from cronqueue.model import Status, Task
 from cronqueue.store.engine import transaction
+from cronqueue.store.rows import capped_count
 from cronqueue.store.schema import queue_table as q
 from cronqueue.store.schema import ticks_table as t
 
@@ -117,8 +118,7 @@ class Overview:
 
 
 def _capped(conn: Connection, where: Sequence[ColumnElement[bool]], cap: int) -> Count:
-    inner = select(literal(1)).select_from(q).where(*where).limit(cap + 1).subquery()
-    n = int(conn.execute(select(func.count()).select_from(inner)).scalar_one())
+    n = int(conn.execute(capped_count(where, cap)).scalar_one())
     return Count(min(n, cap), n > cap)
 
 

@@ -16,12 +16,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Delete, Engine, delete, func, literal, select
+from sqlalchemy import ColumnElement, Delete, Engine, delete, select
 
 from cronqueue.model import Status
 from cronqueue.states import Transition, sources
 from cronqueue.store.engine import transaction
-from cronqueue.store.rows import CHUNK, status_is
+from cronqueue.store.rows import CHUNK, capped_count, status_is
 from cronqueue.store.schema import queue_table as q
 from cronqueue.store.tasks import delete_in_chunks
 
@@ -40,9 +40,7 @@ def purgeable(engine: Engine, before: datetime, statuses: Iterable[int],
     """Per status, how many rows a purge of ``statuses`` older than ``before`` would delete,
     each counted up to ``cap + 1`` (more than ``cap``)."""
     wanted = sorted(set(statuses))
-    stmts = {s: select(func.count()).select_from(
-        select(literal(1)).select_from(q).where(q.c.status == s, older(s, before))
-        .limit(cap + 1).subquery()) for s in wanted}
+    stmts = {s: capped_count([q.c.status == s, older(s, before)], cap) for s in wanted}
     return transaction(engine, lambda conn: {
         s: int(conn.execute(stmt).scalar_one()) for s, stmt in stmts.items()}, readonly=True)
 

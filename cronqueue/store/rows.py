@@ -7,9 +7,10 @@ Every value is a bound parameter; nothing here formats user input into SQL text.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, case, literal, null
+from sqlalchemy import Select, bindparam, case, func, literal, null, select
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
 
 from cronqueue.states import Transition, sources
@@ -53,3 +54,10 @@ def fence() -> tuple[ColumnElement[bool], ColumnElement[bool]]:
     """The fence of a shard's writes: the row is still running under claim ``token`` (a bound
     parameter), so a shard that lost its claim changes nothing."""
     return q.c.claim_token == bind("token", "claim_token"), status_is(Transition.STARTED)
+
+
+def capped_count(where: Sequence[ColumnElement[bool]], cap: int) -> Select[Any]:
+    """How many rows of ``queue`` match ``where``, counted up to ``cap + 1`` (``cap + 1``: more
+    than ``cap``): a ``COUNT(*)`` over a ``LIMIT`` subquery, never over the whole table."""
+    inner = select(literal(1)).select_from(q).where(*where).limit(cap + 1).subquery()
+    return select(func.count()).select_from(inner)

@@ -15,7 +15,6 @@ from sqlalchemy import (
     Executable,
     delete,
     func,
-    literal,
     select,
     update,
 )
@@ -33,7 +32,7 @@ from cronqueue.store import rollup
 from cronqueue.store.backends import backend_for
 from cronqueue.store.engine import transaction
 from cronqueue.store.enqueue import Inserter
-from cronqueue.store.rows import CHUNK, status_is, task_columns
+from cronqueue.store.rows import CHUNK, capped_count, status_is, task_columns
 from cronqueue.store.schema import queue_table as q
 
 log = logging.getLogger("cronqueue.tasks")
@@ -112,12 +111,10 @@ class Tasks:
         """How many tasks ``list_tasks`` would find without a limit, counting at most
         ``cap + 1`` rows (``cap + 1``: more than ``cap``): a ``COUNT(*)`` over a ``LIMIT``
         subquery, never over the whole table."""
-        found = select(literal(1)).select_from(q)
-        if status is not None:
-            found = found.where(q.c.status == int(status))
+        where = [q.c.status == int(status)] if status is not None else []
         if queue is not None:
-            found = found.where(q.c.queue == queue)
-        stmt = select(func.count()).select_from(found.limit(cap + 1).subquery())
+            where.append(q.c.queue == queue)
+        stmt = capped_count(where, cap)
         return transaction(self.engine, lambda conn: int(conn.execute(stmt).scalar_one()),
                            readonly=True)
 
