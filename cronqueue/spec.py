@@ -60,8 +60,12 @@ def _check_taskscript_text(taskscript: str) -> str:
 
 def check_queue(queue: object) -> str:
     if not isinstance(queue, str) or not _queue_name_ok(queue):
+        shown = repr(queue)
+        if len(shown) > 100:  # one line naming the culprit, not 100,000 characters of it
+            size = len(queue) if isinstance(queue, str) else len(shown)
+            shown = f"{shown[:100]}... ({size:,} characters)"
         raise InvalidTask(
-            f"queue name {queue!r} is malformed (1-64 of letters, digits and _.:-, "
+            f"queue name {shown} is malformed (1-64 of letters, digits and _.:-, "
             "starting with a letter or digit)"
         )
     return queue

@@ -451,3 +451,11 @@ def test_item_mapping_is_not_mutated() -> None:
     spec_from_item(item, NOW, 0)
     assert item == {"taskscript": "a.py", "param": 1, "priority": 2}
 
+
+
+def test_an_oversized_queue_name_is_refused_without_quoting_it_whole() -> None:
+    with pytest.raises(InvalidTask) as refused:
+        check_queue("x" * 100_000 + "!")
+    message = str(refused.value)
+    assert "is malformed" in message and "100,001 characters" in message
+    assert len(message) < 300 and "\n" not in message
