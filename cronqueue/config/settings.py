@@ -94,10 +94,6 @@ class WorkerConfig:
         """The retry policy of these settings (the one place it is built from them)."""
         return RetryPolicy(self.max_attempts, self.backoff, self.backoff_max)
 
-    def backoff_delay(self, attempt: int) -> float:
-        """Seconds before retry number ``attempt`` (``RetryPolicy.delay``)."""
-        return self.retry.delay(attempt)
-
     def validate(self) -> None:
         if not isinstance(self.python_fork, bool):
             raise ConfigError(f"worker.python_fork: expected true or false, got "

@@ -89,7 +89,7 @@ def test_worker_numbers_at_their_bound_are_accepted(tmp_path: Path, key: str) ->
 
 def test_largest_backoff_still_gives_a_retry_time() -> None:
     worker = WorkerConfig(backoff=MAX_SECONDS, backoff_max=MAX_SECONDS)
-    delay = worker.backoff_delay(10**6)
+    delay = worker.retry.delay(10**6)
     assert MAX_SECONDS <= delay <= MAX_SECONDS * 1.25
     assert datetime.now(UTC) + timedelta(seconds=delay) > datetime.now(UTC)
 

@@ -246,34 +246,34 @@ def test_parse_age_error_is_readable() -> None:
     ("attempt", "base"),
     [(0, 10), (1, 10), (2, 20), (3, 40), (4, 80), (5, 100), (6, 100), (30, 100), (2000, 100)],
 )
-def test_backoff_delay_doubles_with_jitter_and_is_capped(monkeypatch: pytest.MonkeyPatch,
+def test_retry_delay_doubles_with_jitter_and_is_capped(monkeypatch: pytest.MonkeyPatch,
                                                          attempt: int, base: float) -> None:
     cfg = WorkerConfig(backoff=10, backoff_max=100)
     monkeypatch.setattr(random, "random", lambda: 0.0)
-    assert cfg.backoff_delay(attempt) == pytest.approx(base)
+    assert cfg.retry.delay(attempt) == pytest.approx(base)
     monkeypatch.setattr(random, "random", lambda: 0.999_999_9)
-    assert cfg.backoff_delay(attempt) == pytest.approx(base * 1.25)
+    assert cfg.retry.delay(attempt) == pytest.approx(base * 1.25)
     monkeypatch.setattr(random, "random", lambda: 0.5)
-    assert cfg.backoff_delay(attempt) == pytest.approx(base * 1.125)
+    assert cfg.retry.delay(attempt) == pytest.approx(base * 1.125)
 
 
 @pytest.mark.parametrize("attempt", [1, 2, 3, 4, 5, 8])
-def test_backoff_delay_stays_in_its_band(attempt: int) -> None:
+def test_retry_delay_stays_in_its_band(attempt: int) -> None:
     cfg = WorkerConfig(backoff=10, backoff_max=100)
     low = min(100, 10 * 2 ** (attempt - 1))
-    delays = [cfg.backoff_delay(attempt) for _ in range(200)]
+    delays = [cfg.retry.delay(attempt) for _ in range(200)]
     assert all(low <= d <= low * 1.25 for d in delays)
     assert len(set(delays)) > 1, "jitter spreads a burst of retries"
 
 
-def test_backoff_delay_is_a_float() -> None:
-    assert isinstance(WorkerConfig().backoff_delay(1), float)
+def test_retry_delay_is_a_float() -> None:
+    assert isinstance(WorkerConfig().retry.delay(1), float)
 
 
 @pytest.mark.parametrize("attempt", [1025, 1100, 10_000])
-def test_backoff_delay_of_a_very_late_attempt_is_the_cap(attempt: int) -> None:
+def test_retry_delay_of_a_very_late_attempt_is_the_cap(attempt: int) -> None:
     """``max_attempts`` has no upper bound: attempt 1100 of a float backoff (the default,
     10.0) must still be the cap, not an OverflowError from ``10.0 * 2 ** 1099``."""
     cfg = WorkerConfig(backoff=10.0, backoff_max=3600.0)
-    assert 3600.0 <= cfg.backoff_delay(attempt) <= 3600.0 * 1.25
-    assert 3600.0 <= WorkerConfig().backoff_delay(attempt) <= WorkerConfig().backoff_max * 1.25
+    assert 3600.0 <= cfg.retry.delay(attempt) <= 3600.0 * 1.25
+    assert 3600.0 <= WorkerConfig().retry.delay(attempt) <= WorkerConfig().backoff_max * 1.25
