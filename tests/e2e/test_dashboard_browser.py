@@ -110,6 +110,7 @@ class Site:
         from selenium.common.exceptions import (
             NoSuchElementException,
             StaleElementReferenceException,
+            WebDriverException,
         )
 
         def check() -> Any:
@@ -117,6 +118,12 @@ class Site:
                 return condition()
             except (StaleElementReferenceException, NoSuchElementException):
                 return None
+            except WebDriverException as exc:
+                # Chromium reports a node replaced between lookup and read as an "unknown
+                # error" rather than a stale element; it is the same "not yet".
+                if "does not belong to the document" in str(exc.msg):
+                    return None
+                raise
 
         return wait_until(check, timeout,
                           lambda: f"{what}; page {self.driver.current_url}:\n{self.text()}"
