@@ -27,6 +27,7 @@ from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
 
 from cronqueue.store.backends.base import Backend, driver_code, server_url
+from cronqueue.store.backends.pymysql_tls import share_preferred_tls
 
 # 1213 deadlock, 1205 lock wait timeout. Retried, never surfaced as failures.
 RETRY_CODES = frozenset({1213, 1205})
@@ -77,6 +78,7 @@ class MysqlBackend(Backend):
             isolation_level="READ COMMITTED",
             connect_args={"charset": "utf8mb4", "connect_timeout": 10},
         )
+        share_preferred_tls(engine)  # no CA bundle loaded per connection: pymysql_tls.py
 
         # A restarted server or an idle timeout must not turn into a failed call: a
         # connection that sat idle in the pool is pinged before use (a dead one is replaced).
