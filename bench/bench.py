@@ -6,8 +6,11 @@
     python bench/bench.py --backends sqlite --sections drain --repeat 3
     python bench/bench.py --quick                      # tiny sizes: a smoke test
 
-Sections (``--sections``, default all): drain, enqueue, backlog, latency, python, resources,
-floors; docs/benchmarks.md says what each measures and analyses a run. Repetition r of a
+Sections (``--sections``, default all): drain, drain_big, enqueue, backlog, latency, python,
+resources, floors; docs/benchmarks.md says what each measures and analyses a run. drain_big
+(20,000 tasks) runs ``--big-repeat`` times (default 2), the others ``--repeat`` times. The
+report opens with the targets of issue 16, each beside its references measured in the same
+run (the best peer, xargs, the bare driver, the interpreter floors). Repetition r of a
 section starts at its r-th variant (rotating order), so drift in the machine's load hits all
 variants alike; ratios are paired per repetition. A run that loses or fails a task is an error
 (exit 1). Databases are ``cq_bench_*`` on the MariaDB server of ``--mysql-url`` and SQLite
@@ -16,8 +19,9 @@ ignored. Progress goes to stderr; the tables (Markdown) to stdout. Every process
 descendant of this one (a child subreaper: a mission's detached shards are reaped here too).
 
 Modules: common.py (what every bench script shares), bench_lib.py (the harness),
-driver_clock.py (driver vs client time), bench_sections.py, bench_backlog.py, bench_floors.py,
-bench_report.py (the tables), naive_worker.py and spawn_loop.py (child processes).
+driver_clock.py (driver vs client time), bench_drain.py, bench_sections.py, bench_backlog.py,
+bench_floors.py, bench_report.py (the tables and the targets), naive_worker.py, huey_peer.py
+(the peers: ``pip install -e '.[bench]'`` installs huey) and spawn_loop.py (child processes).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_backlog import backlog
+from bench_drain import drain, drain_big
 from bench_floors import floors
 from bench_lib import (
     BOTH_BACKENDS,
@@ -48,11 +53,12 @@ from bench_lib import (
     install_tasks,
 )
 from bench_report import judge, render, section_table
-from bench_sections import drain, enqueue_section, latency, python_section, resources
+from bench_sections import enqueue_section, latency, python_section, resources
 from common import BenchError, Procs, become_subreaper, load_average, run_header
 
 SECTIONS: dict[str, Callable[[Ctx], SectionResult]] = {
     "drain": drain,
+    "drain_big": drain_big,
     "enqueue": enqueue_section,
     "backlog": backlog,
     "latency": latency,
@@ -85,13 +91,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sections", type=_csv(tuple(SECTIONS)), default=list(SECTIONS),
                    help=f"{','.join(SECTIONS)} (default all)")
     p.add_argument("--repeat", type=int, help="repetitions (default 5; 1 with --quick)")
+    p.add_argument("--big-repeat", type=int,
+                   help="repetitions of drain_big (default 2; 1 with --quick)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, no numbers")
     p.add_argument("--out", type=Path, metavar="FILE.md", help="also write the tables here")
     p.add_argument("--json", type=Path, metavar="FILE", help="write the raw samples as JSON")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = p.parse_args(argv)
-    if args.repeat is not None and args.repeat < 1:
-        p.error("--repeat must be >= 1")
+    for name in ("repeat", "big_repeat"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
     for out in (args.out, args.json):
         if out is not None and not out.resolve().parent.is_dir():
             p.error(f"{out}: no such directory")  # found now, not after the run
@@ -153,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     install_tasks(root / "tasks")
     backends = {b: Backend(b, root, args.mysql_url) for b in args.backends}
     ctx = Ctx(sizes=sizes, repeat=args.repeat or (1 if args.quick else 5), root=root,
-              backends=backends, procs=Procs(root / "procs", sizes.process_timeout))
+              backends=backends, procs=Procs(root / "procs", sizes.process_timeout),
+              big_repeat=args.big_repeat or (1 if args.quick else 2))
     try:
         header["machine"].update(check_backends(backends))
         results, errors = run_sections(ctx, args.sections)
@@ -189,11 +199,12 @@ def build_report(args: argparse.Namespace, ctx: Ctx, header: dict[str, Any],
         columns, rows = section_table(r.samples, r.labels, args.backends)
         sections[name] = {"header": columns, "rows": rows, "extras": r.extras,
                           "flags": r.flags, "samples": [asdict(s) for s in r.samples]}
-    return {**header, "backends": args.backends, "repeat": ctx.repeat, "quick": args.quick,
+    return {**header, "backends": args.backends, "repeat": ctx.repeat,
+            "big_repeat": ctx.big_repeat, "quick": args.quick,
             "sizes": asdict(ctx.sizes), "elapsed_s": time.monotonic() - ctx.t0,
             "order": [n for n in args.sections if n in sections or n in errors],
             "sections": sections, "errors": errors,
-            "targets": judge(results, errors, args.backends)}
+            "targets": judge(results, errors, args.backends, asdict(ctx.sizes))}
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from bench_drain import drain_limit, write_drain_args
 from bench_lib import (
     HERE,
     NO_DB,
@@ -27,7 +28,6 @@ from bench_lib import (
     paired_ratios,
     run_rotated,
 )
-from bench_sections import drain_limit, write_drain_args
 from common import clean_env
 
 INTERPRETERS = {

@@ -47,6 +47,7 @@ class Sizes:
     """How much work each section does (full run, or ``--quick`` for a smoke test)."""
 
     drain: int = 2000
+    drain_big: int = 20_000  # the drain_big section (repeated --big-repeat times)
     add_calls: int = 3000
     add_many_rows: int = 100_000
     backlog_small: int = 10_000  # pending rows
@@ -64,7 +65,7 @@ class Sizes:
 
 
 FULL = Sizes()
-QUICK = Sizes(drain=100, add_calls=200, add_many_rows=5000, backlog_small=2000,
+QUICK = Sizes(drain=100, drain_big=200, add_calls=200, add_many_rows=5000, backlog_small=2000,
               backlog_big=20_000, claims=5, backlog_drain=100, latency_tasks=15,
               python_tasks=30, mission_ticks=2, floor_runs=3, fork_loops=100, exec_loops=10,
               process_timeout=180.0)
@@ -212,6 +213,7 @@ class Ctx:
     root: Path
     backends: dict[str, Backend]
     procs: Procs
+    big_repeat: int = 2  # repetitions of the drain_big section
     t0: float = field(default_factory=time.monotonic)
 
     @property
@@ -333,15 +335,18 @@ def rotated(items: Sequence[T], rep: int) -> list[T]:
 
 
 def run_rotated(ctx: Ctx, section: str, variants: Sequence[tuple[str, str]],
-                measure: Callable[[str, str, int], dict[str, float]]) -> list[Sample]:
+                measure: Callable[[str, str, int], dict[str, float]],
+                repeat: int | None = None) -> list[Sample]:
+    """Every variant ``repeat`` times (default ``ctx.repeat``), rotated."""
     samples = []
-    for rep in range(ctx.repeat):
+    repeat = ctx.repeat if repeat is None else repeat
+    for rep in range(repeat):
         for backend, variant in rotated(variants, rep):
             metrics = measure_guarded(ctx, backend, functools.partial(measure, backend,
                                                                       variant, rep))
             samples.append(Sample(section, backend, variant, rep, metrics))
             shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-            ctx.log(f"{section} {backend} {variant} rep {rep + 1}/{ctx.repeat}: {shown}")
+            ctx.log(f"{section} {backend} {variant} rep {rep + 1}/{repeat}: {shown}")
     return samples
 
 

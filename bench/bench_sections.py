@@ -1,12 +1,13 @@
-"""The sections of bench.py that run real processes against small databases: drain, enqueue,
-latency, python and resources (backlog, with its million-row tables, is bench_backlog.py).
+"""The sections of bench.py that run real processes against small databases: enqueue,
+latency, python and resources (drain and drain_big are bench_drain.py; backlog, with its
+million-row tables, is bench_backlog.py).
 What each measures, and how, is in docs/benchmarks.md."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
+import re
 import shlex
 import signal
 import sqlite3
@@ -14,13 +15,12 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pymysql
 from bench_lib import (
-    HERE,
     Backend,
     Ctx,
     SectionResult,
@@ -29,6 +29,7 @@ from bench_lib import (
     merge_samples,
     paired_ratios,
     param_text,
+    reader,
     require_done,
     run_rotated,
     run_times,
@@ -36,127 +37,22 @@ from bench_lib import (
 )
 from common import (
     BenchError,
-    Finished,
     HwmSampler,
     children_of,
     clean_env,
     has_exited,
-    machine_cpu_s,
     past_minute,
     percentile,
     reap_orphans,
+    sql_time,
     toml_str,
     wait_until,
     write_script,
 )
 from driver_clock import DriverClock
-from sqlalchemy import create_engine, text
-
-# -- drain ------------------------------------------------------------------------------------
-
-NAIVE_DDL = {
-    "sqlite": "CREATE TABLE naive (id INTEGER PRIMARY KEY AUTOINCREMENT, taskscript TEXT NOT "
-              "NULL, param TEXT NOT NULL, status INTEGER NOT NULL DEFAULT 0, priority INTEGER "
-              "NOT NULL DEFAULT 0)",
-    "mariadb": "CREATE TABLE naive (id BIGINT AUTO_INCREMENT PRIMARY KEY, taskscript "
-               "VARCHAR(255) NOT NULL, param TEXT NOT NULL, status SMALLINT NOT NULL DEFAULT 0, "
-               "priority INT NOT NULL DEFAULT 0) ENGINE=InnoDB",
-}
-
-
-def drain(ctx: Ctx) -> SectionResult:
-    n = ctx.sizes.drain
-    params = drain_params(n)
-    args_file = write_drain_args(ctx, params)
-
-    def measure(backend: str, variant: str, rep: int) -> dict[str, float]:
-        b = ctx.backends[backend]
-        if variant == "cronqueue":
-            finished, cpu, extra = drain_cronqueue(ctx, b, params)
-        elif variant == "limit":
-            finished, cpu, extra = drain_limit(ctx, args_file)
-        else:
-            finished, cpu, extra = drain_naive(ctx, b, params)
-        seconds = max(f.seconds for f in finished)
-        return {"tasks_per_s": n / seconds, "seconds": seconds, **extra,
-                "cpu_ms_per_task": sum(f.cpu_s for f in finished) / n * 1e3,
-                "machine_cpu_ms_per_task": cpu / n * 1e3}
-
-    variants = [(b, v) for b in ctx.backends for v in ("cronqueue", "limit", "naive")]
-    samples = run_rotated(ctx, "drain", variants, measure)
-    samples += paired_ratios(samples, "drain", "cronqueue", "limit", "tasks_per_s",
-                             "cronqueue/limit")
-    samples += paired_ratios(samples, "drain", "naive", "limit", "tasks_per_s", "naive/limit")
-    return SectionResult(samples, labels={"limit": "limit (xargs -P 2)",
-                                          "naive": "naive table queue"})
-
-
-def write_drain_args(ctx: Ctx, params: list[dict[str, Any]]) -> Path:
-    """The params, one JSON text a line: what xargs (and the floors' spawn loop) read."""
-    args_file = ctx.root / "drain-args.txt"
-    args_file.write_text("".join(param_text(p) + "\n" for p in params))
-    return args_file
-
-
-Drained = tuple[list[Finished], float, dict[str, float]]  # processes, machine CPU s, extra
-
-
-def drain_cronqueue(ctx: Ctx, backend: Backend, params: list[dict[str, Any]]) -> Drained:
-    """Two burst shards; also the steady rate and the first task's start after the launch."""
-    url = backend.fresh("drain")
-    try:
-        enqueue(ctx, url, [{"taskscript": "true", "param": p} for p in params])
-        cpu, launched = machine_cpu_s(), time.time()
-        _, finished = ctx.run_shards(url, total=2)
-        cpu = machine_cpu_s() - cpu
-        require_done(url, len(params), f"drain on {backend.kind}")
-        n, started, first, last = run_times(url)
-    finally:
-        backend.drop(url)
-    return finished, cpu, {"steady_per_s": steady_rate(n, first, last),
-                           "first_task_s": started.timestamp() - launched}
-
-
-def drain_limit(ctx: Ctx, args_file: Path) -> Drained:
-    argv = ["xargs", "-P", "2", "-n", "1", "-d", "\n", str(ctx.task_dir / "true")]
-    with open(args_file, "rb") as stdin:
-        cpu = machine_cpu_s()
-        finished = ctx.procs.wait(ctx.procs.start(argv, name="xargs", stdin=stdin, cwd=ctx.root))
-        return [finished], machine_cpu_s() - cpu, {}
-
-
-def drain_naive(ctx: Ctx, backend: Backend, params: list[dict[str, Any]]) -> Drained:
-    """The naive table queue (naive_worker.py): two workers, one row at a time."""
-    url = backend.fresh("naive")
-    engine = create_engine(url)
-    try:
-        with engine.begin() as conn:
-            if backend.kind == "sqlite":
-                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
-            conn.execute(text(NAIVE_DDL[backend.kind]))
-            conn.execute(text("INSERT INTO naive (taskscript, param) VALUES ('true', :param)"),
-                         [{"param": param_text(p)} for p in params])
-        env = clean_env(NAIVE_DB=json.dumps(backend.driver_params(url)),
-                        NAIVE_TASK_DIR=str(ctx.task_dir))
-        cpu = machine_cpu_s()
-        procs = [ctx.procs.start([sys.executable, str(HERE / "naive_worker.py"), str(i), "2"],
-                                 name=f"naive{i}", env=env, cwd=ctx.root) for i in range(2)]
-        finished = [ctx.procs.wait(proc) for proc in procs]
-        cpu = machine_cpu_s() - cpu
-        with engine.connect() as conn:
-            done = conn.execute(text("SELECT COUNT(*) FROM naive WHERE status = 1")).scalar()
-        if done != len(params):
-            raise BenchError(f"naive queue on {backend.kind}: {done} of {len(params)} done")
-    finally:
-        engine.dispose()
-        backend.drop(url)
-    return finished, cpu, {}
-
+from sqlalchemy import text
 
 # -- enqueue ----------------------------------------------------------------------------------
-
-RAW_INSERT = "INSERT INTO queue (taskscript, param) VALUES ({mark}, {mark})"
-
 
 def enqueue_section(ctx: Ctx) -> SectionResult:
     def measure(backend: str, variant: str, rep: int) -> dict[str, float]:
@@ -165,11 +61,13 @@ def enqueue_section(ctx: Ctx) -> SectionResult:
         try:
             with ctx.queue(url) as q:
                 q.init_db()
-                if variant in ("add", "add_many"):
-                    q.add("true", {"warm-up": True})  # connects; not timed
-                    return (queue_add(q, ctx.sizes.add_calls) if variant == "add"
-                            else queue_add_many(q, ctx.sizes.add_many_rows))
-            return raw_enqueue(b, url, ctx.sizes.add_calls if variant == "add raw"
+                warm = q.add("true", {"to": "user0@example.com", "n": 0})  # connects; untimed
+                if variant == "add":
+                    return queue_add(q, ctx.sizes.add_calls)
+                if variant == "add_many":
+                    return queue_add_many(q, ctx.sizes.add_many_rows)
+            row = template_row(url, warm)
+            return raw_enqueue(b, url, row, ctx.sizes.add_calls if variant == "add raw"
                                else ctx.sizes.add_many_rows, bulk=variant == "add_many raw")
         finally:
             b.drop(url)
@@ -181,8 +79,8 @@ def enqueue_section(ctx: Ctx) -> SectionResult:
     samples += paired_ratios(samples, "enqueue", "add_many", "add_many raw", "rows_per_s",
                              "add_many/raw")
     return SectionResult(samples, labels={
-        "add raw": "add raw (bare driver: INSERT + COMMIT per call)",
-        "add_many raw": "add_many raw (bare driver: executemany + one COMMIT)"})
+        "add raw": "add raw (bare driver, the same row: INSERT + COMMIT per call)",
+        "add_many raw": "add_many raw (bare driver, the same rows: executemany, one COMMIT)"})
 
 
 def queue_add(q: Any, calls: int) -> dict[str, float]:
@@ -209,44 +107,85 @@ def queue_add_many(q: Any, rows: int) -> dict[str, float]:
             "statements": clock.count}
 
 
-def raw_enqueue(backend: Backend, url: str, n: int, *, bulk: bool) -> dict[str, float]:
-    """The bare driver's floor under add() (one-row INSERT + COMMIT per call) or add_many()
-    (every row in one executemany, one COMMIT), into the tables init_db created."""
-    params = [("true", param_text(p)) for p in drain_params(n)]
+_SQL_TIME = re.compile(r"^\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(\.\d+)?$")
+
+
+def template_row(url: str, task_id: int) -> dict[str, Any]:
+    """The row add() wrote (read back): every column but ``id`` that is not NULL, with its
+    value. The bare-driver floors insert this row (its ``param`` and times per row)."""
+    engine = reader(url)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(text("SELECT * FROM queue WHERE id = :id"),
+                               {"id": task_id}).mappings().one()
+    finally:
+        engine.dispose()
+    return {k: v for k, v in row.items() if k != "id" and v is not None}
+
+
+def raw_rows(template: dict[str, Any], n: int) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """``n`` rows like ``template``: the drain params in ``param``, the time columns now (a
+    naive UTC datetime where the driver gave one, else the text SQLite stores)."""
+    columns = list(template)
+    times = {c for c, v in template.items()
+             if isinstance(v, datetime) or (isinstance(v, str) and _SQL_TIME.match(v))}
+    rows = []
+    for p in drain_params(n):
+        now = datetime.now(UTC)
+        values = {c: (now.replace(tzinfo=None) if isinstance(v, datetime) else sql_time(now))
+                  if c in times else v for c, v in template.items()}
+        values["param"] = param_text(p)
+        rows.append(tuple(values[c] for c in columns))
+    return columns, rows
+
+
+def raw_enqueue(backend: Backend, url: str, template: dict[str, Any], n: int, *,
+                bulk: bool) -> dict[str, float]:
+    """The bare driver's floor under add() (the same row as add() writes, a one-row INSERT +
+    COMMIT per call) or add_many() (the same rows in one executemany, one COMMIT; PyMySQL
+    folds it into multi-row INSERTs), into the tables init_db created, with cronqueue's
+    connection settings (SQLite: WAL, synchronous=FULL, BEGIN IMMEDIATE; MariaDB: autocommit
+    off, COMMIT). The rows are built (times taken) inside the timed loop for add(), before it
+    for add_many() (as add_many's caller builds its list before the call)."""
     spec = backend.driver_params(url)
-    if spec["backend"] == "sqlite":  # cronqueue's connection set-up: WAL, synchronous=FULL
+    if spec["backend"] == "sqlite":
         conn: Any = sqlite3.connect(spec["path"], timeout=30, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
-        insert, begin = RAW_INSERT.format(mark="?"), "BEGIN IMMEDIATE"
+        mark, begin = "?", "BEGIN IMMEDIATE"
     else:
         conn = pymysql.connect(host=spec["host"], port=int(spec["port"]), user=spec["user"],
                                password=spec["password"], database=spec["database"],
                                charset="utf8mb4", autocommit=False)
-        insert, begin = RAW_INSERT.format(mark="%s"), None
+        mark, begin = "%s", None
+    columns = list(template)
+    insert = (f"INSERT INTO queue ({', '.join(columns)}) "
+              f"VALUES ({', '.join([mark] * len(columns))})")
     try:
         cur = conn.cursor()
 
-        def transaction(rows: Sequence[tuple[str, str]]) -> None:
+        def transaction(rows: Sequence[tuple[Any, ...]]) -> None:
             if begin:
                 cur.execute(begin)
             cur.executemany(insert, rows)
             conn.commit()
 
-        transaction([("true", '{"warm-up":true}')])
-        began = time.perf_counter()
+        transaction(raw_rows(template, 1)[1])  # warm-up
         if bulk:
-            transaction(params)
+            rows = raw_rows(template, n)[1]
+            began = time.perf_counter()
+            transaction(rows)
         else:
-            for row in params:
-                transaction([row])
+            began = time.perf_counter()
+            for _ in range(n):
+                transaction(raw_rows(template, 1)[1])
         seconds = time.perf_counter() - began
         cur.execute("SELECT COUNT(*) FROM queue")
         count = cur.fetchone()[0]
     finally:
         conn.close()
-    if count != n + 1:
-        raise BenchError(f"raw inserts on {backend.kind}: {count} rows for {n + 1}")
+    if count != n + 2:  # add()'s row and the warm-up
+        raise BenchError(f"raw inserts on {backend.kind}: {count} rows for {n + 2}")
     return {"rows_per_s": n / seconds} if bulk else {"calls_per_s": n / seconds}
 
 

@@ -1,11 +1,13 @@
 """The naive table queue of the drain section, the PHP design ported literally: a plain table
-``naive (id, taskscript, param, status, priority)``, an autocommit connection, one row at a time.
+``naive (id, taskscript, param, status, priority, finished_at)``, an autocommit connection, one
+row at a time.
 
     NAIVE_DB='{"backend": "sqlite", "path": "/tmp/q.db"}' NAIVE_TASK_DIR=/tmp/tasks \\
         python bench/naive_worker.py SHARD TOTAL
 
 Loops: SELECT the best pending row with ``id % TOTAL = SHARD``, run ``[script, param]``,
-UPDATE its status to 1, until none is left. bench.py starts TOTAL of these side by side.
+UPDATE its status to 1 (and ``finished_at``, epoch seconds, in the same statement: bench.py's
+first-task and steady figures), until none is left. bench.py starts TOTAL of these side by side.
 Only the standard library and PyMySQL: no SQLAlchemy, no cronqueue.
 """
 
@@ -16,6 +18,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from typing import Any
 
 
@@ -40,7 +43,7 @@ def main(argv: list[str]) -> int:
     conn, mark, mod = connect(json.loads(os.environ["NAIVE_DB"]))
     pick = (f"SELECT id, taskscript, param FROM naive WHERE status = 0 AND id {mod} {mark} = "
             f"{mark} ORDER BY priority DESC, id LIMIT 1")
-    done = f"UPDATE naive SET status = 1 WHERE id = {mark}"
+    done = f"UPDATE naive SET status = 1, finished_at = {mark} WHERE id = {mark}"
     cur = conn.cursor()
     while True:
         cur.execute(pick, (total, shard))
@@ -49,7 +52,7 @@ def main(argv: list[str]) -> int:
             break
         task_id, script, param = row
         subprocess.run([os.path.join(task_dir, script), param], check=False)
-        cur.execute(done, (task_id,))
+        cur.execute(done, (time.time(), task_id))
     conn.close()
     return 0
 

@@ -21,7 +21,8 @@ from tests.conftest import MYSQL_ADMIN_URL
 from tests.helpers import clean_env
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = ("drain", "enqueue", "backlog", "latency", "python", "resources", "floors")
+SECTIONS = ("drain", "drain_big", "enqueue", "backlog", "latency", "python", "resources",
+            "floors")
 NUMBER = re.compile(r"^-?[\d,]+(\.\d+)?%?( \(.*\))?$")
 
 
@@ -53,8 +54,16 @@ def test_bench_quick_runs_every_section(backend: str, tmp_path: Path) -> None:
     metrics = {(s["variant"], m) for name in SECTIONS
                for s in data["sections"][name]["samples"] for m in s["metrics"]}
     for wanted in [("cronqueue", "tasks_per_s"), ("cronqueue", "steady_per_s"),
-                   ("cronqueue", "first_task_s"), ("cronqueue", "machine_cpu_ms_per_task"),
-                   ("limit", "tasks_per_s"), ("naive", "tasks_per_s"),
+                   ("cronqueue", "first_task_s"), ("cronqueue", "first_done_s"),
+                   ("cronqueue", "machine_cpu_ms_per_task"),
+                   ("cronqueue", "queue_cpu_ms_per_task"), ("mission", "tasks_per_s"),
+                   ("mission", "first_done_s"), ("limit", "tasks_per_s"),
+                   ("naive", "tasks_per_s"), ("naive", "steady_per_s"),
+                   ("naive", "queue_cpu_ms_per_task"), ("huey", "tasks_per_s"),
+                   ("huey", "first_done_s"), ("huey", "queue_cpu_ms_per_task"),
+                   ("best peer", "tasks_per_s"), ("cronqueue/best peer", "ratio"),
+                   ("mission/best peer", "ratio"), ("cronqueue/limit", "steady_ratio"),
+                   ("mission/limit", "steady_ratio"),
                    ("cronqueue/limit", "ratio"), ("naive/limit", "ratio"),
                    ("add", "calls_per_s"), ("add", "driver_ms_per_call"),
                    ("add", "statements_per_call"), ("add_many", "client_us_per_row"),
@@ -64,11 +73,24 @@ def test_bench_quick_runs_every_section(backend: str, tmp_path: Path) -> None:
                    ("shard", "own_hwm_mb"), ("mission", "cpu_s"),
                    ("cli", "startup_cpu_s"), ("exec/fork", "ratio")]:
         assert wanted in metrics, wanted
-    assert all(t[-1] != "not measured" for t in data["targets"]), data["targets"]
+    # every target judged, each reference beside it measured in the same run
+    assert data["targets"], data
+    for target in data["targets"]:
+        assert target[-1] in ("met", "MISSED", "n/a (not available)"), target
+        assert NUMBER.match(target[2]), target
+        assert "—" not in target[3] and "—" not in target[4], target
+    assert {t[0].split(" (")[0] for t in data["targets"]} >= {
+        "drain ≥ 1.25x best peer", "steady ≥ 0.80x xargs -P 2",
+        "queue CPU/task ≤ naive queue's", "first task done ≤ 0.25 s after the shards start",
+        "add() ≥ 0.8x bare driver INSERT + COMMIT, same row",
+        "add_many() ≥ 0.8x bare driver executemany, same rows",
+        "Python fast path ≥ 10x exec path", "mission tick ≤ 0.3 s CPU"}
     text = tables.read_text()
     assert text == res.stdout
     for heading in ("## Machine", "## Targets", *(f"\n## {name}: " for name in SECTIONS)):
         assert heading in text, heading
+    assert text.index("## Targets") < text.index("## Machine") < text.index("\n## drain: ")
+    assert "Load average (1, 5, 15 min) before: " in text
     plans = data["sections"]["backlog"]["extras"]  # the claim's statements, explained
     assert len(plans) == 2, plans
     for body in plans.values():
