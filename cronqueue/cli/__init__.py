@@ -1,7 +1,8 @@
 """The ``cronqueue`` command, one module per role:
 
 * ``main`` — ``main()``: parse, load the configuration, run the command, exit codes;
-* ``parser`` — ``build_parser()`` from the command modules listed in ``parser.COMMANDS``;
+* ``parser`` — ``build_parser()`` from the command modules listed in ``parser.COMMANDS`` (a
+  run imports only the module of its command);
 * ``args`` — the shared flags (``CRONQUEUE_*`` defaults), argument types, signatures;
 * command modules: ``setup`` (init-db, crontab, check, demo), ``tasks`` (add, status, list,
   stats, retry, cancel, purge), ``ops`` (work, mission, schedule, workers), ``pause`` (pause,
@@ -14,8 +15,10 @@ raise ``ConfigError`` for exit 2 with a one-line reason), and ``def register(add
 AddCommand) -> None``, which calls ``p = add("migrate", "help text", cmd_migrate)`` (the
 subcommand, with the common options ``--db``/``--config``/... already on it) and adds its own
 arguments to ``p`` (``args.env_option`` for a flag with a ``CRONQUEUE_*`` variable). The line:
-``migrate.register`` in ``parser.COMMANDS``. Import heavy modules (SQLAlchemy's engine, the
-shard) inside the command function: every command pays for what ``parser`` imports.
+``("migrate", ("migrate",))`` in ``parser.COMMANDS`` (the module and the commands it adds). A
+run imports only its command's module (``--help`` imports them all); import heavy modules
+(SQLAlchemy's engine, the shard) inside the command function all the same: the module's other
+commands, and every ``--help``, pay for what it imports (``tests/unit/test_cli_lazy.py``).
 
 ``cronqueue.cli:main`` (the console script) is ``cronqueue.cli.main.main``.
 """

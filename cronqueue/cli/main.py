@@ -16,13 +16,10 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from sqlalchemy.exc import DBAPIError
-
 from cronqueue.cli.args import Parser
 from cronqueue.cli.parser import build_parser
 from cronqueue.config import Config, load_config
 from cronqueue.errors import ConfigError, CronqueueError, DatabaseError, InvalidTask
-from cronqueue.process.conceal import conceal_db_url
 
 __all__ = ["SIGPIPE_EXIT", "build_parser", "config_from_args", "main", "setup_logging"]
 
@@ -51,6 +48,8 @@ def schema_refusal(exc: DatabaseError, db_url: str) -> str | None:
     tables, `cronqueue migrate` for one behind — as `work` and `mission` say it before they
     start (``migrate.require_current``, asked only now: no query on the way of a command that
     works). None for any other error."""
+    from sqlalchemy.exc import DBAPIError
+
     cause = exc.__cause__
     orig = getattr(cause, "orig", None)
     code = orig.args[0] if orig is not None and orig.args else None
@@ -107,14 +106,16 @@ def _reader_left() -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    parser = build_parser()
     Parser.argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(Parser.argv)  # the module of this command only: cli/parser.py
     args = parser.parse_args(argv)  # --log-level and CRONQUEUE_LOG_LEVEL: args.log_level
     chatty = args.command in ("work", "demo", "mission")
     setup_logging(args.log_level, logging.INFO if chatty else logging.WARNING)
     try:
         cfg = config_from_args(args)
         if args.command in ("work", "mission"):  # ancestors of tasks: see conceal.py
+            from cronqueue.process.conceal import conceal_db_url
+
             conceal_db_url((args.db,) if args.db else ())
         code = int(args.func(args, cfg))
         if argv is None and args.command == "mission":

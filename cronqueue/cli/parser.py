@@ -1,25 +1,51 @@
-"""The ``cronqueue`` argument parser, built from the command modules in :data:`COMMANDS`."""
+"""The ``cronqueue`` argument parser, built from the command modules in :data:`COMMANDS`.
+
+A run imports and registers only the module of the command it runs (``cronqueue work`` builds
+no parser for ``web`` or ``add`` and imports neither module); ``--help``, no command or an
+unknown one builds them all, so that the list and argparse's "invalid choice" name every
+command.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+from collections.abc import Sequence
 
-from cronqueue.cli import metrics, migrate, ops, pause, setup, tasks, web
 from cronqueue.cli.args import Command, Parser, Register, common_options
 
-COMMANDS: tuple[Register, ...] = (
-    setup.register,  # init-db, crontab, check, demo
-    tasks.register,  # add, status, list, stats, retry, cancel, purge
-    ops.register,  # work, mission, schedule, workers
-    pause.register,  # pause, resume
-    migrate.register,  # migrate
-    metrics.register,  # metrics
-    web.register,  # web
+COMMANDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("setup", ("init-db", "crontab", "check", "demo")),
+    ("tasks", ("add", "status", "list", "stats", "retry", "cancel", "purge")),
+    ("ops", ("work", "mission", "schedule", "workers")),
+    ("pause", ("pause", "resume")),
+    ("migrate", ("migrate",)),
+    ("metrics", ("metrics",)),
+    ("web", ("web",)),
 )
-"""Each command module's ``register``, in the order ``--help`` lists their commands."""
+"""Each command module of ``cronqueue.cli`` and the commands its ``register`` adds, in the
+order ``--help`` lists them (``tests/unit/test_cli_lazy.py`` checks the names)."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def register_of(module: str) -> Register:
+    """The ``register`` function of the command module ``cronqueue.cli.<module>``."""
+    register: Register = importlib.import_module(f"cronqueue.cli.{module}").register
+    return register
+
+
+def modules_for(argv: Sequence[str] | None) -> list[str]:
+    """The command modules to register for ``argv``: the one whose command it runs, else
+    all of them (no command, ``--help``, ``--version``, a mistyped command)."""
+    word = argv[0] if argv else None
+    for module, names in COMMANDS:
+        if word in names:
+            return [module]
+    return [module for module, _ in COMMANDS]
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser: of every command, or (given ``argv``) of the command module ``argv`` runs
+    a command of, with the top-level help and options unchanged."""
     parser = Parser(
         prog="cronqueue",
         description="A cron-driven, database-backed batch queue.",
@@ -34,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         common_options(p)
         return p
 
-    for register in COMMANDS:
-        register(add)
+    for module in modules_for(argv):
+        register_of(module)(add)
     return parser
 
 
