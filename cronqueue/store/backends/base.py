@@ -47,6 +47,8 @@ class Backend(ABC):
     # those have fixed answers and asking them costs no transaction.
     server: ClassVar[bool]
     max_lock_name: ClassVar[int] = 64  # characters a named lock's name may have
+    # A positional parameter in the driver's SQL (``store/enqueue.py`` renders its INSERTs).
+    placeholder: ClassVar[str] = "?"
 
     # -- URL and engine -------------------------------------------------------------------------
 
@@ -74,14 +76,10 @@ class Backend(ABC):
         """``SELECT ... FOR UPDATE SKIP LOCKED``: lock rows, passing over rows others hold."""
 
     def returning(self, dialect: Dialect) -> bool:
-        """A multi-row ``INSERT ... RETURNING id``; else one INSERT per row (its lastrowid).
-        The ids of one multi-row INSERT increase in VALUES order (sorted = input order)."""
-        return bool(getattr(dialect, "insert_executemany_returning", False))
-
-    def json_bulk_insert(self, dialect: Dialect) -> bool:
-        """Many rows in one statement as one JSON array parameter (``JSON_TABLE``), with
-        ``RETURNING``: see ``store/enqueue.py``."""
-        return False
+        """A multi-row ``INSERT ... VALUES ... RETURNING id``; else one INSERT per row (its
+        lastrowid). The ids of one multi-row INSERT increase in VALUES order (sorted = input
+        order): see ``store/enqueue.py``."""
+        return bool(getattr(dialect, "insert_returning", False))
 
     def by_primary_key(self, stmt: Select[Any], table: Any) -> Select[Any]:
         """``stmt`` (rows of ``table`` found by primary key) kept off the other indexes: only
@@ -128,11 +126,6 @@ class Backend(ABC):
     def auto_increment_step(self, conn: Connection) -> int:
         """How far apart consecutive auto-increment ids are (Galera, multi-primary: > 1)."""
         return 1
-
-    def insert_select_id_step(self, conn: Connection) -> int:
-        """The step between the ids of one ``INSERT ... SELECT`` if they are consecutive (so
-        the first id tells them all), else 0 (read them back)."""
-        return 0
 
     def server_uptime(self, conn: Connection) -> float | None:
         """Seconds since the database server started; None for an embedded database."""

@@ -1,6 +1,6 @@
 """MySQL 8 and MariaDB (through PyMySQL): row locks, ``SKIP LOCKED`` (MySQL >= 8.0.1, MariaDB
->= 10.6), ``GET_LOCK`` named locks, ``max_allowed_packet``, MariaDB's ``RETURNING`` and
-``JSON_TABLE`` bulk insert."""
+>= 10.6), ``GET_LOCK`` named locks, ``max_allowed_packet``, MariaDB's ``INSERT ... RETURNING``
+(>= 10.5)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,6 @@ PING_AFTER_IDLE = 1.0  # seconds a pooled connection may idle before it is pinge
 _UPTIME = text("SHOW GLOBAL STATUS LIKE 'Uptime'")
 _MAX_PACKET = text("SELECT @@max_allowed_packet")
 _STEP = text("SELECT @@auto_increment_increment")
-_AUTOINC = text("SELECT @@innodb_autoinc_lock_mode, @@auto_increment_increment")
 _GET_LOCK = text("SELECT GET_LOCK(:name, 0)")
 _RELEASE_LOCK = text("SELECT RELEASE_LOCK(:name)")
 _IS_USED = text("SELECT IS_USED_LOCK(:name)")
@@ -62,6 +61,7 @@ class MysqlBackend(Backend):
     row_locks: ClassVar[bool] = True
     named_locks: ClassVar[bool] = True
     server: ClassVar[bool] = True
+    placeholder: ClassVar[str] = "%s"  # PyMySQL's format paramstyle
 
     def normalize_url(self, url: URL) -> URL:
         """``mysql://`` and ``mariadb://`` mean PyMySQL (the driver we ship with)."""
@@ -108,10 +108,6 @@ class MysqlBackend(Backend):
             return version[:2] >= (10, 6)
         return version[:3] >= (8, 0, 1)
 
-    def json_bulk_insert(self, dialect: Dialect) -> bool:
-        """``JSON_TABLE`` with ``INSERT ... RETURNING``: MariaDB >= 10.6."""
-        return bool(getattr(dialect, "is_mariadb", False) and _version(dialect)[:2] >= (10, 6))
-
     def by_primary_key(self, stmt: Select[Any], table: Any) -> Select[Any]:
         return self.by_index(stmt, table, "PRIMARY")
 
@@ -150,13 +146,6 @@ class MysqlBackend(Backend):
 
     def auto_increment_step(self, conn: Connection) -> int:
         return int(conn.execute(_STEP).scalar_one())
-
-    def insert_select_id_step(self, conn: Connection) -> int:
-        """``auto_increment_increment`` if ``innodb_autoinc_lock_mode`` is 0 or 1 (MariaDB's
-        default: the AUTO-INC lock is held for the whole INSERT ... SELECT); 0 in mode 2
-        (e.g. Galera: ids may interleave with other sessions')."""
-        mode, step = conn.execute(_AUTOINC).one()
-        return int(step) if int(mode) in (0, 1) else 0
 
     def server_uptime(self, conn: Connection) -> float | None:
         return float(conn.execute(_UPTIME).one()[1])
