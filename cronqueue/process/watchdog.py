@@ -15,9 +15,13 @@ the group kill would miss). The runner puts that token in the script's environme
 private name (``_CRONQUEUE_RUN``, not part of the contract). On the shard's death the helper
 kills:
 
-* the group, if it is still ours: its leader carries the token, or is a zombie, or is gone
-  (a pid is not reused while its zombie or its group lives; a live leader without the token
-  is a reused pid and is left alone);
+* the group, if it is still ours: its leader started while the run was being spawned (its
+  start time, in clock ticks since boot, lies between the readings of ``CLOCK_BOOTTIME`` taken
+  by :meth:`Watchdog.arm` and :meth:`Watchdog.watch`: a pid reused after the shard's death
+  starts later), or carries the token, or is gone (a pid is not reused while its zombie or its
+  group lives; a live leader that started outside the window without the token is a reused
+  pid and is left alone). The shard reads two clocks per run, not ``/proc/PID/stat`` (that
+  read, racing the script's ``exec``, cost a quarter of a trivial task's spawn);
 * every process whose environment carries the token (the run and what it started, its group
   if it leads one), looking again a moment later for a script still between ``vfork`` and
   ``exec``.
@@ -39,8 +43,7 @@ import os
 import struct
 import subprocess
 import sys
-
-from cronqueue.process.identity import pid_start_ticks
+import time
 
 log = logging.getLogger("cronqueue.watchdog")
 
@@ -49,9 +52,9 @@ import os, signal, time
 pipe, slot = (int(x) for x in os.environ["CRONQUEUE_WATCHDOG_FDS"].split(","))
 while os.read(pipe, 64):
     pass
-raw = os.pread(slot, 32, 0)
-pgid, start = (int.from_bytes(raw[i:i + 8], "little", signed=True) for i in (0, 8))
-token = raw[16:32]
+raw = os.pread(slot, 40, 0)
+pgid, low, high = (int.from_bytes(raw[i:i + 8], "little", signed=True) for i in (0, 8, 16))
+token = raw[24:40]
 def started(pid):
     with open("/proc/%d/stat" % pid, "rb") as f:
         data = f.read()
@@ -63,7 +66,7 @@ if any(token):
     mark = b"\\0_CRONQUEUE_RUN=" + token.hex().encode() + b"\\0"
     if pgid > 0:
         try:
-            ours = started(pgid) == start or carries(pgid)
+            ours = low <= started(pgid) <= high or carries(pgid)
         except FileNotFoundError:
             ours = True  # the leader is gone: its pid, still the group's id, is not reused
         except (OSError, ValueError, IndexError):
@@ -89,8 +92,11 @@ if any(token):
             except OSError:
                 pass
 """
-_SLOT = struct.Struct("<qq16s")  # group id, its leader's start ticks, the run's token
-_GROUP = struct.Struct("<qq")
+# The group id, the window its leader started in (clock ticks since boot: /proc/PID/stat's
+# field 22), the run's token.
+_SLOT = struct.Struct("<qqq16s")
+_GROUP = struct.Struct("<qqq")
+_TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 RUN_VAR = b"_CRONQUEUE_RUN"  # private: the run's token in the script's environment
 
 
@@ -100,6 +106,7 @@ class Watchdog:
         self._fd: int | None = None  # the pipe's write end: closing it wakes the helper
         self._slot: mmap.mmap | None = None
         self._broken = False  # could not start: do not try again
+        self._armed = 0  # boot ticks when the current run was armed (the window's start)
 
     @property
     def running(self) -> bool:
@@ -139,17 +146,19 @@ class Watchdog:
         script's environment as ``RUN_VAR``."""
         token = os.urandom(16)
         if self._slot is not None:
-            _SLOT.pack_into(self._slot, 0, 0, 0, token)
+            _SLOT.pack_into(self._slot, 0, 0, 0, 0, token)
+        self._armed = _boot_ticks() - 1  # a tick early: rounding can only widen the window
         return token.hex().encode()
 
     def watch(self, pgid: int) -> None:
-        """``pgid`` (the script's pid: it leads its own group) is the group to kill should
-        the shard die; 0: the run is over, nothing to kill."""
+        """``pgid`` (the script's pid: it leads its own group, and was spawned since
+        :meth:`arm`) is the group to kill should the shard die; 0: the run is over, nothing to
+        kill."""
         if self._slot is not None:
             if pgid:
-                _GROUP.pack_into(self._slot, 0, pgid, pid_start_ticks(pgid) or -1)
+                _GROUP.pack_into(self._slot, 0, pgid, self._armed, _boot_ticks())
             else:
-                _SLOT.pack_into(self._slot, 0, 0, 0, bytes(16))
+                _SLOT.pack_into(self._slot, 0, 0, 0, 0, bytes(16))
 
     def close(self) -> None:
         """Stop the helper (after the last task: the slot is empty, it kills nothing)."""
@@ -162,3 +171,9 @@ class Watchdog:
         if self._slot is not None:
             self._slot.close()
             self._slot = None
+
+
+def _boot_ticks() -> int:
+    """Now, in the clock ticks since boot that /proc/PID/stat gives a process's start in (the
+    kernel rounds ``CLOCK_BOOTTIME`` down to them, in this time namespace as the helper's)."""
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME) // _TICK_NS

@@ -84,9 +84,27 @@ def test_a_watched_group_dies_with_the_shard(procs: Procs) -> None:
     assert _gone(run)
 
 
+def test_a_group_whose_leader_started_in_the_window_dies_without_its_token(
+        procs: Procs) -> None:
+    """What the window itself decides: the leader lacks the token (a script may exec with a
+    clean environment) and is alive; it started between arm() and watch(), so it is ours."""
+    wd = Watchdog()
+    assert wd.start()
+    wd.arm()
+    run = subprocess.Popen(["sleep", "60"], start_new_session=True, env={})
+    procs.track(run)
+    wd.watch(run.pid)
+    ticks = pid_start_ticks(run.pid)
+    assert wd._slot is not None and ticks is not None
+    assert _GROUP.unpack_from(wd._slot, 0)[1] <= ticks <= _GROUP.unpack_from(wd._slot, 0)[2]
+    _shard_dies(wd)
+    assert _gone(run)
+
+
 def test_a_reused_group_id_is_left_alone(procs: Procs) -> None:
-    """The slot names a group whose leader is now another process (its pid was reused: the
-    start time differs) and which does not carry the token: not ours."""
+    """The slot names a group whose leader is now another process (its pid was reused: it
+    started after the window the run was spawned in) and which does not carry the token: not
+    ours."""
     wd = Watchdog()
     assert wd.start()
     wd.arm()
@@ -94,7 +112,7 @@ def test_a_reused_group_id_is_left_alone(procs: Procs) -> None:
     procs.track(stranger)
     ticks = pid_start_ticks(stranger.pid)
     assert ticks is not None and wd._slot is not None
-    _GROUP.pack_into(wd._slot, 0, stranger.pid, ticks - 1)
+    _GROUP.pack_into(wd._slot, 0, stranger.pid, ticks - 3, ticks - 1)
     _shard_dies(wd)
     assert stranger.poll() is None
 
