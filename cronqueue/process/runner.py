@@ -6,8 +6,10 @@ that path as the script's), so no rename or link swapped in meanwhile can change
 ``argv[1]`` is the stored param text. The script runs in its own session and process group;
 on timeout (or a forced stop) the whole group gets TERM, then KILL after a grace period, and
 whatever is left of the group when the script exits is killed too. If the shard dies, the
-watchdog kills the group (see watchdog.py; ``PR_SET_PDEATHSIG`` if it cannot run). ``subprocess``
-stays on its fast ``vfork`` path: no ``preexec_fn``, no wrapper ``exec``. Output goes
+watchdog kills the group (see watchdog.py; ``PR_SET_PDEATHSIG`` if it cannot run). The script
+is started by the ``vfork`` + ``exec`` that ``subprocess.Popen`` uses (``_spawn``), called
+directly with the environment encoded once per shard (Popen encodes every variable again for
+every task: half the spawn's CPU); no ``preexec_fn``, no wrapper ``exec``. Output goes
 through a pipe that the runner reads while it waits (capture.py): a bounded head on disk, the
 tail in memory; the row gets the last ``tail_bytes``, ``log_dir/YYYY-MM-DD.log`` (opened without
 following links: logfiles.py) head, marker and tail.
@@ -15,7 +17,10 @@ following links: logfiles.py) head, marker and tail.
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import ctypes
+import errno
 import fcntl
 import json
 import logging
@@ -62,10 +67,21 @@ from cronqueue.text import visible
 if TYPE_CHECKING:
     from cronqueue.forkserver.client import ForkServer
 
+# What subprocess.Popen calls to vfork and exec (the same arguments from 3.11 to 3.13; typed
+# Any: typeshed's stub refuses the None that Popen itself passes as preexec_fn).
+_fork_exec: Any
+try:
+    from _posixsubprocess import fork_exec as _fork_exec
+except ImportError:  # pragma: no cover - not CPython on POSIX
+    _fork_exec = None
+_DIRECT = _fork_exec is not None and (3, 11) <= sys.version_info[:2] <= (3, 13)
+
 log = logging.getLogger("cronqueue.runner")
 
 # Never handed to task scripts: the queue's own credentials.
 _HIDDEN_ENV = ("CRONQUEUE_DB_URL",)
+# Set per task: a value the shard itself inherited is not passed on as well.
+_TASK_VARS = (b"CRONQUEUE_TASK_ID", b"CRONQUEUE_ATTEMPT", b"CRONQUEUE_QUEUE", RUN_VAR)
 _PR_SET_PDEATHSIG = 1
 _SMALL_OUTPUT = 64 * 1024  # bytes of output appended to the day log in a single write
 _TAIL_KEPT = 1 << 20  # bytes of the end of a long output kept in memory (at most)
@@ -125,6 +141,9 @@ class Runner:
         # Encoded once: subprocess would encode every variable again for every task.
         self._base_env = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()
                           if k not in _HIDDEN_ENV}
+        self._env_list = [k + b"=" + v for k, v in self._base_env.items()
+                          if k not in _TASK_VARS]  # execve's form, for _spawn
+        self._cwd = str(self.task_dir)
         self._euid = os.geteuid()
         self._watchdog = Watchdog()
         self._logs = LogDir(self.log_dir)
@@ -213,15 +232,13 @@ class Runner:
         except ScriptError as exc:
             return RunResult(None, 0.0, str(exc), ScriptNotRunnable(str(exc)),
                              permanent=exc.permanent)
-        env = self._base_env.copy()
-        env[b"CRONQUEUE_TASK_ID"] = b"%d" % task.id
-        env[b"CRONQUEUE_ATTEMPT"] = b"%d" % attempt
-        env[b"CRONQUEUE_QUEUE"] = os.fsencode(task.queue)
+        task_vars = [b"CRONQUEUE_TASK_ID=%d" % task.id, b"CRONQUEUE_ATTEMPT=%d" % attempt,
+                     b"CRONQUEUE_QUEUE=" + os.fsencode(task.queue)]
         capture = Capture(self._head_file, self._head_kept, self._tail_kept)
         try:
             stdin = self._stdin_fd(task.secret)
             try:
-                child = self._start(script, task.param, env, capture.write_fd, stdin)
+                child = self._start(script, task.param, task_vars, capture.write_fd, stdin)
             except OSError as exc:
                 self._watchdog.watch(0)
                 direct = len(script.argv) == 1  # executed itself: its #! line may say why
@@ -235,10 +252,12 @@ class Runner:
                     os.close(stdin)
                 capture.started()
             deadline = None if timeout is None else started + timeout
-            outcome = self._wait(child, deadline, abort, wake_fd, tick, capture)
-            if outcome != "exited":
-                self._kill_group(child, capture)
-            returncode = child.reap()
+            try:
+                outcome = self._wait(child, deadline, abort, wake_fd, tick, capture)
+                if outcome != "exited":
+                    self._kill_group(child, capture)
+            finally:  # whatever went wrong, no script of ours is left running or unreaped
+                returncode = child.reap()
             self._watchdog.watch(0)
             duration = time.monotonic() - started
             captured = capture.finish()
@@ -261,24 +280,42 @@ class Runner:
             failure = ProcessExitError(f"exit status {returncode}" + (f": {why}" if why else ""))
         return RunResult(returncode, duration, output, failure, interrupted=outcome == "abort")
 
-    def _start(self, script: Script, param: str, env: dict[bytes, bytes], out: int,
+    def _start(self, script: Script, param: str, task_vars: list[bytes], out: int,
                stdin: int) -> Child:
+        """Start the script; ``task_vars`` (``NAME=value``) are added to the shard's
+        environment."""
         if script.forkable:
-            forked = self._fork(script, param, env, out, stdin)
+            forked = self._fork(script, param, self._env_dict(task_vars), out, stdin)
             if forked is not None:
                 return forked
-        kwargs: dict[str, Any] = {}
-        if not self._watchdog.start() and sys.platform.startswith("linux"):
-            kwargs["preexec_fn"] = _set_pdeathsig  # slow (full fork), only without a watchdog
-        env[RUN_VAR] = self._watchdog.arm()  # before the spawn: see watchdog.py
+        watched = self._watchdog.start()
+        token = self._watchdog.arm()  # before the spawn: see watchdog.py
+        argv = [*script.argv, param]
         # The script's fd stays open across exec: the kernel hands a shebang's interpreter
         # /proc/self/fd/N, and an interpreter by extension gets that path too.
-        proc = subprocess.Popen(
-            [*script.argv, param], stdin=stdin, stdout=out,
-            stderr=subprocess.STDOUT, cwd=self.task_dir, env=env, start_new_session=True,
-            close_fds=True, pass_fds=(script.fd,), **kwargs)
-        self._watchdog.watch(proc.pid)
-        return ExecChild(proc)
+        child: Child
+        if watched and _DIRECT and os.path.dirname(argv[0]):
+            child = _Spawned(_spawn(argv, [*self._env_list, *task_vars, RUN_VAR + b"=" + token],
+                                    self._cwd, stdin, out, script.fd))
+        else:  # no watchdog (PR_SET_PDEATHSIG needs a preexec_fn: a full fork), or no _spawn
+            kwargs: dict[str, Any] = {}
+            if not watched and sys.platform.startswith("linux"):
+                kwargs["preexec_fn"] = _set_pdeathsig
+            env = self._env_dict(task_vars)
+            env[RUN_VAR] = token
+            child = ExecChild(subprocess.Popen(
+                argv, stdin=stdin, stdout=out, stderr=subprocess.STDOUT, cwd=self.task_dir,
+                env=env, start_new_session=True, close_fds=True, pass_fds=(script.fd,),
+                **kwargs))
+        self._watchdog.watch(child.pid)
+        return child
+
+    def _env_dict(self, task_vars: list[bytes]) -> dict[bytes, bytes]:
+        env = self._base_env.copy()
+        for var in task_vars:
+            name, _, value = var.partition(b"=")
+            env[name] = value
+        return env
 
     def _wait(self, child: Child, deadline: float | None, abort: Callable[[], bool],
               wake_fd: int | None, tick: Callable[[], None] | None,
@@ -453,6 +490,91 @@ class Runner:
         if self._log_fd is not None:
             os.close(self._log_fd)
             self._log_fd = None
+
+
+class _Spawned:
+    """A script started by :func:`_spawn`: :class:`ExecChild`'s rules without a Popen (its exit
+    seen through a pidfd and left unreaped until the rest of its group is killed)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.lost = ""
+        try:
+            self._pidfd: int | None = os.pidfd_open(pid)
+        except OSError:
+            self._pidfd = None
+
+    def ready_fd(self) -> int | None:
+        return self._pidfd
+
+    def exited(self) -> bool:
+        try:
+            return os.waitid(os.P_PID, self.pid,
+                             os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return True
+
+    def signal_group(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+
+    def reap(self) -> int:
+        self.signal_group(signal.SIGKILL)  # the leader is a zombie: its group id is still ours
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        return os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+
+
+def _spawn(argv: list[str], env: list[bytes], cwd: str, stdin: int, out: int,
+           keep: int) -> int:
+    """What ``subprocess.Popen(argv, stdin=stdin, stdout=out, stderr=STDOUT, cwd=cwd,
+    env=..., start_new_session=True, close_fds=True, pass_fds=(keep,))`` does, given the
+    environment as execve takes it (``NAME=value``). Returns the pid once ``exec`` succeeded;
+    raises OSError as Popen would if it failed (the child reaped)."""
+    assert _fork_exec is not None
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    low = []
+    while err_w < 3:  # as Popen: the child's error pipe may not be one of its stdio fds
+        low.append(err_w)
+        err_w = os.dup(err_w)
+    for fd in low:
+        os.close(fd)
+    try:
+        try:
+            pid: int = _fork_exec(
+                argv, (os.fsencode(argv[0]),), True, tuple(sorted((keep, err_w))), cwd, env,
+                stdin, -1, -1, out, -1, out, err_r, err_w,
+                True, True, -1, None, None, None, -1, None,
+                getattr(subprocess, "_USE_VFORK", True))
+        finally:
+            os.close(err_w)
+        data = b""
+        while part := os.read(err_r, 50000):  # EOF once exec succeeded
+            data += part
+            if len(data) > 50000:
+                break
+    finally:
+        os.close(err_r)
+    if data:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        raise _spawn_error(data, argv[0], cwd)
+    return pid
+
+
+def _spawn_error(data: bytes, executable: str, cwd: str) -> Exception:
+    """The exception the child reported (``Name:hex errno:text``), as Popen raises it."""
+    try:
+        name, hex_errno, text = data.split(b":", 2)
+        kind = getattr(builtins, name.decode("ascii"), None)
+        num = int(hex_errno, 16)
+    except ValueError:
+        return OSError(errno.EIO, f"bad error data from the child: {data[:200]!r}")
+    if not (isinstance(kind, type) and issubclass(kind, OSError)):
+        return OSError(errno.EIO, text.decode("utf-8", "replace"))
+    where = cwd if text == b"noexec" else executable  # noexec: chdir failed
+    return kind(num, os.strerror(num) if num else text.decode("utf-8", "replace"), where)
 
 
 def _check_param(param: str) -> None:
