@@ -35,8 +35,12 @@ def task(task_id: int) -> Any:
     if t is None:
         abort(404, f"no task with id {task_id}")
     lines = daylog.lines_of(d.config.log_dir, t)
+    # a task whose max_attempts/timeout are NULL gets the configuration's, as a shard does
     return render_template("task.html", task=t, log=lines, now=d.now(),
-                           running=t.status == Status.RUNNING)
+                           running=t.status == Status.RUNNING,
+                           max_attempts=t.max_attempts
+                           or d.config.worker.retry.attempts_for(None),
+                           timeout=t.timeout or d.config.worker.timeout)
 
 
 @bp.get("/tasks/<int:task_id>/live.json")

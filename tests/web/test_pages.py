@@ -146,7 +146,8 @@ def test_pages_through_the_list_see_every_task_once(web: Web) -> None:
 def test_task_page_shows_the_row(web: Web) -> None:
     ids = _every_status(web)
     html = web.html(f"/tasks/{ids['failed']}")
-    for expected in ("c.py", "alpha", "boom", "out", "3 (max", "exit code", "took"):
+    for expected in ("c.py", "alpha", "boom", "out", "3</span> of 3 (worker.max_attempts)",
+                     "600 s (worker.timeout)", "exit code", "took"):
         assert expected in html, expected
     html = web.html(f"/tasks/{ids['pending']}")
     assert "not run yet" in html
