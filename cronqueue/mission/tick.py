@@ -27,17 +27,15 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine
 
-from cronqueue.alerts.ping import Pinger
-from cronqueue.alerts.record import AlertsReport, run_alerts
 from cronqueue.config import Config, MissionEntry
 from cronqueue.errors import ConfigError, DatabaseError, one_line
 from cronqueue.mission.rescue import RescueReport, rescue
@@ -54,6 +52,10 @@ from cronqueue.store.pauses import Pause
 from cronqueue.store.runs import Runs
 from cronqueue.store.ticks import Ticks
 from cronqueue.text import visible
+
+if TYPE_CHECKING:  # the alert step and the ping are imported when configured (urllib, smtp)
+    from cronqueue.alerts.ping import Pinger
+    from cronqueue.alerts.record import AlertsReport
 
 log = logging.getLogger("cronqueue.mission")
 Launcher = Callable[[list[str], dict[str, str], Path], Any]
@@ -82,6 +84,24 @@ class TickReport:
     plan: list[str] = field(default_factory=list)  # with plan(): what the tick would do
     timings: dict[str, float] = field(default_factory=dict)  # step -> seconds it took
     alerts: AlertsReport | None = None  # with [alerts]: what the alert step changed and sent
+
+
+def _pinger(config: Config) -> Pinger | None:
+    """The tick's pings when ``[health] ping_url`` is set (``urllib.request`` is imported only
+    then), else None."""
+    if config.health.ping_url is None:
+        return None
+    from cronqueue.alerts.ping import Pinger
+
+    return Pinger(config.health)
+
+
+def _run_alerts(config: Config, engine: Engine, *, now: datetime, host: str,
+                fired: Mapping[str, datetime], missed: Mapping[str, int]) -> AlertsReport:
+    """The alert step, imported with ``[alerts]`` only (rules, sinks, SMTP, e-mail)."""
+    from cronqueue.alerts.record import run_alerts
+
+    return run_alerts(config, engine, now=now, host=host, fired=fired, missed=missed)
 
 
 def refuse_future_drill(now: datetime, real: datetime) -> None:
@@ -152,8 +172,8 @@ class Mission:
         started = self.clock()
         now = now or started
         report = TickReport()
-        pinger = Pinger(self.config.health)  # the dead-man's switch, if configured
-        if pinger.enabled and not dry_run:
+        pinger = _pinger(self.config) if not dry_run else None  # the dead-man's switch
+        if pinger is not None:
             pinger.start()
         completed = False
         engine = self._engine or make_engine(self.config.db_url)
@@ -184,7 +204,7 @@ class Mission:
             for what, start in starts:
                 self._isolated(report, what, start)
             if self.config.alerts.enabled:  # after the shards: they need not wait for it
-                report.alerts = self._isolated(report, "alerts", lambda: run_alerts(
+                report.alerts = self._isolated(report, "alerts", lambda: _run_alerts(
                     self.config, engine, now=self.clock(), host=me.host, fired=report.fired,
                     missed=report.missed))
             self._isolated(report, "tick record", lambda: Ticks(engine).record(
@@ -192,7 +212,7 @@ class Mission:
             completed = True
             return report
         finally:
-            if pinger.enabled and not dry_run:
+            if pinger is not None:
                 self._isolated(report, "ping", lambda: pinger.finish(
                     completed and not report.errors))
             if self._engine is None:
