@@ -34,14 +34,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_backlog import backlog
-from bench_drain import drain, drain_big
+from bench_drain import PEERS, drain, drain_big
 from bench_floors import floors
 from bench_lib import (
     BOTH_BACKENDS,
@@ -93,14 +93,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, help="repetitions (default 5; 1 with --quick)")
     p.add_argument("--big-repeat", type=int,
                    help="repetitions of drain_big (default 2; 1 with --quick)")
+    p.add_argument("--big-tasks", type=int,
+                   help="tasks of drain_big (default 20,000; 200 with --quick)")
+    p.add_argument("--peers", type=_csv(PEERS), default=["naive", "huey"],
+                   help="the drain's peer queues: naive,huey (default), rq (opt-in: needs "
+                        "pip install rq and a Redis server)")
+    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/15",
+                   help="the RQ peer's Redis (a queue cq_bench_* of its own, deleted after)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, no numbers")
     p.add_argument("--out", type=Path, metavar="FILE.md", help="also write the tables here")
     p.add_argument("--json", type=Path, metavar="FILE", help="write the raw samples as JSON")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = p.parse_args(argv)
-    for name in ("repeat", "big_repeat"):
+    for name in ("repeat", "big_repeat", "big_tasks"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if "rq" in args.peers:
+        from rq_peer import available
+
+        if (why := available(args.redis_url)) is not None:
+            p.error(f"--peers rq: {why}")
     for out in (args.out, args.json):
         if out is not None and not out.resolve().parent.is_dir():
             p.error(f"{out}: no such directory")  # found now, not after the run
@@ -156,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     header = run_header()
     header["machine"]["cronqueue bytecode"] = compile_package()
     sizes = QUICK if args.quick else FULL
+    if args.big_tasks:
+        sizes = replace(sizes, drain_big=args.big_tasks)
     root = Path(tempfile.mkdtemp(prefix="cq_bench_")).resolve()
     for sub in ("logs", "procs"):
         (root / sub).mkdir()
@@ -163,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     backends = {b: Backend(b, root, args.mysql_url) for b in args.backends}
     ctx = Ctx(sizes=sizes, repeat=args.repeat or (1 if args.quick else 5), root=root,
               backends=backends, procs=Procs(root / "procs", sizes.process_timeout),
-              big_repeat=args.big_repeat or (1 if args.quick else 2))
+              big_repeat=args.big_repeat or (1 if args.quick else 2), peers=tuple(args.peers),
+              redis_url=args.redis_url)
     try:
         header["machine"].update(check_backends(backends))
         results, errors = run_sections(ctx, args.sections)

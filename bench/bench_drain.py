@@ -8,20 +8,24 @@ repetitions): the same ``/bin/true '<json>'`` tasks, backlog enqueued first, run
 * ``naive``: the naive table queue (naive_worker.py: SELECT one row, run it, UPDATE it), two
   workers, on the same database kind;
 * ``huey``: huey's SqliteHuey with two worker processes (huey_peer.py), a file of its own
-  whichever the backend of the row (huey has no MariaDB storage of its own).
+  whichever the backend of the row (huey has no MariaDB storage of its own);
+* ``rq`` (opt-in, ``--peers naive,huey,rq``): RQ, two burst workers on the Redis server of
+  ``--redis-url`` (rq_peer.py).
 
 Per variant: the drain rate (tasks / seconds from the launch until drained: the last process
-exit for cronqueue, mission, naive and xargs; the last task's finish for huey, whose consumer
-never exits by itself), the steady rate (first to last finish; xargs: its drain rate, it has no
-start-up to speak of), the first task done after the launch, the CPU of the process tree
-(wait4), the machine's CPU (/proc/stat: the database server included) and the queue's CPU,
-that minus xargs's in the same repetition. Ratios are paired per repetition: the drain against
-the best peer (the faster of naive and huey in that repetition), the steady rate against
-xargs's rate.
+exit for cronqueue, mission, naive, RQ and xargs; the last task's finish for huey, whose
+consumer never exits by itself), the steady rate (first to last finish; xargs: its drain rate,
+it has no start-up to speak of), the first task done after the launch, the CPU of the process
+tree (wait4), the machine's CPU (/proc/stat: the database server included, and anyone else's
+load) and the queue's CPU, that minus xargs's in the same repetition (also from the process
+trees' CPU: no database server, but no other load either). Ratios are paired per repetition: the
+drain against the best peer (the fastest of the peers in that repetition), the steady rate
+against xargs's rate.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -59,22 +63,22 @@ from common import (
 )
 from sqlalchemy import create_engine, text
 
-PEERS = ("naive", "huey")
-QUEUES = ("cronqueue", "mission", *PEERS)  # the variants whose queue CPU is reported
-VARIANTS = ("cronqueue", "mission", "limit", *PEERS)
+PEERS = ("naive", "huey", "rq")  # bench.py --peers: naive,huey by default
 LABELS = {
     "cronqueue": "cronqueue: 2 x cronqueue work --total 2 --shard I",
     "mission": "cronqueue: a mission tick (do_queue total 2)",
     "limit": "limit: xargs -P 2 (steady = its rate)",
     "naive": "naive table queue (2 workers)",
     "huey": "huey SqliteHuey (2 worker processes)",
-    "best peer": "best peer (faster of naive, huey)",
+    "rq": "RQ (2 burst workers, Redis)",
+    "best peer": "best peer (the fastest peer of the repetition)",
     "cronqueue/best peer": "cronqueue work / best peer",
     "mission/best peer": "mission tick / best peer",
     "cronqueue/limit": "cronqueue work / limit",
     "mission/limit": "mission tick / limit",
     "naive/limit": "naive / limit",
     "huey/limit": "huey / limit",
+    "rq/limit": "RQ / limit",
 }
 
 NAIVE_DDL = {
@@ -115,12 +119,14 @@ def drain_section(ctx: Ctx, section: str, n: int, repeat: int) -> SectionResult:
         "limit": lambda b: drain_limit_metrics(ctx, args_file, n),
         "naive": lambda b: drain_naive(ctx, b, params),
         "huey": lambda b: drain_huey(ctx, args_file, n),
+        "rq": lambda b: drain_rq(ctx, args_file, n),
     }
 
     def measure(backend: str, variant: str, rep: int) -> dict[str, float]:
         return runners[variant](ctx.backends[backend])
 
-    variants = [(b, v) for b in ctx.backends for v in VARIANTS]
+    variants = [(b, v) for b in ctx.backends
+                for v in ("cronqueue", "mission", "limit", *ctx.peers)]
     samples = run_rotated(ctx, section, variants, measure, repeat=repeat)
     derived, winners = derive(section, samples)
     return SectionResult(samples + derived, labels=LABELS, extras={
@@ -138,10 +144,12 @@ def derive(section: str, samples: list[Sample]) -> tuple[list[Sample], dict[str,
         limit = by.get((backend, "limit", rep))
         if limit is None:
             continue
-        for variant in QUEUES:
+        for variant in ("cronqueue", "mission", *PEERS):
             if (m := by.get((backend, variant, rep))) is not None:
                 m["queue_cpu_ms_per_task"] = (m["machine_cpu_ms_per_task"]
                                               - limit["machine_cpu_ms_per_task"])
+                m["queue_tree_cpu_ms_per_task"] = (m["cpu_ms_per_task"]
+                                                   - limit["cpu_ms_per_task"])
         peers = {p: by[(backend, p, rep)] for p in PEERS if (backend, p, rep) in by}
         if not peers:
             continue
@@ -157,7 +165,7 @@ def derive(section: str, samples: list[Sample]) -> tuple[list[Sample], dict[str,
             out.append(Sample(section, backend, f"{variant}/best peer", rep, {
                 "ratio": _ratio(m["tasks_per_s"], best["tasks_per_s"]),
                 "steady_ratio": _ratio(m["steady_per_s"], best["steady_per_s"])}))
-        for variant in QUEUES:
+        for variant in ("cronqueue", "mission", *PEERS):
             if (m := by.get((backend, variant, rep))) is None:
                 continue
             out.append(Sample(section, backend, f"{variant}/limit", rep, {
@@ -363,3 +371,37 @@ def done_times(done_dir: Path) -> list[float]:
     for path in done_dir.glob("done-*.txt"):
         times += [float(x) for x in path.read_text().split()]
     return times
+
+
+def drain_rq(ctx: Ctx, args_file: Path, n: int) -> dict[str, float]:
+    """rq_peer.py: enqueue the backlog into a queue of our own, start two burst workers, launch
+    to the last exit; the queue and its jobs deleted after."""
+    work = ctx.root / "rq"
+    shutil.rmtree(work, ignore_errors=True)
+    done_dir = work / "done"
+    done_dir.mkdir(parents=True, exist_ok=True)
+    name = f"cq_bench_{os.getpid()}_{next(_RQ_QUEUES)}"
+    env = clean_env(RQ_TASK_DIR=str(ctx.task_dir), RQ_DONE_DIR=str(done_dir),
+                    PYTHONPATH=str(HERE))
+    peer = [sys.executable, str(HERE / "rq_peer.py")]
+    try:
+        ctx.procs.wait(ctx.procs.start([*peer, "enqueue", ctx.redis_url, name, str(args_file)],
+                                       name="rq-enqueue", env=env, cwd=ctx.root))
+        argv = [sys.executable, "-m", "rq.cli", "worker", "--burst", "-q", "--url",
+                ctx.redis_url, "--path", str(HERE), name]
+        cpu, launched, began = machine_cpu_s(), time.time(), time.perf_counter()
+        procs = [ctx.procs.start(argv, name=f"rq{i}", env=env, cwd=ctx.root) for i in range(2)]
+        finished = [ctx.procs.wait(proc) for proc in procs]
+        seconds = time.perf_counter() - began
+        cpu = machine_cpu_s() - cpu
+    finally:
+        ctx.procs.wait(ctx.procs.start([*peer, "delete", ctx.redis_url, name],
+                                       name="rq-delete", env=env, cwd=ctx.root), check=False)
+    times = done_times(done_dir)
+    if len(times) != n:
+        raise BenchError(f"rq: {len(times)} finish lines for {n} tasks")
+    return _metrics(n, seconds, finished, cpu, launched=launched, first=min(times),
+                    last=max(times))
+
+
+_RQ_QUEUES = itertools.count(1)

@@ -214,6 +214,8 @@ class Ctx:
     backends: dict[str, Backend]
     procs: Procs
     big_repeat: int = 2  # repetitions of the drain_big section
+    peers: tuple[str, ...] = ("naive", "huey")  # the drain sections' peer queues
+    redis_url: str = "redis://127.0.0.1:6379/15"  # the RQ peer's Redis (--peers ...,rq)
     t0: float = field(default_factory=time.monotonic)
 
     @property
