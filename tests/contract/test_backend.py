@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, event, select, text, update
+from sqlalchemy import Connection, Engine, event, func, select, text, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from cronqueue.errors import InvalidTask
@@ -221,6 +221,73 @@ def test_inserted_ids_come_back_in_input_order(db_url: str, engine: Engine, seam
         other.dispose()
     assert len(set(ids)) == len(specs)
     assert _params(engine, ids) == list(range(len(specs)))
+
+
+_ADD_MANY = """
+import json, sys
+from datetime import UTC, datetime
+from cronqueue.spec import build_spec
+from cronqueue.store.database import Store
+from cronqueue.store.engine import make_engine
+url, me, batches, rows = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+now = datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)
+tasks = Store(make_engine(url)).tasks
+print("ready", flush=True)
+sys.stdin.readline()
+ids = []
+for b in range(batches):
+    ids += tasks.add([build_spec("t.sh", {"p": me, "b": b, "i": i}, now=now)
+                      for i in range(rows)], now)
+print(json.dumps(ids), flush=True)
+"""
+
+
+def test_add_many_from_two_processes_gets_each_row_its_own_id(db_url: str,
+                                                              engine: Engine) -> None:
+    """Two processes bulk-insert at once, in batches larger than one statement: the ids each
+    is given are those of its own rows, in its input order (read back from the table)."""
+    batches, rows = 4, 2300  # 3 statements a batch: the cuts are crossed
+    procs = [subprocess.Popen([sys.executable, "-c", _ADD_MANY, db_url, str(me), str(batches),
+                               str(rows)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True) for me in range(2)]
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        for p in procs:  # both start together
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        outs = [p.communicate(timeout=120)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], outs
+    got = [json.loads(out) for out in outs]
+    for me, ids in enumerate(got):
+        assert len(ids) == batches * rows
+        assert _params(engine, ids) == [{"p": me, "b": b, "i": i}
+                                        for b in range(batches) for i in range(rows)]
+    assert len(set(got[0]) | set(got[1])) == 2 * batches * rows
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(q)).scalar_one() == \
+            2 * batches * rows
+
+
+def test_identical_and_duplicate_rows_in_one_batch(engine: Engine) -> None:
+    """Identical plain rows each get their own id, increasing in input order, across the
+    statement cut; a unique key given twice in one batch names the first row both times."""
+    tasks = Store(engine).tasks
+    same = build_spec("t.sh", {"x": 1}, now=NOW)
+    keyed = build_spec("t.sh", {"x": 2}, unique_key="k", now=NOW)
+    specs = [same] * 1200 + [keyed, same, keyed] + [same] * 1300
+    ids = tasks.add(specs, NOW)
+    plain = [*ids[:1200], ids[1201], *ids[1203:]]
+    assert plain == sorted(plain) and len(set(plain)) == len(plain) == 2501
+    assert ids[1200] == ids[1202] and ids[1200] not in plain
+    with engine.connect() as conn:
+        stored = dict(conn.execute(select(q.c.id, q.c.param)).all())
+    assert len(stored) == 2502
+    assert {stored[i] for i in plain} == {'{"x":1}'} and stored[ids[1200]] == '{"x":2}'
 
 
 # -- statement size ---------------------------------------------------------------------------
