@@ -1,7 +1,8 @@
 """cronqueue: a cron-driven, database-backed batch queue. ``from cronqueue import Queue``.
 
-``Queue`` is imported lazily so that task scripts doing ``from cronqueue.task import args``
-do not pay for SQLAlchemy at every start.
+``Queue``, ``Status`` and ``Task`` are imported lazily (on first use of the name) so that task
+scripts doing ``from cronqueue.task import args`` pay neither for SQLAlchemy nor for the model
+(dataclasses, enum, json) at every start: ``import cronqueue`` loads ``errors`` alone.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -15,9 +16,9 @@ from cronqueue.errors import (
     ScriptError,
     TaskNotFound,
 )
-from cronqueue.model import Status, Task
 
 if TYPE_CHECKING:
+    from cronqueue.model import Status, Task
     from cronqueue.queue import Queue
 
 __version__ = "0.1.0"
@@ -41,4 +42,8 @@ def __getattr__(name: str) -> Any:
         from cronqueue.queue import Queue
 
         return Queue
+    if name in ("Status", "Task"):
+        from cronqueue import model
+
+        return getattr(model, name)
     raise AttributeError(f"module 'cronqueue' has no attribute {name!r}")

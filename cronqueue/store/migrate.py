@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, Engine, inspect, select, update
 from sqlalchemy.exc import DBAPIError
@@ -33,10 +33,12 @@ from sqlalchemy.schema import CreateTable
 
 from cronqueue.errors import ConfigError, DatabaseError
 from cronqueue.store.engine import redact, transaction
-from cronqueue.store.migrate_lock import Session, locked
 from cronqueue.store.migrations import Migration, load, newest, set_for
-from cronqueue.store.migrations.shape import Placement, place
 from cronqueue.store.schema import UtcNow, ddl_metadata, migrations_table, record_sql
+
+if TYPE_CHECKING:  # migrate and --status only: not on the way of require_current (a shard)
+    from cronqueue.store.migrate_lock import Session
+    from cronqueue.store.migrations.shape import Placement
 
 log = logging.getLogger("cronqueue.migrate")
 mt = migrations_table
@@ -144,6 +146,8 @@ class Outcome:
 # -- reading ----------------------------------------------------------------------------------
 
 def read_state(conn: Connection) -> State:
+    from cronqueue.store.migrations.shape import place
+
     migrations = load(set_for(conn.dialect.name))
     if not inspect(conn).has_table(mt.name):
         return State(migrations, None, place(conn))
@@ -274,6 +278,8 @@ def _missing(exc: DBAPIError, what: str) -> bool:
 
 def upgrade(engine: Engine, to: int | None = None) -> Outcome:
     """Bring the database to version ``to`` (default: the newest); see the module docstring."""
+    from cronqueue.store.migrate_lock import locked
+
     def run() -> Outcome:
         with locked(engine) as s:
             state = read_state(s.conn)

@@ -58,10 +58,14 @@ def test_a_tick_without_alerts_or_ping_imports_neither() -> None:
     assert present(modules, NOT_FOR_A_TICK) == []
 
 
-def test_importing_cronqueue_loads_no_database_layer() -> None:
-    """``import cronqueue`` (task scripts: ``cronqueue.task``) loads no SQLAlchemy."""
+def test_importing_cronqueue_loads_no_database_layer_and_no_model() -> None:
+    """``import cronqueue`` (task scripts: ``cronqueue.task``) loads no SQLAlchemy, and not
+    the model either (dataclasses, enum): its names come on first use."""
     modules = loaded_after("import cronqueue, cronqueue.task")
-    assert present(modules, ("sqlalchemy", "pymysql", *OPTIONAL)) == []
+    assert present(modules, ("sqlalchemy", "pymysql", "cronqueue.model", "cronqueue.queue",
+                             "dataclasses", *OPTIONAL)) == []
+    modules = loaded_after("from cronqueue import Status, Task\nassert Status.DONE == 1")
+    assert "cronqueue.model" in modules and present(modules, ("sqlalchemy",)) == []
 
 
 def test_commands_lists_what_each_module_registers() -> None:
