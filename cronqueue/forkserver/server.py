@@ -42,6 +42,7 @@ import signal  # noqa: E402
 import socket  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
+from _weakref import CallableProxyType, ProxyType, ReferenceType  # noqa: E402
 from _weakref import ref as _weakref  # noqa: E402
 from importlib.machinery import SourceFileLoader  # noqa: E402
 
@@ -66,6 +67,16 @@ _PR_SET_PDEATHSIG = 1
 _prctl = ctypes.CDLL(None, use_errno=True).prctl
 _PDEATHSIG_ARGS = (ctypes.c_int(_PR_SET_PDEATHSIG), ctypes.c_ulong(signal.SIGKILL),
                    ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
+_SYS_CLOSE_RANGE = 436  # the same number on every Linux architecture (>= 5.9)
+_syscall = ctypes.CDLL(None, use_errno=True).syscall
+_syscall.restype = ctypes.c_long
+_CLOSE_RANGE_ARGS = (ctypes.c_long(_SYS_CLOSE_RANGE),)
+_FD_MAX = ctypes.c_uint(0xFFFFFFFF)
+_TZ = os.environ.get("TZ")  # the server's: a task with the same TZ needs no tzset()
+# ctypes sets up a function's first call lazily: done here, not again in every child.
+_prctl(ctypes.c_int(3), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0),
+       ctypes.c_ulong(0))  # PR_GET_DUMPABLE: changes nothing
+_syscall(*_CLOSE_RANGE_ARGS, 1, 0, 0)  # first > last: EINVAL, closes nothing
 
 
 class _Stop(BaseException):
@@ -80,10 +91,12 @@ class _Request:
     """In a new child: the task it is to become."""
 
     def __init__(self, request: dict[str, object], fds: list[int], report: socket.socket,
-                 server: _Server, source: bytes, code: CodeType | None) -> None:
+                 server: _Server, source: bytes, code: CodeType | None,
+                 real_dir: str) -> None:
         self.request = request
         self.fds = fds  # stdin, stdout
         self.source = source  # the script's, as the server read it from the file it was given
+        self.real_dir = real_dir  # the directory of the file it was given (sys.path[0])
         self.code = code  # ... and compiled, unless its compilation failed or warned
         self.report = report  # to the server: b"ok" once set up (then the go: b"g"), or why not
         self.server_sock = server.sock
@@ -121,6 +134,7 @@ class _Server:
         self.poller.register(sock, select.POLLIN)
         self.seq = 0
         self.modules = frozenset(sys.modules) - {"__main__"}  # (imports are done by now)
+        _FINALIZES.update(_classes())
 
     def serve(self) -> _Request | None:
         """Serve the client until it goes away (None) - or, in a forked child, its task."""
@@ -192,6 +206,7 @@ class _Server:
             if not isinstance(script, str):
                 raise ValueError("bad spawn request")
             source = _pread_all(fds[2])
+            real_dir = _real_dir(fds[2], script)
         except (OSError, ValueError) as exc:
             _close(*fds)
             _send(self.sock, _failure(exc))
@@ -214,7 +229,7 @@ class _Server:
             return None
         if pid == 0:
             report.close()
-            return _Request(request, fds, child_report, self, source, code)
+            return _Request(request, fds, child_report, self, source, code, real_dir)
         child_report.close()
         _close(*fds)
         with report:
@@ -261,6 +276,19 @@ def _compiled(script: str, source: bytes) -> CodeType | None:
         while len(_CODE) > _CODE_SIZE:
             del _CODE[next(iter(_CODE))]
     return _CODE[key]
+
+
+def _real_dir(fd: int, script: str) -> str:
+    """The directory of the open file ``fd`` (the exec path's ``sys.path[0]``: the real
+    directory of the script run as /proc/self/fd/N), one readlink; by the name if /proc says
+    nothing usable."""
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        target = ""
+    if not target.startswith("/") or target.endswith(" (deleted)"):
+        target = os.path.realpath(script)
+    return os.path.dirname(target)
 
 
 def _failure(exc: OSError | ValueError | TypeError) -> dict[str, object]:
@@ -324,9 +352,6 @@ def _become(req: _Request) -> str:
         os._exit(_SETUP_FAILED)
     req.server_sock.close()
     stdin, stdout = req.fds
-    for fd in os.listdir("/proc/self/fd"):  # every fd but the task's and the server's report
-        if int(fd) > 2 and int(fd) not in (stdin, stdout, req.report.fileno()):
-            _close(int(fd))
     request = req.request
     script, args, env, cwd = (request.get("script"), request.get("args"), request.get("env"),
                               request.get("cwd"))
@@ -337,24 +362,36 @@ def _become(req: _Request) -> str:
         os.dup2(stdin, 0)
         os.dup2(stdout, 1)
         os.dup2(stdout, 2)
-        _close(stdin, stdout)
+        _close_fds_but(req.report.fileno())  # every fd but 0-2 and the server's report
         os.chdir(cwd)
         _set_environ(env)
     except (OSError, ValueError, TypeError) as exc:
         req.report.sendall(json.dumps(_failure(exc)).encode("ascii"))
         os._exit(_SETUP_FAILED)
-    time.tzset()  # TZ as the task's environment says
+    if env.get("TZ") != _TZ:
+        time.tzset()  # TZ as the task's environment says (the server's is set already)
     sys.argv = [script, *args]
     if hasattr(sys, "orig_argv"):
         sys.orig_argv = [_ARGV0, *_OPTIONS, script, *args]
     if _SCRIPT_DIR_ON_PATH:
-        sys.path[0] = os.path.dirname(os.path.realpath(script))
+        sys.path[0] = req.real_dir
     req.report.sendall(b"ok")
     req.report.shutdown(socket.SHUT_WR)
     if req.report.recv(1) != b"g":  # the server died before the client was told
         os._exit(_SETUP_FAILED)
     req.report.close()
     return script
+
+
+def _close_fds_but(keep: int) -> None:
+    """Close every fd above 2 but ``keep``: two close_range() calls (Linux >= 5.9), else one
+    by one as /proc lists them."""
+    if (keep <= 3 or _syscall(*_CLOSE_RANGE_ARGS, 3, keep - 1, 0) == 0) \
+            and _syscall(*_CLOSE_RANGE_ARGS, keep + 1, _FD_MAX, 0) == 0:
+        return
+    for fd in os.listdir("/proc/self/fd"):
+        if int(fd) > 2 and int(fd) != keep:
+            _close(int(fd))
 
 
 # The server's environment, decoded: a task's is compared with it without touching os.environ.
@@ -498,6 +535,61 @@ def _teardown(server_modules: frozenset[str]) -> None:
     gc.collect()
 
 
+_FINALIZES: dict[type, bool] = {}  # see _classes()
+# Above this many objects of the task's (not frozen), teardown runs without looking at them.
+_FEW_OBJECTS = 5000
+
+
+def _nothing_to_finalize(server_modules: frozenset[str]) -> bool:
+    """True if the task's part of teardown would run no code of anyone's (no finalizer, no
+    weakref callback, no file to flush), so that skipping it changes nothing but the time it
+    takes (a third of a trivial task's: every page it touches is copied from the server): the
+    task imported no module, and none of the objects made since the fork (the only ones the
+    teardown can free: the server's are frozen) has a ``__del__`` (files, generators, sockets,
+    classes with one, ...), is a class defining one (its instances may be untracked), or is a
+    weak reference with a callback."""
+    try:
+        if len(sys.modules) != len(server_modules) + 1:
+            return False
+        for name in sys.modules:
+            if name not in server_modules and name != "__main__":
+                return False
+        objects = gc.get_objects()
+        if len(objects) > _FEW_OBJECTS:
+            return False
+        finalizes = _FINALIZES.get
+        for obj in objects:
+            kind = type(obj)
+            if (finalizes(kind, True) or kind is ProxyType or kind is CallableProxyType
+                    or (isinstance(obj, type) and _finalizes(obj))
+                    or (isinstance(obj, ReferenceType) and obj.__callback__ is not None)):
+                return False
+        return True
+    except Exception:  # a strange object: let the teardown deal with it
+        return False
+
+
+def _classes() -> dict[type, bool]:
+    """Every class there is (in the server, before the first fork), and whether it defines
+    ``__del__``: a child looks its objects' classes up here (a class it made is not here: it
+    then counts as one that finalizes)."""
+    found: dict[type, bool] = {}
+    todo: list[type] = [object]
+    while todo:
+        kind = todo.pop()
+        if kind not in found:
+            found[kind] = _finalizes(kind)
+            with contextlib.suppress(TypeError):
+                todo.extend(type.__subclasses__(kind))
+    return found
+
+
+def _finalizes(kind: type) -> bool:
+    """Whether ``kind`` or a base defines ``__del__`` (tp_finalize too): looked up in the
+    classes' own namespaces, not by getattr (no AttributeError raised each time)."""
+    return any("__del__" in base.__dict__ for base in type.__dict__["__mro__"].__get__(kind))
+
+
 def _exit_task(status: int, sigint: bool, server_modules: frozenset[str]) -> NoReturn:
     """The interpreter's exit path: join non-daemon threads, atexit handlers, flush (120 if
     stdout cannot be), teardown, flush again; die by SIGINT after an uncaught KeyboardInterrupt."""
@@ -512,7 +604,8 @@ def _exit_task(status: int, sigint: bool, server_modules: frozenset[str]) -> NoR
     if not _flush_std_files():
         status = 120
     try:
-        _teardown(server_modules)
+        if not _nothing_to_finalize(server_modules):
+            _teardown(server_modules)
     except BaseException as exc:
         _print_traceback(exc)
     if not _flush_std_files():

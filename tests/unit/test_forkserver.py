@@ -203,6 +203,39 @@ SAME_AS_EXEC = {
         named.write('x')
         logging.warning('end')
         """, 0),
+    # No module imported: the task's objects alone tell whether its teardown runs code.
+    "finalizer-no-import": ("""
+        class Noisy:
+            def __del__(self):
+                print('finalizer ran')
+        noisy = Noisy()
+        print('main done')
+        """, 0),
+    "finalizer-untracked-instance": ("""
+        class Slotted:
+            __slots__ = ()
+            def __del__(self):
+                print('untracked finalizer ran')
+        kept = Slotted()
+        """, 0),
+    "finalizer-in-a-cycle": ("""
+        class Node:
+            def __del__(self):
+                print('cycle finalizer ran')
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        del a, b
+        """, 0),
+    "suspended-generator": ("""
+        def numbers():
+            try:
+                yield 1
+            finally:
+                print('generator closed')
+        it = numbers()
+        print(next(it))
+        """, 0),
+    "nothing-to-finalize": ("import json, sys; print(json.loads(sys.argv[1]))", 0),
     "stdin": ("import sys; print(repr(sys.stdin.read()))", 0),
     "argv-and-cwd": ("import os, sys; print(sys.argv[1:], os.getcwd())", 0),
 }
