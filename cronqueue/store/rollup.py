@@ -58,7 +58,9 @@ def _add(backend: Backend, timed: bool) -> Insert:
     else:
         run = cast(null(), BigInteger)
     rows = (select(q.c.queue.label("queue"), outcome.label("outcome"), run.label("us"))
-            .where(q.c.id.in_(ids()), q.c.status.in_(list(OUTCOMES)))
+            # status + 0: found by primary key (on the status index SQLite walked every
+            # finished row, each group commit: 4 ms a flush of 50 with 2,000 done)
+            .where(q.c.id.in_(ids()), (q.c.status + 0).in_(list(OUTCOMES)))
             .subquery())
     columns = [
         rows.c.queue.label("queue"), rows.c.outcome.label("outcome"),
