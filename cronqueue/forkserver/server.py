@@ -536,6 +536,7 @@ def _teardown(server_modules: frozenset[str]) -> None:
 
 
 _FINALIZES: dict[type, bool] = {}  # see _classes()
+_MODULE = type(sys)
 # Above this many objects of the task's (not frozen), teardown runs without looking at them.
 _FEW_OBJECTS = 5000
 
@@ -543,26 +544,26 @@ _FEW_OBJECTS = 5000
 def _nothing_to_finalize(server_modules: frozenset[str]) -> bool:
     """True if the task's part of teardown would run no code of anyone's (no finalizer, no
     weakref callback, no file to flush), so that skipping it changes nothing but the time it
-    takes (a third of a trivial task's: every page it touches is copied from the server): the
-    task imported no module, and none of the objects made since the fork (the only ones the
-    teardown can free: the server's are frozen) has a ``__del__`` (files, generators, sockets,
+    takes (a third of a trivial task's: every page it touches is copied from the server): no
+    module was added to sys.modules, and none of the objects made since the fork (the only
+    ones the teardown can free: the server's are frozen) is a module but the task's
+    ``__main__`` (the task imported none), has a ``__del__`` (files, generators, sockets,
     classes with one, ...), is a class defining one (its instances may be untracked), or is a
-    weak reference with a callback."""
+    weak reference with a callback. (Not by going through sys.modules: that would write to the
+    refcount of every name in it, copying the server's pages they are in.)"""
     try:
         if len(sys.modules) != len(server_modules) + 1:
             return False
-        for name in sys.modules:
-            if name not in server_modules and name != "__main__":
-                return False
         objects = gc.get_objects()
         if len(objects) > _FEW_OBJECTS:
             return False
-        finalizes = _FINALIZES.get
+        finalizes, main = _FINALIZES.get, sys.modules.get("__main__")
         for obj in objects:
             kind = type(obj)
             if (finalizes(kind, True) or kind is ProxyType or kind is CallableProxyType
                     or (isinstance(obj, type) and _finalizes(obj))
-                    or (isinstance(obj, ReferenceType) and obj.__callback__ is not None)):
+                    or (isinstance(obj, ReferenceType) and obj.__callback__ is not None)
+                    or (isinstance(obj, _MODULE) and obj is not main)):
                 return False
         return True
     except Exception:  # a strange object: let the teardown deal with it
