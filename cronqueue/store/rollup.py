@@ -61,6 +61,10 @@ def _add(backend: Backend, timed: bool) -> Insert:
             # status + 0: found by primary key (SQLite chose the status index and walked
             # every finished row's entry on each group commit)
             .where(q.c.id.in_(ids()), (q.c.status + 0).in_(list(OUTCOMES)))
+            # A no-op (at most CHUNK ids) that keeps SQLite from flattening the subquery:
+            # flattened, every bucket evaluated ``us`` (4 strftime) again, 3.5 ms a group
+            # commit of 50; as a co-routine 0.3 ms.
+            .limit(CHUNK)
             .subquery())
     columns = [
         rows.c.queue.label("queue"), rows.c.outcome.label("outcome"),
