@@ -49,7 +49,10 @@ Known differences from ``python script.py`` (the price of not starting an interp
   and a file at its start-up) on the task's fds: never the line buffering of a tty;
 * the server's objects are frozen for the garbage collector (``gc.freeze()``) so that the
   child's collections do not touch them; teardown covers the task's own ``__main__`` and the
-  modules it imported, not the interpreter (no ``Py_FinalizeEx``, the exit is ``os._exit``);
+  modules it imported, not the interpreter (no ``Py_FinalizeEx``, the exit is ``os._exit``),
+  and is skipped when it would run nothing: no module imported, and no object made by the
+  task with a finalizer (``__del__``: open files, generators, ...), a class with one, or a
+  weakref callback;
 * the process: ``/proc/PID/cmdline`` and ``/proc/PID/environ`` show the *server's* command line
   and start-up environment (getenv and ``os.environ`` give the task's); the parent is the
   server, not the shard; ``sys.executable``, rlimits, umask, cgroup and uid/gid are the
