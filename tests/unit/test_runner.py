@@ -102,6 +102,30 @@ def test_environment_has_task_vars_but_not_the_db_url(task_dir: Path, log_dir: P
     assert env["CQ_UNIT_MARKER"] == "passed-through"
 
 
+
+def test_task_vars_the_shard_inherited_are_replaced_not_doubled(
+        task_dir: Path, log_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shard started from a task (its environment has that task's variables): the script's
+    environment holds each variable once, with its own run's value (execve takes a list: a
+    name given twice would reach the script twice, and getenv returns the first)."""
+    for name, value in (("CRONQUEUE_TASK_ID", "1"), ("CRONQUEUE_ATTEMPT", "9"),
+                        ("CRONQUEUE_QUEUE", "outer"), ("_CRONQUEUE_RUN", "f" * 32)):
+        monkeypatch.setenv(name, value)
+    runner = Runner(task_dir, log_dir, kill_grace=GRACE)
+    write_script(task_dir, "rawenv.py",
+                 "open('environ.out', 'wb').write(open('/proc/self/environ', 'rb').read())\n")
+    try:
+        result = run(runner, "rawenv.py", attempt=2, task_id=1234, queue="emails")
+    finally:
+        runner.close()
+    assert result.ok, result
+    names = [v.split(b"=", 1)[0] for v in (task_dir / "environ.out").read_bytes().split(b"\0")]
+    for name in (b"CRONQUEUE_TASK_ID", b"CRONQUEUE_ATTEMPT", b"CRONQUEUE_QUEUE", b"_CRONQUEUE_RUN"):
+        assert names.count(name) == 1, (name, names)
+    raw = (task_dir / "environ.out").read_bytes().split(b"\0")
+    assert b"CRONQUEUE_TASK_ID=1234" in raw and b"CRONQUEUE_ATTEMPT=2" in raw
+    assert b"CRONQUEUE_QUEUE=emails" in raw and b"_CRONQUEUE_RUN=" + b"f" * 32 not in raw
+
 def test_cwd_is_task_dir(runner: Runner, task_dir: Path) -> None:
     write_script(task_dir, "sub/cwd.py", "import os\nopen('cwd.out', 'w').write(os.getcwd())\n")
     result = run(runner, "sub/cwd.py")
