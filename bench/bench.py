@@ -52,7 +52,7 @@ from bench_lib import (
     SectionResult,
     install_tasks,
 )
-from bench_report import judge, render, section_table
+from bench_report import TARGET_HEADER, judge, render, section_table
 from bench_sections import enqueue_section, latency, python_section, resources
 from common import BenchError, Procs, become_subreaper, load_average, run_header
 
@@ -219,6 +219,7 @@ def build_report(args: argparse.Namespace, ctx: Ctx, header: dict[str, Any],
             "sizes": asdict(ctx.sizes), "elapsed_s": time.monotonic() - ctx.t0,
             "order": [n for n in args.sections if n in sections or n in errors],
             "sections": sections, "errors": errors,
+            "targets_header": TARGET_HEADER,
             "targets": judge(results, errors, args.backends, asdict(ctx.sizes))}
 
 

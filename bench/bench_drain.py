@@ -157,8 +157,7 @@ def derive(section: str, samples: list[Sample]) -> tuple[list[Sample], dict[str,
         best = peers[best_name]
         winners.setdefault(backend, []).append(best_name)
         out.append(Sample(section, backend, "best peer", rep, {
-            "tasks_per_s": best["tasks_per_s"], "steady_per_s": best["steady_per_s"],
-            "queue_cpu_ms_per_task": min(p["queue_cpu_ms_per_task"] for p in peers.values())}))
+            "tasks_per_s": best["tasks_per_s"], "steady_per_s": best["steady_per_s"]}))
         for variant in ("cronqueue", "mission"):
             if (m := by.get((backend, variant, rep))) is None:
                 continue
