@@ -251,6 +251,15 @@ def section_table(samples: Sequence[Sample], labels: dict[str, str],
     return ["backend", "variant", *(METRICS.get(m, (m,))[0] for m in metrics)], rows
 
 
+def _busy(machine: dict[str, str]) -> bool:
+    """A 1-minute load average of 1 or more at the start or the end of the run."""
+    try:
+        return any(float(machine.get(k, "0").split()[0]) >= 1.0
+                   for k in ("load average at start", "load average at end"))
+    except (ValueError, IndexError):
+        return True
+
+
 def render(report: dict[str, Any]) -> str:
     machine = report["machine"]
     out = [f"# cronqueue benchmarks, {report['date']}", "",
@@ -262,6 +271,9 @@ def render(report: dict[str, Any]) -> str:
            f"after: {machine.get('load average at end', '?')}.", ""]
     if report["targets"]:
         out += ["## Targets", "", table(TARGET_HEADER, report["targets"]), ""]
+        if _busy(machine):
+            out += ["WARNING: the machine was busy (load average above): the machine CPU "
+                    "figures (queue CPU = machine - xargs) include other processes' load.", ""]
     out += ["## Machine", "", table(["", ""], list(machine.items())), "",
             "Sizes: " + ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v:g}"
                                   for k, v in report["sizes"].items()), ""]
