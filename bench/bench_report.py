@@ -252,10 +252,10 @@ def section_table(samples: Sequence[Sample], labels: dict[str, str],
 
 
 def _busy(machine: dict[str, str]) -> bool:
-    """A 1-minute load average of 1 or more at the start or the end of the run."""
+    """A 1-minute load average of 0.5 or more before the run (at its end the run's own load
+    is in it)."""
     try:
-        return any(float(machine.get(k, "0").split()[0]) >= 1.0
-                   for k in ("load average at start", "load average at end"))
+        return float(machine.get("load average at start", "0").split()[0]) >= 0.5
     except (ValueError, IndexError):
         return True
 
@@ -272,7 +272,8 @@ def render(report: dict[str, Any]) -> str:
     if report["targets"]:
         out += ["## Targets", "", table(TARGET_HEADER, report["targets"]), ""]
         if _busy(machine):
-            out += ["WARNING: the machine was busy (load average above): the machine CPU "
+            out += ["WARNING: the machine was busy before the run (load average above): the "
+                    "machine CPU "
                     "figures (queue CPU = machine - xargs) include other processes' load.", ""]
     out += ["## Machine", "", table(["", ""], list(machine.items())), "",
             "Sizes: " + ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v:g}"
