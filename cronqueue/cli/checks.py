@@ -15,8 +15,8 @@ from cronqueue.errors import CronqueueError, ScriptError
 from cronqueue.process.scriptpath import open_beneath, strict_mode_problem
 from cronqueue.store.database import Store
 from cronqueue.store.engine import database_file_warning, make_engine
-from cronqueue.store.migrate import SchemaVersionError, require_current
 from cronqueue.store.runs import Runs
+from cronqueue.store.version import SchemaVersionError, require_current
 from cronqueue.text import visible_line
 
 

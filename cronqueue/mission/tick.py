@@ -47,10 +47,10 @@ from cronqueue.shard.guard import is_locked_here, is_locked_in_db
 from cronqueue.spec import build_spec
 from cronqueue.store.database import Store
 from cronqueue.store.engine import make_engine
-from cronqueue.store.migrate import require_current
 from cronqueue.store.pauses import Pause
 from cronqueue.store.runs import Runs
 from cronqueue.store.ticks import Ticks
+from cronqueue.store.version import require_current
 from cronqueue.text import visible
 
 if TYPE_CHECKING:  # the alert step and the ping are imported when configured (urllib, smtp)

@@ -8,7 +8,6 @@ from sqlalchemy import Engine, inspect
 
 from cronqueue.store.backends import backend_for
 from cronqueue.store.engine import transaction
-from cronqueue.store.migrate import upgrade
 from cronqueue.store.outcomes import Outcomes
 from cronqueue.store.pauses import Pauses
 from cronqueue.store.runs import Runs
@@ -27,7 +26,10 @@ class Store:
         self.pauses = Pauses(engine)
 
     def init_db(self) -> None:
-        """Create the tables, or bring them to this version's schema (``store/migrate.py``)."""
+        """Create the tables, or bring them to this version's schema (``store/migrate.py``,
+        imported here: a shard or a tick never migrates)."""
+        from cronqueue.store.migrate import upgrade
+
         upgrade(self.engine)
 
     def has_schema(self) -> bool:
