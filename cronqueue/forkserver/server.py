@@ -215,12 +215,16 @@ class _Server:
         code = _compiled(script, source)
         self.seq += 1
         report, child_report = socket.socketpair()
+        # Made here, not in the child: a class instantiated only in children would have its
+        # code and its instances' shared keys written to (copied) in every one of them.
+        req = _Request(request, fds, child_report, self, source, code, real_dir)
         for stream in (sys.stdout, sys.stderr):  # nothing of ours may end up in a task's output
             stream.flush()
         _freeze(self.seq)
         try:
             pid = os.fork()
         except OSError as exc:
+            del req
             report.close()
             child_report.close()
             _close(*fds)
@@ -229,7 +233,8 @@ class _Server:
             return None
         if pid == 0:
             report.close()
-            return _Request(request, fds, child_report, self, source, code, real_dir)
+            return req
+        del req
         child_report.close()
         _close(*fds)
         with report:
