@@ -126,7 +126,10 @@ class Queue:
                           delay=delay, max_attempts=max_attempts, timeout=timeout,
                           unique_key=unique_key, secret=secret, now=now)
         with self._schema_named():
-            return self.store.tasks.add([spec], now, connection)[0]
+            store = self.store
+            if connection is None:
+                return store.tasks.inserter.add_one(store.engine, spec, now)
+            return store.tasks.add([spec], now, connection)[0]
 
     def add_many(self, specs: Iterable[Any], *,
                  connection: Connection | Session | None = None) -> list[int]:

@@ -236,6 +236,8 @@ _SPEC_KEYS = frozenset(
 def spec_from_item(item: object, now: datetime, index: int) -> TaskSpec:
     """One element of ``add_many()``: a TaskSpec, a mapping of add() arguments, or a tuple."""
     try:
+        if type(item) is tuple and 1 <= len(item) <= 2:  # the common case first: no ABC check
+            return build_spec(*item, now=now)
         if isinstance(item, TaskSpec):
             return item
         if isinstance(item, Mapping):

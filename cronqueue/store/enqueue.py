@@ -27,24 +27,46 @@ to fit alone is refused before anything is written.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from itertools import chain
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, select
+from sqlalchemy import Connection, Dialect, Engine, select
 
 from cronqueue.errors import DatabaseError
 from cronqueue.spec import TaskSpec
 from cronqueue.store import packet
 from cronqueue.store.backends import Backend
+from cronqueue.store.engine import redact, transaction
 from cronqueue.store.rows import CHUNK
 from cronqueue.store.schema import queue_table as q
+
+log = logging.getLogger("cronqueue.db")
 
 # The columns a plain task (no unique_key) sets, in the order its parameters are sent; every
 # other column takes its database default.
 PLAIN_COLUMNS = ("taskscript", "param", "priority", "queue", "ctime", "run_at",
                  "max_attempts", "timeout", "secret")
 _SMALL_ROW_BYTES = 256 << 10  # up to this, a row's size bound is taken from its lengths
+
+
+def _has_statement_listeners(engine: Engine) -> bool:
+    """Does anything listen to the engine's statements (tracing, logging, tests)?"""
+    dispatch = engine.dispatch
+    return bool(dispatch.before_cursor_execute or dispatch.after_cursor_execute or engine.echo)
+
+
+def _discard(raw: Any, cursor: Any, exc: Exception) -> None:
+    """End a failed direct attempt: its cursor closed, its transaction rolled back (the
+    connection back to the pool), or, when that fails too, the connection discarded."""
+    try:
+        if cursor is not None:
+            cursor.close()
+        raw.rollback()
+    except Exception:
+        raw.invalidate(exc)
 
 
 def _row_bytes(spec: TaskSpec) -> int:
@@ -157,15 +179,61 @@ class Inserter:
         chunks = (packet.split(plain, sizes, budget, stmts.max_rows) if sizes
                   else [plain[s:s + stmts.max_rows] for s in range(0, len(plain), stmts.max_rows)])
         for chunk in chunks:
-            params = tuple(v for i in chunk for v in values(specs[i]))
+            params = tuple(chain.from_iterable([values(specs[i]) for i in chunk]))
             result = conn.exec_driver_sql(stmts.many(len(chunk)), params)
-            new_ids = sorted(int(row[0]) for row in result)
+            new_ids = sorted(map(int, result.scalars().all()))
             if len(new_ids) != len(chunk):
                 raise DatabaseError(f"INSERT ... RETURNING gave {len(new_ids)} ids for "
                                     f"{len(chunk)} rows")
             for i, new_id in zip(chunk, new_ids, strict=True):
                 ids[i] = new_id
         return ids
+
+    def add_one(self, engine: Engine, spec: TaskSpec, now: datetime) -> int:
+        """``add()`` of one task in a transaction of its own; its id.
+
+        A plain task goes straight to a pooled driver connection (the pool's checkout, with
+        its events, still runs): begin, the pre-rendered INSERT, its ``lastrowid``, commit:
+        what an application would write by hand, without the ~60 us a call of a SQLAlchemy
+        connection, transaction and execution context. Anything else takes ``transaction()``
+        (``insert``): a unique task, the first call (it reads the server's limits), an engine
+        with statement listeners (tracing sees every statement), and any error before the
+        commit: that attempt is rolled back (its connection discarded) and the call is run
+        again there, which retries what is transient and raises ``DatabaseError`` for the
+        rest. An error at the commit is raised at once: the row may exist (never inserted
+        twice)."""
+        if (spec.unique_key is not None or self._packet is None
+                or _has_statement_listeners(engine)):
+            return transaction(engine, lambda conn: self.insert(conn, [spec], now))[0]
+        max_packet = self._packet[0]
+        if max_packet is not None:
+            packet.check_fits(None, _row_bytes(spec), max_packet)
+        stmts = self.statements(engine.dialect)
+        params = stmts.converter(now)(spec)
+        raw = engine.raw_connection()
+        try:
+            cursor = None
+            try:
+                cursor = raw.cursor()
+                self.backend.begin_write(cursor)
+                cursor.execute(stmts.one, params)
+                new_id = int(cursor.lastrowid)
+                cursor.close()
+            except Exception as exc:
+                log.debug("add: direct insert failed (%s: %s); through a transaction",
+                          type(exc).__name__, exc)
+                _discard(raw, cursor, exc)
+                del cursor  # SQLite: a closed connection's lock lives on with its cursors
+                return transaction(engine, lambda conn: self.insert(conn, [spec], now))[0]
+            try:
+                raw.commit()
+            except Exception as exc:
+                raw.invalidate(exc)
+                raise DatabaseError(f"database error on {redact(str(engine.url))}: "
+                                    f"{type(exc).__name__}: {exc}") from exc
+            return new_id
+        finally:
+            raw.close()
 
     def max_statement_bytes(self, conn: Connection) -> int | None:
         """The backend's statement size limit, read once (None: no such limit)."""

@@ -81,6 +81,10 @@ class Backend(ABC):
         order): see ``store/enqueue.py``."""
         return bool(getattr(dialect, "insert_returning", False))
 
+    def begin_write(self, cursor: Any) -> None:  # noqa: B027 (a hook: empty by default)
+        """Start a write transaction on a driver cursor, as the engine's own begin does (a
+        driver outside autocommit mode begins by itself: nothing to send)."""
+
     def by_primary_key(self, stmt: Select[Any], table: Any) -> Select[Any]:
         """``stmt`` (rows of ``table`` found by primary key) kept off the other indexes: only
         the rows named are read, and locked by a ``FOR UPDATE``."""

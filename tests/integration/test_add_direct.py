@@ -1,0 +1,105 @@
+"""``Queue.add()`` of a plain task writes straight on a pooled driver connection
+(``Inserter.add_one``): the row it writes, who still sees its statement, and what happens when
+that direct write fails (the call goes through a transaction, or raises ``DatabaseError``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pytest
+from sqlalchemy import event, func, select
+from sqlalchemy.engine import make_url
+
+from cronqueue import Queue
+from cronqueue.errors import DatabaseError
+from cronqueue.store.schema import queue_table as q
+from tests.conftest import get_task
+
+NOW = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+
+
+@pytest.fixture
+def fixed(db_url: str, task_dir: Path, log_dir: Path) -> Iterator[Queue]:
+    queue = Queue(db_url, task_dir=str(task_dir), log_dir=str(log_dir), clock=lambda: NOW)
+    queue.init_db()
+    yield queue
+    queue.close()
+
+
+def _count(queue: Queue) -> int:
+    with queue.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(q)).scalar_one())
+
+
+def _row(queue: Queue, task_id: int) -> dict[str, Any]:
+    with queue.engine.connect() as conn:
+        row = conn.execute(select(q).where(q.c.id == task_id)).mappings().one()
+    return {k: v for k, v in row.items() if k != "id"}
+
+
+def test_direct_add_writes_the_row_of_the_transaction_path(fixed: Queue) -> None:
+    kw: dict[str, Any] = {"priority": -3, "queue": "q.1", "delay": 90, "max_attempts": 7,
+                          "timeout": 11, "secret": {"token": "s"}}
+    first = fixed.add("a.sh", {"n": "é", "l": [1, 2]}, **kw)  # reads the server's limits
+    direct = fixed.add("a.sh", {"n": "é", "l": [1, 2]}, **kw)
+    with fixed.engine.begin() as conn:  # the caller's transaction: the SQLAlchemy path
+        through = fixed.add("a.sh", {"n": "é", "l": [1, 2]}, connection=conn, **kw)
+    assert first < direct < through
+    assert _row(fixed, direct) == _row(fixed, through) == _row(fixed, first)
+    task = get_task(fixed, direct)
+    assert (task.ctime, task.run_at) == (NOW, NOW + timedelta(seconds=90))
+    assert task.param == '{"n":"é","l":[1,2]}' and task.attempts == 0
+    assert fixed.add("a.sh", unique_key="k") == fixed.add("a.sh", 2, unique_key="k")
+
+
+def test_statement_listeners_see_every_add(fixed: Queue) -> None:
+    fixed.add("a.sh", 1)
+    seen: list[str] = []
+
+    def record(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+        seen.append(statement)
+
+    event.listen(fixed.engine, "before_cursor_execute", record)
+    try:
+        fixed.add("a.sh", 2)
+    finally:
+        event.remove(fixed.engine, "before_cursor_execute", record)
+    assert any(s.startswith("INSERT INTO queue") for s in seen), seen
+
+
+def test_a_failed_direct_insert_raises_database_error_and_inserts_nothing(
+        fixed: Queue) -> None:
+    """The column the INSERT names is gone: the direct attempt fails, the call goes through
+    a transaction, which raises the database error (not the driver's) with nothing written."""
+    fixed.add("a.sh", 1)
+    with fixed.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE queue DROP COLUMN secret")
+    with pytest.raises(DatabaseError, match="secret"):
+        fixed.add("a.sh", 2)
+    assert _count(fixed) == 1
+
+
+def test_a_killed_pooled_connection_does_not_fail_add(backend: str, db_url: str,
+                                                      fixed: Queue) -> None:
+    """The server drops the pooled connection between two add() calls (a restart, a KILL):
+    the direct attempt fails before any commit, the call is run again on a fresh connection,
+    and the task is inserted once."""
+    if backend != "mariadb":
+        pytest.skip("no server connection to kill on SQLite")
+    fixed.add("a.sh", 1)
+    with fixed.engine.connect() as conn:  # the one pooled connection
+        ident = int(conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar_one())
+    url = make_url(db_url)
+    killer = pymysql.connect(host=url.host, port=url.port or 3306, user=url.username,
+                             password=url.password or "", database=url.database)
+    try:
+        killer.cursor().execute(f"KILL CONNECTION {ident}")
+    finally:
+        killer.close()
+    new_id = fixed.add("a.sh", 2)
+    assert get_task(fixed, new_id).param == "2"
+    assert _count(fixed) == 2
