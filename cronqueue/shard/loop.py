@@ -422,12 +422,13 @@ class Shard:
             self.request_stop()
         transition, values = self._decide(task, attempt, result, started_at)
         outcome = _OUTCOME[transition]
-        max_attempts = self.policy.attempts_for(task.max_attempts)
-        log_fn = log.info if outcome == "done" else log.warning
-        log_fn("task=%d shard=%s outcome=%s attempt=%d/%d duration=%.3fs exit=%s script=%s%s",
-               task.id, self.label, outcome, attempt, max_attempts, result.duration,
-               result.returncode, visible(task.taskscript),
-               f" error={values['error']!r}" if values.get("error") else "")
+        level = logging.INFO if outcome == "done" else logging.WARNING
+        if log.isEnabledFor(level):  # its arguments cost more than the call (per task)
+            log.log(level, "task=%d shard=%s outcome=%s attempt=%d/%d duration=%.3fs exit=%s "
+                    "script=%s%s", task.id, self.label, outcome, attempt,
+                    self.policy.attempts_for(task.max_attempts), result.duration,
+                    result.returncode, visible(task.taskscript),
+                    f" error={values['error']!r}" if values.get("error") else "")
         setattr(self.report, outcome, getattr(self.report, outcome) + 1)
         self.heartbeat.tasks_done = self.report.ran
         self.report.outcomes[task.id] = outcome
