@@ -246,8 +246,9 @@ def test_add_many_ids_in_input_order(queue: Queue) -> None:
 
 
 def test_add_many_stores_exactly_what_add_stores(queue: Queue) -> None:
-    """add_many takes a bulk path on some servers (MariaDB: one JSON_TABLE statement): every
-    column must come out as add() writes it, for every odd param, secret and option."""
+    """add_many takes a bulk path (multi-row INSERT ... RETURNING) and add() a direct one (a
+    pooled driver connection): every column must come out the same, for every odd param,
+    secret and option."""
     run_at = datetime(2031, 2, 3, 4, 5, 6, 789012, tzinfo=UTC)
     items: list[dict[str, Any]] = []
     for n, param in enumerate(ODD_PARAMS):
