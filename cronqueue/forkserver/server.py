@@ -13,8 +13,9 @@ up and waits for its go, given once the client has been answered (so a task the 
 told about never runs: a server dying then is a spawn that failed, not a task that may have
 run), runs the script's code and ends as CPython's
 ``Py_RunMain`` would (SystemExit, excepthook, threads, atexit, flushes, the task's part of
-teardown, SIGINT after KeyboardInterrupt), then ``os._exit``. The server reports each child's
-exit once it has killed what is left of the child's process group and reaped it.
+teardown unless it would run nothing, SIGINT after KeyboardInterrupt), then ``os._exit``.
+The server reports each child's exit once it has killed what is left of the child's process
+group and reaped it.
 """
 
 from __future__ import annotations
@@ -67,7 +68,11 @@ _PR_SET_PDEATHSIG = 1
 _prctl = ctypes.CDLL(None, use_errno=True).prctl
 _PDEATHSIG_ARGS = (ctypes.c_int(_PR_SET_PDEATHSIG), ctypes.c_ulong(signal.SIGKILL),
                    ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
-_SYS_CLOSE_RANGE = 436  # the same number on every Linux architecture (>= 5.9)
+# close_range(2) is 436 on the architectures of the common syscall table (Linux >= 5.9); others
+# (alpha, mips, ...) number it differently: there, fds are closed one by one.
+_SYS_CLOSE_RANGE = 436 if os.uname().machine in (
+    "x86_64", "i386", "i486", "i586", "i686", "aarch64", "aarch64_be", "armv6l", "armv7l",
+    "armv8l", "riscv64", "ppc64", "ppc64le", "s390x", "loongarch64") else -1
 _syscall = ctypes.CDLL(None, use_errno=True).syscall
 _syscall.restype = ctypes.c_long
 _CLOSE_RANGE_ARGS = (ctypes.c_long(_SYS_CLOSE_RANGE),)
@@ -76,7 +81,8 @@ _TZ = os.environ.get("TZ")  # the server's: a task with the same TZ needs no tzs
 # ctypes sets up a function's first call lazily: done here, not again in every child.
 _prctl(ctypes.c_int(3), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0),
        ctypes.c_ulong(0))  # PR_GET_DUMPABLE: changes nothing
-_syscall(*_CLOSE_RANGE_ARGS, 1, 0, 0)  # first > last: EINVAL, closes nothing
+if _SYS_CLOSE_RANGE > 0:
+    _syscall(*_CLOSE_RANGE_ARGS, 1, 0, 0)  # first > last: EINVAL, closes nothing
 
 
 class _Stop(BaseException):
@@ -391,7 +397,8 @@ def _become(req: _Request) -> str:
 def _close_fds_but(keep: int) -> None:
     """Close every fd above 2 but ``keep``: two close_range() calls (Linux >= 5.9), else one
     by one as /proc lists them."""
-    if (keep <= 3 or _syscall(*_CLOSE_RANGE_ARGS, 3, keep - 1, 0) == 0) \
+    if _SYS_CLOSE_RANGE > 0 \
+            and (keep <= 3 or _syscall(*_CLOSE_RANGE_ARGS, 3, keep - 1, 0) == 0) \
             and _syscall(*_CLOSE_RANGE_ARGS, keep + 1, _FD_MAX, 0) == 0:
         return
     for fd in os.listdir("/proc/self/fd"):
