@@ -33,6 +33,7 @@ by every edge into done, failed or cancelled, restored (``= unique_key``) by ``A
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -205,8 +206,10 @@ def sql_values(transition: Transition, table: Table, now: object = None,
     return out
 
 
+@functools.cache
 def attempts_change(transition: Transition) -> int:
-    """+1, -1 or 0: the relative change of ``attempts`` (a reset is 0 here: see ``values``)."""
+    """+1, -1 or 0: the relative change of ``attempts`` (a reset is 0 here: see ``values``).
+    Cached: asked twice per outcome of every group commit."""
     return {Attempts.COUNTED: 1, Attempts.GIVEN_BACK: -1}.get(transition.edge.attempts, 0)
 
 

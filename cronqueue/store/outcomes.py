@@ -226,8 +226,9 @@ class Outcomes:
         for f in flush.finishes:
             if ours(f.task_id):
                 values = _clearing_secret(f.values)
-                assert not (f.attempts_change and "attempts" in values), f
-                groups.setdefault((f.attempts_change, tuple(values)), []).append(
+                change = f.attempts_change
+                assert not (change and "attempts" in values), f
+                groups.setdefault((change, tuple(values)), []).append(
                     (f.task_id, values))
                 if values.get("status") in FINISHED:
                     finished.append(f.task_id)
