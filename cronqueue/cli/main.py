@@ -146,6 +146,8 @@ def _main(argv: Sequence[str] | None) -> int:
             from cronqueue.process.conceal import conceal_db_url
 
             conceal_db_url((args.db,) if args.db else ())
+        else:  # work and mission say when their imports are done; the rest (web, status
+            startup_done()  # --wait, demo: long-running) collect from the command's start
         code = int(args.func(args, cfg))
         if argv is None and args.command in ("work", "mission"):
             _exit_now(code)

@@ -138,3 +138,24 @@ def test_main_with_argv_leaves_the_collector_alone(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True, timeout=120, cwd=tmp_path)
     assert out.stdout.split()[-2:] == ["True", "0"]
+
+
+OTHER_PROBE = """
+import gc, sys
+sys.argv = ["cronqueue", "crontab", "--log-dir", "logs"]
+import cronqueue.cli.setup as setup
+def crontab(args, cfg):
+    print(gc.isenabled(), gc.get_freeze_count() > 0, flush=True)
+    return 0
+setup.cmd_crontab = crontab
+from cronqueue.cli.main import main
+sys.exit(main())
+"""
+
+
+def test_any_other_command_runs_with_the_collector(tmp_path: Path) -> None:
+    """A command other than work and mission (a long ``web`` or ``status --wait``) runs with
+    the collector: the pause ends before the command's function is called."""
+    out = subprocess.run([sys.executable, "-c", OTHER_PROBE], capture_output=True, text=True,
+                         check=True, timeout=120, cwd=tmp_path)
+    assert out.stdout.split() == ["True", "True"]
