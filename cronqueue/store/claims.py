@@ -267,7 +267,7 @@ class Claimer:
                 paused=reads.paused), q, claim_index(queue))
             result = conn.execute(stmt)
             keys = list(result.keys())
-            candidates.extend(dict(zip(keys, row, strict=True)) for row in result)
+            candidates.extend(dict(zip(keys, row, strict=True)) for row in result.all())
         if len(reads.queues) > 1:
             candidates.sort(key=priority_key)  # never raises on a hand-written priority
         return candidates[:limit]
@@ -286,7 +286,7 @@ class Claimer:
                 break
             result = conn.execute(_lock_claimable(self.backend), {"ids": top, "now": now})
             keys = list(result.keys())
-            rows = [dict(zip(keys, row, strict=True)) for row in result]
+            rows = [dict(zip(keys, row, strict=True)) for row in result.all()]
             taken.extend(rows)
             got = {row["id"] for row in rows}
             held = [i for i in top if i not in got]
@@ -305,7 +305,7 @@ class Claimer:
                 self.backend.by_index(claim_top(shard=self.shard, total=self.total,
                                                 queue=queue, now=now, limit=limit,
                                                 passed=passed, paused=reads.paused),
-                                      q, claim_index(queue))))
+                                      q, claim_index(queue))).all())
         if len(reads.queues) > 1:
             tops.sort(key=priority_key)
         return [row["id"] for row in tops[:limit]]

@@ -204,7 +204,7 @@ class Outcomes:
         held: set[int] = set()
         for start in range(0, len(task_ids), CHUNK):
             held.update(conn.execute(_held(lock), {"ids": list(task_ids[start:start + CHUNK]),
-                                                   "token": token}).scalars())
+                                                   "token": token}).scalars().all())
         return held
 
     @staticmethod
