@@ -37,9 +37,9 @@ from cronqueue.states import Transition
 from cronqueue.store.claims import Claimer
 from cronqueue.store.database import Store
 from cronqueue.store.engine import is_unavailable, make_engine
-from cronqueue.store.migrate import require_current
 from cronqueue.store.outcomes import Finish, Flush, Flushed
 from cronqueue.store.rows import SECRET_ELSEWHERE
+from cronqueue.store.version import require_current
 from cronqueue.text import visible
 
 log = logging.getLogger("cronqueue.worker")

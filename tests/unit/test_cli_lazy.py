@@ -20,11 +20,11 @@ OPTIONAL = ("cron_descriptor", "prometheus_client", "flask", "werkzeug", "jinja2
 NOT_FOR_A_SHARD = (*OPTIONAL, "croniter", "cronqueue.mission", "cronqueue.alerts",
                    "cronqueue.web", "cronqueue.metrics", "cronqueue.queue", "cronqueue.cli.web",
                    "cronqueue.cli.tasks", "cronqueue.cli.setup", "cronqueue.cli.metrics",
-                   "cronqueue.cli.migrate", "cronqueue.store.migrations.export", "smtplib",
-                   "urllib.request", "getpass")
+                   "cronqueue.cli.migrate", "cronqueue.store.migrate", "smtplib",
+                   "cronqueue.store.migrations.export", "urllib.request", "getpass")
 NOT_FOR_A_TICK = (*OPTIONAL, "cronqueue.alerts.record", "cronqueue.alerts.sinks",
                   "cronqueue.alerts.ping", "cronqueue.web", "cronqueue.cli.web", "smtplib",
-                  "urllib.request")
+                  "urllib.request", "cronqueue.store.migrate")
 
 
 def loaded_after(code: str) -> set[str]:
