@@ -523,7 +523,10 @@ class _Spawned:
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
-        return os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        try:
+            return os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): as Popen.wait, 0
+            return 0
 
 
 def _spawn(argv: list[str], env: list[bytes], cwd: str, stdin: int, out: int,
