@@ -26,9 +26,11 @@ are still running under the claim's token (one statement for the whole window), 
 read or the mark is less than ``FENCE_FRESH`` old. A rescue of the shard's rows (wrongful,
 early, or after an outage) thus stops the window at the task that was running, instead of
 starting up to a window of tasks whose results would be fenced out and which would run again.
-The freshness bound keeps trivial tasks at one read per ``FENCE_FRESH`` instead of one per task
-(a start always races a rescue that lands after its read; this widens that to 20 ms, far below
-any retry backoff, so a rescued task still never runs in two places at once).
+The freshness bound keeps trivial tasks at one read per bound instead of one per task (a start
+always races a rescue that lands after its read; the bound widens that race). It is a hundredth
+of the retry backoff a rescued task waits before it may run again, between ``FENCE_FRESH``
+(20 ms) and ``FENCE_STALEST`` (0.25 s): 0.1 s with the default 10 s backoff, far below it, so a
+rescued task still never runs in two places at once (:func:`fence_fresh`).
 """
 
 from __future__ import annotations
@@ -40,7 +42,15 @@ from datetime import datetime
 from cronqueue.model import Task
 from cronqueue.store.outcomes import Finish, Flush, Flushed
 
-FENCE_FRESH = 0.02  # seconds a read of the claim's fence (or the window's mark) stays good
+FENCE_FRESH = 0.02  # seconds a read of the claim's fence (or the mark) stays good, at least
+FENCE_STALEST = 0.25  # ... and at most, whatever the backoff
+
+
+def fence_fresh(backoff: float) -> float:
+    """How long a fence read stays good with this retry ``backoff`` (seconds): a hundredth of
+    it, within ``FENCE_FRESH``..``FENCE_STALEST``. On MariaDB a read costs about 1 ms of the
+    shard's CPU; at the floor, trivial tasks paid one every 6-10 tasks."""
+    return min(FENCE_STALEST, max(FENCE_FRESH, backoff / 100))
 
 
 class Ledger:
@@ -49,8 +59,10 @@ class Ledger:
                  try_write: Callable[[Flush], Flushed | None],
                  clock: Callable[[], datetime], lease_until: Callable[[datetime], datetime],
                  on_lost: Callable[[Finish], None],
-                 held: Callable[[Sequence[int]], set[int]]) -> None:
+                 held: Callable[[Sequence[int]], set[int]],
+                 fresh: float | None = None) -> None:
         self.token = token
+        self.fresh = FENCE_FRESH if fresh is None else fresh  # see fence_fresh()
         self.tasks = list(tasks)
         self.window = max(1, window)
         self.interval = interval
@@ -120,9 +132,9 @@ class Ledger:
 
     def _check_fence(self) -> None:
         """Drop the marked rows the claim no longer holds (rescued since the mark): they are
-        neither run nor given back. Read at most once per ``FENCE_FRESH``."""
+        neither run nor given back. Read at most once per ``self.fresh``."""
         now = time.monotonic()
-        if now - self._fenced < FENCE_FRESH:
+        if now - self._fenced < self.fresh:
             return
         held = self.held(sorted(self._marked, key=self._index.__getitem__))
         self._gone |= self._marked - held

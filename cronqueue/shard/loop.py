@@ -31,7 +31,7 @@ from cronqueue.process.runner import Runner, RunResult
 from cronqueue.shard.guard import ShardGuard
 from cronqueue.shard.handover import Handover
 from cronqueue.shard.heartbeat import Heartbeat
-from cronqueue.shard.ledger import Ledger
+from cronqueue.shard.ledger import Ledger, fence_fresh
 from cronqueue.shard.proof import WorkerLock
 from cronqueue.states import Transition
 from cronqueue.store.claims import Claimer
@@ -367,7 +367,8 @@ class Shard:
                         clock=self.clock, lease_until=self.heartbeat.lease_until,
                         on_lost=self._on_lost,
                         held=lambda ids: self._db(
-                            "check its claim", lambda: self.store.outcomes.still_held(ids, token)))
+                            "check its claim", lambda: self.store.outcomes.still_held(ids, token)),
+                        fresh=fence_fresh(self.policy.backoff))
         self.heartbeat.token = token
         try:
             for task in tasks:

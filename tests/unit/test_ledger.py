@@ -168,3 +168,29 @@ def test_overdue_outcomes_go_out_while_a_task_runs_and_survive_an_outage() -> No
     assert [f.task_id for f in db.flushes[-1].finishes] == [2]
     book.close()
     assert not db.flushes[-1].finishes
+
+
+def test_the_freshness_bound_is_a_hundredth_of_the_backoff_within_its_limits() -> None:
+    assert ledger_module.fence_fresh(10.0) == pytest.approx(0.1)  # the default backoff
+    assert ledger_module.fence_fresh(0.5) == ledger_module.FENCE_FRESH  # never below 20 ms
+    assert ledger_module.fence_fresh(3600.0) == ledger_module.FENCE_STALEST  # nor above 0.25 s
+
+
+def test_a_ledger_reads_the_fence_again_once_its_own_bound_has_passed() -> None:
+    """The bound the shard passes (``fresh``) decides, not the module's floor."""
+    db = FakeDb()
+    tasks = [fresh(i) for i in range(1, 4)]
+    asked: list[list[int]] = []
+    book = ledger(db, tasks, window=3)
+    book.fresh = 3600.0
+    book.held = lambda ids: (asked.append(list(ids)), {i for i in ids if i not in db.lost})[1]
+    assert book.begin(tasks[0])
+    book.finish(tasks[0], done(1))
+    assert book.begin(tasks[1])
+    assert asked == []  # within the bound: the mark is still good
+    book.finish(tasks[1], done(2))
+    book.fresh = 0.0
+    db.lost.add(3)
+    assert not book.begin(tasks[2])  # past it: read, and the rescued row is not started
+    assert asked == [[3]]
+    book.close()
