@@ -48,25 +48,11 @@ class Captured:
 
     def head_chunks(self, start: int = 0) -> Iterator[bytes]:
         """The head from ``start``, in pieces of at most 1 MiB."""
-        if start < len(self.memory):
-            yield self.memory[start:]
-        offset = max(0, start - len(self.memory))
-        while self.fd is not None and offset < self.head - len(self.memory):
-            chunk = os.pread(self.fd, min(self.head - len(self.memory) - offset, 1 << 20),
-                             offset)
-            if not chunk:
-                return
-            yield chunk
-            offset += len(chunk)
+        return _head_chunks(self.memory, self.head, self.fd, start)
 
     def last(self, size: int) -> bytes:
         """The last ``size`` bytes of what was kept (head, then tail), without the marker."""
-        if size <= 0:
-            return b""
-        if len(self.tail) >= size or not self.head:
-            return self.tail[-size:]
-        start = max(0, self.head - (size - len(self.tail)))
-        return b"".join(self.head_chunks(start)) + self.tail
+        return _last(size, self.memory, self.head, self.fd, self.tail)
 
 
 class Capture:
@@ -147,6 +133,11 @@ class Capture:
                 return done
         return done
 
+    def last(self, size: int) -> bytes:
+        """The last ``size`` bytes kept so far (head, then tail), while the script runs: what
+        the row's tail would be if it ended now (a copy of at most ``size`` bytes)."""
+        return _last(size, self._memory, self.head, self.file_fd, self._tail)
+
     def finish(self) -> Captured:
         """Everything readable now (the script has exited), then what was kept. The read end
         is closed: a daemon the script left holding the write end gets EPIPE."""
@@ -166,6 +157,32 @@ class Capture:
                     os.close(fd)
         self.read_fd = -1
         self.file_fd = None
+
+
+def _head_chunks(memory: bytes | bytearray, head: int, fd: int | None,
+                 start: int) -> Iterator[bytes]:
+    """The head (``memory``, then the rest of ``head`` bytes in ``fd`` from offset 0) from
+    ``start``, in pieces of at most 1 MiB."""
+    if start < len(memory):
+        yield bytes(memory[start:])
+    offset = max(0, start - len(memory))
+    while fd is not None and offset < head - len(memory):
+        chunk = os.pread(fd, min(head - len(memory) - offset, 1 << 20), offset)
+        if not chunk:
+            return
+        yield chunk
+        offset += len(chunk)
+
+
+def _last(size: int, memory: bytes | bytearray, head: int, fd: int | None,
+          tail: bytes | bytearray) -> bytes:
+    """The last ``size`` bytes of a head followed by ``tail``."""
+    if size <= 0:
+        return b""
+    if len(tail) >= size or not head:
+        return bytes(tail[-size:])
+    start = max(0, head - (size - len(tail)))
+    return b"".join(_head_chunks(memory, head, fd, start)) + tail
 
 
 def unnamed_file(dir_fd: int | None) -> int | None:

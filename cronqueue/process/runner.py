@@ -12,7 +12,9 @@ directly with the environment encoded once per shard (Popen encodes every variab
 every task: half the spawn's CPU); no ``preexec_fn``, no wrapper ``exec``. Output goes
 through a pipe that the runner reads while it waits (capture.py): a bounded head on disk, the
 tail in memory; the row gets the last ``tail_bytes``, ``log_dir/YYYY-MM-DD.log`` (opened without
-following links: logfiles.py) head, marker and tail.
+following links: logfiles.py) head, marker and tail. While the script runs, the row's tail as it
+stands is handed to ``live`` about once a second when the output grew (the shard's heartbeat
+writes it to the row, for the dashboard): nothing for a task that ends within its first second.
 """
 
 from __future__ import annotations
@@ -208,10 +210,12 @@ class Runner:
 
     def run(self, task: Task, *, attempt: int, timeout: float | None,
             abort: Callable[[], bool] = lambda: False, wake_fd: int | None = None,
-            label: str = "", tick: Callable[[], None] | None = None) -> RunResult:
+            label: str = "", tick: Callable[[], None] | None = None,
+            live: Callable[[int, str], None] | None = None) -> RunResult:
         """Run ``task`` to its end. ``abort()`` is checked whenever ``wake_fd`` (the shard's
         signal wake-up fd) is readable and at least every second; ``tick()`` is called about
-        once a second while the script runs."""
+        once a second while the script runs, and ``live(task id, output)`` then too if the
+        output grew since (``output``: the row's tail as it stands, as the outcome keeps it)."""
         started = time.monotonic()
         try:
             script = self.resolve(task.taskscript)
@@ -220,13 +224,14 @@ class Runner:
                              permanent=exc.permanent)
         try:
             return self._run(task, script, attempt, timeout, abort, wake_fd, label, tick,
-                             started)
+                             live, started)
         finally:
             script.close()
 
     def _run(self, task: Task, script: Script, attempt: int, timeout: float | None,
              abort: Callable[[], bool], wake_fd: int | None, label: str,
-             tick: Callable[[], None] | None, started: float) -> RunResult:
+             tick: Callable[[], None] | None, live: Callable[[int, str], None] | None,
+             started: float) -> RunResult:
         try:
             _check_param(task.param)
         except ScriptError as exc:
@@ -253,7 +258,8 @@ class Runner:
                 capture.started()
             deadline = None if timeout is None else started + timeout
             try:
-                outcome = self._wait(child, deadline, abort, wake_fd, tick, capture)
+                outcome = self._wait(child, deadline, abort, wake_fd, tick, capture, live,
+                                     task.id)
                 if outcome != "exited":
                     self._kill_group(child, capture)
             finally:  # whatever went wrong, no script of ours is left running or unreaped
@@ -319,9 +325,10 @@ class Runner:
 
     def _wait(self, child: Child, deadline: float | None, abort: Callable[[], bool],
               wake_fd: int | None, tick: Callable[[], None] | None,
-              capture: Capture) -> str:
+              capture: Capture, live: Callable[[int, str], None] | None = None,
+              task_id: int = 0) -> str:
         """Until the script exits ('exited', left unreaped), times out, or abort() is set;
-        its output is read meanwhile."""
+        its output is read meanwhile (and shown to ``live`` once a second if it grew)."""
         # The child's fd becomes readable when it exits; the signal wake-up fd when the shard
         # gets TERM/INT; the output pipe when there is output. Without a child's fd (old
         # kernels) or the wake-up fd (library use) we poll briefly instead.
@@ -330,14 +337,20 @@ class Runner:
         if wake_fd is None:
             cap = min(cap, 0.1)  # abort() can only be noticed by polling
         last_tick = time.monotonic()
+        shown = 0  # bytes of output when live() was last called
         while True:
             if abort():
                 return "abort"
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return "timeout"
-            if tick is not None and now - last_tick >= 1.0:
-                tick()
+            if now - last_tick >= 1.0:
+                if tick is not None:
+                    tick()
+                if live is not None and capture.total != shown:
+                    shown = capture.total
+                    live(task_id, self._tail_text(capture.last, capture.dropped,
+                                                  capture.disk_error))
                 last_tick = now
             fds = [fd for fd in (done_fd, wake_fd) if fd is not None]
             if not capture.eof:
@@ -429,15 +442,20 @@ class Runner:
     def _row_output(self, captured: Captured, logged: str) -> str:
         """The row's ``output``: the last ``tail_bytes`` kept, after a note if output was
         lost (a full or failing log_dir never fails the task: it is said here)."""
+        return self._tail_text(captured.last, captured.not_kept, captured.disk_error, logged)
+
+    def _tail_text(self, last: Callable[[int], bytes], not_kept: int, disk_error: str,
+                   logged: str = "") -> str:
+        """The last ``tail_bytes`` of the output (``last(n)``: its last n bytes kept), after
+        the notes on what was lost; the outcome's, and the running task's (``live``)."""
         notes = []
-        if captured.disk_error and captured.not_kept:
-            notes.append(f"{captured.not_kept} bytes of output lost: log_dir failed "
-                         f"({captured.disk_error})")
+        if disk_error and not_kept:
+            notes.append(f"{not_kept} bytes of output lost: log_dir failed ({disk_error})")
         if logged:
             notes.append(f"output not written to the day log ({logged})")
         note = "".join(f"[cronqueue: {n}]\n" for n in notes).encode()
         room = max(0, self.tail_bytes - len(note))
-        return _decode(note[:self.tail_bytes] + captured.last(room))
+        return _decode(note[:self.tail_bytes] + last(room))
 
     def _append_log(self, captured: Captured, task: Task, attempt: int, returncode: int,
                     duration: float, label: str) -> str:
@@ -576,8 +594,16 @@ def _spawn_error(data: bytes, executable: str, cwd: str) -> Exception:
         return OSError(errno.EIO, f"bad error data from the child: {data[:200]!r}")
     if not (isinstance(kind, type) and issubclass(kind, OSError)):
         return OSError(errno.EIO, text.decode("utf-8", "replace"))
-    where = cwd if text == b"noexec" else executable  # noexec: chdir failed
-    return kind(num, os.strerror(num) if num else text.decode("utf-8", "replace"), where)
+    # Failed before exec: 3.11 and 3.12 say "noexec" (Popen names the cwd), 3.13 says
+    # "noexec:chdir" for the cwd and "noexec" for another step (Popen names no file).
+    where: str | None = executable
+    if text == b"noexec:chdir" or (text == b"noexec" and sys.version_info < (3, 13)):
+        where = cwd
+    elif text == b"noexec":
+        where = None
+    message = (os.strerror(num) if num
+               else "" if text.startswith(b"noexec") else text.decode("utf-8", "replace"))
+    return kind(num, message) if where is None else kind(num, message, where)
 
 
 def _check_param(param: str) -> None:

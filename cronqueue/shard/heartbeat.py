@@ -2,7 +2,11 @@
 
 Every ``worker.heartbeat`` seconds it updates the shard's row in ``cronqueue_workers`` (current
 task, tasks done), extends ``lease_until`` of every row the shard holds to now + ``worker.lease``,
-and reads ``stop_requested`` (a stop asked through the database, from any host).
+and reads ``stop_requested`` (a stop asked through the database, from any host). While a task
+runs, the beat also writes the task's output tail to its row when it grew since the last beat
+(``show``, from the runner about once a second): the dashboard follows it. The main thread only
+publishes an immutable snapshot; the database write is this thread's, so an outage never blocks
+the task or the reading of its output.
 
 If heartbeats keep failing (database unreachable) for half a lease while a task runs, the shard
 kills its task and stops: past the lease another host may rescue the task, and it must never
@@ -20,7 +24,8 @@ from datetime import datetime, timedelta
 
 from cronqueue.config import WorkerConfig
 from cronqueue.process.identity import Owner
-from cronqueue.store.workers import Workers
+from cronqueue.store.engine import is_unavailable
+from cronqueue.store.workers import LiveOutput, Workers
 
 log = logging.getLogger("cronqueue.heartbeat")
 
@@ -41,6 +46,10 @@ class Heartbeat:
         self.current_task: int | None = None
         self.token: str | None = None  # the claim whose rows we hold
         self.tasks_done = 0
+        # The running task's output tail (show()), replaced whole by the main thread; the last
+        # one written (or given up on): a snapshot is written once.
+        self.live: LiveOutput | None = None
+        self._live_sent: LiveOutput | None = None
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_ok = time.monotonic()
@@ -72,13 +81,34 @@ class Heartbeat:
                 log.warning("shard=%s could not deregister: %s", self.label, exc)
             self.worker_id = None
 
+    def show(self, task_id: int, output: str) -> None:
+        """The running task's output tail as it stands (the main thread; the runner calls it
+        about once a second while the output grows): the next beat writes it to the row."""
+        token = self.token
+        if token is not None:
+            self.live = LiveOutput(token, task_id, output)  # one assignment: atomic
+
     def beat(self) -> None:
         """One heartbeat (the thread calls it; tests may too)."""
         assert self.worker_id is not None
         now = self.clock()
-        asked = self.workers.heartbeat(self.worker_id, now, self.current_task,
-                                       self.tasks_done, token=self.token,
-                                       lease_until=self.lease_until(now))
+        live = self.live
+        if live is self._live_sent:
+            live = None
+        try:
+            asked = self.workers.heartbeat(self.worker_id, now, self.current_task,
+                                           self.tasks_done, token=self.token,
+                                           lease_until=self.lease_until(now), live=live)
+        except Exception as exc:
+            if live is not None and not is_unavailable(exc):
+                # the database refused it (not an outage): the next beats go without this
+                # snapshot, so that the output never costs the lease
+                self._live_sent = live
+                log.warning("shard=%s task=%d output not shown live: %s", self.label,
+                            live.task_id, str(exc).splitlines()[0])
+            raise
+        if live is not None:
+            self._live_sent = live
         if self._failing:
             log.warning("shard=%s heartbeat back after %.0fs", self.label,
                         time.monotonic() - self._last_ok)

@@ -412,10 +412,12 @@ class Shard:
             else:
                 result = self.runner.run(loaded, attempt=attempt, timeout=timeout,
                                          abort=self._abort_task, wake_fd=self._wake_r,
-                                         label=self.label, tick=tick)
+                                         label=self.label, tick=tick,
+                                         live=self.heartbeat.show)
         except Exception as exc:  # one task's fault, whatever it is, must not stop the shard
             result = self._crashed(task, exc)
         self.heartbeat.current_task = None
+        self.heartbeat.live = None  # its outcome writes the output now
         if result.returncode is None and not result.ok and self._task_dir_missing():
             # not the task's fault: its attempt is given back (returned, due again) and the
             # shard stops, giving back the rest of its claim

@@ -1,23 +1,48 @@
 """``cronqueue_workers``: the shards alive now (or that died without deregistering) — what
 ``cronqueue workers`` shows, how a shard's heartbeat proves it alive and keeps its rows leased,
 how a web application or an operator on another host asks a shard to stop — and the server's
-named lock that keeps a shard from running twice across hosts (``shard/guard.py``)."""
+named lock that keeps a shard from running twice across hosts (``shard/guard.py``).
+
+A heartbeat also carries the running task's output tail when it grew (``LiveOutput``): the row's
+``output`` then follows the task while it runs, for the dashboard, in the beat's own
+transaction (no statement of its own, nothing when the output did not change)."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, delete, select, update
+from sqlalchemy import Connection, Engine, Update, delete, select, update
 
 from cronqueue.process.identity import Owner, owner_gone, pid_alive
 from cronqueue.store.backends import backend_for
 from cronqueue.store.engine import transaction
 from cronqueue.store.outcomes import extend_lease
+from cronqueue.store.rows import bind, fence
+from cronqueue.store.schema import queue_table as q
 from cronqueue.store.schema import workers_table as w
+
+
+class LiveOutput(NamedTuple):
+    """A running task's output tail as it stood at one moment (immutable: the shard's main
+    thread publishes a new one, the heartbeat thread writes the one it reads)."""
+
+    token: str  # the claim holding the task: the write is fenced by it
+    task_id: int
+    output: str  # what the row's ``output`` would be if the task ended now
+
+
+@functools.cache
+def _live_output() -> Update:
+    """The output tail of a task still running under claim ``token``: never a row the claim no
+    longer holds (rescued) nor one whose outcome is already written (its outcome's ``output``
+    wins)."""
+    return (update(q).where(q.c.id == bind("task_id", "id"), *fence())
+            .values(output=bind("output")))
 
 
 def worker_gone(row: Mapping[str, Any], lease: timedelta | None, *, me: Owner, now: datetime,
@@ -44,9 +69,10 @@ class Workers:
 
     def heartbeat(self, worker_id: int, now: datetime, current_task: int | None,
                   tasks_done: int, *, token: str | None = None,
-                  lease_until: datetime | None = None) -> bool:
-        """Record that the shard lives and extend the lease of the rows it holds (``token``);
-        returns whether it has been asked to stop."""
+                  lease_until: datetime | None = None, live: LiveOutput | None = None) -> bool:
+        """Record that the shard lives and extend the lease of the rows it holds (``token``),
+        write ``live`` (the running task's output tail, fenced by its claim); returns whether
+        it has been asked to stop."""
         beat = (update(w).where(w.c.id == worker_id)
                 .values(heartbeat_at=now, current_task=current_task, tasks_done=tasks_done))
         asked = select(w.c.stop_requested).where(w.c.id == worker_id)
@@ -55,6 +81,9 @@ class Workers:
             conn.execute(beat)
             if token is not None and lease_until is not None:
                 extend_lease(conn, token, lease_until)
+            if live is not None:  # after the lease: its rows are already locked by now
+                conn.execute(_live_output(), {"token": live.token, "task_id": live.task_id,
+                                              "output": live.output})
             return bool(conn.execute(asked).scalar())
 
         return transaction(self.engine, work)

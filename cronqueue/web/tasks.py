@@ -1,6 +1,7 @@
 """Tasks: the filtered list (keyset pages, newest first) and one task — its row, its lines
 from the day log, and for a running task a page that follows it (``live.json`` polled by
-``static/follow.js``)."""
+``static/follow.js``: its state, and its output tail, which the shard's heartbeat writes to the
+row while the output grows)."""
 
 from __future__ import annotations
 
