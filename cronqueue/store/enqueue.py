@@ -27,6 +27,7 @@ to fit alone is refused before anything is written.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -67,6 +68,16 @@ def _discard(raw: Any, cursor: Any, exc: Exception) -> None:
         raw.rollback()
     except Exception:
         raw.invalidate(exc)
+
+
+def _abandon(raw: Any, cursor: Any, exc: BaseException) -> None:
+    """End a direct attempt that was interrupted: its connection closed, never returned to the
+    pool with the transaction open (MySQL's pool does not roll back on check-in: the next
+    user's commit would write this row), its cursor first (SQLite: see ``_discard``)."""
+    with contextlib.suppress(Exception):
+        if cursor is not None:
+            cursor.close()
+    raw.invalidate(exc)
 
 
 def _row_bytes(spec: TaskSpec) -> int:
@@ -197,11 +208,12 @@ class Inserter:
         what an application would write by hand, without the ~60 us a call of a SQLAlchemy
         connection, transaction and execution context. Anything else takes ``transaction()``
         (``insert``): a unique task, the first call (it reads the server's limits), an engine
-        with statement listeners (tracing sees every statement), and any error before the
-        commit: that attempt is rolled back (its connection discarded) and the call is run
-        again there, which retries what is transient and raises ``DatabaseError`` for the
-        rest. An error at the commit is raised at once: the row may exist (never inserted
-        twice)."""
+        with statement listeners (tracing sees every statement), a pool that cannot connect,
+        and any error before the commit: that attempt is rolled back (its connection
+        discarded) and the call is run again there, which retries what is transient and
+        raises ``DatabaseError`` for the rest. An error at the commit is raised at once: the
+        row may exist (never inserted twice). An interrupted call (KeyboardInterrupt) closes
+        its connection: nothing half-done goes back to the pool."""
         if (spec.unique_key is not None or self._packet is None
                 or _has_statement_listeners(engine)):
             return transaction(engine, lambda conn: self.insert(conn, [spec], now))[0]
@@ -210,7 +222,14 @@ class Inserter:
             packet.check_fits(None, _row_bytes(spec), max_packet)
         stmts = self.statements(engine.dialect)
         params = stmts.converter(now)(spec)
-        raw = engine.raw_connection()
+        try:
+            # The driver's own error if the pool cannot connect (not wrapped, not retried
+            # here): the transaction path retries what is transient and raises DatabaseError.
+            raw = engine.raw_connection()
+        except Exception as exc:
+            log.debug("add: no pooled connection (%s: %s); through a transaction",
+                      type(exc).__name__, exc)
+            return transaction(engine, lambda conn: self.insert(conn, [spec], now))[0]
         try:
             cursor = None
             try:
@@ -225,12 +244,18 @@ class Inserter:
                 _discard(raw, cursor, exc)
                 del cursor  # SQLite: a closed connection's lock lives on with its cursors
                 return transaction(engine, lambda conn: self.insert(conn, [spec], now))[0]
+            except BaseException as exc:  # interrupted (KeyboardInterrupt...): _abandon
+                _abandon(raw, cursor, exc)
+                raise
             try:
                 raw.commit()
             except Exception as exc:
                 raw.invalidate(exc)
                 raise DatabaseError(f"database error on {redact(str(engine.url))}: "
                                     f"{type(exc).__name__}: {exc}") from exc
+            except BaseException as exc:
+                _abandon(raw, None, exc)
+                raise
             return new_id
         finally:
             raw.close()

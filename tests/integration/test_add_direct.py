@@ -103,3 +103,49 @@ def test_a_killed_pooled_connection_does_not_fail_add(backend: str, db_url: str,
     new_id = fixed.add("a.sh", 2)
     assert get_task(fixed, new_id).param == "2"
     assert _count(fixed) == 2
+
+
+def test_a_failed_checkout_goes_through_a_transaction(fixed: Queue,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pool cannot hand out a connection (the server restarting, a refused connect: the
+    driver's own error, which ``engine.raw_connection()`` does not wrap): the call takes the
+    transaction path, which retries what is transient — the task is inserted once, no
+    driver exception reaches the caller."""
+    fixed.add("a.sh", 1)
+    engine = fixed.engine
+    dbapi_error = engine.dialect.loaded_dbapi.OperationalError
+    real = engine.raw_connection
+    failures = [dbapi_error(2003, "Can't connect (test)")]
+
+    def checkout() -> Any:
+        if failures:
+            raise failures.pop()
+        return real()
+
+    monkeypatch.setattr(engine, "raw_connection", checkout)
+    new_id = fixed.add("a.sh", 2)
+    assert not failures and get_task(fixed, new_id).param == "2"
+    assert _count(fixed) == 2
+
+
+def test_an_interrupted_direct_insert_leaves_nothing_behind(
+        fixed: Queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A KeyboardInterrupt (or any BaseException: a signal handler's SystemExit, a timeout of
+    gevent's) between the direct INSERT and its commit: the row is not written, neither then
+    nor by the next call on the same pooled connection (MySQL's pool does not roll back on
+    check-in: ``pool_reset_on_return=None``)."""
+    from cronqueue.store import enqueue
+
+    fixed.add("a.sh", 1)
+
+    def interrupted(_value: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(enqueue, "int", interrupted, raising=False)  # int(cursor.lastrowid)
+    with pytest.raises(KeyboardInterrupt):
+        fixed.add("a.sh", 2)
+    monkeypatch.delattr(enqueue, "int")
+    third = fixed.add("a.sh", 3)
+    with fixed.engine.connect() as conn:
+        params = conn.execute(select(q.c.param).order_by(q.c.id)).scalars().all()
+    assert params == ["1", "3"] and get_task(fixed, third).param == "3"
