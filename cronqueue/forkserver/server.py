@@ -13,7 +13,8 @@ up and waits for its go, given once the client has been answered (so a task the 
 told about never runs: a server dying then is a spawn that failed, not a task that may have
 run), runs the script's code and ends as CPython's
 ``Py_RunMain`` would (SystemExit, excepthook, threads, atexit, flushes, the task's part of
-teardown unless it would run nothing, SIGINT after KeyboardInterrupt), then ``os._exit``.
+teardown unless it would run nothing, SIGINT after KeyboardInterrupt, C's stdio flushed), then
+``os._exit``.
 The server reports each child's exit once it has killed what is left of the child's process
 group and reaped it.
 """
@@ -83,6 +84,11 @@ _prctl(ctypes.c_int(3), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0),
        ctypes.c_ulong(0))  # PR_GET_DUMPABLE: changes nothing
 if _SYS_CLOSE_RANGE > 0:
     _syscall(*_CLOSE_RANGE_ARGS, 1, 0, 0)  # first > last: EINVAL, closes nothing
+# C's stdio, flushed as exit() would (os._exit does not): what a task wrote through a C library
+# (ctypes, an extension) to a pipe or file sits in its buffers. Nothing of the server's is.
+_fflush = ctypes.CDLL(None, use_errno=True).fflush
+_fflush.argtypes = (ctypes.c_void_p,)
+_fflush(None)
 
 
 class _Stop(BaseException):
@@ -628,6 +634,7 @@ def _exit_task(status: int, sigint: bool, server_modules: frozenset[str]) -> NoR
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGINT)
         status = 128 + signal.SIGINT  # SIGINT is blocked: as the interpreter then does
+    _fflush(None)  # C's stdio, as the interpreter's exit() does (a death by SIGINT does not)
     os._exit(status)
 
 

@@ -236,6 +236,13 @@ SAME_AS_EXEC = {
         print(next(it))
         """, 0),
     "nothing-to-finalize": ("import json, sys; print(json.loads(sys.argv[1]))", 0),
+    # C's stdio (a C library, ctypes) is block-buffered on a pipe or file: flushed by the exit,
+    # after Python's own streams.
+    "c-stdio": ("""
+        import ctypes
+        print('python first')
+        ctypes.CDLL(None).printf(b'from C stdio\\n')
+        """, 0),
     "stdin": ("import sys; print(repr(sys.stdin.read()))", 0),
     "argv-and-cwd": ("import os, sys; print(sys.argv[1:], os.getcwd())", 0),
 }
