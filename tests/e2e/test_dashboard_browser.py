@@ -4,11 +4,11 @@ sent by the browser itself (its CSRF field, its same-origin POST).
 
 The path an operator takes: the overview shows the queues; the task list filtered by status and
 by queue; one task; on the Failed page a forged CSRF token refused, then the real retry; a shard
-runs the task while its page follows it (the vendored poller) until it shows it done. Along the
-way the browser's console must hold no error (no inline script or style blocked by the CSP),
-an inline script injected on purpose must be blocked and reported (so the console is read and
-the policy enforced), and the XSS payloads in a param and in a task's output must show as text
-and never run.
+runs the task while its page follows it (the vendored poller), its output as it prints it, until
+it shows it done. Along the way the browser's console must hold no error (no inline script or
+style blocked by the CSP), an inline script injected on purpose must be blocked and reported (so
+the console is read and the policy enforced), and the XSS payloads in a param and in a task's
+output must show as text and never run.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ if p.get("fixed") and not Path(p["fixed"]).exists():
     print("mail server unreachable", file=sys.stderr)
     sys.exit(1)
 if p.get("release"):
+    print("waiting for the release", flush=True)  # a pipe: flushed, so the page can follow it
     end = time.monotonic() + 60
     while not Path(p["release"]).exists() and time.monotonic() < end:
         time.sleep(0.05)
@@ -135,7 +136,7 @@ def site(db_url: str, tmp_path: Path, browser: Any, procs: Procs) -> Iterator[Si
     """``cronqueue web`` on a free port, on the test's database, tables created."""
     config = tmp_path / "cronqueue.toml"
     config.write_text(f'db_url = "{db_url}"\ntask_dir = "tasks"\nlog_dir = "logs"\n'
-                      "[worker]\nmax_attempts = 1\n")
+                      "[worker]\nmax_attempts = 1\nheartbeat = 0.5\n")
     (tmp_path / "tasks").mkdir()
     write_script(tmp_path / "tasks", "job.py", JOB)
     init = subprocess.run(cronqueue_cmd("init-db", "--config", str(config)),
@@ -269,6 +270,11 @@ def test_the_operator_path_in_chromium(site: Site, tmp_path: Path, procs: Procs)
     site.open(f"/tasks/{failing}")
     assert site.css("#live-status").text == "running"
     assert site.all("#follow") and site.all("script[src$='/static/follow.js']")
+    # what it printed so far, written to its row by the shard's heartbeat, read by the poller
+    site.wait(lambda: "waiting for the release" in site.css("#live-output").text,
+              "the running task's output on its page")
+    assert site.css("#live-status").text == "running"
+    assert "mail server unreachable" not in site.css("#live-output").text  # the failed run's
     (tasks / "release.flag").write_text("")
     site.wait(lambda: not site.all("#follow") and site.css("#live-status").text == "done",
               "the page following the task to done")
