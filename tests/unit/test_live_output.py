@@ -3,6 +3,7 @@ what the heartbeat writes of it (no database: a recording stand-in for ``Workers
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from sqlalchemy.exc import DataError, InterfaceError
 
 from cronqueue.config import WorkerConfig
 from cronqueue.errors import DatabaseError
+from cronqueue.process.capture import Capture
 from cronqueue.process.runner import Runner
 from cronqueue.shard.heartbeat import Heartbeat
 from cronqueue.store.workers import LiveOutput
@@ -124,3 +126,36 @@ def test_a_failed_beat_keeps_its_snapshot_only_through_an_outage(outage: bool) -
     # output never costs the shard its lease
     assert repo.lives == [LiveOutput("tok", 7, "one\n"),
                           LiveOutput("tok", 7, "one\n") if outage else None]
+
+
+def test_the_running_tail_is_what_the_outcome_would_keep(tmp_path: Path) -> None:
+    """``Capture.last`` while the script runs equals ``Captured.last`` once it ended: across
+    the head in memory, the head in its file, and the tail."""
+    files: list[int] = []
+
+    def make_file() -> int:
+        fd = os.open(tmp_path, os.O_TMPFILE | os.O_RDWR)
+        files.append(fd)
+        return fd
+
+    capture = Capture(make_file, head=(1 << 16) + 100, tail=300)
+    data = bytes(range(256)) * 300  # 76,800 bytes: head in memory, head in a file, tail
+    try:
+        for start in range(0, len(data), 7000):
+            os.write(capture.write_fd, data[start:start + 7000])
+            capture.pump()
+        capture.started()
+        capture.pump()
+        assert files, "the head never reached its file"
+        sizes = (0, 1, 299, 300, 301, 400, (1 << 16) + 400, len(data))
+        running = {n: capture.last(n) for n in sizes}
+        captured = capture.finish()
+        for n in sizes:
+            assert running[n] == captured.last(n), n
+        head = (1 << 16) + 100
+        assert running[300] == data[-300:]
+        assert running[400] == data[head - 100:head] + data[-300:]  # the file's end, tail
+        assert running[len(data)] == data[:head] + data[-300:]  # memory, file, tail
+        assert captured.not_kept == len(data) - (1 << 16) - 100 - 300
+    finally:
+        capture.close()
