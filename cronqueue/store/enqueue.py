@@ -230,6 +230,7 @@ class Inserter:
             log.debug("add: no pooled connection (%s: %s); through a transaction",
                       type(exc).__name__, exc)
             return transaction(engine, lambda conn: self.insert(conn, [spec], now))[0]
+        new_id: int | None = None
         try:
             cursor = None
             try:
@@ -243,22 +244,25 @@ class Inserter:
                           type(exc).__name__, exc)
                 _discard(raw, cursor, exc)
                 del cursor  # SQLite: a closed connection's lock lives on with its cursors
-                return transaction(engine, lambda conn: self.insert(conn, [spec], now))[0]
+                new_id = None
             except BaseException as exc:  # interrupted (KeyboardInterrupt...): _abandon
                 _abandon(raw, cursor, exc)
                 raise
-            try:
-                raw.commit()
-            except Exception as exc:
-                raw.invalidate(exc)
-                raise DatabaseError(f"database error on {redact(str(engine.url))}: "
-                                    f"{type(exc).__name__}: {exc}") from exc
-            except BaseException as exc:
-                _abandon(raw, None, exc)
-                raise
-            return new_id
+            if new_id is not None:
+                try:
+                    raw.commit()
+                except Exception as exc:
+                    raw.invalidate(exc)
+                    raise DatabaseError(f"database error on {redact(str(engine.url))}: "
+                                        f"{type(exc).__name__}: {exc}") from exc
+                except BaseException as exc:
+                    _abandon(raw, None, exc)
+                    raise
         finally:
-            raw.close()
+            raw.close()  # before the transaction below: it takes a connection of its own
+        if new_id is None:
+            return transaction(engine, lambda conn: self.insert(conn, [spec], now))[0]
+        return new_id
 
     def max_statement_bytes(self, conn: Connection) -> int | None:
         """The backend's statement size limit, read once (None: no such limit)."""

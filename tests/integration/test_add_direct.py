@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 
 from cronqueue import Queue
 from cronqueue.errors import DatabaseError
+from cronqueue.store.engine import transaction
 from cronqueue.store.schema import queue_table as q
 from tests.conftest import get_task
 
@@ -149,3 +150,30 @@ def test_an_interrupted_direct_insert_leaves_nothing_behind(
     with fixed.engine.connect() as conn:
         params = conn.execute(select(q.c.param).order_by(q.c.id)).scalars().all()
     assert params == ["1", "3"] and get_task(fixed, third).param == "3"
+
+
+def test_a_failed_direct_insert_returns_its_connection_before_the_retry(
+        fixed: Queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The transaction path that takes over from a failed direct attempt checks out a
+    connection of its own: the failed one is back in the pool (or discarded) by then, so that
+    threads whose direct attempts all failed (a server restart) cannot hold the whole pool
+    while each waits for one more connection."""
+    from cronqueue.store import enqueue
+
+    fixed.add("a.sh", 1)
+    engine = fixed.engine
+    held: list[int] = []
+
+    def through(*args: Any, **kwargs: Any) -> Any:
+        held.append(engine.pool.checkedout())  # type: ignore[attr-defined]
+        return transaction(*args, **kwargs)
+
+    monkeypatch.setattr(enqueue, "transaction", through)
+    monkeypatch.setattr(fixed.store.tasks.inserter.backend, "begin_write", _refused)
+    new_id = fixed.add("a.sh", 2)
+    assert held == [0] and get_task(fixed, new_id).param == "2"
+    assert _count(fixed) == 2
+
+
+def _refused(_cursor: Any) -> None:
+    raise RuntimeError("refused (test)")
