@@ -1,9 +1,10 @@
 """A running task script, whichever way it was started: one interface for the runner's wait,
 timeout and kill logic.
 
-* :class:`ExecChild` — a ``subprocess.Popen`` child (its own session and process group). Exit
-  is seen through a pidfd and left unreaped (``WNOWAIT``) until the rest of the group has been
-  killed, so a process group id the runner signals is never another process's.
+* :class:`ExecChild` — an exec'd child (the runner's ``_spawn``, or a ``subprocess.Popen``),
+  in its own session and process group. Exit is seen through a pidfd and left unreaped
+  (``WNOWAIT``) until the rest of the group has been killed, so a process group id the runner
+  signals is never another process's.
 * :class:`ForkedChild` — a child of the Python fork server (cronqueue/forkserver/), which
   applies the same rule on its side: signals go through it and it reaps only after the group
   kill.
@@ -37,12 +38,12 @@ class Child(Protocol):
 
 
 class ExecChild:
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self.proc = proc
-        self.pid = proc.pid
+    def __init__(self, pid: int, proc: subprocess.Popen[bytes] | None = None) -> None:
+        self.proc = proc  # reaps through Popen when it started the child (its own bookkeeping)
+        self.pid = pid
         self.lost = ""
         try:
-            self._pidfd: int | None = os.pidfd_open(proc.pid)
+            self._pidfd: int | None = os.pidfd_open(pid)
         except (AttributeError, OSError):
             self._pidfd = None
 
@@ -68,7 +69,12 @@ class ExecChild:
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
-        return self.proc.wait()
+        if self.proc is not None:
+            return self.proc.wait()
+        try:
+            return os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): as Popen.wait, 0
+            return 0
 
 
 class ForkedChild:

@@ -301,18 +301,19 @@ class Runner:
         # /proc/self/fd/N, and an interpreter by extension gets that path too.
         child: Child
         if watched and _DIRECT and os.path.dirname(argv[0]):
-            child = _Spawned(_spawn(argv, [*self._env_list, *task_vars, RUN_VAR + b"=" + token],
-                                    self._cwd, stdin, out, script.fd))
+            child = ExecChild(_spawn(argv, [*self._env_list, *task_vars, RUN_VAR + b"=" + token],
+                                     self._cwd, stdin, out, script.fd))
         else:  # no watchdog (PR_SET_PDEATHSIG needs a preexec_fn: a full fork), or no _spawn
             kwargs: dict[str, Any] = {}
             if not watched and sys.platform.startswith("linux"):
                 kwargs["preexec_fn"] = _set_pdeathsig
             env = self._env_dict(task_vars)
             env[RUN_VAR] = token
-            child = ExecChild(subprocess.Popen(
+            proc = subprocess.Popen(
                 argv, stdin=stdin, stdout=out, stderr=subprocess.STDOUT, cwd=self.task_dir,
                 env=env, start_new_session=True, close_fds=True, pass_fds=(script.fd,),
-                **kwargs))
+                **kwargs)
+            child = ExecChild(proc.pid, proc)
         self._watchdog.watch(child.pid)
         return child
 
@@ -508,43 +509,6 @@ class Runner:
         if self._log_fd is not None:
             os.close(self._log_fd)
             self._log_fd = None
-
-
-class _Spawned:
-    """A script started by :func:`_spawn`: :class:`ExecChild`'s rules without a Popen (its exit
-    seen through a pidfd and left unreaped until the rest of its group is killed)."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.lost = ""
-        try:
-            self._pidfd: int | None = os.pidfd_open(pid)
-        except OSError:
-            self._pidfd = None
-
-    def ready_fd(self) -> int | None:
-        return self._pidfd
-
-    def exited(self) -> bool:
-        try:
-            return os.waitid(os.P_PID, self.pid,
-                             os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-        except ChildProcessError:
-            return True
-
-    def signal_group(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, sig)
-
-    def reap(self) -> int:
-        self.signal_group(signal.SIGKILL)  # the leader is a zombie: its group id is still ours
-        if self._pidfd is not None:
-            os.close(self._pidfd)
-            self._pidfd = None
-        try:
-            return os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
-        except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): as Popen.wait, 0
-            return 0
 
 
 def _spawn(argv: list[str], env: list[bytes], cwd: str, stdin: int, out: int,
