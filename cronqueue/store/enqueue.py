@@ -214,9 +214,12 @@ class Inserter:
         raises ``DatabaseError`` for the rest. An error at the commit is raised at once: the
         row may exist (never inserted twice). An interrupted call (KeyboardInterrupt) closes
         its connection: nothing half-done goes back to the pool."""
+        def through_transaction() -> int:
+            return transaction(engine, lambda conn: self.insert(conn, [spec], now))[0]
+
         if (spec.unique_key is not None or self._packet is None
                 or _has_statement_listeners(engine)):
-            return transaction(engine, lambda conn: self.insert(conn, [spec], now))[0]
+            return through_transaction()
         max_packet = self._packet[0]
         if max_packet is not None:
             packet.check_fits(None, _row_bytes(spec), max_packet)
@@ -229,7 +232,7 @@ class Inserter:
         except Exception as exc:
             log.debug("add: no pooled connection (%s: %s); through a transaction",
                       type(exc).__name__, exc)
-            return transaction(engine, lambda conn: self.insert(conn, [spec], now))[0]
+            return through_transaction()
         new_id: int | None = None
         try:
             cursor = None
@@ -261,7 +264,7 @@ class Inserter:
         finally:
             raw.close()  # before the transaction below: it takes a connection of its own
         if new_id is None:
-            return transaction(engine, lambda conn: self.insert(conn, [spec], now))[0]
+            return through_transaction()
         return new_id
 
     def max_statement_bytes(self, conn: Connection) -> int | None:
